@@ -1,0 +1,323 @@
+"""BatchSet against an independent reference: raw bytes parsed with struct/np.frombuffer.
+
+Batch files here are written byte by byte with ``struct`` (not with
+``int8batch.format``), so a mistake shared by the writer and the reader would
+still show.
+"""
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from int8batch.errors import BatchFormatError, ConfigError, Int8BatchError, ManifestError
+from int8batch.reader import INCOMPLETE_MARKER, MANIFEST_NAME, BatchSet
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "batches")
+
+# The golden files, by hand: two files of N=2 images of 1x2x3.
+GOLDEN = [
+    ([0.0, 0.5, 1.0, -1.0, 0.25, 2.0, -0.5, 3.0, 0.125, -2.0, 1.5, 4.0], [7.0, 0.0]),
+    ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0], [3.0, 9.0]),
+]
+
+
+# ------------------------------------------------------------------ helpers
+def raw_file(dims, data, labels):
+    """Bytes of one batch file, built with struct only."""
+    return (struct.pack("<4i", *dims) + struct.pack(f"<{len(data)}f", *data)
+            + struct.pack(f"<{len(labels)}f", *labels))
+
+
+def ref_read(path):
+    """Reference parser: (dims, data (N,C,H,W) float32, labels (N,)) from plain bytes."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    n, c, h, w = struct.unpack("<4i", raw[:16])
+    count = n * c * h * w
+    data = np.frombuffer(raw, dtype="<f4", count=count, offset=16).reshape(n, c, h, w)
+    labels = np.frombuffer(raw, dtype="<f4", count=n, offset=16 + 4 * count)
+    return (n, c, h, w), data, labels
+
+
+def make_set(folder, files=3, dims=(4, 2, 3, 5), seed=0, prefix="batch", suffix=""):
+    """Write ``files`` random batch files; return the reference (data, labels) of the whole set."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n, c, h, w = dims
+    all_data, all_labels = [], []
+    for k in range(files):
+        data = rng.standard_normal(n * c * h * w).astype("<f4")
+        labels = (np.arange(n) + 10 * k).astype("<f4")
+        with open(os.path.join(folder, f"{prefix}{k}{suffix}"), "wb") as f:
+            f.write(struct.pack("<4i", *dims) + data.tobytes() + labels.tobytes())
+        all_data.append(data.reshape(n, c, h, w))
+        all_labels.append(labels)
+    return np.concatenate(all_data), np.concatenate(all_labels)
+
+
+def write_manifest(folder, **fields):
+    man = {"format": "sampleINT8-batch", "manifest_version": 1, "dims": [4, 2, 3, 5], "files": 3,
+           "images": 12, "prefix": "batch", "suffix": ""}
+    man.update(fields)
+    with open(os.path.join(folder, MANIFEST_NAME), "w", encoding="utf-8") as f:
+        json.dump(man, f)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return str(tmp_path / "set")
+
+
+# ------------------------------------------------------------------- golden
+def test_golden_files_byte_for_byte():
+    for k, (data, labels) in enumerate(GOLDEN):
+        want = raw_file((2, 1, 2, 3), data, labels)
+        assert len(want) == 72 == 16 + 4 * 2 * 6 + 4 * 2
+        with open(os.path.join(FIXTURES, f"batch{k}"), "rb") as f:
+            assert f.read() == want
+    # a few bit patterns spelled out: header N=2, label 7.0 is 0x40E00000
+    with open(os.path.join(FIXTURES, "batch0"), "rb") as f:
+        raw = f.read()
+    assert raw[:4] == b"\x02\x00\x00\x00"
+    assert raw[64:68] == bytes.fromhex("0000e040")
+
+
+def test_golden_files_read():
+    with BatchSet(FIXTURES) as bs:
+        assert bs.dims == (2, 1, 2, 3)
+        assert bs.num_files == 2 and bs.num_images == 4 and bs.manifest is None
+        batches = list(bs.batches(3))
+        assert len(batches) == 1  # 4 images, batch 3: one batch, one image left over
+        b = batches[0]
+        np.testing.assert_array_equal(b.data.ravel(), GOLDEN[0][0] + GOLDEN[1][0][:6])
+        np.testing.assert_array_equal(b.labels, [7.0, 0.0, 3.0])
+        assert b.data.shape == (3, 1, 2, 3) and b.data.dtype == np.float32
+        d1, l1 = bs.file_arrays(1)
+        np.testing.assert_array_equal(d1[1, 0], [[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
+        np.testing.assert_array_equal(l1, [3.0, 9.0])
+
+
+# ------------------------------------------------------- contents and batching
+def test_headers_and_labels_match_reference(folder):
+    make_set(folder)
+    with BatchSet(folder) as bs:
+        assert bs.dims == (4, 2, 3, 5) and bs.per_file == 4 and bs.image_shape == (2, 3, 5)
+        assert bs.num_files == 3 and bs.num_images == len(bs) == 12
+        for k, p in enumerate(bs.paths):
+            assert os.path.basename(p) == f"batch{k}"
+            dims, data, labels = ref_read(p)
+            assert dims == bs.dims
+            got_d, got_l = bs.file_arrays(k)
+            np.testing.assert_array_equal(got_d, data)
+            np.testing.assert_array_equal(got_l, labels)
+            assert got_l.dtype == np.float32
+
+
+# 3 files of 4 images (12 in all): (batch size, first, max) -> batches, counted by hand
+COUNTS = [
+    ((4, 0, None), 3), ((3, 0, None), 4), ((5, 0, None), 2), ((12, 0, None), 1), ((13, 0, None), 0),
+    ((5, 1, None), 1), ((3, 0, 2), 2), ((3, 2, 1), 1), ((1, 11, None), 1), ((2, 6, None), 0),
+    ((4, 0, 0), 0), ((6, 0, 100), 2),
+]
+
+
+@pytest.mark.parametrize("args,count", COUNTS)
+def test_rebatching_counts_and_contents(folder, args, count):
+    ref_data, ref_labels = make_set(folder)
+    batch, first, max_batches = args
+    with BatchSet(folder) as bs:
+        got = list(bs.batches(batch, first, max_batches))
+        assert len(got) == count
+        assert bs.num_batches(batch, first) >= count
+        for i, b in enumerate(got):
+            start = (first + i) * batch
+            assert b.index == first + i and b.start == start
+            assert b.data.shape == (batch, 2, 3, 5) and b.labels.shape == (batch,)
+            np.testing.assert_array_equal(b.data, ref_data[start:start + batch])
+            np.testing.assert_array_equal(b.labels, ref_labels[start:start + batch])
+
+
+def test_zero_copy_inside_one_file(folder):
+    make_set(folder)
+    with BatchSet(folder) as bs:
+        maps = [np.frombuffer(bs.file_buffer(k), dtype=np.uint8) for k in range(3)]
+        batches = list(bs.batches(2))  # 2 divides 4: every batch inside one file
+        for b in batches:
+            k = b.start // 4
+            assert b.zero_copy
+            assert np.shares_memory(b.data, maps[k]) and np.shares_memory(b.labels, maps[k])
+            assert not b.data.flags.writeable
+        straddling = list(bs.batches(3))[1]  # images 3..5 span batch0 and batch1
+        assert not straddling.zero_copy
+        assert not any(np.shares_memory(straddling.data, m) for m in maps)
+        del maps, batches, straddling
+
+
+def test_images_with_out_buffer(folder):
+    ref_data, ref_labels = make_set(folder)
+    with BatchSet(folder) as bs:
+        out = np.full((6, 2, 3, 5), np.nan, np.float32)
+        data, labels = bs.images(3, 6, out=out)
+        assert np.shares_memory(data, out)
+        np.testing.assert_array_equal(data, ref_data[3:9])
+        np.testing.assert_array_equal(labels, ref_labels[3:9])
+        with pytest.raises(IndexError):
+            bs.images(10, 3)
+        with pytest.raises(ConfigError):
+            bs.images(0, 2, out=np.empty((2, 2, 3, 4), np.float32))
+
+
+def test_prefix_and_suffix(folder):
+    ref_data, _ = make_set(folder, files=2, prefix="calib_", suffix=".batch")
+    with BatchSet(folder, prefix="calib_", suffix=".batch") as bs:
+        assert bs.num_files == 2
+        np.testing.assert_array_equal(bs.images(0, 8)[0], ref_data)
+    with pytest.raises(BatchFormatError):
+        BatchSet(folder)  # no batch0
+
+
+def test_bad_arguments(folder):
+    make_set(folder)
+    with BatchSet(folder) as bs:
+        with pytest.raises(ConfigError):
+            list(bs.batches(0))
+        with pytest.raises(ConfigError):
+            list(bs.batches(2, first=-1))
+    with pytest.raises(ConfigError):
+        BatchSet(folder, manifest="sometimes")
+
+
+def test_feed_is_reiterable_polygraphy_style(folder):
+    ref_data, _ = make_set(folder)
+    with BatchSet(folder) as bs:
+        feed = bs.as_feed("input", batch_size=5, first=0, max_batches=10)
+        assert len(feed) == 2
+        first_pass = [d["input"].copy() for d in feed]
+        second_pass = list(feed)
+        assert len(first_pass) == len(second_pass) == 2
+        for i, (a, d) in enumerate(zip(first_pass, second_pass)):
+            assert list(d) == ["input"]
+            np.testing.assert_array_equal(a, d["input"])
+            np.testing.assert_array_equal(a, ref_data[5 * i:5 * i + 5])
+        default = bs.as_feed("x")  # one file per batch
+        assert len(default) == 3 and all(d["x"].shape == (4, 2, 3, 5) for d in default)
+        del second_pass, default, feed
+
+
+def test_iter_gives_one_batch_per_file(folder):
+    ref_data, _ = make_set(folder)
+    with BatchSet(folder) as bs:
+        got = [b.data for b in bs]
+        assert len(got) == 3
+        np.testing.assert_array_equal(np.concatenate(got), ref_data)
+        del got
+
+
+def test_close_with_live_views(folder):
+    ref_data, _ = make_set(folder)
+    bs = BatchSet(folder)
+    view = next(bs.batches(4)).data
+    bs.close()
+    np.testing.assert_array_equal(view, ref_data[:4])  # the view keeps its mapping alive
+
+
+# ------------------------------------------------------------------- errors
+def _expect(folder, exc, *needles, **kwargs):
+    with pytest.raises(exc) as info:
+        BatchSet(folder, **kwargs)
+    msg = str(info.value)
+    for needle in needles:
+        assert needle in msg, msg
+    assert isinstance(info.value, Int8BatchError)
+    return info.value
+
+
+def test_truncated_file(folder):
+    make_set(folder)
+    path = os.path.join(folder, "batch1")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 4)  # label block one float short
+    err = _expect(folder, BatchFormatError, "batch1", "truncated")
+    assert err.path.endswith("batch1")
+
+
+def test_file_longer_than_header(folder):
+    make_set(folder)
+    with open(os.path.join(folder, "batch2"), "ab") as f:
+        f.write(b"\0\0\0\0")
+    _expect(folder, BatchFormatError, "batch2", "longer")
+
+
+def test_mismatched_header(folder):
+    make_set(folder)
+    # same size, other dims: 4 x 2 x 5 x 3 instead of 4 x 2 x 3 x 5
+    data = np.zeros(4 * 2 * 5 * 3, "<f4")
+    with open(os.path.join(folder, "batch1"), "wb") as f:
+        f.write(struct.pack("<4i", 4, 2, 5, 3) + data.tobytes() + np.zeros(4, "<f4").tobytes())
+    _expect(folder, BatchFormatError, "batch1", "differs")
+
+
+def test_gap_in_numbering(folder):
+    make_set(folder, files=4)
+    os.remove(os.path.join(folder, "batch2"))
+    _expect(folder, BatchFormatError, "gap", "batch2")
+
+
+def test_missing_batch0(folder):
+    make_set(folder, files=3)
+    os.remove(os.path.join(folder, "batch0"))
+    _expect(folder, BatchFormatError, "batch0")
+
+
+def test_empty_and_missing_folder(tmp_path):
+    os.makedirs(tmp_path / "empty")
+    _expect(str(tmp_path / "empty"), BatchFormatError, "no batch files")
+    _expect(str(tmp_path / "nowhere"), BatchFormatError, "no such folder")
+
+
+@pytest.mark.parametrize("dims", [(0, 1, 2, 2), (2, -1, 2, 2), (2, 1, 0, 2), (2, 1, 2, -3)])
+def test_header_with_zero_or_negative_dims(folder, dims):
+    os.makedirs(folder)
+    with open(os.path.join(folder, "batch0"), "wb") as f:
+        f.write(struct.pack("<4i", *dims) + b"\0" * 64)
+    _expect(folder, BatchFormatError, "batch0", "<= 0")
+
+
+def test_file_shorter_than_header(folder):
+    os.makedirs(folder)
+    with open(os.path.join(folder, "batch0"), "wb") as f:
+        f.write(struct.pack("<3i", 2, 1, 2))
+    _expect(folder, BatchFormatError, "batch0", "16-byte header")
+
+
+def test_unfinished_pack_marker(folder):
+    make_set(folder)
+    write_manifest(folder)
+    open(os.path.join(folder, INCOMPLETE_MARKER), "w").close()
+    _expect(folder, ManifestError, "unfinished")
+
+
+def test_manifest_agreeing_is_loaded(folder):
+    make_set(folder)
+    write_manifest(folder)
+    with BatchSet(folder, manifest="require") as bs:
+        assert bs.manifest["files"] == 3 and bs.manifest["dims"] == [4, 2, 3, 5]
+
+
+@pytest.mark.parametrize("fields", [{"files": 4}, {"files": 2}, {"dims": [4, 2, 5, 3]}, {"dims": [8, 2, 3, 5]}])
+def test_manifest_disagreeing_with_files(folder, fields):
+    make_set(folder)
+    write_manifest(folder, **fields)
+    _expect(folder, ManifestError, MANIFEST_NAME, "changed after packing")
+    with BatchSet(folder, manifest="ignore") as bs:  # the files alone are fine
+        assert bs.manifest is None and bs.num_files == 3
+
+
+def test_manifest_required_or_unreadable(folder):
+    make_set(folder)
+    _expect(folder, ManifestError, "no manifest.json", manifest="require")
+    with open(os.path.join(folder, MANIFEST_NAME), "w") as f:
+        f.write("{not json")
+    _expect(folder, ManifestError, "unreadable manifest")

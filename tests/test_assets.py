@@ -75,3 +75,38 @@ def test_training_set_shape_and_labels():
     if images.shape[0] == 60000:
         assert np.bincount(labels, minlength=10).tolist() == [
             5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_lenet_onnx_signature_and_accuracy(test_set):
+    ort = pytest.importorskip("onnxruntime")
+    images, labels = test_set
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(os.path.join(DATA, "lenet.onnx"), opts,
+                                providers=["CPUExecutionProvider"])
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert inp.name == "data" and out.name == "prob"
+    assert inp.shape[1:] == [1, 28, 28] and not isinstance(inp.shape[0], int)
+    assert inp.type == "tensor(float)"
+    x = (images[:100].astype(np.float32) / 255.0)[:, None]  # the `mnist` preset
+    prob = sess.run(["prob"], {"data": x})[0]
+    assert prob.shape == (100, 10)
+    np.testing.assert_allclose(prob.sum(axis=1), 1.0, rtol=1e-5)  # softmax is inside
+    assert (prob.argmax(axis=1) == labels[:100]).mean() >= 0.98
+    # The batch dimension really is dynamic: one image gives the same answer.
+    one = sess.run(["prob"], {"data": x[7:8]})[0]
+    np.testing.assert_allclose(one[0], prob[7], rtol=1e-5, atol=1e-6)
+
+
+def test_lenet_json_matches_model():
+    import hashlib
+    import json
+
+    with open(os.path.join(DATA, "lenet.json")) as fh:
+        info = json.load(fh)
+    with open(os.path.join(DATA, "lenet.onnx"), "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    assert info["sha256"] == digest
+    assert info["preset"] == "mnist"
+    assert info["input"]["name"] == "data" and info["output"]["name"] == "prob"
+    assert info["test_accuracy"] >= 0.99

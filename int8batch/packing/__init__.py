@@ -1,0 +1,1 @@
+"""The packer: sources -> decode -> preprocess kernel -> atomic batch files + manifest."""

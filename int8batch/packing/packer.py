@@ -1,0 +1,340 @@
+"""``pack()``: the Python API behind ``int8batch pack``."""
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import __version__
+from .. import format as fmt
+from .._kernels_preprocess import hwc_to_chw, lut_map_u8
+from ..errors import ConfigError, ImageDecodeError, SourceError
+from ..preprocess import PreprocessConfig, preset as make_preset
+from .decode import cv2, decode_image, read_file
+from .sources import open_source
+from .writer import PackWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackResult:
+    """What a pack produced."""
+
+    folder: str
+    dims: tuple
+    files: int
+    images: int
+    skipped: list = field(default_factory=list)   # [(relative path, reason)]
+    dropped: int = 0
+    padded: int = 0
+    seconds: float = 0.0
+    manifest: dict = None
+
+    @property
+    def images_per_second(self):
+        return self.images / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self):
+        return (f"packed {self.images} images into {self.files} files of {self.dims[0]} "
+                f"({'x'.join(map(str, self.dims[1:]))}) in {self.folder}: {len(self.skipped)} skipped, "
+                f"{self.dropped} dropped, {self.padded} padded, {self.seconds:.2f} s, "
+                f"{self.images_per_second:.0f} images/s")
+
+
+def resolve_config(preset=None, config=None, **overrides):
+    """A ``PreprocessConfig`` from a preset name and/or overrides (None values ignored)."""
+    if isinstance(config, PreprocessConfig):
+        return config.replace(**{k: v for k, v in overrides.items() if v is not None}) if overrides else config
+    if preset is not None:
+        return make_preset(preset, **overrides)
+    return PreprocessConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def pack(source, out, preset=None, config=None, batch_size=100, limit=None, shuffle=False, seed=0,
+         workers=None, skip_bad=False, pad=False, force=False, labels=None, prefix="batch", suffix="",
+         unlabelled_value=-1.0, progress=None, **overrides):
+    """Pack images (or MNIST IDX files) into sampleINT8 batch files with a manifest.
+
+    Parameters
+    ----------
+    source : str or PathLike
+        A folder of images (searched recursively), an IDX image file, or a
+        bundled data name (``mnist``, ``mnist-test``).
+    out : str or PathLike
+        Output folder; receives ``<prefix>0<suffix>``... and ``manifest.json``.
+    preset : str, optional
+        Name in :data:`int8batch.preprocess.PRESETS`.  Defaults to ``mnist``
+        for IDX sources.
+    config : PreprocessConfig, optional
+        A complete recipe (instead of a preset).
+    batch_size : int
+        Images per file (the header's N).
+    limit : int, optional
+        Pack at most this many images (after shuffling).
+    shuffle, seed :
+        Seeded shuffle of the source order before ``limit``.
+    workers : int, optional
+        Threads decoding and preprocessing (default: all cores).
+    skip_bad : bool
+        Skip unreadable images (listed in the manifest) instead of failing.
+    pad : bool
+        Fill the last file by repeating images from the start instead of
+        dropping the remainder.
+    force : bool
+        Replace a previous int8batch pack in ``out``.
+    labels : str, optional
+        Label file, ``"folders"``, ``"none"``; default: class folders when
+        every image lies in one.
+    unlabelled_value : float
+        Label stored for images without one.
+    progress : callable(done, total), optional
+        Called from the packing thread as images complete.
+    **overrides
+        Any :class:`PreprocessConfig` field, overriding the preset.
+
+    Returns
+    -------
+    PackResult
+    """
+    t0 = time.perf_counter()
+    src = open_source(source, labels)
+    explicit = any(v is not None for v in overrides.values())
+    if preset is None and config is None and src.kind == "idx" and not explicit:
+        preset = "mnist"
+    if preset is None and config is None and not explicit:
+        raise ConfigError("no preprocessing given: choose a --preset (e.g. imagenet-torch) or give the size, "
+                          "resize, crop, mean/std and scale explicitly")
+    cfg = resolve_config(preset, config, **overrides)
+    batch_size = int(batch_size)
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    workers = max(1, int(workers or os.cpu_count() or 1))
+
+    order = np.arange(len(src))
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(len(src))
+    if limit is not None:
+        if int(limit) <= 0:
+            raise ConfigError(f"limit must be positive, got {limit}")
+        order = order[:int(limit)]
+    if len(order) == 0:
+        raise SourceError(f"{source}: nothing to pack", source)
+    if len(order) < batch_size and not pad:
+        raise ConfigError(f"{source}: only {len(order)} images, fewer than the {batch_size} images per file; "
+                          f"use --batch-size {len(order)} or --pad")
+
+    dims = (batch_size,) + cfg.chw
+    expected = (len(order) + (batch_size - 1 if pad else 0)) // batch_size
+    writer = PackWriter(out, dims, prefix, suffix, force)
+    writer.prepare(expected)
+    job = _Job(src, cfg, order, writer, batch_size, workers, skip_bad, pad, unlabelled_value, progress)
+    try:
+        job.run()
+    except BaseException:
+        writer.abort()
+        raise
+    seconds = time.perf_counter() - t0
+    result = PackResult(os.fspath(out), dims, len(writer.checksums), len(writer.checksums) * batch_size,
+                        job.skipped, len(job.dropped), len(job.padded), seconds)
+    manifest = _manifest(src, cfg, dims, writer, job, shuffle, seed, limit)
+    writer.finish(manifest)
+    result.manifest = manifest
+    if job.dropped:
+        log.warning("%d image(s) left over after the last full file of %d were dropped (listed in the manifest); "
+                    "use --pad to keep them", len(job.dropped), batch_size)
+    return result
+
+
+class _Job:
+    """Fills files one at a time; the order of images never depends on thread timing."""
+
+    def __init__(self, src, cfg, order, writer, n, workers, skip_bad, pad, unlabelled, progress):
+        self.src, self.cfg, self.order, self.writer, self.n = src, cfg, order, writer, n
+        self.workers, self.skip_bad, self.pad, self.unlabelled = workers, skip_bad, pad, unlabelled
+        self.progress = progress
+        self.packed = []      # source indices, in file order
+        self.skipped = []     # (name, reason)
+        self.dropped = []     # source indices left over
+        self.padded = []      # positions in the pack filled by repetition
+        self._luts = {}
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def name(self, i):
+        return self.src.files[i] if self.src.kind == "folder" else f"{os.path.basename(self.src.images_path)}#{i}"
+
+    def label(self, i):
+        return float(self.src.labels[i]) if self.src.labels is not None else self.unlabelled
+
+    def run(self):
+        if self.src.kind == "idx" and self.cfg.chw == (1,) + tuple(self.src.images.shape[1:]):
+            return self._run_idx_fast()
+        cv = cv2()
+        threads = cv.getNumThreads()
+        cv.setNumThreads(1)  # parallelism is over images; nested OpenCV threads only contend
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                self._run_files(pool)
+        finally:
+            cv.setNumThreads(threads)
+
+    def _run_files(self, pool):
+        queue = list(self.order)
+        pos = 0
+        k = 0
+        while pos < len(queue):
+            if len(queue) - pos < self.n and not self.pad:
+                self.dropped = [int(i) for i in queue[pos:]]
+                return
+            bf = self.writer.open_file(k)
+            slots = []  # source index per filled slot
+            while len(slots) < self.n:
+                if pos >= len(queue):
+                    if not self.pad or not (self.packed or slots):
+                        self.writer.discard_file(bf)
+                        self.dropped = [int(i) for i in slots]
+                        return
+                    # pad: repeat images already packed, from the start, wrapping around
+                    pool_src = self.packed + slots
+                    need = self.n - len(slots)
+                    rep = [pool_src[j % len(pool_src)] for j in range(need)]
+                    start = k * self.n + len(slots)
+                    self.padded.extend(range(start, start + need))
+                    queue.extend(rep)
+                take = queue[pos:pos + self.n - len(slots)]
+                pos += len(take)
+                base = len(slots)
+                results = list(pool.map(self._process_one, take, [bf] * len(take),
+                                        range(base, base + len(take))))
+                for i, err in zip(take, results):
+                    if err is not None:
+                        if not self.skip_bad:
+                            raise err
+                        log.warning("skipping %s", err)
+                        self.skipped.append((self.name(i), str(err)))
+                        continue
+                    slots.append(int(i))
+                # compact: move images decoded into later slots down over the holes left by skipped ones
+                self._compact(bf, base, take, results)
+            bf.labels[:] = [self.label(i) for i in slots]
+            self.writer.commit_file(bf)
+            self.packed.extend(slots)
+            k += 1
+
+    def _compact(self, bf, base, take, results):
+        write = base
+        for j, err in enumerate(results):
+            if err is None:
+                if write != base + j:
+                    bf.data[write] = bf.data[base + j]
+                write += 1
+
+    def _process_one(self, i, bf, slot):
+        """Decode + preprocess image ``i`` into slot ``slot`` of ``bf``; return the error or None."""
+        try:
+            if self.src.kind == "idx":
+                img = self._idx_image(i)
+            else:
+                path = os.path.join(self.src.root, self.src.files[i])
+                img, _ = decode_image(path, self.cfg, read_file(path))
+            y0x0 = self.cfg.crop_origin(img.shape[0], img.shape[1])
+            if y0x0 is None:
+                raise ImageDecodeError(f"{self.name(i)}: image is {img.shape[1]}x{img.shape[0]} after the resize "
+                                       f"step, too small for the {self.cfg.size[1]}x{self.cfg.size[0]} output "
+                                       f"(crop {self.cfg.crop})", self.name(i))
+            hwc_to_chw(img, y0x0[0], y0x0[1], self.cfg.channel_map(img.shape[2]), self._lut(img.dtype),
+                       bf.data[slot])
+        except ImageDecodeError as exc:
+            return exc
+        finally:
+            self._tick()
+        return None
+
+    def _idx_image(self, i):
+        from .decode import _INTERP
+        img = self.src.images[i]
+        h, w = img.shape
+        rh, rw = self.cfg.resized_shape(h, w)
+        if (rh, rw) != (h, w):
+            img = cv2().resize(img, (rw, rh), interpolation=_INTERP[self.cfg.interpolation])
+        return np.ascontiguousarray(img)[:, :, None]
+
+    def _lut(self, dtype):
+        depth = 8 if dtype == np.uint8 else 16
+        if depth not in self._luts:
+            self._luts[depth] = self.cfg.lut(depth)
+        return self._luts[depth]
+
+    def _tick(self, count=1):
+        if self.progress is None:
+            return
+        with self._lock:
+            self._done += count
+            done = self._done
+        self.progress(done, len(self.order))
+
+    def _run_idx_fast(self):
+        """IDX images already at the output size: one table lookup per byte, no decode, no resize."""
+        lut = self.cfg.lut(8)[0]
+        imgs = self.src.images
+        full = len(self.order) // self.n
+        contiguous = bool(np.all(np.diff(self.order) == 1)) if len(self.order) > 1 else True
+        files = full + (1 if self.pad and len(self.order) % self.n else 0)
+        for k in range(files):
+            idx = self.order[k * self.n:(k + 1) * self.n]
+            if len(idx) < self.n:  # pad from the start
+                need = self.n - len(idx)
+                start = k * self.n + len(idx)
+                self.padded.extend(range(start, start + need))
+                idx = np.concatenate([idx, self.order[np.arange(need) % len(self.order)]])
+            bf = self.writer.open_file(k)
+            src = imgs[idx[0]:idx[0] + self.n] if contiguous and len(idx) == self.n and not self.padded \
+                else imgs[idx]
+            lut_map_u8(np.ascontiguousarray(src).reshape(-1), lut, bf.data.reshape(-1), self.workers)
+            if self.src.labels is not None:
+                bf.labels[:] = self.src.labels[idx]
+            else:
+                bf.labels[:] = self.unlabelled
+            self.writer.commit_file(bf)
+            self.packed.extend(int(i) for i in idx)
+            self._tick(len(idx))
+        self.dropped = [int(i) for i in self.order[files * self.n:]]
+
+
+def _manifest(src, cfg, dims, writer, job, shuffle, seed, limit):
+    n = dims[0]
+    if src.kind == "folder":
+        source = {"kind": "folder", "root": os.path.abspath(src.root)}
+    else:
+        source = {"kind": "idx", "images": os.path.abspath(src.images_path),
+                  "labels": src.labels_path and os.path.abspath(src.labels_path)}
+    source.update(shuffle=bool(shuffle), seed=int(seed) if shuffle else None,
+                  limit=None if limit is None else int(limit))
+    labelled = src.labels is not None
+    return {
+        "format": "sampleINT8-batch",
+        "manifest_version": 1,
+        "int8batch_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dims": list(dims),
+        "files": len(writer.checksums),
+        "images": len(writer.checksums) * n,
+        "prefix": writer.prefix,
+        "suffix": writer.suffix,
+        "dtype": "float32",
+        "byte_order": "little",
+        "layout": "NCHW",
+        "labels": {"source": src.label_source, "classes": src.classes,
+                   "unlabelled_value": None if labelled else float(job.unlabelled)},
+        "preprocess": cfg.to_dict(),
+        "source": source,
+        "images_list": [[job.name(i), int(src.labels[i]) if labelled else None] for i in job.packed],
+        "padded": job.padded,
+        "dropped": [job.name(i) for i in job.dropped],
+        "skipped": [{"file": f, "reason": r} for f, r in job.skipped],
+        "checksums": {"algorithm": fmt.CHECKSUM_ALGO, "files": list(writer.checksums)},
+    }

@@ -1,0 +1,1 @@
+"""End-to-end reproductions of TensorRT's INT8 samples (``int8batch run``)."""

@@ -1,0 +1,220 @@
+"""Run an ONNX model with ONNX Runtime, one batch at a time.
+
+:class:`ActivationRunner` exposes chosen intermediate tensors as extra graph
+outputs (in memory: no file is written unless the model is over 2 GB) and
+returns them per batch; nothing is kept between calls, so the caller's
+collectors see each activation once and peak memory does not grow with the
+number of batches.  :func:`run_model` is plain inference for evaluation.
+
+``onnxruntime`` and ``onnx`` are imported inside the functions.
+"""
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from .._optional import require
+from ..errors import Int8BatchError, ModelError
+from ..onnx import graph as G
+
+log = logging.getLogger(__name__)
+
+_TWO_GB = 2 ** 31 - 2 ** 20
+
+
+def _session(model, providers, intra_op_threads, label):
+    """An InferenceSession over ``model`` (a ModelProto), via a temp dir when > 2 GB."""
+    ort = require("onnxruntime")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if intra_op_threads:
+        so.intra_op_num_threads = int(intra_op_threads)
+    providers = list(providers) if providers else ["CPUExecutionProvider"]
+    try:
+        if model.ByteSize() < _TWO_GB:
+            return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        onnx = require("onnx")
+        tmp = tempfile.mkdtemp(prefix="int8batch-ort-")
+        try:
+            path = os.path.join(tmp, "model.onnx")
+            onnx.save(model, path, save_as_external_data=True, location="model.data")
+            return ort.InferenceSession(path, so, providers=providers)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Int8BatchError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{label}: ONNX Runtime cannot load this model ({exc}); "
+                         "check that the providers are installed and the opset is supported",
+                         label) from exc
+
+
+def _label(model):
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model>"
+
+
+def _single_input(model, label):
+    infos = G.input_info(model)
+    if len(infos) != 1:
+        raise ModelError(f"{label}: the model has {len(infos)} inputs "
+                         f"({', '.join(i.name for i in infos)}); int8batch feeds models with "
+                         "exactly one image input", label)
+    info = infos[0]
+    if info.dtype is None or info.dtype.kind != "f":
+        raise ModelError(f"{label}: input '{info.name}' is {info.dtype}, not a float tensor; "
+                         "the batch files hold float32 images", label)
+    return info
+
+
+def check_batch_shape(info, dims, label="<model>"):
+    """Check batch dims ``(N, C, H, W)`` against a model input.
+
+    Dynamic dimensions (named, unnamed or <= 0) accept any size.
+
+    Raises
+    ------
+    ModelError
+        Naming the input, both shapes and the fix.
+    """
+    dims = tuple(int(d) for d in dims)
+    shape = info.shape
+    if shape is None:
+        return
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
+    shown = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else "?")
+             for d in shape]
+    if len(fixed) != len(dims):
+        raise ModelError(f"{label}: model input '{info.name}' has shape {shown} (rank {len(shape)}) "
+                         f"but the batches are {list(dims)}; export the model with an NCHW image "
+                         "input or repack the images to match", label)
+    bad = [k for k, (m, b) in enumerate(zip(fixed, dims)) if m is not None and m != b]
+    if not bad:
+        return
+    if bad == [0]:
+        hint = (f"the model has a fixed batch size of {fixed[0]}: pass --batch-size {fixed[0]} "
+                f"to re-batch, repack with {fixed[0]} images per file, or export the model "
+                "with a dynamic batch dimension")
+    else:
+        hint = (f"repack the images at the model's size {shown[1:]} "
+                "(int8batch pack --size/--channels)")
+    raise ModelError(f"{label}: model input '{info.name}' has shape {shown} but the batches "
+                     f"are {list(dims)}; {hint}", label)
+
+
+class ActivationRunner:
+    """Run batches and return chosen intermediate tensors.
+
+    Parameters
+    ----------
+    model : str, PathLike or onnx.ModelProto
+        An FP32 model with one float input.  It is not modified.
+    tensor_names : sequence of str
+        Tensors to return (e.g. :func:`int8batch.onnx.graph.quantizable_tensors`).
+        Existing graph outputs are reused, the graph input is returned as fed.
+    providers : list or None
+        ONNX Runtime execution providers; default CPU.
+    intra_op_threads : int or None
+        ONNX Runtime intra-op threads; default: its own choice.
+    batch_dims : tuple or None
+        ``(N, C, H, W)`` of the batches, checked at once when given.
+
+    Attributes
+    ----------
+    input_name : str
+    input_shape : tuple
+    tensor_names : list of str
+    """
+
+    def __init__(self, model, tensor_names, providers=None, intra_op_threads=None,
+                 batch_dims=None):
+        onnx = require("onnx")
+        self._label = _label(model)
+        src = G.load_model(model)
+        m = onnx.ModelProto()
+        m.CopyFrom(src)
+        info = _single_input(m, self._label)
+        self.input_name, self.input_shape, self._dtype = info.name, info.shape, info.dtype
+        self._info = info
+        self.tensor_names = list(dict.fromkeys(tensor_names))
+        types = G.tensor_types(m)
+        inits = {t.name for t in m.graph.initializer}
+        outputs = {o.name for o in m.graph.output}
+        unknown = [t for t in self.tensor_names if t not in types or t in inits]
+        if unknown:
+            raise ModelError(f"{self._label}: {len(unknown)} requested tensors are not activations "
+                             f"of the model: {', '.join(unknown[:10])}"
+                             f"{' ...' if len(unknown) > 10 else ''}", self._label)
+        self._fetch = [t for t in self.tensor_names if t != self.input_name]
+        for t in self._fetch:
+            if t not in outputs:
+                m.graph.output.append(onnx.helper.make_tensor_value_info(t, types[t], None))
+        self._session = _session(m, providers, intra_op_threads, self._label)
+        del m
+        if batch_dims is not None:
+            self.check(batch_dims)
+
+    def check(self, dims):
+        """Raise ``ModelError`` unless batches of ``dims`` fit the model input."""
+        check_batch_shape(self._info, dims, self._label)
+
+    def run(self, batch):
+        """Run one batch; return ``{name: array}`` for every requested tensor.
+
+        The arrays are fresh (the graph input entry is ``batch`` itself, cast
+        to the model's input dtype); nothing is kept after the call.
+        """
+        batch = np.asarray(batch)
+        self.check(batch.shape)
+        if batch.dtype != self._dtype:
+            batch = batch.astype(self._dtype)
+        outs = self._session.run(self._fetch, {self.input_name: batch})
+        result = dict(zip(self._fetch, outs))
+        if len(self._fetch) != len(self.tensor_names):
+            result[self.input_name] = batch
+        return {t: result[t] for t in self.tensor_names}
+
+    def close(self):
+        """Release the ONNX Runtime session."""
+        self._session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_model(model, batches, *, providers=None, intra_op_threads=None, output=None):
+    """Plain inference: yield one output array per batch.
+
+    Parameters
+    ----------
+    model : str, PathLike or onnx.ModelProto
+    batches : iterable
+        NumPy arrays ``(N, C, H, W)``, or objects with a ``data`` attribute
+        (:class:`int8batch.reader.Batch`).
+    output : str or None
+        Which graph output to yield; default the first.
+
+    Yields
+    ------
+    ndarray
+    """
+    label = _label(model)
+    m = G.load_model(model)
+    info = _single_input(m, label)
+    names = [o.name for o in m.graph.output]
+    out = names[0] if output is None else output
+    if out not in names:
+        raise ModelError(f"{label}: no graph output named {out!r} (outputs: {', '.join(names)})",
+                         label)
+    session = _session(m, providers, intra_op_threads, label)
+    del m
+    for b in batches:
+        data = np.asarray(getattr(b, "data", b))
+        check_batch_shape(info, data.shape, label)
+        if data.dtype != info.dtype:
+            data = data.astype(info.dtype)
+        yield session.run([out], {info.name: data})[0]

@@ -1,0 +1,359 @@
+"""Read an ONNX graph the way TensorRT's INT8 path sees it.
+
+Which tensors TensorRT would quantize in implicit INT8 (the float activations:
+graph inputs and values flowing between nodes, never weights, constants or
+shape/index arithmetic), which tensors have a range fixed by their producer
+(ReLU6, Sigmoid, ...), and what the graph inputs look like.
+
+``onnx`` is imported inside the functions, so importing this module is cheap.
+"""
+import heapq
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._optional import require
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# ONNX TensorProto element types TensorRT can quantize (FLOAT, FLOAT16, BFLOAT16)
+FLOAT_TYPES = frozenset({1, 10, 16})
+
+# ops whose outputs describe shapes or sizes, never activations
+_SHAPE_OPS = frozenset({"Shape", "Size", "NonZero", "ConstantOfShape", "Range"})
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One graph input.
+
+    Attributes
+    ----------
+    name : str
+    shape : tuple
+        One entry per dimension: an ``int`` for a fixed size, a ``str`` for a
+        named dynamic dimension, ``None`` for an unnamed dynamic one.
+        ``None`` for the whole tuple when the rank is unknown.
+    dtype : numpy.dtype or None
+        None when the element type has no NumPy equivalent.
+    """
+
+    name: str
+    shape: tuple
+    dtype: object
+
+
+def load_model(path_or_model):
+    """Load an ONNX model from a path, bytes, or return a ``ModelProto`` as is.
+
+    Parameters
+    ----------
+    path_or_model : str, PathLike, bytes or onnx.ModelProto
+
+    Returns
+    -------
+    onnx.ModelProto
+
+    Raises
+    ------
+    ModelError
+        The file is missing or is not a readable ONNX model.
+    """
+    onnx = require("onnx")
+    if isinstance(path_or_model, onnx.ModelProto):
+        return path_or_model
+    if isinstance(path_or_model, (bytes, bytearray)):
+        try:
+            return onnx.load_model_from_string(bytes(path_or_model))
+        except Exception as exc:  # protobuf raises DecodeError and friends
+            raise ModelError(f"the bytes given are not an ONNX model ({exc})") from exc
+    path = os.fspath(path_or_model)
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such ONNX model file; check the path", path)
+    try:
+        return onnx.load(path)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read this file as an ONNX model ({exc}); "
+                         "export it again or check that it is not truncated", path) from exc
+
+
+def _initializer_names(graph):
+    names = {t.name for t in graph.initializer}
+    names.update(t.values.name for t in graph.sparse_initializer)
+    return names
+
+
+def _infer(model):
+    """Shape-inferred copy of ``model`` (falls back to the model itself)."""
+    onnx = require("onnx")
+    order = topological_order(model.graph)
+    if order != sorted(order):   # ONNX infers in file order: sort a copy first
+        sorted_model = onnx.ModelProto()
+        sorted_model.CopyFrom(model)
+        nodes = [sorted_model.graph.node[i] for i in order]
+        copies = []
+        for n in nodes:
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            copies.append(c)
+        del sorted_model.graph.node[:]
+        sorted_model.graph.node.extend(copies)
+        model = sorted_model
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # models > 2 GB or unknown ops
+        log.warning("ONNX shape inference failed (%s); using the types stored in the model", exc)
+        return model
+
+
+def tensor_types(model):
+    """Map every typed tensor name of the main graph to its ONNX element type.
+
+    Uses ONNX shape inference (on a copy) plus the types stored in the model.
+    """
+    inferred = _infer(model)
+    g = inferred.graph
+    types = {}
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for t in g.initializer:
+        types[t.name] = t.data_type
+    return types
+
+
+def topological_nodes(graph):
+    """Nodes of ``graph`` in a deterministic topological order (see :func:`topological_order`)."""
+    return [graph.node[i] for i in topological_order(graph)]
+
+
+def topological_order(graph):
+    """Indices of the nodes of ``graph`` in a deterministic topological order.
+
+    Kahn's algorithm, always taking the ready node that comes first in the
+    file, so an already sorted graph keeps its order.
+
+    Raises
+    ------
+    ModelError
+        The graph has a cycle or uses a tensor nothing produces.
+    """
+    producer = {}
+    for i, node in enumerate(graph.node):
+        for out in node.output:
+            if out:
+                producer[out] = i
+    deps = []
+    users = [[] for _ in graph.node]
+    for i, node in enumerate(graph.node):
+        d = {producer[x] for x in _node_inputs(node) if x in producer and producer[x] != i}
+        deps.append(len(d))
+        for j in d:
+            users[j].append(i)
+    ready = [i for i, n in enumerate(deps) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in users[i]:
+            deps[j] -= 1
+            if deps[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(graph.node):
+        raise ModelError("the ONNX graph has a cycle; it cannot be sorted topologically")
+    return order
+
+
+def _node_inputs(node):
+    """Inputs of ``node`` including names its subgraphs (If/Loop/Scan) use."""
+    names = [x for x in node.input if x]
+    for attr in node.attribute:
+        subs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for sub in subs:
+            local = {x.name for x in sub.input} | _initializer_names(sub)
+            for n in sub.node:
+                local.update(o for o in n.output if o)
+            for n in sub.node:
+                names.extend(x for x in _node_inputs(n) if x not in local)
+    return names
+
+
+def constant_tensors(model):
+    """Names of tensors computed only from initializers and constants.
+
+    Includes initializers, outputs of ``Constant``/``ConstantOfShape`` and of
+    shape ops (``Shape``, ``Size``, ...), and anything computed only from those.
+    """
+    g = model.graph
+    const = set(_initializer_names(g))
+    for node in topological_nodes(g):
+        ins = _node_inputs(node)
+        if node.op_type in _SHAPE_OPS or node.op_type == "Constant" or all(x in const for x in ins):
+            const.update(o for o in node.output if o)
+    return const
+
+
+def quantizable_tensors(model):
+    """Tensors TensorRT would quantize in implicit INT8, in topological order.
+
+    Float (FP32/FP16/BF16) graph inputs first, in the model's input order, then
+    the float outputs of each node in a deterministic topological order
+    (graph outputs included).  Excluded: initializers, constants and anything
+    computed only from them or from shapes, non-float tensors, and tensors
+    whose type cannot be inferred (logged).
+
+    Parameters
+    ----------
+    model : str, PathLike or onnx.ModelProto
+
+    Returns
+    -------
+    list of str
+    """
+    model = load_model(model)
+    g = model.graph
+    types = tensor_types(model)
+    const = constant_tensors(model)
+    inits = _initializer_names(g)
+    names, seen, unknown = [], set(), []
+
+    def add(name):
+        if not name or name in seen or name in const:
+            return
+        seen.add(name)
+        t = types.get(name)
+        if t is None:
+            unknown.append(name)
+        elif t in FLOAT_TYPES:
+            names.append(name)
+
+    for vi in g.input:
+        if vi.name not in inits:
+            add(vi.name)
+    for node in topological_nodes(g):
+        for out in node.output:
+            add(out)
+    if unknown:
+        log.warning("%d tensors have no inferred type and are not quantized: %s%s",
+                    len(unknown), ", ".join(unknown[:5]), " ..." if len(unknown) > 5 else "")
+    return names
+
+
+def constant_values(model):
+    """Map initializer and ``Constant``-node output names to NumPy arrays."""
+    numpy_helper = require("onnx.numpy_helper")
+    g = model.graph
+    values = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for node in g.node:
+        if node.op_type != "Constant" or not node.output:
+            continue
+        for attr in node.attribute:
+            if attr.name == "value":
+                values[node.output[0]] = numpy_helper.to_array(attr.t)
+            elif attr.name == "value_float":
+                values[node.output[0]] = np.array(attr.f, dtype=np.float32)
+            elif attr.name == "value_floats":
+                values[node.output[0]] = np.array(list(attr.floats), dtype=np.float32)
+            elif attr.name == "value_int":
+                values[node.output[0]] = np.array(attr.i, dtype=np.int64)
+            elif attr.name == "value_ints":
+                values[node.output[0]] = np.array(list(attr.ints), dtype=np.int64)
+    return values
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            onnx = require("onnx")
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def bounded_tensors(model):
+    """Tensors whose value range is fixed by the op that produces them.
+
+    ========================  ====================
+    producer                  range
+    ========================  ====================
+    Clip with constant bounds (min, max); a missing bound is -inf/+inf
+    Relu                      (0, inf)
+    Sigmoid, HardSigmoid      (0, 1)
+    Tanh                      (-1, 1)
+    Softmax                   (0, 1)
+    ========================  ====================
+
+    A Clip whose bound is not a constant is left out.  Clip before opset 11
+    carries its bounds as attributes; both forms are read.
+
+    Returns
+    -------
+    dict of str -> (float, float)
+        Only float tensors that :func:`quantizable_tensors` lists.
+    """
+    model = load_model(model)
+    values = constant_values(model)
+    wanted = set(quantizable_tensors(model))
+    out = {}
+    for node in model.graph.node:
+        if not node.output or node.output[0] not in wanted:
+            continue
+        op, name = node.op_type, node.output[0]
+        if op == "Clip":
+            lo, hi = _attr(node, "min", -math.inf), _attr(node, "max", math.inf)
+            ok = True
+            for k, default in ((1, -math.inf), (2, math.inf)):
+                if len(node.input) > k and node.input[k]:
+                    v = values.get(node.input[k])
+                    if v is None or v.size != 1:
+                        ok = False
+                        break
+                    if k == 1:
+                        lo = float(v.reshape(()))
+                    else:
+                        hi = float(v.reshape(()))
+            if ok:
+                out[name] = (float(lo), float(hi))
+        elif op == "Relu":
+            out[name] = (0.0, math.inf)
+        elif op in ("Sigmoid", "HardSigmoid", "Softmax"):
+            out[name] = (0.0, 1.0)
+        elif op == "Tanh":
+            out[name] = (-1.0, 1.0)
+    return out
+
+
+def _dim(d):
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    if d.HasField("dim_param") and d.dim_param:
+        return d.dim_param
+    return None
+
+
+def input_info(model):
+    """Name, shape and dtype of each graph input that is not an initializer.
+
+    Returns
+    -------
+    list of InputInfo
+    """
+    onnx = require("onnx")
+    model = load_model(model)
+    inits = _initializer_names(model.graph)
+    infos = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = tuple(_dim(d) for d in tt.shape.dim) if tt.HasField("shape") else None
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        except Exception:
+            dtype = None
+        infos.append(InputInfo(vi.name, shape, dtype))
+    return infos

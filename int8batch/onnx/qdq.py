@@ -1,0 +1,604 @@
+"""Explicit quantization: insert QuantizeLinear/DequantizeLinear pairs for TensorRT.
+
+The result is the model TensorRT 11 (and 10, strongly typed) builds in INT8:
+opset >= 13, symmetric int8 everywhere (explicit int8 zero points of 0),
+per-tensor activation scales ``float32(amax / 127)`` and per-channel weight
+scales ``max|W| / 127`` over the output-channel axis.
+
+Placement (``../shared/docs/trt-int8-reference.md`` section 5.3):
+
+* **Weighted ops** (Conv, ConvTranspose, Gemm, MatMul): every activation input
+  gets a per-tensor Q/DQ pair; every constant weight gets a per-channel DQ
+  (axis 0 for Conv, 1 for ConvTranspose, 0/1 for Gemm with transB=1/0, 1 for a
+  2-D MatMul right-hand side; per-tensor otherwise).  Biases stay float.
+  Weights are stored as **int8 initializers followed by DequantizeLinear**
+  (``weight_format="int8"``, a quarter of the size, and exactly what TensorRT
+  folds a Q->DQ on a float weight into), or kept FP32 behind Q->DQ
+  (``weight_format="float"``).
+* **Residual Add** (two activation inputs): an input that comes straight from a
+  weighted op, possibly through BatchNormalization/Relu/Clip, each tensor on
+  the way used only on that path, is the branch TensorRT fuses into the
+  convolution and is left alone; the other (skip) input is quantized.  When both
+  inputs come from weighted ops, the one whose weighted op runs last is fused
+  and the other quantized; when neither does, both are quantized.
+* **Pooling** (MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool), with
+  ``pools="auto"``: the pool's input is quantized when its output is, so
+  TensorRT runs DQ -> pool -> Q in INT8; a pool whose output stays float is
+  left alone.  ``"always"`` quantizes every pool input, ``"never"`` none.
+* **Concat**: when its output is quantized, all its activation inputs are
+  quantized too, and every tensor of such a group shares one scale, the
+  largest (concat groups chained through shared tensors merge).
+* Never quantized: outputs of weighted ops (except where another weighted op
+  consumes them), Softmax outputs, and network outputs (consumers are rewired
+  to the DQ output; the graph output stays the float tensor).
+
+One Q/DQ pair per tensor, shared by all its quantized consumers; consumers
+that are not quantized keep reading the float tensor.
+"""
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._optional import require
+from ..errors import ModelError
+from . import graph as G
+
+log = logging.getLogger(__name__)
+
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+POOL_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+FUSABLE_BETWEEN = frozenset({"BatchNormalization", "Relu", "Clip"})
+MIN_QDQ_OPSET = 13
+#: scale used when a tensor's amax (or a weight channel's max|W|) is 0
+MIN_SCALE = 1e-8
+_NP_FOR_ONNX = {1: np.float32, 10: np.float16}
+
+
+@dataclass
+class QdqReport:
+    """What :func:`insert_qdq` quantized and what it left alone.
+
+    Attributes
+    ----------
+    activations : dict of str -> float
+        Quantized activation tensors (topological order) -> scale used.
+    reasons : dict of str -> list of str
+        Why each activation tensor was quantized (which consumers asked).
+    weights : dict of str -> int or None
+        Quantized weight initializers -> per-channel axis (None: per-tensor).
+    skipped : list of (str, str)
+        Tensors deliberately left in float, with the reason.
+    missing : list of str
+        Tensors that needed an amax the caller did not supply.
+    extra : list of str
+        Supplied names that are not tensors of the model (filled by the
+        conversion helpers).
+    groups : list of list of str
+        Tensors forced to share one scale (Concat).
+    opset : int
+        The ai.onnx opset of the result.
+    """
+
+    activations: dict = field(default_factory=dict)
+    reasons: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    extra: list = field(default_factory=list)
+    groups: list = field(default_factory=list)
+    opset: int = 0
+
+    def summary(self):
+        """One line for logs and the command line."""
+        return (f"{len(self.activations)} activations and {len(self.weights)} weights quantized, "
+                f"{len(self.skipped)} tensors kept float, {len(self.missing)} missing, "
+                f"{len(self.extra)} unknown names, opset {self.opset}")
+
+
+# ----------------------------------------------------------------- planning
+def _opset(model):
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def _fused_weighted_op(t, producer, consumers, nodes):
+    """Index of the weighted op whose output reaches ``t`` fusably, else None."""
+    while True:
+        if len(consumers.get(t, ())) != 1 or t not in producer:
+            return None
+        p = producer[t]
+        op = nodes[p].op_type
+        if op in WEIGHTED_OPS:
+            return p
+        if op not in FUSABLE_BETWEEN or not nodes[p].input:
+            return None
+        t = nodes[p].input[0]
+
+
+def plan_qdq(model, *, pools="auto"):
+    """Decide where Q/DQ pairs go, without scales (see the module docstring).
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        Already at the target opset; nodes are referenced by position in
+        ``model.graph.node``.
+    pools : {"auto", "always", "never"}
+
+    Returns
+    -------
+    requests : dict of str -> list of (int, int, str)
+        Activation tensor -> (node index, input index, reason) slots to rewire.
+    weights : list of (int, int, int or None)
+        (node index, input index, per-channel axis) of constant weights.
+    groups : list of list of str
+        Concat scale groups.
+    skipped : list of (str, str)
+    """
+    if pools not in ("auto", "always", "never"):
+        raise ModelError(f"pools must be 'auto', 'always' or 'never', got {pools!r}")
+    g = model.graph
+    nodes = list(g.node)
+    act = set(G.quantizable_tensors(model))
+    values = G.constant_values(model)
+    producer, consumers = {}, {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                producer[o] = i
+        for k, x in enumerate(n.input):
+            if x:
+                consumers.setdefault(x, []).append((i, k))
+    for o in g.output:
+        consumers.setdefault(o.name, []).append((-1, -1))
+    pos = [0] * len(nodes)
+    for k, i in enumerate(G.topological_order(g)):
+        pos[i] = k
+    requests, weights, skipped = {}, [], []
+
+    def request(t, i, k, why):
+        requests.setdefault(t, []).append((i, k, why))
+
+    for i, n in enumerate(nodes):
+        op, ins = n.op_type, list(n.input)
+        where = f"{op} {n.name or i}"
+        if op in WEIGHTED_OPS:
+            for k, x in enumerate(ins[:2]):
+                if not x:
+                    continue
+                if x in act:
+                    request(x, i, k, f"input {k} of {where}")
+                elif x in values and values[x].dtype.kind == "f":
+                    weights.append((i, k, _weight_axis(n, k, values[x])))
+                else:
+                    skipped.append((x, f"input {k} of {where} is computed from constants; "
+                                       "fold constants first (onnxruntime basic optimization)"))
+        elif op == "Add" and len(ins) == 2 and all(x in act for x in ins):
+            if ins[0] == ins[1]:
+                request(ins[0], i, 0, f"both inputs of {where}")
+                request(ins[1], i, 1, f"both inputs of {where}")
+                continue
+            fused = [_fused_weighted_op(x, producer, consumers, nodes) for x in ins]
+            keep = None
+            if fused[0] is not None and fused[1] is not None:
+                keep = 0 if pos[fused[0]] > pos[fused[1]] else 1
+            elif fused[0] is not None or fused[1] is not None:
+                keep = 0 if fused[0] is not None else 1
+            for k, x in enumerate(ins):
+                if k == keep:
+                    skipped.append((x, f"residual branch of {where}, fused by TensorRT into "
+                                       f"{nodes[fused[k]].op_type} {nodes[fused[k]].name or fused[k]}"))
+                else:
+                    request(x, i, k, f"{'skip' if keep is not None else 'residual'} input of {where}")
+        elif op in POOL_OPS and pools == "always" and ins and ins[0] in act:
+            request(ins[0], i, 0, f"input of {where} (pools='always')")
+
+    # backward propagation through Concat and (pools="auto") pooling, to a fixpoint
+    parent = {}
+
+    def find(t):
+        while parent.get(t, t) != t:
+            t = parent[t]
+        return t
+
+    work = list(requests)
+    while work:
+        t = work.pop()
+        p = producer.get(t)
+        if p is None:
+            continue
+        n = nodes[p]
+        if n.op_type == "Concat":
+            for k, x in enumerate(n.input):
+                if x in act:
+                    parent[find(x)] = find(t)
+                    if not any(s[0] == p for s in requests.get(x, ())):
+                        request(x, p, k, f"input of Concat {n.name or p} (output quantized)")
+                        work.append(x)
+        elif n.op_type in POOL_OPS and pools == "auto" and n.input[0] in act:
+            x = n.input[0]
+            if not any(s[0] == p for s in requests.get(x, ())):
+                request(x, p, 0, f"input of {n.op_type} {n.name or p} (output quantized)")
+                work.append(x)
+    members = {}
+    for t in parent:
+        members.setdefault(find(t), set()).add(t)
+    groups = [sorted(m | {r}) for r, m in members.items()]
+
+    for t in list(requests):
+        p = producer.get(t)
+        if p is not None and nodes[p].op_type == "Softmax":
+            skipped.append((t, "Softmax output kept in high precision"))
+            del requests[t]
+    return requests, weights, groups, skipped
+
+
+def _weight_axis(node, k, w):
+    """Per-channel axis of weight input ``k`` of ``node`` (None: per-tensor)."""
+    op = node.op_type
+    if op == "Conv" and k == 1:
+        return 0
+    if op == "ConvTranspose" and k == 1:
+        return 1
+    if op == "Gemm" and k == 1:
+        return 0 if G._attr(node, "transB", 0) else 1
+    if op == "MatMul" and k == 1 and w.ndim == 2:
+        return 1
+    return None
+
+
+# ---------------------------------------------------------------- insertion
+def _scale_of(amax):
+    amax = float(amax)
+    if not np.isfinite(amax) or amax < 0:
+        raise ModelError(f"amax must be finite and >= 0, got {amax}")
+    return max(amax / 127.0, MIN_SCALE)
+
+
+def weight_scales(w, axis):
+    """Symmetric int8 scales of weight ``w``: ``max|W| / 127`` per channel.
+
+    Parameters
+    ----------
+    w : ndarray
+    axis : int or None
+        Output-channel axis; None gives one per-tensor scale.
+
+    Returns
+    -------
+    ndarray of float32, shape ``(w.shape[axis],)`` or ``()``
+    """
+    a = np.abs(np.asarray(w, dtype=np.float64))
+    if axis is None:
+        amax = np.asarray(a.max() if a.size else 0.0)
+    else:
+        amax = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1)
+    return np.maximum(amax / 127.0, MIN_SCALE).astype(np.float32)
+
+
+class _Names:
+    def __init__(self, model):
+        g = model.graph
+        self.used = {x for n in g.node for x in list(n.input) + list(n.output) + [n.name]}
+        self.used |= {t.name for t in g.initializer} | {v.name for v in g.input}
+        self.used |= {v.name for v in g.output} | {v.name for v in g.value_info}
+
+    def __call__(self, base):
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+
+def _convert_opset(model, opset):
+    onnx = require("onnx")
+    current = _opset(model)
+    target = max(MIN_QDQ_OPSET, current, opset or 0)
+    if opset is not None and opset < current:
+        raise ModelError(f"the model uses opset {current}; cannot lower it to the requested {opset}")
+    if opset is not None and opset < MIN_QDQ_OPSET:
+        raise ModelError(f"per-channel Q/DQ needs opset >= {MIN_QDQ_OPSET}, got opset={opset}")
+    if target == current:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out
+    try:
+        return onnx.version_converter.convert_version(model, target)
+    except Exception as exc:
+        raise ModelError(f"could not convert the model from opset {current} to {target} ({exc}); "
+                         f"export it again at opset >= {MIN_QDQ_OPSET}") from exc
+
+
+def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel_weights=True,
+                           opset=None, weight_format="int8", pools="auto", on_missing="raise",
+                           check=True):
+    """Like :func:`insert_qdq`, returning ``(model, QdqReport)``."""
+    onnx = require("onnx")
+    helper, numpy_helper = onnx.helper, require("onnx.numpy_helper")
+    if (act_amax is None) == (act_scales is None):
+        raise ModelError("give exactly one of act_amax (amax per tensor) and act_scales")
+    if weight_format not in ("int8", "float"):
+        raise ModelError(f"weight_format must be 'int8' or 'float', got {weight_format!r}")
+    if on_missing not in ("raise", "skip"):
+        raise ModelError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    scales_in = ({k: float(v) for k, v in act_scales.items()} if act_scales is not None
+                 else {k: _scale_of(v) for k, v in act_amax.items()})
+    for k, v in scales_in.items():
+        if not (np.isfinite(v) and v > 0):
+            raise ModelError(f"tensor {k!r}: scale must be finite and > 0, got {v}")
+    m = _convert_opset(G.load_model(model), opset)
+    g = m.graph
+    requests, weights, groups, skipped = plan_qdq(m, pools=pools)
+    report = QdqReport(skipped=skipped, opset=_opset(m))
+    order = G.quantizable_tensors(m)
+    rank = {t: k for k, t in enumerate(order)}
+    wanted = sorted(requests, key=lambda t: rank.get(t, len(rank)))
+    report.missing = [t for t in wanted if t not in scales_in]
+    if report.missing and on_missing == "raise":
+        raise ModelError(
+            f"{len(report.missing)} tensors need an amax that was not given: "
+            + ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else "")
+            + "; calibrate them, or pass on_missing='skip' to leave them in float")
+    scale = {t: scales_in[t] for t in wanted if t in scales_in}
+    for grp in groups:
+        present = [t for t in grp if t in scale]
+        if present:
+            s = max(scale[t] for t in present)
+            for t in present:
+                scale[t] = s
+            report.groups.append(grp)
+    types = G.tensor_types(m)
+    names = _Names(m)
+    nodes = list(g.node)
+    topo = G.topological_order(g)
+    new_inits, after = [], {}  # after: tensor -> nodes to insert right after its producer
+    head = []                  # nodes that go first (graph inputs, weights)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+
+    for t in wanted:
+        if t not in scale:
+            report.skipped.append((t, "no amax given"))
+            continue
+        np_t = _NP_FOR_ONNX.get(types.get(t))
+        if np_t is None:
+            report.skipped.append((t, "element type is not float32/float16"))
+            continue
+        s_name, z_name = names(f"{t}_scale"), names(f"{t}_zero_point")
+        q_out, dq_out = names(f"{t}_quantized"), names(f"{t}_dequantized")
+        new_inits += [numpy_helper.from_array(np.asarray(scale[t], dtype=np_t), s_name),
+                      numpy_helper.from_array(np.zeros((), np.int8), z_name)]
+        pair = [helper.make_node("QuantizeLinear", [t, s_name, z_name], [q_out],
+                                 name=names(f"{t}_QuantizeLinear")),
+                helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
+                                 name=names(f"{t}_DequantizeLinear"))]
+        (after.setdefault(t, []) if t in producer else head).extend(pair)
+        for i, k, _ in requests[t]:
+            nodes[i].input[k] = dq_out
+        report.activations[t] = float(np.asarray(scale[t], dtype=np_t))
+        report.reasons[t] = [why for _, _, why in requests[t]]
+
+    values = G.constant_values(m)
+    done = {}
+    for i, k, axis in weights:
+        w_name = nodes[i].input[k]
+        if not per_channel_weights:
+            axis = None
+        key = (w_name, axis)
+        if key not in done:
+            w = values[w_name]
+            np_w = np.float16 if w.dtype == np.float16 else np.float32
+            s = weight_scales(w, axis).astype(np_w)
+            s_name, z_name = names(f"{w_name}_scale"), names(f"{w_name}_zero_point")
+            dq_out = names(f"{w_name}_dequantized")
+            new_inits += [numpy_helper.from_array(s, s_name),
+                          numpy_helper.from_array(np.zeros(s.shape, np.int8), z_name)]
+            ax = {} if axis is None else {"axis": axis}
+            shape = [1] * w.ndim
+            if axis is not None:
+                shape[axis] = -1
+            q = np.clip(np.rint(w.astype(np.float32) / s.astype(np.float32).reshape(shape)),
+                        -127, 127).astype(np.int8)
+            if weight_format == "int8":
+                src = names(f"{w_name}_quantized")
+                new_inits.append(numpy_helper.from_array(q, src))
+            else:
+                src = names(f"{w_name}_quantized")
+                head.append(helper.make_node("QuantizeLinear", [w_name, s_name, z_name], [src],
+                                             name=names(f"{w_name}_QuantizeLinear"), **ax))
+            head.append(helper.make_node("DequantizeLinear", [src, s_name, z_name], [dq_out],
+                                         name=names(f"{w_name}_DequantizeLinear"), **ax))
+            done[key] = dq_out
+            report.weights[w_name] = axis
+        nodes[i].input[k] = done[key]
+
+    ordered = list(head)
+    for i in topo:
+        ordered.append(nodes[i])
+        for o in nodes[i].output:
+            ordered.extend(after.get(o, ()))
+    ordered = [_copy(n) for n in ordered]
+    del g.node[:]
+    g.node.extend(ordered)
+    g.initializer.extend(new_inits)
+    _drop_unused_constants(m)
+    if check:
+        _check(m)
+    log.info("Q/DQ: %s", report.summary())
+    return m, report
+
+
+def _copy(msg):
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
+
+
+def _drop_unused_constants(m):
+    """Remove initializers and Constant nodes that nothing reads any more."""
+    g = m.graph
+    used = {x for n in g.node for x in G._node_inputs(n)} | {o.name for o in g.output}
+    keep = [_copy(t) for t in g.initializer if t.name in used]
+    if len(keep) != len(g.initializer):
+        gone = {t.name for t in g.initializer} - {t.name for t in keep}
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        keep_in = [_copy(v) for v in g.input if v.name not in gone]
+        del g.input[:]
+        g.input.extend(keep_in)
+    live = [_copy(n) for n in g.node
+            if n.op_type != "Constant" or any(o in used for o in n.output)]
+    if len(live) != len(g.node):
+        del g.node[:]
+        g.node.extend(live)
+
+
+def _check(m):
+    onnx = require("onnx")
+    if m.ByteSize() >= 2 ** 31 - 2 ** 20:
+        log.warning("model over 2 GB: onnx.checker skipped")
+        return
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except Exception as exc:
+        raise ModelError(f"the Q/DQ model fails onnx.checker ({exc}); this is an int8batch bug, "
+                         "please report it with the model") from exc
+
+
+def insert_qdq(model, act_amax=None, *, act_scales=None, per_channel_weights=True, opset=None,
+               weight_format="int8", pools="auto", on_missing="raise", check=True):
+    """Return a copy of ``model`` with Q/DQ pairs placed for TensorRT.
+
+    Parameters
+    ----------
+    model : str, PathLike or onnx.ModelProto
+        The FP32 (or FP16) model; it is not modified.
+    act_amax : dict of str -> float
+        Activation amax per tensor; scale = ``float32(amax / 127)``, amax 0
+        gives :data:`MIN_SCALE`.
+    act_scales : dict of str -> float
+        Instead of ``act_amax``: the scales themselves (from a TensorRT cache,
+        used bit for bit).
+    per_channel_weights : bool
+        False gives one scale per weight tensor.
+    opset : int or None
+        Target ai.onnx opset; default: the model's, raised to 13 if lower
+        (with ``onnx.version_converter``).
+    weight_format : {"int8", "float"}
+        int8 initializer + DequantizeLinear, or the FP32 weight + Q -> DQ.
+    pools : {"auto", "always", "never"}
+        Pooling policy (module docstring).
+    on_missing : {"raise", "skip"}
+        A tensor that needs an amax and has none raises ``ModelError`` listing
+        them all, or (``"skip"``) stays float and is listed in the report.
+    check : bool
+        Run ``onnx.checker.check_model(full_check=True)`` on the result.
+
+    Returns
+    -------
+    onnx.ModelProto
+    """
+    return insert_qdq_with_report(
+        model, act_amax, act_scales=act_scales, per_channel_weights=per_channel_weights,
+        opset=opset, weight_format=weight_format, pools=pools, on_missing=on_missing,
+        check=check)[0]
+
+
+# --------------------------------------------------------- files and caches
+def all_tensor_names(model):
+    """Every tensor name of the main graph (inputs, initializers, node outputs)."""
+    g = model.graph
+    names = {v.name for v in g.input} | {t.name for t in g.initializer}
+    names |= {o for n in g.node for o in n.output if o}
+    return names
+
+
+def compare_names(model, amax_dict, *, pools="auto"):
+    """Names a Q/DQ conversion needs but lacks, and names it got but cannot use.
+
+    Returns
+    -------
+    missing : list of str
+        Tensors the placement quantizes that ``amax_dict`` lacks (topological).
+    extra : list of str
+        Keys of ``amax_dict`` that are no tensor of the model (sorted).
+    """
+    m = G.load_model(model)
+    if _opset(m) < MIN_QDQ_OPSET:
+        m = _convert_opset(m, None)
+    requests = plan_qdq(m, pools=pools)[0]
+    rank = {t: k for k, t in enumerate(G.quantizable_tensors(m))}
+    missing = sorted((t for t in requests if t not in amax_dict), key=lambda t: rank.get(t, -1))
+    names = all_tensor_names(m)
+    return missing, sorted(k for k in amax_dict if k not in names)
+
+
+def save_model_atomic(model, out_path):
+    """Write ``model`` to ``out_path`` through a temporary file and a rename.
+
+    Models over 2 GB get their weights in ``<out_path>.data`` next to it.
+    """
+    onnx = require("onnx")
+    out_path = os.fspath(out_path)
+    folder = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".int8batch-", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        if model.ByteSize() >= 2 ** 31 - 2 ** 20:
+            onnx.save(model, tmp, save_as_external_data=True,
+                      location=os.path.basename(out_path) + ".data")
+        else:
+            onnx.save(model, tmp)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def qdq_from_scales(model_path, amax_dict, out_path, **kwargs):
+    """Load the FP32 model, insert Q/DQ from ``amax_dict``, write ``out_path`` atomically.
+
+    ``kwargs`` go to :func:`insert_qdq` (``act_scales=`` replaces the amax
+    dict when ``amax_dict`` is None).  Returns the :class:`QdqReport`, whose
+    ``extra`` lists the names of ``amax_dict`` that are no tensor of the model.
+    """
+    model = G.load_model(model_path)
+    qmodel, report = insert_qdq_with_report(model, amax_dict, **kwargs)
+    given = amax_dict if amax_dict is not None else kwargs.get("act_scales", {})
+    names = all_tensor_names(model)
+    report.extra = sorted(k for k in given if k not in names)
+    if report.extra:
+        log.warning("%d names are no tensor of the model (ignored): %s%s", len(report.extra),
+                    ", ".join(report.extra[:5]), " ..." if len(report.extra) > 5 else "")
+    save_model_atomic(qmodel, out_path)
+    return report
+
+
+def qdq_from_cache(model_path, cache_path, out_path, **kwargs):
+    """Q/DQ model from a TensorRT calibration cache or a dynamic-range file.
+
+    The format is told by content: a first line starting with ``TRT-`` is a
+    calibration cache (its scales are used bit for bit), anything else is read
+    as ``name:amax`` lines.  Returns the :class:`QdqReport` (``missing`` and
+    ``extra`` name the mismatches; missing names raise unless
+    ``on_missing="skip"``).
+    """
+    from ..calib import cache as C
+    cache_path = os.fspath(cache_path)
+    with open(cache_path, "rb") as f:
+        first = f.readline().strip()
+    if first.startswith(b"TRT-"):
+        scales = dict(C.read_trt_cache(cache_path).scales)
+        zero = [k for k, v in scales.items() if v == 0]
+        if zero:   # TensorRT writes 0 for an all-zero tensor; Q/DQ needs a positive scale
+            log.info("%d cache entries have scale 0; using %g", len(zero), MIN_SCALE)
+            scales.update({k: MIN_SCALE for k in zero})
+        return qdq_from_scales(model_path, None, out_path, act_scales=scales, **kwargs)
+    return qdq_from_scales(model_path, dict(C.read_dynamic_range(cache_path)), out_path, **kwargs)

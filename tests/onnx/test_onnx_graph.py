@@ -1,0 +1,91 @@
+"""Which tensors are quantizable, bounded, and what the inputs are."""
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import qdq_models as Q
+from int8batch.errors import ModelError
+from int8batch.onnx import bounded_tensors, input_info, load_model, quantizable_tensors
+from int8batch.onnx.graph import constant_tensors, topological_order
+
+
+def test_quantizable_excludes_weights_shapes_and_constants():
+    m = Q.shape_ops()
+    assert quantizable_tensors(m) == ["x", "r", "flat", "y"]
+    const = constant_tensors(m)
+    assert {"shp", "n", "n1", "newshape", "cst", "cst2", "zero", "minus1"} <= const
+    assert not {"x", "r", "flat", "y"} & const
+
+
+def test_quantizable_order_and_outputs():
+    assert quantizable_tensors(Q.residual()) == ["x", "c1", "a", "c2", "b", "s", "y"]
+    # initializers are never listed, even when the model lists them as inputs (IR < 4 style)
+    m = Q.gemm(1)
+    m.graph.input.append(helper.make_tensor_value_info("B", onnx.TensorProto.FLOAT, [4, 6]))
+    assert quantizable_tensors(m) == ["x", "y"]
+
+
+def test_topological_order_is_deterministic_for_shuffled_nodes():
+    m = Q.residual()
+    nodes = list(m.graph.node)
+    shuffled = [nodes[k] for k in (5, 2, 0, 4, 3, 1)]
+    del m.graph.node[:]
+    m.graph.node.extend(shuffled)
+    order = [m.graph.node[i].name for i in topological_order(m.graph)]
+    assert order == ["conv1", "relu1", "conv2", "bn", "add", "relu2"]
+    assert quantizable_tensors(m) == ["x", "c1", "a", "c2", "b", "s", "y"]
+
+
+def test_integer_tensors_are_not_quantizable():
+    nodes = [helper.make_node("Cast", ["x"], ["xi"], to=onnx.TensorProto.INT32),
+             helper.make_node("Cast", ["xi"], ["y"], to=onnx.TensorProto.FLOAT)]
+    m = Q.model(nodes, [("x", [2])], [("y", [2])])
+    assert quantizable_tensors(m) == ["x", "y"]
+
+
+def test_bounded_tensors():
+    b = bounded_tensors(Q.clip_relu6())
+    assert b == {"c6": (0.0, 6.0), "r": (0.0, math.inf), "s": (0.0, 1.0), "t": (-1.0, 1.0),
+                 "cl": (0.0, math.inf)}       # "cr" has a computed bound: not listed
+
+
+def test_bounded_clip_attributes_before_opset_11():
+    nodes = [helper.make_node("Clip", ["x"], ["c"], min=0.0, max=6.0),
+             helper.make_node("Clip", ["x"], ["d"], max=2.5),
+             helper.make_node("Add", ["c", "d"], ["y"])]
+    m = Q.model(nodes, [("x", [2])], [("y", [2])], opset=10)
+    assert bounded_tensors(m) == {"c": (0.0, 6.0), "d": (-math.inf, 2.5)}
+
+
+def test_bounded_clip_with_constant_node_bounds():
+    nodes = [helper.make_node("Constant", [], ["hi"], value_float=6.0),
+             helper.make_node("Constant", [], ["lo"], value=onnx.numpy_helper.from_array(
+                 np.float32(0.0), "lo")),
+             helper.make_node("Clip", ["x", "lo", "hi"], ["y"])]
+    assert bounded_tensors(Q.model(nodes, [("x", [2])], [("y", [2])])) == {"y": (0.0, 6.0)}
+
+
+def test_input_info():
+    (info,) = input_info(Q.shape_ops())
+    assert info.name == "x" and info.shape == ("N", 2, 3) and info.dtype == np.float32
+    m = Q.gemm(0)
+    m.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    assert input_info(m)[0].shape == (None, 6)
+
+
+def test_load_model(tmp_path):
+    m = Q.gemm(0)
+    assert load_model(m) is m
+    p = tmp_path / "m.onnx"
+    onnx.save(m, p)
+    assert load_model(p) == m and load_model(str(p)) == m
+    assert load_model(m.SerializeToString()) == m
+    with pytest.raises(ModelError, match="no such ONNX model") as ei:
+        load_model(tmp_path / "nope.onnx")
+    assert ei.value.path.endswith("nope.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\xff\xfe not a model" * 3)
+    with pytest.raises(ModelError, match="cannot read"):
+        load_model(tmp_path / "junk.onnx")

@@ -1,0 +1,133 @@
+"""DeviceFeeder pipeline logic on the CPU, over a fake CUDA runtime (runs in CI).
+
+The fake defers every stream copy to the latest legal moment, so these tests
+catch ordering bugs (a buffer reused before its copy ran), wrong segments of
+batches that straddle files, leaks, and cleanup on KeyboardInterrupt.  The same
+properties are checked on a real GPU in test_cuda_feeder.py.
+"""
+import numpy as np
+import pytest
+
+from fake_cudart import FakeCuda
+from int8batch import format as fmt
+from int8batch.cuda.feeder import DeviceFeeder
+from int8batch.errors import ConfigError, CudaError
+from int8batch.reader import BatchSet
+
+N, C, H, W = 6, 2, 3, 5
+FILES = 4
+
+
+@pytest.fixture
+def batch_dir(tmp_path):
+    rng = np.random.default_rng(7)
+    images = rng.standard_normal((FILES * N, C, H, W)).astype(np.float32)
+    labels = np.arange(FILES * N, dtype=np.float32)
+    for k in range(FILES):
+        fmt.write_batch_file(tmp_path / fmt.batch_name(k), images[k * N:(k + 1) * N], labels[k * N:(k + 1) * N])
+    return tmp_path, images, labels
+
+
+def _read_device(fake, batch):
+    out = np.empty(batch.shape, dtype=np.float32)
+    fake.memcpy_dtoh(out.ctypes.data, batch.ptr, batch.nbytes)
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["auto", "registered", "pinned", "pageable"])
+@pytest.mark.parametrize("batch_size", [N, 2, 4, 9, 1])
+def test_feeder_serves_every_batch(monkeypatch, batch_dir, strategy, batch_size):
+    folder, images, labels = batch_dir
+    fake = FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, batch_size, strategy=strategy, copy_threads=3) as feeder:
+        want_strategy = "registered" if strategy == "auto" else strategy
+        assert feeder.strategy == want_strategy
+        got = [(b.index, _read_device(fake, b), b.labels) for b in feeder]
+        assert len(got) == len(images) // batch_size == len(feeder)
+        for i, (index, data, lab) in enumerate(got):
+            assert index == i
+            np.testing.assert_array_equal(data, images[i * batch_size:(i + 1) * batch_size])
+            np.testing.assert_array_equal(lab, labels[i * batch_size:(i + 1) * batch_size])
+    assert fake.live() == (0, 0, 0, 0)
+
+
+def test_first_and_max_batches(monkeypatch, batch_dir):
+    folder, images, _ = batch_dir
+    fake = FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, 4, first=1, max_batches=3) as feeder:
+        got = [_read_device(fake, b) for b in feeder]
+    assert len(got) == 3
+    for i, data in enumerate(got):
+        np.testing.assert_array_equal(data, images[(i + 1) * 4:(i + 2) * 4])
+
+
+def test_second_pass_keeps_registrations(monkeypatch, batch_dir):
+    folder, images, _ = batch_dir
+    fake = FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, N) as feeder:
+        first = [_read_device(fake, b) for b in feeder]
+        assert feeder.stats["registered_files"] == FILES
+        second = [_read_device(fake, b) for b in feeder]
+        assert feeder.stats["registered_files"] == FILES   # nothing registered again
+        assert len(fake.registered) == FILES
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert fake.live() == (0, 0, 0, 0)
+
+
+def test_register_limit_evicts_old_files(monkeypatch, batch_dir):
+    folder, images, _ = batch_dir
+    fake = FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, N, register_limit=1) as feeder:
+        for i, b in enumerate(feeder):
+            np.testing.assert_array_equal(_read_device(fake, b), images[i * N:(i + 1) * N])
+            assert len(fake.registered) <= 3   # batch i, i+1 in flight, i+2 being prepared
+        assert feeder.stats["unregistered_files"] >= 1
+
+
+def test_auto_falls_back_to_pinned_when_registration_refused(monkeypatch, batch_dir, caplog):
+    folder, images, _ = batch_dir
+    fake = FakeCuda(refuse_register=True).install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, 4) as feeder:
+        assert feeder.strategy == "pinned"
+        got = [_read_device(fake, b) for b in feeder]
+    assert "falling back to pinned" in caplog.text
+    np.testing.assert_array_equal(np.concatenate(got), images[:len(got) * 4])
+    assert fake.live() == (0, 0, 0, 0)
+
+
+def test_explicit_registered_refused_raises(monkeypatch, batch_dir):
+    folder, _, _ = batch_dir
+    fake = FakeCuda(refuse_register=True).install(monkeypatch)
+    with BatchSet(folder) as bs:
+        with pytest.raises(CudaError, match="strategy='pinned'"):
+            DeviceFeeder(bs, 4, strategy="registered")
+    assert fake.live() == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("strategy", ["registered", "pinned", "pageable"])
+def test_keyboard_interrupt_releases_everything(monkeypatch, batch_dir, strategy):
+    folder, _, _ = batch_dir
+    fake = FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs:
+        with pytest.raises(KeyboardInterrupt):
+            with DeviceFeeder(bs, 4, strategy=strategy) as feeder:
+                for i, _ in enumerate(feeder):
+                    if i == 2:
+                        raise KeyboardInterrupt
+        assert feeder.closed
+        assert fake.live() == (0, 0, 0, 0)
+        with pytest.raises(ConfigError):
+            feeder.next_batch()
+
+
+def test_bad_arguments(monkeypatch, batch_dir):
+    folder, _, _ = batch_dir
+    FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs:
+        with pytest.raises(ConfigError, match="strategy"):
+            DeviceFeeder(bs, 4, strategy="zero-copy")
+        with pytest.raises(ConfigError):
+            DeviceFeeder(bs, 0)
+        with DeviceFeeder(bs, FILES * N + 1) as feeder:   # larger than the set: no batch at all
+            assert feeder.next_batch() is None

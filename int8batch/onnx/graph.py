@@ -150,7 +150,7 @@ def topological_order(graph):
     deps = []
     users = [[] for _ in graph.node]
     for i, node in enumerate(graph.node):
-        d = {producer[x] for x in _node_inputs(node) if x in producer and producer[x] != i}
+        d = {producer[x] for x in node_inputs(node) if x in producer and producer[x] != i}
         deps.append(len(d))
         for j in d:
             users[j].append(i)
@@ -169,7 +169,7 @@ def topological_order(graph):
     return order
 
 
-def _node_inputs(node):
+def node_inputs(node):
     """Inputs of ``node`` including names its subgraphs (If/Loop/Scan) use."""
     names = [x for x in node.input if x]
     for attr in node.attribute:
@@ -179,7 +179,7 @@ def _node_inputs(node):
             for n in sub.node:
                 local.update(o for o in n.output if o)
             for n in sub.node:
-                names.extend(x for x in _node_inputs(n) if x not in local)
+                names.extend(x for x in node_inputs(n) if x not in local)
     return names
 
 
@@ -192,7 +192,7 @@ def constant_tensors(model):
     g = model.graph
     const = set(_initializer_names(g))
     for node in topological_nodes(g):
-        ins = _node_inputs(node)
+        ins = node_inputs(node)
         if node.op_type in _SHAPE_OPS or node.op_type == "Constant" or all(x in const for x in ins):
             const.update(o for o in node.output if o)
     return const
@@ -266,7 +266,7 @@ def constant_values(model):
     return values
 
 
-def _attr(node, name, default=None):
+def node_attr(node, name, default=None):
     for a in node.attribute:
         if a.name == name:
             onnx = require("onnx")
@@ -304,7 +304,7 @@ def bounded_tensors(model):
             continue
         op, name = node.op_type, node.output[0]
         if op == "Clip":
-            lo, hi = _attr(node, "min", -math.inf), _attr(node, "max", math.inf)
+            lo, hi = node_attr(node, "min", -math.inf), node_attr(node, "max", math.inf)
             ok = True
             for k, default in ((1, -math.inf), (2, math.inf)):
                 if len(node.input) > k and node.input[k]:

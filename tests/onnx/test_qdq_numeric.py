@@ -171,4 +171,8 @@ def test_qdq_from_cache(tmp_path):
     qdq_from_cache(src, tmp_path / "dr.txt", tmp_path / "b.onnx")
     s = Q.qdq_summary(onnx.load(tmp_path / "b.onnx"))
     assert s["x"]["scale"] == np.float32(1.905 / 127) and s["a"]["scale"] == np.float32(0.25)
+    # TensorRT writes scale 0 for an all-zero tensor: it becomes the tiny positive scale
+    (tmp_path / "z.cache").write_text(f"TRT-100300-EntropyCalibration2\nx: 00000000\na: {hexes[1]}\n")
+    qdq_from_cache(src, tmp_path / "z.cache", tmp_path / "z.onnx")
+    assert Q.qdq_summary(onnx.load(tmp_path / "z.onnx"))["x"]["scale"] == np.float32(MIN_SCALE)
     del cache

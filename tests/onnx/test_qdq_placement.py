@@ -78,9 +78,11 @@ def test_residual_add_skip_only():
 
 
 def test_residual_add_both_from_convs_quantizes_the_earlier():
-    s, _, _ = quantize(Q.add_two_convs())
+    s, _, qm = quantize(Q.add_two_convs())
     assert acts(s) == {"x", "p"}
     assert s["p"]["readers"] == ["add"]
+    assert s["x"]["readers"] == ["convA", "convB"]      # one pair shared by both convs
+    assert sum(n.op_type == "QuantizeLinear" for n in qm.graph.node) == 2
 
 
 def test_add_without_convs_quantizes_both():

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Make a reproducible ImageNet-like JPEG corpus from real photos.
+
+The photos are the sample images that ship with scikit-image
+(``skimage.data``) and scikit-learn (``load_sample_images``): no download.
+Each output image is one source photo, randomly rotated a little, cropped
+(area and aspect like ImageNet's RandomResizedCrop), resized, flipped and
+colour-jittered, then written as a JPEG of quality 75-95.  Sizes follow
+ImageNet's validation set: mostly 500 x 375 / 500 x 333 in both orientations,
+some between 300 and 800 pixels, some large (1000-2000 px) and a few small.
+
+Everything is a function of ``--seed``, ``--split`` and the image number, so
+``--count 100`` gives the first 100 files of ``--count 1000``, and two runs
+write the same files (with the same OpenCV/libjpeg).
+
+``--split calib`` and ``--split eval`` draw from DISJOINT sets of source
+photos (``all``, the default, uses every photo): calibrate on one and
+evaluate on the other, or the figures flatter every method.
+
+Usage::
+
+    python tools/make_corpus.py OUT [--count 1000] [--seed 0] [--split all|calib|eval]
+                                    [--classes] [--labels] [--mixed] [--workers 2] [--force]
+
+Output: ``OUT/corpus_00000.jpg ...`` (or ``OUT/<source>/corpus_00000.jpg``
+with ``--classes``: the source photo is the class), ``OUT/corpus.json`` (the
+settings and every file's source and parameters) and, with ``--labels``,
+``OUT/labels.txt`` (``relative/path label`` lines, labels = index of the
+source name in the sorted list of this split's sources).  ``--mixed`` also
+turns 5 images in every 20 (numbers 3, 7, 11, 15, 19 mod 20) into a
+single-channel grayscale JPEG, an RGB PNG, a gray PNG, an RGBA PNG (alpha 128
+on the top quarter) and a 16-bit RGB PNG, for the packer's tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# Colour photos and the split each belongs to.  The two views of the stereo
+# motorcycle stay together; each split holds natural scenes.
+COLOUR = {
+    "astronaut": "calib", "hubble_deep_field": "calib", "retina": "calib",
+    "china": "calib", "immunohistochemistry": "calib", "rocket": "calib",
+    "chelsea": "eval", "coffee": "eval", "motorcycle_left": "eval",
+    "motorcycle_right": "eval", "flower": "eval",
+}
+# Grayscale photos (written as RGB JPEGs with equal channels, as ImageNet's few
+# gray images are), drawn less often than the colour ones.
+GRAY = {
+    "camera": "calib", "coins": "calib", "moon": "calib", "brick": "calib", "cell": "calib",
+    "clock": "eval", "grass": "eval", "gravel": "eval", "page": "eval", "text": "eval",
+}
+COLOUR_WEIGHT, GRAY_WEIGHT = 3.0, 1.0
+SPLIT_CODES = {"all": 0, "calib": 1, "eval": 2}
+
+
+def load_source(name: str) -> np.ndarray:
+    """Return the photo as an RGB uint8 H x W x 3 array."""
+    import skimage.data
+
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        img = load_sample_image(name + ".jpg")
+    elif name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        img = left if name.endswith("left") else right
+    else:
+        img = getattr(skimage.data, name)()
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise SystemExit(f"source {name}: unexpected dtype {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def sources_for(split: str) -> list:
+    return sorted(n for n, s in {**COLOUR, **GRAY}.items() if split == "all" or s == split)
+
+
+def output_size(rng: np.random.Generator) -> tuple:
+    """(width, height) of one output image, ImageNet-val-like."""
+    r = rng.random()
+    if r < 0.60:
+        long_side, short_side = 500, (375 if rng.random() < 0.7 else 333)
+    elif r < 0.85:
+        long_side = int(rng.integers(300, 801))
+        short_side = int(round(long_side / rng.uniform(1.0, 1.6)))
+    elif r < 0.95:
+        long_side = int(rng.integers(1000, 2001))
+        short_side = int(round(long_side / rng.uniform(1.2, 1.5)))
+    else:
+        long_side = int(rng.integers(100, 300))
+        short_side = int(round(long_side / rng.uniform(1.0, 1.5)))
+    landscape = rng.random() < 0.75
+    return (long_side, short_side) if landscape else (short_side, long_side)
+
+
+def augment(src: np.ndarray, rng: np.random.Generator, size: tuple, colour: bool) -> tuple:
+    """Rotate, crop, resize, flip and jitter ``src``; return (RGB image, parameters)."""
+    import cv2
+
+    h, w = src.shape[:2]
+    out_w, out_h = size
+    angle = float(rng.uniform(-10, 10)) if rng.random() < 0.3 else 0.0
+    img = src
+    if angle:
+        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
+        img = cv2.warpAffine(src, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    # Crop with the output's aspect ratio (jittered +-10%), 30-100 % of the largest such crop.
+    aspect = (out_w / out_h) * float(rng.uniform(0.9, 1.1))
+    cw_max, ch_max = (w, w / aspect) if w / aspect <= h else (h * aspect, h)
+    frac = float(np.sqrt(rng.uniform(0.3, 1.0)))
+    cw, ch = max(8, int(cw_max * frac)), max(8, int(ch_max * frac))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    crop = img[y0:y0 + ch, x0:x0 + cw]
+    interp = cv2.INTER_AREA if out_w * out_h < cw * ch else cv2.INTER_CUBIC
+    out = cv2.resize(crop, (out_w, out_h), interpolation=interp)
+    flip = bool(rng.random() < 0.5)
+    if flip:
+        out = out[:, ::-1]
+    # Colour jitter: brightness, contrast, saturation (colour sources only), light noise.
+    bright, contrast = float(rng.uniform(0.75, 1.25)), float(rng.uniform(0.75, 1.25))
+    sat = float(rng.uniform(0.7, 1.3)) if colour else 1.0
+    f = out.astype(np.float32)
+    gray = f @ np.array([0.299, 0.587, 0.114], np.float32)
+    f = gray[..., None] + sat * (f - gray[..., None])
+    f = (f - gray.mean()) * contrast + gray.mean()
+    f *= bright
+    noise = float(rng.uniform(0.0, 3.0)) if rng.random() < 0.3 else 0.0
+    if noise:
+        f += rng.normal(0.0, noise, f.shape).astype(np.float32)
+    out = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    params = {"angle": round(angle, 2), "crop": [x0, y0, cw, ch], "flip": flip,
+              "brightness": round(bright, 3), "contrast": round(contrast, 3),
+              "saturation": round(sat, 3), "noise": round(noise, 2)}
+    return out, params
+
+
+MIXED_KINDS = {3: "gray-jpeg", 7: "png", 11: "gray-png", 15: "rgba-png", 19: "png16"}
+
+
+def mixed_kind(index: int) -> str:
+    """For --mixed: the file kind of image ``index``; every 20 images hold one of each."""
+    return MIXED_KINDS.get(index % 20, "jpeg")
+
+
+def make_one(index: int, args, names: list, weights: np.ndarray, photos: dict) -> dict:
+    """Write image ``index``; return its record for corpus.json."""
+    import cv2
+
+    rng = np.random.default_rng([args.seed, SPLIT_CODES[args.split], index])
+    name = names[int(rng.choice(len(names), p=weights))]
+    size = output_size(rng)
+    rgb, params = augment(photos[name], rng, size, name in COLOUR)
+    quality = int(rng.integers(75, 96))
+    progressive = bool(rng.random() < 0.1)
+    kind = mixed_kind(index) if args.mixed else "jpeg"
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    stem = f"corpus_{index:05d}"
+    folder = os.path.join(args.out, name) if args.classes else args.out
+    if kind in ("jpeg", "gray-jpeg"):
+        fname = stem + ".jpg"
+        data = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if kind == "gray-jpeg" else bgr
+        ok, buf = cv2.imencode(".jpg", data, [cv2.IMWRITE_JPEG_QUALITY, quality,
+                                              cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    else:
+        fname = stem + ".png"
+        if kind == "gray-png":
+            data = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        elif kind == "rgba-png":
+            alpha = np.full(bgr.shape[:2] + (1,), 255, np.uint8)
+            alpha[: bgr.shape[0] // 4] = 128  # a partly transparent band
+            data = np.concatenate([bgr, alpha], axis=2)
+        elif kind == "png16":
+            data = bgr.astype(np.uint16) * 257
+        else:
+            data = bgr
+        ok, buf = cv2.imencode(".png", data, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise SystemExit(f"OpenCV could not encode image {index}")
+    path = os.path.join(folder, fname)
+    with open(path, "wb") as fh:
+        fh.write(buf.tobytes())
+    rel = os.path.relpath(path, args.out).replace(os.sep, "/")
+    return {"file": rel, "source": name, "label": names.index(name), "kind": kind,
+            "size": list(size), "quality": quality if kind.endswith("jpeg") else None,
+            "progressive": progressive if kind.endswith("jpeg") else None, **params}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", help="output folder")
+    ap.add_argument("--count", type=int, default=1000, help="number of images (default 1000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split", choices=sorted(SPLIT_CODES), default="all",
+                    help="source photos: all, or the disjoint calib / eval halves")
+    ap.add_argument("--classes", action="store_true", help="one sub-folder per source photo")
+    ap.add_argument("--labels", action="store_true", help="also write OUT/labels.txt")
+    ap.add_argument("--mixed", action="store_true", help="include gray JPEGs and PNGs (8/16-bit, RGBA)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    args = ap.parse_args(argv)
+    if args.count < 1:
+        ap.error("--count must be at least 1")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+        ap.error(f"{args.out} is not empty (use --force to write into it)")
+
+    names = sources_for(args.split)
+    weights = np.array([COLOUR_WEIGHT if n in COLOUR else GRAY_WEIGHT for n in names])
+    weights /= weights.sum()
+    photos = {n: load_source(n) for n in names}
+    os.makedirs(args.out, exist_ok=True)
+    if args.classes:
+        for n in names:
+            os.makedirs(os.path.join(args.out, n), exist_ok=True)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.workers)) as pool:
+        records = list(pool.map(lambda i: make_one(i, args, names, weights, photos), range(args.count)))
+    seconds = time.perf_counter() - t0
+
+    info = {"made_by": "tools/make_corpus.py", "seed": args.seed, "split": args.split,
+            "count": args.count, "classes": names, "class_folders": args.classes, "mixed": args.mixed,
+            "sources": {n: {"shape": list(photos[n].shape), "colour": n in COLOUR,
+                            "split": COLOUR.get(n) or GRAY.get(n)} for n in names},
+            "images": records}
+    with open(os.path.join(args.out, "corpus.json"), "w") as fh:
+        json.dump(info, fh, indent=1)
+        fh.write("\n")
+    if args.labels:
+        with open(os.path.join(args.out, "labels.txt"), "w") as fh:
+            fh.writelines(f"{r['file']} {r['label']}\n" for r in records)
+    total = sum(os.path.getsize(os.path.join(args.out, r["file"])) for r in records)
+    print(f"wrote {args.count} images ({total / 1e6:.1f} MB) from {len(names)} photos "
+          f"(split {args.split}) to {args.out} in {seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

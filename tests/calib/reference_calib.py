@@ -58,14 +58,12 @@ def kl_candidate(hist, i, num_levels=128):
     hist = np.asarray(hist, dtype=np.int64)
     p = hist[:i].astype(np.float64).copy()
     p[i - 1] += hist[i:].sum()
-    group = (np.arange(i) * num_levels) // i
+    group = (np.arange(i) * num_levels) // i          # bin j -> level floor(j*L/i)
+    totals = np.bincount(group, weights=hist[:i].astype(np.float64), minlength=num_levels)
+    nonzero = p != 0
+    nz_per_group = np.bincount(group, weights=nonzero.astype(np.float64), minlength=num_levels)
     q = np.zeros(i, dtype=np.float64)
-    for g in range(num_levels):
-        members = group == g
-        total = hist[:i][members].sum()
-        nz = members & (p != 0)
-        if nz.any():
-            q[nz] = total / nz.sum()
+    q[nonzero] = totals[group[nonzero]] / nz_per_group[group[nonzero]]
     return p, q
 
 

@@ -11,6 +11,10 @@ from ..errors import Int8BatchError
 SUBCOMMANDS = [
     "pack",
     "inspect",
+    "calibrate",
+    "qdq",
+    "eval",
+    "run",
 ]
 
 

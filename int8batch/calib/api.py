@@ -1,0 +1,191 @@
+"""``calibrate()``: batch files + an FP32 ONNX model -> INT8 scales and every artefact.
+
+One streaming pass of ONNX Runtime over the batches feeds per-tensor |x|
+histograms (O(bins) memory per tensor, never the activations themselves);
+the thresholds are then computed per tensor and written as
+
+- ``calibration.cache``: TensorRT calibration cache (TensorRT 10 ``--calib``),
+- ``dynamic_range.txt``: ``name:amax`` lines (sampleINT8API format),
+- ``calibration.json``: amax, observed max, method and saturation per tensor,
+- ``model.qdq.onnx``: explicit Q/DQ model for TensorRT 11 / strongly typed 10.
+"""
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from ..errors import CalibrationError, ConfigError
+from ..reader import BatchSet
+from . import cache as cache_io
+from . import thresholds as th
+from .collector import HistogramCollector, MaxCollector
+
+log = logging.getLogger(__name__)
+
+#: "auto" (the default): observed max for tensors whose op bounds them (ReLU6/Clip,
+#: Sigmoid, Tanh: clipping them only loses signal), the smallest expected
+#: quantization error (MSE) for every other tensor.
+METHODS = ("auto",) + th.METHODS
+DEFAULT_METHOD = "auto"
+CACHE_ALGORITHM = {"minmax": "MinMaxCalibration"}  # every other method: EntropyCalibration2
+ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
+             "json": "calibration.json", "qdq": "model.qdq.onnx"}
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` computed and wrote."""
+
+    amax: dict
+    methods: dict
+    stats: dict
+    paths: dict = field(default_factory=dict)
+    batches: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    inference_seconds: float = 0.0
+    qdq_report: object = None
+
+    def summary(self):
+        written = ", ".join(f"{k}: {v}" for k, v in self.paths.items())
+        return (f"calibrated {len(self.amax)} tensors on {self.batches} batches ({self.images} images) in "
+                f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime); wrote {written}")
+
+
+def choose_amax(method, stats, bounded=None, config=None):
+    """Per-tensor amax for ``method`` over ``{name: TensorStats}``; returns (amax, method used)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    bounded = bounded or {}
+    amax, used = {}, {}
+    for name, s in stats.items():
+        m = method
+        if method == "auto":
+            m = "minmax" if name in bounded else "mse"
+        amax[name] = th.compute_amax(m, s, config)
+        used[name] = m
+    return amax, used
+
+
+def _open_batches(batches):
+    return (batches, False) if isinstance(batches, BatchSet) else (BatchSet(batches), True)
+
+
+def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, first=0, max_batches=None,
+              two_pass=False, num_bins=2048, percentile=None, trt_version=cache_io.DEFAULT_TRT_VERSION,
+              cache_algorithm=None, providers=None, intra_op_threads=None, write_qdq=True,
+              per_channel_weights=True, progress=None):
+    """Compute INT8 scales for ``model`` from batch files and write the artefacts.
+
+    Parameters
+    ----------
+    model : str or PathLike
+        FP32 ONNX model with one float input matching the batch files.
+    batches : str, PathLike or BatchSet
+        The calibration batch folder.
+    out : str or PathLike, optional
+        Output folder for the artefacts (created); None writes nothing.
+    method : {"auto", "entropy", "minmax", "percentile", "mse"}
+        "entropy" is TensorRT's KL-divergence recipe; "auto" (default) is
+        documented in :data:`METHODS`.
+    batch_size, first, max_batches :
+        Calibration batches as sampleINT8's BatchStream serves them; batch
+        size defaults to the model's fixed batch dimension, else the files' N.
+    two_pass : bool
+        Exact histograms: a first pass finds each tensor's max, the second
+        histograms over a fixed range (twice the inference, no range growth).
+    num_bins, percentile :
+        Histogram resolution and the percentile of ``method="percentile"``.
+    trt_version, cache_algorithm :
+        Header of the TensorRT cache (default algorithm: MinMaxCalibration for
+        minmax, EntropyCalibration2 otherwise).
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    CalibrationResult
+    """
+    from ..onnx import graph as G
+    from .ort_exec import ActivationRunner
+
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ConfigError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    config = th.DEFAULTS.replace(percentile=percentile)
+    bs, owned = _open_batches(batches)
+    try:
+        m = G.load_model(model)
+        names = G.quantizable_tensors(m)
+        bounded = G.bounded_tensors(m)
+        bounded = {k: v for k, v in bounded.items() if all(map(_finite, v))}
+        info = G.input_info(m)[0]
+        fixed = info.shape[0] if info.shape and isinstance(info.shape[0], int) else None
+        batch_size = int(batch_size or fixed or bs.per_file)
+        total = bs.num_batches(batch_size, first)
+        if max_batches is not None:
+            total = min(total, int(max_batches))
+        if total <= 0:
+            raise CalibrationError(f"{bs.folder}: no full batch of {batch_size} images after skipping {first} "
+                                   f"batches ({bs.num_images} images in the files)", bs.folder)
+        runner = ActivationRunner(m, names, providers=providers, intra_op_threads=intra_op_threads,
+                                  batch_dims=(batch_size,) + tuple(bs.image_shape))
+        infer = [0.0]
+
+        def sweep(collector, label):
+            for i, b in enumerate(bs.batches(batch_size, first, total)):
+                t = time.perf_counter()
+                outs = runner.run(b.data)
+                infer[0] += time.perf_counter() - t
+                collector.collect_many(outs)
+                del outs
+                if progress:
+                    progress(i + 1, total)
+            log.debug("%s pass over %d batches done", label, total)
+
+        if two_pass:
+            maxes = MaxCollector()
+            sweep(maxes, "max")
+            hist = HistogramCollector(num_bins, mode="fixed", ranges=maxes.ranges())
+        else:
+            hist = HistogramCollector(num_bins)
+        sweep(hist, "histogram")
+        runner.close()
+        stats = {n: hist.stats(n) for n in names if n in hist.names()}
+        amax, used = choose_amax(method, stats, bounded, config)
+        result = CalibrationResult(amax, used, stats, batches=total, images=total * batch_size,
+                                   inference_seconds=infer[0])
+        if out is not None:
+            _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq,
+                             per_channel_weights, model, bs, batch_size, first)
+        result.seconds = time.perf_counter() - t0
+        return result
+    finally:
+        if owned:
+            bs.close()
+
+
+def _finite(v):
+    return v is not None and abs(float(v)) != float("inf")
+
+
+def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq, per_channel, model, bs,
+                     batch_size, first):
+    from ..onnx import qdq
+    os.makedirs(out, exist_ok=True)
+    paths = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
+    algorithm = cache_algorithm or CACHE_ALGORITHM.get(method, "EntropyCalibration2")
+    cache_io.write_trt_cache(paths["cache"], result.amax, trt_version, algorithm)
+    cache_io.write_dynamic_range(paths["dynamic_range"], result.amax)
+    entries = {n: cache_io.calibration_entry(result.stats[n], a, result.methods[n]) for n, a in result.amax.items()}
+    meta = {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
+            "batches_folder": os.path.abspath(bs.folder), "batch_size": batch_size, "first_batch": first,
+            "batches": result.batches, "images": result.images, "method": method,
+            "trt_version": str(trt_version), "cache_algorithm": algorithm}
+    cache_io.write_calibration_json(paths["json"], entries, meta)
+    if write_qdq:
+        qmodel, report = qdq.insert_qdq_with_report(m, result.amax, per_channel_weights=per_channel)
+        qdq.save_model_atomic(qmodel, paths["qdq"])
+        result.qdq_report = report
+    else:
+        del paths["qdq"]
+    result.paths = paths

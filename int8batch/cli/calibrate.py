@@ -1,0 +1,80 @@
+"""Compute INT8 scales from batch files: TensorRT cache, dynamic ranges, Q/DQ ONNX model."""
+import logging
+
+from .options import ProgressBar
+
+log = logging.getLogger("int8batch")
+
+
+def add_parser(sub):
+    from ..calib.api import DEFAULT_METHOD, METHODS
+    p = sub.add_parser("calibrate", help=__doc__.splitlines()[0], description=__doc__ + """
+
+backend onnxruntime (default without TensorRT 8.6-10.x): ONNX Runtime runs the model,
+int8batch computes the scales and writes calibration.cache (TensorRT 10 format),
+dynamic_range.txt, calibration.json and model.qdq.onnx (TensorRT 11 / strongly typed).
+backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cache.""")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("--batches", required=True, metavar="DIR", help="folder of batch files (int8batch pack)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="auto (default): observed max for ReLU6/Clip-bounded tensors, least quantization "
+                        "error (mse) elsewhere; entropy: TensorRT's KL recipe")
+    p.add_argument("--out", default="calibration", metavar="DIR", help="output folder (default ./calibration)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+                   help="auto: tensorrt when TensorRT 8.6-10.x is installed, else onnxruntime")
+    p.add_argument("--batch-size", type=int, help="calibration batch (default: model's batch, else files' N)")
+    p.add_argument("--first", type=int, default=0, help="batches to skip first")
+    p.add_argument("--max-batches", type=int, help="most calibration batches (default: all)")
+    p.add_argument("--two-pass", action="store_true", help="exact histograms: a max pass, then fixed ranges")
+    p.add_argument("--percentile", type=float, help="percentile of --method percentile (default 99.99)")
+    p.add_argument("--bins", type=int, default=2048, help="histogram bins (default 2048)")
+    p.add_argument("--trt-version", default=None, help="TensorRT version in the cache header (default 10.16.0)")
+    p.add_argument("--cache", metavar="FILE", help="tensorrt backend: cache to reuse (skips calibration)")
+    p.add_argument("--algorithm", choices=("entropy2", "entropy", "minmax", "legacy"), default="entropy2",
+                   help="tensorrt backend: TensorRT calibrator (default entropy2)")
+    p.add_argument("--no-qdq", action="store_true", help="do not write the Q/DQ model")
+    p.add_argument("--report", action="store_true", help="also write report.png (needs matplotlib)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def _backend(choice):
+    if choice != "auto":
+        return choice
+    try:
+        import tensorrt
+        major = int(tensorrt.__version__.split(".")[0])
+        return "tensorrt" if 8 <= major <= 10 else "onnxruntime"
+    except ImportError:
+        return "onnxruntime"
+
+
+def run(args):
+    import os
+    backend = _backend(args.backend)
+    if backend == "tensorrt":
+        from ..trt.build import build_int8_engine
+        os.makedirs(args.out, exist_ok=True)
+        cache = args.cache or os.path.join(args.out, "calibration.cache")
+        res = build_int8_engine(args.model, args.batches, os.path.join(args.out, "model.int8.engine"), cache,
+                                algorithm=args.algorithm, batch_size=args.batch_size,
+                                max_batches=args.max_batches, first=args.first)
+        print(res.summary() if hasattr(res, "summary") else res)
+        return 0
+    from ..calib.api import calibrate
+    from ..calib.cache import DEFAULT_TRT_VERSION
+    bar = ProgressBar("batches", enabled=False if args.quiet else None)
+    try:
+        res = calibrate(args.model, args.batches, args.out, method=args.method, batch_size=args.batch_size,
+                        first=args.first, max_batches=args.max_batches, two_pass=args.two_pass,
+                        num_bins=args.bins, percentile=args.percentile,
+                        trt_version=args.trt_version or DEFAULT_TRT_VERSION, write_qdq=not args.no_qdq,
+                        progress=bar)
+    finally:
+        bar.close()
+    if args.report:
+        from ..calib.report import save_report
+        res.paths["report"] = save_report(res, os.path.join(args.out, "report.png"))
+    if not args.quiet:
+        print(res.summary())
+    return 0

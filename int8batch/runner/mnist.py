@@ -1,0 +1,80 @@
+"""``int8batch run mnist``: TensorRT's MNIST INT8 sample, reproduced end to end.
+
+The protocol of sampleINT8 and the Python ``int8_caffe_mnist`` sample:
+
+1. pack the bundled MNIST training images into batch files of 100
+   (``batches/batch0 ... batch599``, the sample's layout);
+2. calibrate on the first batches (sample defaults: 10 batches of 50);
+3. score FP32 and INT8 on the 10000 test images (or, with
+   ``score_set="train"``, on the sample's window: 400 batches of 100 from
+   batch 100 of the training files), printing Top-1/Top-5, ms/image,
+   expected/actual predictions of the first 100 images, and PASSED/FAILED
+   (INT8 top-1 within 1 point of FP32; the command exits 1 on FAILED).
+
+The INT8 model is the Q/DQ ONNX model written by the calibration, executed by
+ONNX Runtime's int8 kernels.
+"""
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from ..calib.api import DEFAULT_METHOD, calibrate
+from ..packing.packer import pack
+from ..packing.sources import DATA_DIR
+from ..reader import BatchSet
+from . import protocol
+from .scoring import compare
+
+MODEL = os.path.join(DATA_DIR, "lenet.onnx")
+
+
+@dataclass
+class MnistSettings:
+    """Every knob of the run (sampleINT8 defaults)."""
+
+    calib_batches: int = 10
+    calib_batch_size: int = 50
+    batch_size: int = 100
+    score_set: str = "test"         # "test" (t10k) or "train" (the sample's window)
+    first_score_batch: int = None   # default 0 for test, 100 for train
+    score_batches: int = None       # default all for test, 400 for train
+    method: str = DEFAULT_METHOD
+    preset: str = "mnist"
+    model: str = MODEL
+    threads: int = None
+
+
+def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=None):
+    """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`."""
+    from .report import RunReport
+    s = settings or MnistSettings()
+    tmp = workdir or tempfile.mkdtemp(prefix="int8batch-mnist-")
+    try:
+        train_dir = os.path.join(tmp, "batches")
+        pack("mnist", train_dir, preset=s.preset, batch_size=100, force=True)
+        if s.score_set == "test":
+            score_dir = os.path.join(tmp, "test-batches")
+            pack("mnist-test", score_dir, preset=s.preset, batch_size=100, force=True)
+            first = 0 if s.first_score_batch is None else s.first_score_batch
+            count = s.score_batches
+        elif s.score_set == "train":
+            score_dir = train_dir
+            first = 100 if s.first_score_batch is None else s.first_score_batch
+            count = 400 if s.score_batches is None else s.score_batches
+        else:
+            from ..errors import ConfigError
+            raise ConfigError(f"score set must be 'test' or 'train', got {s.score_set!r}")
+        with BatchSet(train_dir) as train, BatchSet(score_dir) as score:
+            cal = protocol.window(train.num_images, s.calib_batch_size, 0, s.calib_batches, "calibration")
+            win = protocol.window(score.num_images, s.batch_size, first, count, "scoring")
+            result = calibrate(s.model, train, out, method=s.method, batch_size=cal.batch_size,
+                               first=cal.first, max_batches=cal.count)
+            cmp = compare(s.model, result.paths["qdq"], score.batches(win.batch_size, win.first, win.count),
+                          threads=s.threads, progress=progress, total=win.count)
+        report = RunReport("mnist", s, cal, win, result, cmp, out)
+        report.write()
+        return report
+    finally:
+        if workdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,99 @@
+"""evaluate(): top-k, agreement, KL and differences against hand-computed values."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from scipy.special import softmax as sp_softmax
+from scipy.stats import entropy
+
+from int8batch.calib.evaluate import evaluate
+from int8batch.errors import ConfigError, ModelError
+from int8batch.format import write_batch_file
+
+LOGITS = np.array([[5, 4, 3, 2, 1, 0],
+                   [0, 1, 2, 3, 4, 5],
+                   [1, 1, 0, 0, 0, 0],      # tie: class 0 wins top-1
+                   [0, 0, 0, 0, 0, 9],
+                   [2, 0, 0, 0, 0, 1],
+                   [0, 3, 0, 0, 0, 0]], np.float32)
+LABELS = np.array([0, 0, 1, -1, 5, 1], np.float32)   # image 3 unlabelled
+SHIFT = np.array([0, 0, 0, 0, 0, 2.5], np.float32)   # the "INT8" model adds this
+
+
+def flat_model(shift=None, softmax=False, n="N"):
+    """x (N,1,1,6) -> Flatten [-> Add shift] [-> Softmax] -> y."""
+    nodes = [helper.make_node("Flatten", ["x"], ["f"])]
+    inits, last = [], "f"
+    if shift is not None:
+        nodes.append(helper.make_node("Add", ["f", "d"], ["a"]))
+        inits.append(numpy_helper.from_array(shift, "d"))
+        last = "a"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", [last], ["s"], axis=1))
+        last = "s"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    g = helper.make_graph(nodes, "flat", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                        [n, 1, 1, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def pairs(batch=3):
+    x = LOGITS.reshape(6, 1, 1, 6)
+    return [(x[k:k + batch], LABELS[k:k + batch]) for k in range(0, 6, batch)]
+
+
+def ref_kl():
+    return np.mean([entropy(sp_softmax(r.astype(np.float64)), sp_softmax(r + SHIFT.astype(np.float64)))
+                    for r in LOGITS])
+
+
+def check_hand_values(r):
+    assert r.images == 6 and r.labelled == 5
+    # FP32 top-1: images 0 and 5; top-5: 0, 2, 4, 5.  INT8 top-1: 0, 4, 5; top-5: 0, 2, 4, 5
+    assert r.top1_fp32 == pytest.approx(0.4) and r.top5_fp32 == pytest.approx(0.8)
+    assert r.top1_int8 == pytest.approx(0.6) and r.top5_int8 == pytest.approx(0.8)
+    # top-1 FP32 [0,5,0,5,0,1] vs INT8 [0,5,5,5,5,1]
+    assert r.top1_agreement == pytest.approx(4 / 6)
+    assert r.max_abs_diff == pytest.approx(2.5) and r.mean_abs_diff == pytest.approx(2.5 / 6)
+    assert r.mean_kl == pytest.approx(ref_kl(), rel=1e-6)
+    assert r.largest == [(0, 2.5), (1, 2.5), (2, 2.5), (3, 2.5), (4, 2.5)]
+
+
+def test_hand_computed_from_pairs():
+    check_hand_values(evaluate(flat_model(), flat_model(SHIFT), pairs(), intra_op_threads=1))
+
+
+def test_probability_outputs_are_not_softmaxed_twice():
+    r = evaluate(flat_model(softmax=True), flat_model(SHIFT, softmax=True), pairs())
+    assert r.mean_kl == pytest.approx(ref_kl(), rel=1e-5)
+    assert r.top1_agreement == pytest.approx(4 / 6)
+    r2 = evaluate(flat_model(softmax=True), flat_model(SHIFT, softmax=True), pairs(),
+                  outputs="logits")
+    assert r2.mean_kl != pytest.approx(ref_kl(), rel=1e-3)
+
+
+def test_batch_folder_rebatched_and_limited(tmp_path):
+    x = LOGITS.reshape(6, 1, 1, 6)
+    for k in range(2):
+        write_batch_file(tmp_path / f"batch{k}", x[3 * k:3 * k + 3], LABELS[3 * k:3 * k + 3])
+    check_hand_values(evaluate(flat_model(), flat_model(SHIFT), tmp_path, batch_size=2))
+    r = evaluate(flat_model(), flat_model(SHIFT), tmp_path, batch_size=2, max_batches=1)
+    assert r.images == 2 and r.labelled == 2 and r.top1_fp32 == 0.5 and r.top1_int8 == 0.5
+    assert "top-1 agreement" in r.summary() and r.as_dict()["images"] == 2
+
+
+def test_identical_models_and_errors():
+    r = evaluate(flat_model(), flat_model(), pairs())
+    assert r.top1_agreement == 1.0 and r.mean_kl == pytest.approx(0, abs=1e-12)
+    assert r.max_abs_diff == 0.0
+    unl = [(d, np.full(len(d), -1, np.float32)) for d, _ in pairs()]
+    r = evaluate(flat_model(), flat_model(), unl)
+    assert r.labelled == 0 and r.top1_fp32 is None and "n/a" in r.summary()
+    with pytest.raises(ConfigError, match="no batch"):
+        evaluate(flat_model(), flat_model(), [])
+    with pytest.raises(ModelError, match="--batch-size 2"):
+        evaluate(flat_model(), flat_model(n=2), pairs())
+    with pytest.raises(ConfigError, match="outputs"):
+        evaluate(flat_model(), flat_model(), pairs(), outputs="x")

@@ -31,8 +31,10 @@ def add_parser(sub):
 
 def run(args):
     from ..packing.packer import pack
+    logger = logging.getLogger("int8batch")
+    level = logger.level
     if args.quiet:
-        logging.getLogger("int8batch").setLevel(logging.ERROR)
+        logger.setLevel(logging.ERROR)
     bar = ProgressBar(enabled=False if args.quiet else None)
     try:
         result = pack(args.source, args.out, preset=args.preset, batch_size=args.batch_size, limit=args.limit,
@@ -42,6 +44,7 @@ def run(args):
                       **preprocess_overrides(args))
     finally:
         bar.close()
+        logger.setLevel(level)
     if not args.quiet:
         print(result.summary())
     return 0

@@ -4,7 +4,7 @@
 outputs (in memory: no file is written unless the model is over 2 GB) and
 returns them per batch; nothing is kept between calls, so the caller's
 collectors see each activation once and peak memory does not grow with the
-number of batches.  :func:`run_model` is plain inference for evaluation.
+number of batches.  :class:`ModelRunner` and :func:`run_model` are plain inference for evaluation.
 
 ``onnxruntime`` and ``onnx`` are imported inside the functions.
 """
@@ -186,6 +186,48 @@ class ActivationRunner:
         self.close()
 
 
+class ModelRunner:
+    """Plain inference, one batch at a time, with the input checked.
+
+    Parameters
+    ----------
+    model : str, PathLike or onnx.ModelProto
+        A model with one float input.
+    providers, intra_op_threads
+        As for :class:`ActivationRunner`.
+    output : str or None
+        Which graph output :meth:`run` returns; default the first.
+
+    Attributes
+    ----------
+    input_name, output_name : str
+    """
+
+    def __init__(self, model, providers=None, intra_op_threads=None, output=None):
+        self._label = _label(model)
+        m = G.load_model(model)
+        self._info = _single_input(m, self._label)
+        self.input_name = self._info.name
+        names = [o.name for o in m.graph.output]
+        self.output_name = names[0] if output is None else output
+        if self.output_name not in names:
+            raise ModelError(f"{self._label}: no graph output named {output!r} "
+                             f"(outputs: {', '.join(names)})", self._label)
+        self._session = _session(m, providers, intra_op_threads, self._label)
+
+    def check(self, dims):
+        """Raise ``ModelError`` unless batches of ``dims`` fit the model input."""
+        check_batch_shape(self._info, dims, self._label)
+
+    def run(self, batch):
+        """Run one batch ``(N, C, H, W)``; return the chosen output."""
+        data = np.asarray(getattr(batch, "data", batch))
+        self.check(data.shape)
+        if data.dtype != self._info.dtype:
+            data = data.astype(self._info.dtype)
+        return self._session.run([self.output_name], {self.input_name: data})[0]
+
+
 def run_model(model, batches, *, providers=None, intra_op_threads=None, output=None):
     """Plain inference: yield one output array per batch.
 
@@ -202,19 +244,6 @@ def run_model(model, batches, *, providers=None, intra_op_threads=None, output=N
     ------
     ndarray
     """
-    label = _label(model)
-    m = G.load_model(model)
-    info = _single_input(m, label)
-    names = [o.name for o in m.graph.output]
-    out = names[0] if output is None else output
-    if out not in names:
-        raise ModelError(f"{label}: no graph output named {out!r} (outputs: {', '.join(names)})",
-                         label)
-    session = _session(m, providers, intra_op_threads, label)
-    del m
+    runner = ModelRunner(model, providers, intra_op_threads, output)
     for b in batches:
-        data = np.asarray(getattr(b, "data", b))
-        check_batch_shape(info, data.shape, label)
-        if data.dtype != info.dtype:
-            data = data.astype(info.dtype)
-        yield session.run([out], {info.name: data})[0]
+        yield runner.run(b)

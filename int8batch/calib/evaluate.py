@@ -1,0 +1,194 @@
+"""Compare an FP32 model and its INT8 (Q/DQ) version on labelled batch files.
+
+Both models run with ONNX Runtime on the same batches, one batch at a time;
+only running sums (and the few largest differences) are kept, so memory does
+not grow with the number of images.  This is how a user without TensorRT
+checks a calibration: top-1/top-5 of both models against the labels, how
+often the INT8 top-1 agrees with FP32, the mean KL divergence of the softmax
+outputs, and the largest output differences.
+"""
+import heapq
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+from .ort_exec import ModelRunner
+
+log = logging.getLogger(__name__)
+
+_EPS = 1e-12
+
+
+@dataclass
+class EvalResult:
+    """Accuracy of an FP32/INT8 model pair.
+
+    Attributes
+    ----------
+    images : int
+        Images compared.
+    labelled : int
+        Images with a valid label (``0 <= label < classes``); the top-k
+        figures count only these and are None when there are none.
+    top1_fp32, top5_fp32, top1_int8, top5_int8 : float or None
+        Fractions in [0, 1].  Top-5 is top-min(5, classes).
+    top1_agreement : float
+        Fraction of images where both models pick the same class.
+    mean_kl : float
+        Mean over images of KL(p_fp32 || p_int8) of the softmax (natural log);
+        outputs that already are probabilities are used as they are.
+    max_abs_diff, mean_abs_diff : float
+        Largest and mean absolute difference of the raw outputs.
+    largest : list of (int, float)
+        The (image index, max |difference|) of the images that differ most,
+        largest first.
+    """
+
+    images: int = 0
+    labelled: int = 0
+    top1_fp32: float = None
+    top5_fp32: float = None
+    top1_int8: float = None
+    top5_int8: float = None
+    top1_agreement: float = 0.0
+    mean_kl: float = 0.0
+    max_abs_diff: float = 0.0
+    mean_abs_diff: float = 0.0
+    largest: list = field(default_factory=list)
+
+    def as_dict(self):
+        """Plain dict (JSON-ready)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def summary(self):
+        """A few lines for the command line."""
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:.2f} %"
+        lines = [f"images: {self.images} ({self.labelled} labelled)",
+                 f"top-1: FP32 {pct(self.top1_fp32)}, INT8 {pct(self.top1_int8)}",
+                 f"top-5: FP32 {pct(self.top5_fp32)}, INT8 {pct(self.top5_int8)}",
+                 f"top-1 agreement INT8 vs FP32: {pct(self.top1_agreement)}",
+                 f"mean softmax KL(FP32 || INT8): {self.mean_kl:.5f}",
+                 f"output |difference|: max {self.max_abs_diff:.5g}, mean {self.mean_abs_diff:.5g}"]
+        return "\n".join(lines)
+
+
+def _is_prob(y):
+    return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
+
+
+def softmax(y):
+    """Row-wise softmax in float64."""
+    z = np.asarray(y, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _topk(y, k):
+    """Indices of the k largest per row; ties go to the lower class index."""
+    return np.argsort(-y, axis=1, kind="stable")[:, :k]
+
+
+def _batches(batches, batch_size, max_batches):
+    if isinstance(batches, (str, os.PathLike)):
+        from ..reader import BatchSet
+        with BatchSet(batches) as bs:
+            yield from _batches(bs, batch_size, max_batches)
+        return
+    if hasattr(batches, "batches"):           # a BatchSet
+        yield from batches.batches(batch_size or batches.per_file, max_batches=max_batches)
+        return
+    for k, b in enumerate(batches):
+        if max_batches is not None and k >= max_batches:
+            return
+        yield b
+
+
+def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None, *,
+             outputs="auto", providers=None, intra_op_threads=None, keep_largest=5):
+    """Run both models on the same batches and compare them.
+
+    Parameters
+    ----------
+    fp32_model, int8_model : str, PathLike or onnx.ModelProto
+    batchset : BatchSet, str/PathLike (a batch folder) or iterable
+        An iterable yields :class:`int8batch.reader.Batch` objects or
+        ``(data, labels)`` pairs.  Labels outside ``[0, classes)`` (e.g. -1,
+        unlabelled) are left out of top-k.
+    batch_size : int or None
+        Images per run (a BatchSet re-batches; default its files' N).
+    max_batches : int or None
+        Stop after this many batches.
+    outputs : {"auto", "logits", "probs"}
+        Whether the models' outputs are logits (softmax is applied for the KL)
+        or already probabilities; "auto" decides per batch from the FP32
+        output (non-negative rows summing to 1 are probabilities).
+    keep_largest : int
+        How many images :attr:`EvalResult.largest` lists.
+
+    Returns
+    -------
+    EvalResult
+    """
+    if outputs not in ("auto", "logits", "probs"):
+        raise ConfigError(f"outputs must be 'auto', 'logits' or 'probs', got {outputs!r}")
+    fp = ModelRunner(fp32_model, providers, intra_op_threads)
+    q = ModelRunner(int8_model, providers, intra_op_threads)
+    res = EvalResult()
+    hits = np.zeros(4, np.int64)          # top1 fp32, top5 fp32, top1 int8, top5 int8
+    agree, kl_sum, abs_sum, values = 0, 0.0, 0.0, 0
+    largest = []
+    for b in _batches(batchset, batch_size, max_batches):
+        data, labels = (b.data, b.labels) if hasattr(b, "data") else b
+        y0 = np.asarray(fp.run(data))
+        y1 = np.asarray(q.run(data))
+        n = y0.shape[0]
+        y0, y1 = y0.reshape(n, -1), y1.reshape(n, -1)
+        if y0.shape != y1.shape:
+            raise ModelError(f"the FP32 output is {y0.shape} per batch but the INT8 output is "
+                             f"{y1.shape}; compare a model with its own Q/DQ version")
+        classes = y0.shape[1]
+        k = min(5, classes)
+        t0, t1 = _topk(y0, k), _topk(y1, k)
+        agree += int((t0[:, 0] == t1[:, 0]).sum())
+        lab = np.asarray(labels, np.float64).reshape(-1)
+        ok = (lab >= 0) & (lab < classes) & (lab == np.round(lab))
+        if ok.any():
+            li = lab[ok].astype(np.int64)[:, None]
+            hits += [int((t0[ok, :1] == li).sum()), int((t0[ok] == li).any(1).sum()),
+                     int((t1[ok, :1] == li).sum()), int((t1[ok] == li).any(1).sum())]
+            res.labelled += int(ok.sum())
+        probs = outputs == "probs" or (outputs == "auto" and _is_prob(y0))
+        p0 = np.asarray(y0, np.float64) if probs else softmax(y0)
+        p1 = np.clip(np.asarray(y1, np.float64), 0, None) if probs else softmax(y1)
+        if probs:
+            p1 = p1 / np.maximum(p1.sum(axis=1, keepdims=True), _EPS)
+        terms = np.where(p0 > 0, p0 * (np.log(np.maximum(p0, _EPS)) - np.log(np.maximum(p1, _EPS))),
+                         0.0)
+        kl_sum += float(terms.sum())
+        d = np.abs(y0.astype(np.float64) - y1)
+        abs_sum += float(d.sum())
+        values += d.size
+        per = d.max(axis=1)
+        res.max_abs_diff = max(res.max_abs_diff, float(per.max()))
+        for j, v in enumerate(per):
+            item = (float(v), -(res.images + j))
+            if len(largest) < keep_largest:
+                heapq.heappush(largest, item)
+            elif keep_largest:
+                heapq.heappushpop(largest, item)
+        res.images += n
+    if res.images == 0:
+        raise ConfigError("no batch to evaluate: the batch set is empty or smaller than one batch")
+    res.top1_agreement = agree / res.images
+    res.mean_kl = kl_sum / res.images
+    res.mean_abs_diff = abs_sum / values
+    res.largest = [(-i, v) for v, i in sorted(largest, reverse=True)]
+    if res.labelled:
+        res.top1_fp32, res.top5_fp32, res.top1_int8, res.top5_int8 = (hits / res.labelled).tolist()
+    log.info("evaluate: %s", res.summary().replace("\n", "; "))
+    return res

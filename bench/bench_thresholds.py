@@ -1,0 +1,119 @@
+"""Time the amax searches (entropy/KL, MSE, percentile) on a ResNet-50-sized set of histograms.
+
+150 synthetic but realistic 2048-bin |x| histograms (ReLU outputs with a zero
+spike, Laplace / Student-t tails, bounded ReLU6-like outputs, sparse inputs;
+1e5 to 1e8 counts each, range chosen by the collector's power-of-two rule) are
+searched by int8batch (Cython kernels, through the public threshold functions)
+and by the NumPy twins in tests/calib/reference_calib.py, in the same run.
+Prints total time, time per tensor, the twin/int8batch ratio and how many
+tensors got the same answer.
+
+    python bench/bench_thresholds.py            # full: 150 tensors
+    python bench/bench_thresholds.py --quick    # smoke run: 6 tensors
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "calib"))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+import reference_calib as ref  # noqa: E402
+from int8batch.calib import thresholds as T  # noqa: E402
+from int8batch.calib.collector import TensorStats  # noqa: E402
+
+
+def make_histograms(count, nbins=2048, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = (np.arange(nbins) + 0.5) / nbins     # in units of the range
+    out = []
+    for k in range(count):
+        kind = k % 5
+        # data max in the upper half of the range, as the power-of-two rule gives
+        top = rng.uniform(0.5, 1.0)
+        u = centres / top
+        if kind == 0:      # ReLU output: zero spike + half-normal
+            dens = np.exp(-0.5 * (u * rng.uniform(3, 8)) ** 2)
+        elif kind == 1:    # Laplace-like
+            dens = np.exp(-u * rng.uniform(6, 14))
+        elif kind == 2:    # Student-t-like heavy tail
+            df = rng.uniform(1.5, 5)
+            dens = (1 + (u * rng.uniform(10, 40)) ** 2 / df) ** (-(df + 1) / 2)
+        elif kind == 3:    # bounded (ReLU6 / sigmoid-like): mass piles at the bound
+            dens = np.exp(-u * rng.uniform(1, 4))
+            dens[int(top * nbins) - 1] += dens.sum() * rng.uniform(0.05, 0.3)
+        else:              # normalised input image: broad, a few spikes
+            dens = np.exp(-0.5 * (u * 2.5) ** 2)
+            dens[rng.integers(0, int(top * nbins), 12)] += dens.sum() * 0.01
+        dens[centres > top] = 0.0
+        total = int(10 ** rng.uniform(5, 8))
+        hist = rng.multinomial(total, dens / dens.sum()).astype(np.int64)
+        if kind == 0:
+            hist[0] += int(total * rng.uniform(0.2, 0.7))
+        nz = np.flatnonzero(hist)
+        width = 2.0 ** -rng.integers(0, 8) / nbins * 16
+        out.append(TensorStats.from_histogram(hist, width, amax=(nz[-1] + 0.7) * width,
+                                              name=f"t{k}"))
+    return out
+
+
+def timed(fn, items):
+    t0 = time.perf_counter()
+    res = [fn(s) for s in items]
+    return time.perf_counter() - t0, res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="6 tensors, for a smoke run")
+    ap.add_argument("--tensors", type=int, default=150)
+    ap.add_argument("--repeat", type=int, default=3, help="best of N for the int8batch timings")
+    args = ap.parse_args(argv)
+    n = 6 if args.quick else args.tensors
+    stats = make_histograms(n)
+    print(f"{n} tensors x 2048 bins; total counts {sum(s.count for s in stats):.3g}")
+
+    def ours_entropy(s):
+        return T.amax_entropy(s, clip=False)
+
+    def twin_entropy(s):
+        i, _ = ref.kl_search(s.hist, 128, 128)
+        return (i + 0.5) * s.width
+
+    def ours_mse(s):
+        return T.amax_mse(s, clip=False)
+
+    def twin_mse(s):
+        return ref.mse_search(s.hist, 128, 8) * s.width
+
+    def ours_pct(s):
+        return T.amax_percentile(s, 99.99, clip=False)
+
+    def twin_pct(s):
+        return (ref.percentile_bin(s.hist, 99.99) + 1) * s.width
+
+    rows = []
+    for name, ours, twin in [("entropy (KL)", ours_entropy, twin_entropy),
+                             ("mse", ours_mse, twin_mse),
+                             ("percentile 99.99", ours_pct, twin_pct)]:
+        t_ours = min(timed(ours, stats)[0] for _ in range(max(1, args.repeat)))
+        _, r_ours = timed(ours, stats)
+        t_twin, r_twin = timed(twin, stats)
+        same = sum(a == b for a, b in zip(r_ours, r_twin))
+        rows.append((name, t_ours, t_twin, same))
+
+    print(f"{'method':18s} {'int8batch s':>12s} {'ms/tensor':>10s} {'twin s':>9s} "
+          f"{'twin/ours':>10s} {'same':>8s}")
+    for name, t_ours, t_twin, same in rows:
+        print(f"{name:18s} {t_ours:12.4f} {1e3 * t_ours / n:10.3f} {t_twin:9.3f} "
+              f"{t_twin / t_ours:9.1f}x {same:4d}/{n}")
+    total = sum(r[1] for r in rows)
+    print(f"all three methods, {n} tensors: {total:.3f} s with int8batch")
+
+
+if __name__ == "__main__":
+    main()

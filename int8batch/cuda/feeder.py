@@ -12,7 +12,8 @@ Strategies (``strategy=``):
     copied by the GPU's copy engine straight out of the page cache: no host
     copy at all.  A batch that straddles two files is copied as two pieces.
     The file(s) of batch *i+2* are registered while batch *i+1* is being
-    copied.  Registrations are kept (up to ``register_limit`` bytes) so a
+    copied, by ``register_threads`` background threads that run ahead of the
+    copies.  Registrations are kept (up to ``register_limit`` bytes) so a
     second pass over the same files costs only the copies.
 ``pinned``
     Batches are copied by ``copy_threads`` threads from the mapping into two
@@ -37,7 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import runtime as cu
-from .buffers import DeviceBuffer, PinnedBuffer, RegisteredMapping
+from .buffers import DeviceBuffer, PinnedBuffer
+from .registry import FileRegistry
 from .. import format as fmt
 from ..errors import ConfigError, CudaError
 
@@ -106,6 +108,9 @@ class DeviceFeeder:
     register_limit : int
         Most bytes kept registered at once; older files are unregistered when
         a new one would exceed it.
+    register_threads : int
+        Background threads registering files ahead of the copies (0: register
+        on the calling thread, overlapping only the copy in flight).
 
     Notes
     -----
@@ -116,7 +121,8 @@ class DeviceFeeder:
     """
 
     def __init__(self, batchset, batch_size=None, first=0, max_batches=None, strategy="auto",
-                 copy_threads=4, stream=None, device=None, register_limit=DEFAULT_REGISTER_LIMIT):
+                 copy_threads=4, stream=None, device=None, register_limit=DEFAULT_REGISTER_LIMIT,
+                 register_threads=2):
         if strategy not in STRATEGIES:
             raise ConfigError(f"feeder strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
         self.batchset = batchset
@@ -136,19 +142,17 @@ class DeviceFeeder:
         self.nbytes = self.batch_size * self.image_bytes
         self.copy_threads = max(1, int(copy_threads))
         self.register_limit = int(register_limit)
+        self.register_threads = max(0, int(register_threads))
         self.requested = strategy
         self.strategy = None
-        self.stats = {"register_s": 0.0, "registered_files": 0, "unregistered_files": 0,
-                      "fallback_files": 0, "batches": 0}
+        self._batches_done = 0
+        self._registry = None
         self._closed = False
         self._pos = 0
         self._primed = False
         self._stream = None
         self._dev, self._events, self._staging, self._fills = [], [], [], [None, None]
         self._pool = None
-        self._regs = {}          # file k -> RegisteredMapping, or None when it must be copied pageable
-        self._borrowed = set()   # files registered by someone else (not ours to unregister)
-        self._last_use = {}
         self._src = [batchset.file_arrays(k)[0].reshape(-1).view(np.uint8) for k in range(batchset.num_files)]
         try:
             self.device = cu.ensure_context(device)
@@ -173,57 +177,33 @@ class DeviceFeeder:
         if strategy in ("pinned", "pageable"):
             return strategy
         readonly = cu.readonly_registration_supported(self.device)
-        if self.num_batches == 0:
-            return "registered" if readonly else "pinned"
-        k0 = self._segments(0)[0][0]
-        try:
-            self._register(k0, readonly)
-        except CudaError as exc:
-            if strategy == "registered":
-                raise CudaError(
-                    f"{self.batchset.paths[k0]}: cudaHostRegister of the read-only mapping was refused ({exc}); "
-                    "use strategy='pinned' (or 'auto' to fall back automatically)",
-                    name=exc.name, code=exc.code) from exc
-            log.warning("host registration of %s refused (%s; read-only registration %ssupported); "
-                        "falling back to pinned staging", self.batchset.paths[k0], exc.name,
-                        "" if readonly else "not ")
-            return "pinned"
-        self._readonly = readonly
+        registry = FileRegistry(self.batchset, readonly, self.register_threads, self.register_limit,
+                                cu.current_context())
+        if self.num_batches:
+            k0 = self._segments(0)[0][0]
+            try:
+                registry.register_now(k0)
+            except CudaError as exc:
+                registry.close()
+                if strategy == "registered":
+                    raise CudaError(
+                        f"{self.batchset.paths[k0]}: cudaHostRegister of the read-only mapping was refused "
+                        f"({exc}); use strategy='pinned' (or 'auto' to fall back automatically)",
+                        name=exc.name, code=exc.code) from exc
+                log.warning("host registration of %s refused (%s; read-only registration %ssupported); "
+                            "falling back to pinned staging", self.batchset.paths[k0], exc.name,
+                            "" if readonly else "not ")
+                return "pinned"
+        self._registry = registry
         return "registered"
 
-    def _register(self, k, readonly=None):
-        if readonly is None:
-            readonly = self._readonly
-        t0 = time.perf_counter()
-        try:
-            self._regs[k] = RegisteredMapping(self.batchset.file_buffer(k), readonly=readonly,
-                                              name=self.batchset.paths[k])
-            self.stats["registered_files"] += 1
-        except CudaError as exc:
-            if exc.name == "cudaErrorHostMemoryAlreadyRegistered":
-                self._regs[k] = None
-                self._borrowed.add(k)
-                log.info("%s is already registered by another user; copying from it as is",
-                         self.batchset.paths[k])
-            else:
-                raise
-        finally:
-            self.stats["register_s"] += time.perf_counter() - t0
-
-    def _evict(self, keep):
-        used = sum(r.reg_bytes for r in self._regs.values() if r is not None)
-        if used <= self.register_limit:
-            return
-        for k in sorted(self._regs, key=lambda f: self._last_use.get(f, -1)):
-            if used <= self.register_limit:
-                break
-            reg = self._regs[k]
-            if k in keep or reg is None or self._last_use.get(k, -1) >= self._pos:
-                continue
-            used -= reg.reg_bytes
-            del self._regs[k]
-            reg.close()
-            self.stats["unregistered_files"] += 1
+    @property
+    def stats(self):
+        """Counters: batches served, registration seconds and file counts."""
+        out = {"batches": self._batches_done}
+        if self._registry is not None:
+            out.update(self._registry.stats)
+        return out
 
     # ------------------------------------------------------------- pipeline
     def _segments(self, j):
@@ -241,19 +221,10 @@ class DeviceFeeder:
     def _prepare(self, j):
         """Get batch ``j`` ready for its copy (register its files / start filling staging)."""
         if self.strategy == "registered":
-            keep = {s[0] for s in self._segments(j)}
-            if j > 0:
-                keep |= {s[0] for s in self._segments(j - 1)}
-            for k, *_ in self._segments(j):
-                if k not in self._regs:
-                    self._evict(keep)
-                    try:
-                        self._register(k)
-                    except CudaError as exc:
-                        self._regs[k] = None
-                        self.stats["fallback_files"] += 1
-                        log.warning("%s: registration refused (%s); copying this file pageable",
-                                    self.batchset.paths[k], exc.name)
+            files = [seg[0] for seg in self._segments(j)]
+            last = self._segments(self.num_batches - 1)[-1][0]
+            ahead = range(files[-1] + 1, min(last, files[-1] + self.register_threads) + 1)
+            self._registry.request(files + list(ahead), busy_after=self._pos)
         elif self.strategy == "pinned":
             slot = j % 2
             dst = self._staging[slot].array
@@ -277,10 +248,9 @@ class DeviceFeeder:
             cu.memcpy_htod_async(dev, self._staging[slot].ptr, self.nbytes, stream)
         else:
             for k, src_off, dst_off, nb in self._segments(j):
-                reg = self._regs.get(k) if self.strategy == "registered" else None
+                reg = self._registry.source(k, j) if self.strategy == "registered" else None
                 if reg is not None:
                     src = reg.ptr(fmt.HEADER_BYTES + src_off)
-                    self._last_use[k] = j
                 else:
                     src = self._src[k].__array_interface__["data"][0] + src_off
                 cu.memcpy_htod_async(dev + dst_off, src, nb, stream)
@@ -312,7 +282,7 @@ class DeviceFeeder:
             self._issue(i + 1)
         if i + 2 < self.num_batches:
             self._prepare(i + 2)
-        self.stats["batches"] += 1
+        self._batches_done += 1
         index = self.first + i
         return DeviceBatch(self._dev[slot].ptr, self.nbytes, self.shape, index,
                            index * self.batch_size, self._labels(i))
@@ -370,10 +340,9 @@ class DeviceFeeder:
             self._pool = None
         if self._stream is not None and self._stream.handle:
             attempt(self._stream.synchronize)
-        for k, reg in list(self._regs.items()):
-            if reg is not None:
-                attempt(reg.close)
-        self._regs.clear()
+        if self._registry is not None:
+            attempt(self._registry.close)
+            self._registry = None
         for obj in self._staging + self._dev + self._events:
             attempt(obj.close)
         self._staging, self._dev, self._events = [], [], []
@@ -391,7 +360,7 @@ class DeviceFeeder:
     @property
     def registered_files(self):
         """Indices of the files currently registered by this feeder."""
-        return sorted(k for k, r in self._regs.items() if r is not None)
+        return [] if self._registry is None else self._registry.registered
 
     def __enter__(self):
         return self

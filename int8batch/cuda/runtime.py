@@ -101,6 +101,15 @@ def current_context():
     return int(ctx) if ctx is not None else 0
 
 
+def set_current_context(handle):
+    """Bind the context ``handle`` (from :func:`current_context`) to the calling thread."""
+    drv = _driver()
+    err = drv.cuCtxSetCurrent(drv.CUcontext(int(handle)))
+    err = err[0] if isinstance(err, tuple) else err
+    if int(err) != 0:
+        raise CudaError(f"cuCtxSetCurrent(0x{int(handle):x}) failed with {err}", name=str(err), code=int(err))
+
+
 def ensure_context(device=None):
     """Make sure a context is current on this thread; return the device ordinal.
 

@@ -11,7 +11,7 @@ import ctypes
 
 from int8batch.errors import CudaError
 
-NAMES = ["ensure_context", "Stream", "Event", "readonly_registration_supported", "memcpy_htod_async",
+NAMES = ["ensure_context", "current_context", "set_current_context", "Stream", "Event", "readonly_registration_supported", "memcpy_htod_async",
          "malloc", "free", "memcpy_dtoh", "memcpy_htod", "host_alloc", "free_host", "host_register",
          "host_unregister"]
 
@@ -77,6 +77,12 @@ class FakeCuda:
     # -- runtime API
     def ensure_context(self, device=None):
         return 0
+
+    def current_context(self):
+        return 1
+
+    def set_current_context(self, handle):
+        assert handle == 1
 
     def readonly_registration_supported(self, device=None):
         return self.readonly_supported

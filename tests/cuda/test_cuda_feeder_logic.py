@@ -51,6 +51,19 @@ def test_feeder_serves_every_batch(monkeypatch, batch_dir, strategy, batch_size)
     assert fake.live() == (0, 0, 0, 0)
 
 
+@pytest.mark.parametrize("register_threads", [0, 1, 3])
+@pytest.mark.parametrize("batch_size", [N, 4, 9])
+def test_registration_threads(monkeypatch, batch_dir, register_threads, batch_size):
+    folder, images, _ = batch_dir
+    fake = FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, batch_size, register_threads=register_threads) as feeder:
+        for i, b in enumerate(feeder):
+            np.testing.assert_array_equal(_read_device(fake, b), images[i * batch_size:(i + 1) * batch_size])
+        used = (len(images) // batch_size * batch_size - 1) // N + 1
+        assert feeder.registered_files == list(range(used))    # nothing past the last batch's file
+    assert fake.live() == (0, 0, 0, 0)
+
+
 def test_first_and_max_batches(monkeypatch, batch_dir):
     folder, images, _ = batch_dir
     fake = FakeCuda().install(monkeypatch)
@@ -78,10 +91,11 @@ def test_second_pass_keeps_registrations(monkeypatch, batch_dir):
 def test_register_limit_evicts_old_files(monkeypatch, batch_dir):
     folder, images, _ = batch_dir
     fake = FakeCuda().install(monkeypatch)
-    with BatchSet(folder) as bs, DeviceFeeder(bs, N, register_limit=1) as feeder:
+    with BatchSet(folder) as bs, DeviceFeeder(bs, N, register_limit=1, register_threads=0) as feeder:
         for i, b in enumerate(feeder):
             np.testing.assert_array_equal(_read_device(fake, b), images[i * N:(i + 1) * N])
-            assert len(fake.registered) <= 3   # batch i, i+1 in flight, i+2 being prepared
+            # batch i, i+1 in flight, i+2 being prepared, register_threads more ahead
+            assert len(fake.registered) <= 3 + feeder.register_threads
         assert feeder.stats["unregistered_files"] >= 1
 
 

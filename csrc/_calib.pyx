@@ -409,9 +409,8 @@ def mse_search(const int64_t[::1] hist, int start_bin=128, int stride=8, double[
     Returns
     -------
     int
-        The chosen ``k`` (amax = ``k * bin_width``), or 0 for an empty or
-        all-zero-bin-only histogram with no candidate (kmax = 0 cannot happen
-        for a non-empty histogram).
+        The chosen ``k`` (amax = ``k * bin_width``), or 0 for an empty
+        histogram (no counts, hence no candidate).
     """
     cdef Py_ssize_t nbins = hist.shape[0], j, k, kmax = 0, lo, hi, best, fine_lo, fine_hi
     if start_bin < 1:

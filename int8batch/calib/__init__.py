@@ -7,7 +7,8 @@
 - :mod:`.cache` -- TensorRT calibration cache, sampleINT8API dynamic-range file,
   calibration JSON.
 """
-from .cache import (CacheData, calibration_entry, read_calibration_json, read_dynamic_range, read_trt_cache,
+from .cache import (CacheData, calibration_entry, read_calibration_json, read_dynamic_range,
+                    read_trt_cache,
                     trt_version_int, write_calibration_json, write_dynamic_range,
                     write_trt_cache)
 from .collector import HistogramCollector, MaxCollector, TensorStats

@@ -212,7 +212,8 @@ def read_trt_cache(path) -> CacheData:
     m = re.fullmatch(r"TRT-(\d+)-([A-Za-z0-9_]+)", header.strip())
     if not m:
         raise CacheError(f"{p}:1: not a TensorRT calibration cache: the first line is {header!r}, "
-                         "expected 'TRT-<version>-<algorithm>' (e.g. TRT-100300-EntropyCalibration2)",
+                         "expected 'TRT-<version>-<algorithm>' "
+                         "(e.g. TRT-100300-EntropyCalibration2)",
                          path=p)
     scales: dict[str, float] = {}
     first_line: dict[str, int] = {}
@@ -295,7 +296,8 @@ def read_dynamic_range(path) -> dict[str, float]:
             continue
         k = line.rfind(":")
         if k <= 0:
-            raise CacheError(f"{p}:{lineno}: malformed line {line!r}; expected '<tensor name>:<amax>'",
+            raise CacheError(f"{p}:{lineno}: malformed line {line!r}; "
+                             "expected '<tensor name>:<amax>'",
                              path=p)
         name, value = line[:k], line[k + 1:].strip()
         try:

@@ -133,7 +133,7 @@ class TensorStats:
 
     @classmethod
     def from_histogram(cls, hist, width, amax=None, name="", **extra):
-        """Build stats from a bare histogram (``amax`` defaults to the top of the last non-empty bin)."""
+        """Stats from a bare histogram; ``amax`` defaults to the top of the last non-empty bin."""
         h = np.array(hist, dtype=np.int64)
         if h.ndim != 1 or (h < 0).any():
             raise ConfigError(f"histogram of {name!r} must be 1-D with non-negative counts")
@@ -192,6 +192,11 @@ class HistogramCollector:
     num_threads : int, optional
         Threads for the histogram kernel (None: :func:`default_num_threads`).
         Results are identical for any value.
+
+    Notes
+    -----
+    The kernels release the GIL, but one collector is not thread-safe: give
+    each thread its own collector and :meth:`merge` them (exact, see above).
     """
 
     def __init__(self, num_bins: int = 2048, mode: str = "grow",
@@ -214,7 +219,8 @@ class HistogramCollector:
             for k, v in ranges.items():
                 v = float(v)
                 if not (math.isfinite(v) and v >= 0.0):
-                    raise ConfigError(f"fixed range of tensor {k!r} must be finite and >= 0, got {v}")
+                    raise ConfigError(
+                        f"fixed range of tensor {k!r} must be finite and >= 0, got {v}")
                 self.ranges[str(k)] = v
         self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
         if self.num_threads < 1:
@@ -283,7 +289,8 @@ class HistogramCollector:
             raise TypeError(f"can only merge a HistogramCollector, not {type(other).__name__}")
         if other.num_bins != self.num_bins or other.mode != self.mode:
             raise CalibrationError(
-                f"cannot merge collectors with different settings ({self.num_bins} bins/{self.mode} "
+                "cannot merge collectors with different settings "
+                f"({self.num_bins} bins/{self.mode} "
                 f"vs {other.num_bins} bins/{other.mode})")
         for name, src in other._states.items():
             dst = self._state(name)

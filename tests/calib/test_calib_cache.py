@@ -30,8 +30,8 @@ def test_scale_bits_by_hand():
     assert C.scale_bits(0.0) == "00000000"
 
 
-@pytest.mark.parametrize("version, want", [("10.16.0", 101600), ("10.3.0", 100300), ("10.3", 100300),
-                                           ("8.6.1", 8601), ("8.5.10", 8510), ("5.1.5.0", 5105),
+@pytest.mark.parametrize("version, want", [("10.16.0", 101600), ("10.3.0", 100300),
+                                           ("10.3", 100300), ("8.6.1", 8601), ("8.5.10", 8510), ("5.1.5.0", 5105),
                                            (100300, 100300), ("8602", 8602)])
 def test_trt_version_int(version, want):
     assert C.trt_version_int(version) == want

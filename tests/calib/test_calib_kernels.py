@@ -132,8 +132,8 @@ def _random_hists(count, nbins, seed):
             v = rng.choice([0.1, 0.5, 2.0, 7.0], size=300)
         else:           # heavy tail
             v = np.abs(rng.standard_t(2, size=20000))
-        h, _ = ref.abs_histogram(v.astype(np.float32), float(v.max()) * rng.uniform(0.6, 1.3) + 1e-3,
-                                 nbins)
+        top = float(v.max()) * rng.uniform(0.6, 1.3) + 1e-3
+        h, _ = ref.abs_histogram(v.astype(np.float32), top, nbins)
         yield h
 
 

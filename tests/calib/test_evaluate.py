@@ -2,12 +2,21 @@
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from scipy.special import softmax as sp_softmax
-from scipy.stats import entropy
 
 from int8batch.calib.evaluate import evaluate
 from int8batch.errors import ConfigError, ModelError
 from int8batch.format import write_batch_file
+
+
+def sp_softmax(x):
+    # plain NumPy reference (scipy is not a test dependency)
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+def entropy(p, q):
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(np.where(p > 0, p * np.log(p / q), 0.0)))
 
 LOGITS = np.array([[5, 4, 3, 2, 1, 0],
                    [0, 1, 2, 3, 4, 5],

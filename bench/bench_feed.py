@@ -99,6 +99,29 @@ def feeder_passes(bs, batch_size, repeats, **kw):
     return statistics.median(first), statistics.median(second), statistics.median(close), nbytes, strategy
 
 
+def probe_registration(bs, threads, chunks=1):
+    """GB/s of cudaHostRegister(ReadOnly) and cudaHostUnregister over every file, on ``threads`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    from int8batch.cuda.buffers import host_address
+
+    ctx = cu.current_context()
+    readonly = cu.readonly_registration_supported()
+    ranges = []
+    for k in range(bs.num_files):
+        base, size = host_address(bs.file_buffer(k)), bs.file_buffer(k).size()
+        size = -(-size // 4096) * 4096
+        step = -(-size // (chunks * 4096)) * 4096
+        ranges += [(base + a, min(step, size - a)) for a in range(0, size, step)]
+    with ThreadPoolExecutor(threads, initializer=lambda: cu.set_current_context(ctx)) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(lambda r: cu.host_register(r[0], r[1], readonly=readonly), ranges))
+        t1 = time.perf_counter()
+        list(pool.map(lambda r: cu.host_unregister(r[0]), ranges))
+        t2 = time.perf_counter()
+    total = sum(r[1] for r in ranges)
+    return total / (t1 - t0) / 1e9, total / (t2 - t1) / 1e9
+
+
 def get_batch_overhead(bs, batch_size, calls):
     """Median and 90th percentile microseconds of get_batch when the next batch is resident."""
     try:
@@ -202,6 +225,7 @@ def main(argv=None):
             rows.append((f"(c) auto, batch {straddle} (straddles files) [{strategy}] first pass", moved / first / 1e9))
             rows.append((f"(c) auto, batch {straddle} second pass", moved / second / 1e9))
             med, p90, using = get_batch_overhead(bs, args.n, args.calls)
+            probes = [(t, ch, *probe_registration(bs, t, ch)) for t, ch in ((1, 1), (2, 1), (4, 1), (4, 4))]
 
         width = max(len(r[0]) for r in rows)
         print(f"{'path':<{width}}  {'GB/s':>7}  {'vs (a)':>7}  {'vs (b)':>7}")
@@ -209,6 +233,9 @@ def main(argv=None):
             print(f"{name:<{width}}  {gbs:7.2f}  {gbs / gbs_a:6.1f}x  {100 * gbs / gbs_b:6.1f}%")
         print(f"calibrator get_batch, next batch resident ({using}): median {med:.1f} us, p90 {p90:.1f} us "
               f"over {args.calls} calls")
+        for t, ch, reg, unreg in probes:
+            print(f"raw cudaHostRegister(ReadOnly) of all files, {t} thread(s), {ch} piece(s) per file: "
+                  f"register {reg:.1f} GB/s, unregister {unreg:.1f} GB/s")
         first, second, close, moved = results["auto (default)"]
         d_first = moved / first / 1e9
         print("targets: default feeder first pass incl. registration "

@@ -31,7 +31,6 @@ events, the stream (if owned) and the copy threads are released on exit, also
 on an exception or KeyboardInterrupt.
 """
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 

@@ -5,11 +5,13 @@ only running sums (and the few largest differences) are kept, so memory does
 not grow with the number of images.  This is how a user without TensorRT
 checks a calibration: top-1/top-5 of both models against the labels, how
 often the INT8 top-1 agrees with FP32, the mean KL divergence of the softmax
-outputs, and the largest output differences.
+outputs, the largest output differences, the time each model took, and the
+predictions of the first images (what ``int8batch run`` prints and plots).
 """
 import heapq
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +47,18 @@ class EvalResult:
     largest : list of (int, float)
         The (image index, max |difference|) of the images that differ most,
         largest first.
+    top1_hits_fp32, top5_hits_fp32, top1_hits_int8, top5_hits_int8 : int
+        The counts behind the top-k fractions (over the labelled images).
+    agreed : int
+        Images where both models pick the same class.
+    seconds_fp32, seconds_int8 : float
+        Time spent in each model's ``run`` (ONNX Runtime), summed over batches.
+    labels, fp32_pred, int8_pred : list of int
+        Label (None when unlabelled) and top-1 class of each of the first
+        ``keep`` images, in stream order.
+    disagreements : list of (int, int or None, int, int)
+        ``(image index, label, FP32 top-1, INT8 top-1)`` of the first ``keep``
+        images where the two models disagree.
     """
 
     images: int = 0
@@ -58,10 +72,33 @@ class EvalResult:
     max_abs_diff: float = 0.0
     mean_abs_diff: float = 0.0
     largest: list = field(default_factory=list)
+    top1_hits_fp32: int = 0
+    top5_hits_fp32: int = 0
+    top1_hits_int8: int = 0
+    top5_hits_int8: int = 0
+    agreed: int = 0
+    seconds_fp32: float = 0.0
+    seconds_int8: float = 0.0
+    labels: list = field(default_factory=list)
+    fp32_pred: list = field(default_factory=list)
+    int8_pred: list = field(default_factory=list)
+    disagreements: list = field(default_factory=list)
+
+    @property
+    def ms_per_image_fp32(self):
+        """Milliseconds per image of the FP32 model (nan before any image)."""
+        return 1e3 * self.seconds_fp32 / self.images if self.images else float("nan")
+
+    @property
+    def ms_per_image_int8(self):
+        """Milliseconds per image of the INT8 model (nan before any image)."""
+        return 1e3 * self.seconds_int8 / self.images if self.images else float("nan")
 
     def as_dict(self):
-        """Plain dict (JSON-ready)."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """Plain dict (JSON-ready), the per-image times included."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(ms_per_image_fp32=self.ms_per_image_fp32, ms_per_image_int8=self.ms_per_image_int8)
+        return d
 
     def summary(self):
         """A few lines for the command line."""
@@ -72,7 +109,8 @@ class EvalResult:
                  f"top-5: FP32 {pct(self.top5_fp32)}, INT8 {pct(self.top5_int8)}",
                  f"top-1 agreement INT8 vs FP32: {pct(self.top1_agreement)}",
                  f"mean softmax KL(FP32 || INT8): {self.mean_kl:.5f}",
-                 f"output |difference|: max {self.max_abs_diff:.5g}, mean {self.mean_abs_diff:.5g}"]
+                 f"output |difference|: max {self.max_abs_diff:.5g}, mean {self.mean_abs_diff:.5g}",
+                 f"time: FP32 {self.ms_per_image_fp32:.4f} ms/image, INT8 {self.ms_per_image_int8:.4f} ms/image"]
         return "\n".join(lines)
 
 
@@ -93,23 +131,29 @@ def _topk(y, k):
     return np.argsort(-y, axis=1, kind="stable")[:, :k]
 
 
-def _batches(batches, batch_size, max_batches):
-    if isinstance(batches, (str, os.PathLike)):
-        from ..reader import BatchSet
-        with BatchSet(batches) as bs:
-            yield from _batches(bs, batch_size, max_batches)
-        return
+def _batches(batches, batch_size, max_batches, first=0):
     if hasattr(batches, "batches"):           # a BatchSet
-        yield from batches.batches(batch_size or batches.per_file, max_batches=max_batches)
+        yield from batches.batches(batch_size or batches.per_file, first, max_batches)
         return
     for k, b in enumerate(batches):
-        if max_batches is not None and k >= max_batches:
+        if k < first:
+            continue
+        if max_batches is not None and k - first >= max_batches:
             return
         yield b
 
 
-def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None, *,
-             outputs="auto", providers=None, intra_op_threads=None, keep_largest=5):
+def _count(batches, batch_size, max_batches, first):
+    """Batches ``evaluate`` will see when that is known in advance (for progress), else None."""
+    if hasattr(batches, "num_batches"):
+        n = batches.num_batches(batch_size or batches.per_file, first)
+        return n if max_batches is None else min(n, int(max_batches))
+    return max_batches
+
+
+def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None, *, first=0,
+             outputs="auto", providers=None, intra_op_threads=None, keep_largest=5, keep=0,
+             progress=None):
     """Run both models on the same batches and compare them.
 
     Parameters
@@ -123,12 +167,19 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
         Images per run (a BatchSet re-batches; default its files' N).
     max_batches : int or None
         Stop after this many batches.
+    first : int
+        Batches to skip first (sampleINT8's ``firstScoreBatch``).
     outputs : {"auto", "logits", "probs"}
         Whether the models' outputs are logits (softmax is applied for the KL)
         or already probabilities; "auto" decides per batch from the FP32
         output (non-negative rows summing to 1 are probabilities).
     keep_largest : int
         How many images :attr:`EvalResult.largest` lists.
+    keep : int
+        How many first images (and first disagreements) to record labels and
+        predictions of (:attr:`EvalResult.labels` ...).
+    progress : callable(done, total), optional
+        Called after each batch; ``total`` is None when unknown.
 
     Returns
     -------
@@ -136,16 +187,27 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     """
     if outputs not in ("auto", "logits", "probs"):
         raise ConfigError(f"outputs must be 'auto', 'logits' or 'probs', got {outputs!r}")
+    if isinstance(batchset, (str, os.PathLike)):
+        from ..reader import BatchSet
+        with BatchSet(batchset) as bs:
+            return evaluate(fp32_model, int8_model, bs, batch_size, max_batches, first=first, outputs=outputs,
+                            providers=providers, intra_op_threads=intra_op_threads,
+                            keep_largest=keep_largest, keep=keep, progress=progress)
     fp = ModelRunner(fp32_model, providers, intra_op_threads)
     q = ModelRunner(int8_model, providers, intra_op_threads)
     res = EvalResult()
     hits = np.zeros(4, np.int64)          # top1 fp32, top5 fp32, top1 int8, top5 int8
     agree, kl_sum, abs_sum, values = 0, 0.0, 0.0, 0
     largest = []
-    for b in _batches(batchset, batch_size, max_batches):
+    total = _count(batchset, batch_size, max_batches, first)
+    for done, b in enumerate(_batches(batchset, batch_size, max_batches, first), 1):
         data, labels = (b.data, b.labels) if hasattr(b, "data") else b
+        t = time.perf_counter()
         y0 = np.asarray(fp.run(data))
+        res.seconds_fp32 += time.perf_counter() - t
+        t = time.perf_counter()
         y1 = np.asarray(q.run(data))
+        res.seconds_int8 += time.perf_counter() - t
         n = y0.shape[0]
         y0, y1 = y0.reshape(n, -1), y1.reshape(n, -1)
         if y0.shape != y1.shape:
@@ -157,6 +219,7 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
         agree += int((t0[:, 0] == t1[:, 0]).sum())
         lab = np.asarray(labels, np.float64).reshape(-1)
         ok = (lab >= 0) & (lab < classes) & (lab == np.round(lab))
+        _keep(res, keep, lab, ok, t0[:, 0], t1[:, 0])
         if ok.any():
             li = lab[ok].astype(np.int64)[:, None]
             hits += [int((t0[ok, :1] == li).sum()), int((t0[ok] == li).any(1).sum()),
@@ -182,13 +245,31 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
             elif keep_largest:
                 heapq.heappushpop(largest, item)
         res.images += n
+        if progress:
+            progress(done, total)
     if res.images == 0:
         raise ConfigError("no batch to evaluate: the batch set is empty or smaller than one batch")
+    res.agreed = agree
+    res.top1_hits_fp32, res.top5_hits_fp32, res.top1_hits_int8, res.top5_hits_int8 = hits.tolist()
     res.top1_agreement = agree / res.images
     res.mean_kl = kl_sum / res.images
     res.mean_abs_diff = abs_sum / values
     res.largest = [(-i, v) for v, i in sorted(largest, reverse=True)]
     if res.labelled:
         res.top1_fp32, res.top5_fp32, res.top1_int8, res.top5_int8 = (hits / res.labelled).tolist()
-    log.info("evaluate: %s", res.summary().replace("\n", "; "))
+    log.debug("evaluate: %s", res.summary().replace("\n", "; "))
     return res
+
+
+def _keep(res, keep, lab, ok, p0, p1):
+    """Record labels/predictions of the first ``keep`` images and disagreements."""
+    def label(j):
+        return int(lab[j]) if ok[j] else None
+    room = min(keep - len(res.labels), len(lab))
+    for j in range(max(room, 0)):
+        res.labels.append(label(j))
+        res.fp32_pred.append(int(p0[j]))
+        res.int8_pred.append(int(p1[j]))
+    if len(res.disagreements) < keep:
+        for j in np.flatnonzero(p0 != p1)[:keep - len(res.disagreements)]:
+            res.disagreements.append((res.images + int(j), label(j), int(p0[j]), int(p1[j])))

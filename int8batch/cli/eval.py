@@ -14,18 +14,17 @@ def add_parser(sub):
 
 
 def run(args):
+    from ..calib.evaluate import evaluate
     from ..reader import BatchSet
-    from ..runner.scoring import compare
     with BatchSet(args.batches) as bs:
         b = args.batch_size or bs.per_file
-        n = bs.num_batches(b, args.first) if args.max_batches is None else min(args.max_batches,
-                                                                              bs.num_batches(b, args.first))
-        c = compare(args.fp32, args.int8, bs.batches(b, args.first, n), keep=0, threads=args.threads)
-    labelled = bool(bs.manifest is None or bs.manifest.get("labels", {}).get("source") != "none")
-    print(f"{c.images} images in {n} batches of {b}")
-    for name, s in (("FP32", c.fp32), ("INT8", c.int8)):
-        acc = f"top-1 {100 * s.top1_rate:.2f} %, top-5 {100 * s.top5_rate:.2f} %, " if labelled else ""
-        print(f"{name}: {acc}{s.ms_per_image:.3f} ms/image")
-    print(f"top-1 agreement {100 * c.agreement:.2f} %, mean softmax KL {c.mean_kl:.3g}, "
-          f"largest output difference {c.max_abs_diff:.3g}")
+        r = evaluate(args.fp32, args.int8, bs, b, args.max_batches, first=args.first,
+                     intra_op_threads=args.threads)
+    print(f"{r.images} images in {r.images // b} batches of {b} ({r.labelled} labelled)")
+    for name, t1, t5, ms in (("FP32", r.top1_fp32, r.top5_fp32, r.ms_per_image_fp32),
+                             ("INT8", r.top1_int8, r.top5_int8, r.ms_per_image_int8)):
+        acc = f"top-1 {100 * t1:.2f} %, top-5 {100 * t5:.2f} %, " if r.labelled else ""
+        print(f"{name}: {acc}{ms:.3f} ms/image")
+    print(f"top-1 agreement {100 * r.top1_agreement:.2f} %, mean softmax KL {r.mean_kl:.3g}, "
+          f"largest output difference {r.max_abs_diff:.3g}")
     return 0

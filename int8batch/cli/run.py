@@ -4,8 +4,18 @@ import sys
 from .options import ProgressBar
 
 
-def add_parser(sub):
+def _common(p, default_out):
     from ..calib.api import DEFAULT_METHOD, METHODS
+    p.add_argument("--first-score-batch", type=int)
+    p.add_argument("--score-batches", type=int)
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    p.add_argument("--out", default=default_out, help=f"artefacts and reports (default ./{default_out})")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--plot", action="store_true", help="write predictions.png (needs matplotlib)")
+
+
+def add_parser(sub):
+    from ..preprocess import PRESETS
     p = sub.add_parser("run", help=__doc__.splitlines()[0], description=__doc__)
     runs = p.add_subparsers(dest="sample", metavar="SAMPLE", required=True)
     m = runs.add_parser("mnist", help="sampleINT8 on the bundled MNIST and LeNet (exit 1 on FAILED)")
@@ -15,15 +25,29 @@ def add_parser(sub):
     m.add_argument("--score-set", choices=("test", "train"), default="test",
                    help="test: the 10000 test images (default); train: the sample's window of the training "
                         "batch files (400 batches of 100 from batch 100)")
-    m.add_argument("--first-score-batch", type=int)
-    m.add_argument("--score-batches", type=int)
-    m.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     m.add_argument("--preset", choices=("mnist", "mnist-caffe"), default="mnist")
-    m.add_argument("--out", default="int8batch-run-mnist", help="artefacts and reports (default "
-                                                               "./int8batch-run-mnist)")
-    m.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
-    m.add_argument("--plot", action="store_true", help="write predictions.png (needs matplotlib)")
-    m.set_defaults(_sample="mnist")
+    _common(m, "int8batch-run-mnist")
+
+    i = runs.add_parser("imagenet", help="sampleINT8 on an ImageNet classifier and your image folder "
+                        "(exit 1 on FAILED)",
+                        description="Pack --images (shuffled with --seed), calibrate on the first --calib-images, "
+                        "score FP32 and INT8 on the images after them (disjoint), report Top-1/Top-5 (with "
+                        "labels), agreement and speed. PASSED: INT8 top-1 within 1 point of FP32 with labels, "
+                        "top-1 agreement >= 95 %% without.")
+    i.add_argument("--model", required=True, help="FP32 ONNX classifier (NCHW input, logits or probabilities)")
+    i.add_argument("--images", required=True, metavar="DIR",
+                   help="images: ILSVRC2012_val_*.JPEG with --labels FILE, or class sub-folders")
+    i.add_argument("--labels", metavar="FILE|folders|none",
+                   help="'filename label' lines (Caffe val.txt), class folders, or none (agreement only); "
+                        "default: folders when every image lies in one, else none")
+    i.add_argument("--preset", choices=sorted(PRESETS), default="efficientnet-lite")
+    i.add_argument("--calib-images", default="500", metavar="N|DIR",
+                   help="calibrate on the first N shuffled images (default 500 = 10 batches of 50) or on a "
+                        "separate folder DIR")
+    i.add_argument("--calib-batch-size", type=int, default=50, help="calibration batch size (default 50)")
+    i.add_argument("--batch-size", type=int, default=50, help="scoring batch size (default 50)")
+    i.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    _common(i, "int8batch-run-imagenet")
     return p
 
 
@@ -36,7 +60,15 @@ def run(args):
                               batch_size=args.batch_size, score_set=args.score_set,
                               first_score_batch=args.first_score_batch, score_batches=args.score_batches,
                               method=args.method, preset=args.preset, threads=args.threads)
-            report = run_mnist(s, out=args.out, progress=bar)
+            report = run_mnist(s, out=args.out, progress=bar, plot=args.plot)
+        else:
+            from ..runner.imagenet import ImagenetSettings, run_imagenet
+            s = ImagenetSettings(model=args.model, images=args.images, labels=args.labels, preset=args.preset,
+                                 calib_images=args.calib_images, calib_batch_size=args.calib_batch_size,
+                                 batch_size=args.batch_size, first_score_batch=args.first_score_batch,
+                                 score_batches=args.score_batches, method=args.method, seed=args.seed,
+                                 threads=args.threads)
+            report = run_imagenet(s, out=args.out, progress=bar, plot=args.plot)
     finally:
         bar.close()
     print(report.text())

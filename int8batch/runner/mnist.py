@@ -12,7 +12,8 @@ The protocol of sampleINT8 and the Python ``int8_caffe_mnist`` sample:
    (INT8 top-1 within 1 point of FP32; the command exits 1 on FAILED).
 
 The INT8 model is the Q/DQ ONNX model written by the calibration, executed by
-ONNX Runtime's int8 kernels.
+ONNX Runtime's int8 kernels.  Both models are scored by
+:func:`int8batch.calib.evaluate.evaluate`.
 """
 import os
 import shutil
@@ -20,11 +21,11 @@ import tempfile
 from dataclasses import dataclass
 
 from ..calib.api import DEFAULT_METHOD, calibrate
+from ..calib.evaluate import evaluate
 from ..packing.packer import pack
 from ..packing.sources import DATA_DIR
 from ..reader import BatchSet
 from . import protocol
-from .scoring import compare
 
 MODEL = os.path.join(DATA_DIR, "lenet.onnx")
 
@@ -45,8 +46,11 @@ class MnistSettings:
     threads: int = None
 
 
-def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=None):
-    """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`."""
+def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=None, plot=False):
+    """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`.
+
+    ``plot=True`` also writes ``predictions.png`` into ``out`` (needs matplotlib).
+    """
     from .report import RunReport
     s = settings or MnistSettings()
     tmp = workdir or tempfile.mkdtemp(prefix="int8batch-mnist-")
@@ -70,9 +74,14 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
             win = protocol.window(score.num_images, s.batch_size, first, count, "scoring")
             result = calibrate(s.model, train, out, method=s.method, batch_size=cal.batch_size,
                                first=cal.first, max_batches=cal.count)
-            cmp = compare(s.model, result.paths["qdq"], score.batches(win.batch_size, win.first, win.count),
-                          threads=s.threads, progress=progress, total=win.count)
-        report = RunReport("mnist", s, cal, win, result, cmp, out)
+            scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count, first=win.first,
+                              intra_op_threads=s.threads, keep=100, progress=progress)
+            report = RunReport("mnist", s, cal, win, result, scored, out)
+            if plot:
+                from .plot import plot_predictions
+                report.paths["plot"] = plot_predictions(score, win.start_image, scored,
+                                                        os.path.join(out, "predictions.png"),
+                                                        title="int8batch run mnist: FP32 vs INT8")
         report.write()
         return report
     finally:

@@ -21,78 +21,139 @@ def _versions():
     return v
 
 
-class RunReport:
-    """The figures of one ``int8batch run`` and how to show them."""
+def verdict(result, tolerance=0.01, min_agreement=0.95):
+    """PASSED or not, and the rule that decided, for an :class:`~int8batch.calib.evaluate.EvalResult`.
 
-    def __init__(self, name, settings, cal_window, score_window, calibration, comparison, out,
-                 tolerance=0.01, backend="onnxruntime"):
+    With labels, sampleINT8's rule (:func:`protocol.passed`): INT8 top-1 no
+    more than ``tolerance`` below FP32.  Without labels (no image has one):
+    INT8 top-1 agrees with FP32 on at least ``min_agreement`` of the images.
+
+    Returns
+    -------
+    (bool, str)
+    """
+    if result.labelled:
+        return (protocol.passed(result.top1_fp32, result.top1_int8, tolerance),
+                f"labelled: INT8 top-1 within {100 * tolerance:g} point of FP32 (sampleINT8)")
+    return (result.top1_agreement >= min_agreement,
+            f"unlabelled: INT8/FP32 top-1 agreement >= {100 * min_agreement:g} %")
+
+
+def _rate(v):
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+class RunReport:
+    """The figures of one ``int8batch run`` and how to show them.
+
+    ``result`` is the :class:`~int8batch.calib.evaluate.EvalResult` of the
+    scoring window; ``notes`` are extra lines printed under the model line and
+    ``extra`` extra keys of the JSON report.
+    """
+
+    def __init__(self, name, settings, cal_window, score_window, calibration, result, out,
+                 tolerance=0.01, backend="onnxruntime", min_agreement=0.95, notes=(), extra=None):
         self.name, self.settings, self.cal, self.win = name, settings, cal_window, score_window
-        self.calibration, self.cmp, self.out = calibration, comparison, out
-        self.tolerance, self.backend = tolerance, backend
+        self.calibration, self.result, self.out = calibration, result, out
+        self.tolerance, self.backend, self.min_agreement = tolerance, backend, min_agreement
+        self.notes, self.extra = list(notes), dict(extra or {})
         self.versions = _versions()
+        self.paths = {}
+
+    @property
+    def labelled(self):
+        return bool(self.result.labelled)
 
     @property
     def passed(self):
-        return protocol.passed(self.cmp.fp32.top1_rate, self.cmp.int8.top1_rate, self.tolerance)
+        return verdict(self.result, self.tolerance, self.min_agreement)[0]
+
+    @property
+    def rule(self):
+        return verdict(self.result, self.tolerance, self.min_agreement)[1]
+
+    def _scores(self):
+        r = self.result
+        return (("FP32", r.top1_fp32, r.top5_fp32, r.top1_hits_fp32, r.top5_hits_fp32, r.ms_per_image_fp32),
+                ("INT8", r.top1_int8, r.top5_int8, r.top1_hits_int8, r.top5_hits_int8, r.ms_per_image_int8))
 
     def to_dict(self):
-        c, cal = self.cmp, self.calibration
-        score = lambda s: {"top1": s.top1_rate, "top5": s.top5_rate, "images": s.images,  # noqa: E731
-                           "ms_per_image": s.ms_per_image}
-        return {
+        r, cal = self.result, self.calibration
+        scores = {n.lower(): {"top1": t1, "top5": t5, "top1_count": h1, "top5_count": h5, "images": r.images,
+                              "labelled": r.labelled, "ms_per_image": ms}
+                  for n, t1, t5, h1, h5, ms in self._scores()}
+        d = {
             "run": self.name, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backend": self.backend,
             "versions": self.versions,
             "settings": {k: v for k, v in dataclasses.asdict(self.settings).items()},
             "calibration": {"window": dataclasses.asdict(self.cal), "method": self.settings.method,
                             "tensors": len(cal.amax), "seconds": cal.seconds, "artefacts": cal.paths},
-            "scoring": {"window": dataclasses.asdict(self.win), "fp32": score(c.fp32), "int8": score(c.int8),
-                        "top1_agreement": c.agreement, "mean_softmax_kl": c.mean_kl,
-                        "max_abs_output_diff": c.max_abs_diff},
-            "first_predictions": {"labels": c.labels, "fp32": c.fp32_pred, "int8": c.int8_pred},
+            "scoring": {"window": dataclasses.asdict(self.win), **scores,
+                        "top1_agreement": r.top1_agreement, "agreed": r.agreed, "mean_softmax_kl": r.mean_kl,
+                        "max_abs_output_diff": r.max_abs_diff},
+            "first_predictions": {"labels": r.labels, "fp32": r.fp32_pred, "int8": r.int8_pred},
+            "disagreements": [dict(zip(("image", "label", "fp32", "int8"), t)) for t in r.disagreements],
             "verdict": "PASSED" if self.passed else "FAILED",
-            "rule": f"INT8 top-1 >= FP32 top-1 - {self.tolerance:g}",
+            "rule": self.rule,
         }
+        d.update(self.extra)
+        return d
 
     def text(self):
-        c, cal, s = self.cmp, self.calibration, self.settings
+        r, cal, s = self.result, self.calibration, self.settings
         lines = [f"&&&& RUNNING int8batch run {self.name} (the TensorRT sampleINT8 protocol)",
                  f"Backend: ONNX Runtime {self.versions.get('onnxruntime', '?')} on the CPU; INT8 = the Q/DQ model "
                  "(explicit quantization, as TensorRT 11 builds it), run on ONNX Runtime's int8 kernels",
                  f"Model: {os.path.basename(s.model)}; preprocessing preset {getattr(s, 'preset', '?')}",
+                 *self.notes,
                  f"Calibration: {self.cal.describe()} ({self.cal.images} images), method {s.method}: "
                  f"{len(cal.amax)} tensors in {cal.seconds:.2f} s",
                  f"Artefacts: {', '.join(os.path.relpath(p) for p in cal.paths.values())}", ""]
-        for label, sc in (("FP32", c.fp32), ("INT8", c.int8)):
-            lines += [f"{label} run: {self.win.describe()}",
-                      f"Top1: {sc.top1_rate:.4f}, Top5: {sc.top5_rate:.4f}",
-                      f"Processing {sc.images} images averaged {sc.ms_per_image:.4f} ms/image and "
-                      f"{sc.ms_per_image * self.win.batch_size:.3f} ms/batch.", ""]
-        lines += [f"INT8 vs FP32: top-1 agreement {100 * c.agreement:.2f} %, mean softmax KL {c.mean_kl:.2e}, "
-                  f"largest output difference {c.max_abs_diff:.3g}", ""]
-        n = len(c.labels)
-        if n:
-            correct = sum(int(a == b) for a, b in zip(c.labels, c.int8_pred))
-            lines += [f"Expected predictions (first {n} images):", _wrap(c.labels),
-                      "Actual predictions (INT8):", _wrap(c.int8_pred),
+        for label, t1, t5, _, _, ms in self._scores():
+            top = f"Top1: {_rate(t1)}, Top5: {_rate(t5)}" if self.labelled else "Top1/Top5: n/a (no labels)"
+            lines += [f"{label} run: {self.win.describe()}", top,
+                      f"Processing {r.images} images averaged {ms:.4f} ms/image and "
+                      f"{ms * self.win.batch_size:.3f} ms/batch.", ""]
+        lines += [f"INT8 vs FP32: top-1 agreement {100 * r.top1_agreement:.2f} %, mean softmax KL {r.mean_kl:.2e}, "
+                  f"largest output difference {r.max_abs_diff:.3g}", ""]
+        n = len(r.labels)
+        if n and self.labelled:
+            correct = sum(int(a == b) for a, b in zip(r.labels, r.int8_pred))
+            lines += [f"Expected predictions (first {n} images):", _wrap(r.labels),
+                      "Actual predictions (INT8):", _wrap(r.int8_pred),
                       f"Accuracy of these {n}: {100 * correct / n:.1f} %", ""]
-        verdict = "PASSED" if self.passed else "FAILED"
-        lines.append(f"&&&& {verdict} int8batch run {self.name}: INT8 top-1 {100 * c.int8.top1_rate:.2f} % vs FP32 "
-                     f"{100 * c.fp32.top1_rate:.2f} % (rule: within {100 * self.tolerance:g} point)")
+        elif n:
+            same = sum(int(a == b) for a, b in zip(r.fp32_pred, r.int8_pred))
+            lines += [f"FP32 predictions (first {n} images):", _wrap(r.fp32_pred),
+                      "INT8 predictions:", _wrap(r.int8_pred),
+                      f"Agreement of these {n}: {100 * same / n:.1f} %", ""]
+        lines.append(self._verdict_line())
         return "\n".join(lines)
 
+    def _verdict_line(self):
+        r, word = self.result, "PASSED" if self.passed else "FAILED"
+        if self.labelled:
+            return (f"&&&& {word} int8batch run {self.name}: INT8 top-1 {100 * r.top1_int8:.2f} % vs FP32 "
+                    f"{100 * r.top1_fp32:.2f} % (rule: within {100 * self.tolerance:g} point)")
+        return (f"&&&& {word} int8batch run {self.name}: INT8/FP32 top-1 agreement {100 * r.top1_agreement:.2f} % "
+                f"(rule, no labels: agreement >= {100 * self.min_agreement:g} %)")
+
     def markdown(self):
-        d, c = self.to_dict(), self.cmp
-        rows = [("FP32", c.fp32), ("INT8", c.int8)]
+        d, r = self.to_dict(), self.result
         md = [f"# int8batch run {self.name}: {d['verdict']}", "",
               f"- date: {d['date']}", f"- backend: {self.backend}",
               f"- versions: {', '.join(f'{k} {v}' for k, v in d['versions'].items())}",
+              f"- model: {os.path.basename(self.settings.model)}",
               f"- calibration: {self.cal.describe()}, method {self.settings.method}",
-              f"- scoring: {self.win.describe()}", "",
+              f"- scoring: {self.win.describe()} ({r.images} images, {r.labelled} labelled)",
+              f"- rule: {self.rule}", "",
               "| precision | top-1 | top-5 | ms/image |", "|---|---|---|---|"]
-        md += [f"| {n} | {100 * s.top1_rate:.2f} % | {100 * s.top5_rate:.2f} % | {s.ms_per_image:.4f} |"
-               for n, s in rows]
-        md += ["", f"Top-1 agreement {100 * c.agreement:.2f} %, mean softmax KL {c.mean_kl:.2e}, largest output "
-               f"difference {c.max_abs_diff:.3g}.", ""]
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+        md += [f"| {n} | {pct(t1)} | {pct(t5)} | {ms:.4f} |" for n, t1, t5, _, _, ms in self._scores()]
+        md += ["", f"Top-1 agreement {100 * r.top1_agreement:.2f} %, mean softmax KL {r.mean_kl:.2e}, largest output "
+               f"difference {r.max_abs_diff:.3g}.", ""]
+        if "plot" in self.paths:
+            md += [f"![predictions]({os.path.basename(self.paths['plot'])})", ""]
         return "\n".join(md)
 
     def write(self):
@@ -105,7 +166,7 @@ class RunReport:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
             os.replace(tmp, paths[key])
-        self.paths = paths
+        self.paths.update(paths)
         return paths
 
 

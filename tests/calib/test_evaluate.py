@@ -106,3 +106,42 @@ def test_identical_models_and_errors():
         evaluate(flat_model(), flat_model(n=2), pairs())
     with pytest.raises(ConfigError, match="outputs"):
         evaluate(flat_model(), flat_model(), pairs(), outputs="x")
+
+
+def test_counts_first_predictions_disagreements_and_timing():
+    # FP32 top-1 [0,5,0,5,0,1], INT8 [0,5,5,5,5,1]; labels [0,0,1,-,5,1]
+    seen = []
+    r = evaluate(flat_model(), flat_model(SHIFT), pairs(), keep=4,
+                 progress=lambda done, total: seen.append((done, total)))
+    assert (r.top1_hits_fp32, r.top5_hits_fp32, r.top1_hits_int8, r.top5_hits_int8) == (2, 4, 3, 4)
+    assert r.agreed == 4
+    assert r.labels == [0, 0, 1, None]
+    assert r.fp32_pred == [0, 5, 0, 5] and r.int8_pred == [0, 5, 5, 5]
+    # every disagreement (images 2 and 4), with its label, across the batch boundary
+    assert r.disagreements == [(2, 1, 0, 5), (4, 5, 0, 5)]
+    assert seen == [(1, None), (2, None)]
+    assert r.seconds_fp32 > 0 and r.seconds_int8 > 0
+    assert r.ms_per_image_fp32 == pytest.approx(1e3 * r.seconds_fp32 / 6)
+    d = r.as_dict()
+    assert d["ms_per_image_int8"] == pytest.approx(r.ms_per_image_int8) and d["agreed"] == 4
+    assert "ms/image" in r.summary()
+    # keep=1 keeps one of each; keep=0 (default) keeps nothing
+    r1 = evaluate(flat_model(), flat_model(SHIFT), pairs(), keep=1)
+    assert r1.labels == [0] and r1.disagreements == [(2, 1, 0, 5)]
+    r0 = evaluate(flat_model(), flat_model(SHIFT), pairs())
+    assert r0.labels == [] and r0.disagreements == []
+
+
+def test_first_skips_batches_and_progress_total(tmp_path):
+    x = LOGITS.reshape(6, 1, 1, 6)
+    for k in range(3):
+        write_batch_file(tmp_path / f"batch{k}", x[2 * k:2 * k + 2], LABELS[2 * k:2 * k + 2])
+    seen = []
+    r = evaluate(flat_model(), flat_model(SHIFT), tmp_path, batch_size=2, first=1, keep=10,
+                 progress=lambda d, t: seen.append((d, t)))
+    # images 2..5: labels [1,-,5,1]; FP32 [0,5,0,1], INT8 [5,5,5,1]
+    assert r.images == 4 and r.labelled == 3 and seen == [(1, 2), (2, 2)]
+    assert r.top1_hits_fp32 == 1 and r.top1_hits_int8 == 2 and r.agreed == 2
+    assert r.labels == [1, None, 5, 1] and r.disagreements == [(0, 1, 0, 5), (2, 5, 0, 5)]
+    r = evaluate(flat_model(), flat_model(SHIFT), pairs(batch=2), first=2)
+    assert r.images == 2 and r.fp32_pred == [] and r.agreed == 1

@@ -1,0 +1,216 @@
+"""``int8batch run imagenet``: sampleINT8's protocol for ImageNet classifiers on a user's folder.
+
+1. pack the image folder (the standard ``ILSVRC2012_val_*.JPEG`` files with a
+   ``filename label`` ground-truth file, class sub-folders, or unlabelled
+   photos) into batch files, shuffled with a seed so that the calibration
+   images are a representative draw;
+2. calibrate on the first ``calib_images`` of them (sample defaults: 10
+   batches of 50), or on a separate calibration folder;
+3. score FP32 and INT8 on DISJOINT images: by default every full batch after
+   the calibration window;
+4. report Top-1/Top-5 (when labelled), top-1 agreement, mean softmax KL and
+   ms/image, and PASSED/FAILED: sampleINT8's rule (INT8 top-1 within 1 point
+   of FP32) with labels, top-1 agreement >= 95 % without.
+
+``images.txt`` in the output folder lists every packed image with its role
+(``calibration``, ``scoring`` or ``unused``), so the split can be audited.
+"""
+import contextlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from ..calib.api import DEFAULT_METHOD, calibrate
+from ..calib.evaluate import evaluate
+from ..errors import ConfigError, SourceError
+from ..packing.packer import pack
+from ..reader import BatchSet
+from . import protocol
+
+log = logging.getLogger(__name__)
+
+LABEL_SOURCES = {"folders": "class sub-folders", "file": "label file", "none": "none"}
+
+
+@dataclass
+class ImagenetSettings:
+    """Every knob of the run (sampleINT8 defaults where it has them).
+
+    ``calib_images`` is a count of images taken from the start of the shuffled
+    ``images`` (rounded down to whole batches of ``calib_batch_size``) or the
+    path of a separate calibration folder.  ``labels`` is a ``filename label``
+    file, ``"folders"``, ``"none"`` or None (class folders when every image
+    lies in one, else none).  ``first_score_batch`` defaults to the first
+    batch after the calibration window (0 with a separate calibration folder),
+    ``score_batches`` to every full batch after it.
+    """
+
+    model: str
+    images: str
+    labels: str = None
+    preset: str = "efficientnet-lite"
+    calib_images: object = 500
+    calib_batch_size: int = 50
+    batch_size: int = 50
+    first_score_batch: int = None
+    score_batches: int = None
+    method: str = DEFAULT_METHOD
+    seed: int = 0
+    threads: int = None
+    tolerance: float = 0.01
+    min_agreement: float = 0.95
+
+
+def calibration_folder(value):
+    """The separate calibration folder named by ``calib_images``, or None for a count."""
+    if isinstance(value, int):
+        return None
+    text = os.fspath(value)
+    if text.isdigit():
+        return None
+    if not os.path.isdir(text):
+        raise SourceError(f"--calib-images {text}: neither an image count nor a folder", text)
+    return text
+
+
+def plan(s):
+    """Calibration count, pack file size, and the number of images to pack (None: all).
+
+    Returns
+    -------
+    (int or None, int, int or None)
+        Calibration batches (None with a separate folder), images per batch
+        file, pack limit.
+    """
+    if s.calib_batch_size <= 0 or s.batch_size <= 0:
+        raise ConfigError(f"batch sizes must be > 0 (calibration {s.calib_batch_size}, scoring {s.batch_size})")
+    if calibration_folder(s.calib_images) is not None:
+        limit = None if s.score_batches is None else ((s.first_score_batch or 0) + s.score_batches) * s.batch_size
+        return None, s.batch_size, limit
+    n = int(s.calib_images)
+    cal_batches = n // s.calib_batch_size
+    if cal_batches <= 0:
+        raise ConfigError(f"--calib-images {n} is less than one calibration batch of {s.calib_batch_size}; "
+                          "lower --calib-batch-size or calibrate on more images")
+    if n % s.calib_batch_size:
+        log.warning("calibrating on %d images (%d whole batches of %d), not %d", cal_batches * s.calib_batch_size,
+                    cal_batches, s.calib_batch_size, n)
+    file_size = math.gcd(s.calib_batch_size, s.batch_size)
+    limit = None
+    if s.score_batches is not None:
+        first = default_first(s, cal_batches)
+        limit = max(cal_batches * s.calib_batch_size, (first + s.score_batches) * s.batch_size)
+    return cal_batches, file_size, limit
+
+
+def default_first(s, cal_batches):
+    """The first scoring batch: the user's, else the first one after the calibration images."""
+    if s.first_score_batch is not None:
+        return int(s.first_score_batch)
+    return -(-cal_batches * s.calib_batch_size // s.batch_size)
+
+
+def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=None, plot=False):
+    """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`.
+
+    The report's ``calib_files`` and ``score_files`` list the images (paths
+    relative to their folder) of each window, in order.  The batch files live
+    in ``workdir`` (a temporary folder, removed, when None).
+    """
+    from .report import RunReport
+    s = settings
+    cal_folder = calibration_folder(s.calib_images)
+    cal_batches, file_size, limit = plan(s)
+    tmp = workdir or tempfile.mkdtemp(prefix="int8batch-imagenet-")
+    try:
+        score_dir = os.path.join(tmp, "batches")
+        packed = pack(s.images, score_dir, preset=s.preset, batch_size=file_size, labels=s.labels,
+                      limit=limit, shuffle=True, seed=s.seed, force=True)
+        cal_dir = score_dir
+        if cal_folder is not None:
+            cal_dir = os.path.join(tmp, "calibration-batches")
+            pack(cal_folder, cal_dir, preset=s.preset, batch_size=s.calib_batch_size, labels="none",
+                 shuffle=True, seed=s.seed, force=True)
+        with BatchSet(score_dir) as score, _open(cal_dir, score) as cal_set:
+            cal = protocol.window(cal_set.num_images, s.calib_batch_size, 0, cal_batches, "calibration")
+            first = 0 if cal_folder else default_first(s, cal.count)
+            win = protocol.window(score.num_images, s.batch_size, first, s.score_batches, "scoring")
+            overlap = 0 if cal_folder else max(0, cal.start_image + cal.images - win.start_image)
+            if overlap:
+                log.warning("the scoring window overlaps the calibration images by %d images: the INT8 figures "
+                            "flatter the calibration", overlap)
+            result = calibrate(s.model, cal_set, out, method=s.method, batch_size=cal.batch_size,
+                               first=cal.first, max_batches=cal.count, intra_op_threads=s.threads)
+            scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count, first=win.first,
+                              intra_op_threads=s.threads, keep=100, progress=progress)
+            names = [p for p, _ in score.manifest["images_list"]]
+            cal_names = [p for p, _ in cal_set.manifest["images_list"]][cal.start_image:cal.start_image + cal.images]
+            source = score.manifest["labels"]["source"]
+            report = RunReport("imagenet", s, cal, win, result, scored, out, tolerance=s.tolerance,
+                               min_agreement=s.min_agreement)
+            report.calib_files = cal_names
+            report.score_files = names[win.start_image:win.start_image + win.images]
+            report.notes = _notes(s, packed, source, cal_folder, cal, win, overlap)
+            report.extra = {"images": {"folder": os.path.abspath(s.images), "packed": packed.images,
+                                       "labels": source, "seed": s.seed,
+                                       "calibration_folder": cal_folder and os.path.abspath(cal_folder),
+                                       "overlap": overlap, "list": "images.txt"}}
+            os.makedirs(out, exist_ok=True)
+            report.paths["images"] = _write_roles(os.path.join(out, "images.txt"), score.manifest, cal_folder,
+                                                  cal, win, cal_names)
+            if plot:
+                from .plot import plot_predictions
+                report.paths["plot"] = plot_predictions(score, win.start_image, scored,
+                                                        os.path.join(out, "predictions.png"),
+                                                        title=f"int8batch run imagenet: {os.path.basename(s.model)}")
+        report.write()
+        return report
+    finally:
+        if workdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open(folder, same):
+    """``same`` (left open by this context) when it is ``folder``, else a new BatchSet."""
+    if os.path.abspath(folder) == os.path.abspath(same.folder):
+        return contextlib.nullcontext(same)
+    return BatchSet(folder)
+
+
+def _notes(s, packed, source, cal_folder, cal, win, overlap):
+    labels = LABEL_SOURCES.get(source, source)
+    if source == "file":
+        labels = f"label file {s.labels}"
+    lines = [f"Images: {s.images}: {packed.images} packed (shuffled, seed {s.seed}); labels: {labels}"
+             + ("" if source != "none" else " (agreement only)")]
+    if cal_folder:
+        lines.append(f"Calibration images: {cal_folder} (a separate folder); scoring images {win.start_image}.."
+                     f"{win.start_image + win.images - 1} of {s.images}")
+    else:
+        lines.append(f"Calibration images 0..{cal.images - 1}, scoring images {win.start_image}.."
+                     f"{win.start_image + win.images - 1} of the shuffled order"
+                     + (f" (WARNING: {overlap} overlap)" if overlap else " (disjoint)"))
+    return lines
+
+
+def _write_roles(path, manifest, cal_folder, cal, win, cal_names):
+    """``role path label`` lines for every image of the scored pack (and the calibration folder's)."""
+    lines = []
+    if cal_folder:
+        lines += [f"calibration {cal_folder}/{p} -" for p in cal_names]
+    for i, (p, lab) in enumerate(manifest["images_list"]):
+        if win.start_image <= i < win.start_image + win.images:
+            role = "scoring"
+        elif not cal_folder and cal.start_image <= i < cal.start_image + cal.images:
+            role = "calibration"
+        else:
+            role = "unused"
+        lines.append(f"{role} {p} {'-' if lab is None else lab}")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,327 @@
+"""``int8batch run imagenet`` / ``run mnist``: windows, scoring arithmetic, verdicts, reports, plots.
+
+The ImageNet protocol runs end to end on tiny synthetic folders of constant-
+colour PNGs and a hand-made ONNX classifier (global average pool of the
+channels, then a fixed 3 x 7 matrix): after the efficientnet-lite
+preprocessing a constant image of colour ``rgb`` is ``(rgb - 127) / 128``
+everywhere, so every logit, prediction and top-k count is computed here in
+NumPy from the colours alone, independently of the pipeline.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from int8batch.calib.evaluate import EvalResult, evaluate
+from int8batch.cli.main import main
+from int8batch.errors import ConfigError, MissingDependencyError
+from int8batch.runner import imagenet
+from int8batch.runner.imagenet import ImagenetSettings, plan, run_imagenet
+from int8batch.runner.plot import choose_tiles
+from int8batch.runner.report import verdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+W = np.array([[1.0, 0.0, 0.0, -0.5, 0.25, 0.0, 0.0],
+              [0.0, 1.0, 0.0, 0.0, -0.5, 0.25, 0.0],
+              [0.0, 0.0, 1.0, 0.25, 0.0, -0.5, 0.0]], np.float32)
+B = np.array([0, 0, 0, 0, 0, 0, 0.1], np.float32)
+# class folder -> RGB colours of its 4 images; the last of a/b "looks like" another class
+FOLDERS = {"a": [(248, 216, 56), (240, 208, 72), (248, 216, 72), (200, 248, 112)],
+           "b": [(80, 248, 216), (56, 232, 208), (88, 248, 0), (216, 64, 248)],
+           "c": [(216, 56, 248), (208, 80, 240), (208, 72, 232), (0, 160, 184)]}
+
+
+# ------------------------------------------------------------------ helpers
+def tiny_model(path, w=W, b=B):
+    """x (N,3,H,W) -> GlobalAveragePool -> Flatten -> MatMul w -> Add b -> logits (N,7)."""
+    from onnx import TensorProto, helper, numpy_helper, save
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["logits"])]
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                        ["N", 3, 224, 224])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    save(m, str(path))
+    return str(path)
+
+
+def ref_logits(rgb, w=W, b=B):
+    """NumPy twin of the tiny model on a constant image of colour ``rgb`` (efficientnet-lite)."""
+    return ((np.asarray(rgb, np.float64) - 127.0) / 128.0) @ w.astype(np.float64) + b
+
+
+def ref_top(rgb, k, w=W):
+    return list(np.argsort(-ref_logits(rgb, w), kind="stable")[:k])
+
+
+def write_png(path, rgb, size=(24, 32)):
+    import cv2
+    img = np.empty(size + (3,), np.uint8)
+    img[...] = rgb[::-1]                      # OpenCV writes BGR
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The class-folder set, a flat ILSVRC-style set with a label file, a calibration folder, the model."""
+    root = tmp_path_factory.mktemp("runner")
+    colours = {}
+    for cls, cols in FOLDERS.items():
+        for i, c in enumerate(cols):
+            rel = f"{cls}/img{i}.png"
+            write_png(root / "folders" / rel, c)
+            colours[rel] = (c, "abc".index(cls))
+    flat, lines = {}, []
+    for n, (rel, (c, _)) in enumerate(sorted(colours.items()), 1):
+        name = f"ILSVRC2012_val_{n:08d}.png"
+        write_png(root / "val" / name, c)
+        lab = n % 7                          # labels 0..6: some outside every top-5 of 7
+        flat[name] = (c, lab)
+        lines.append(f"{name} {lab}")
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    for i in range(4):
+        write_png(root / "cal" / f"c{i}.png", (64 * i, 200 - 40 * i, 128))
+    return {"root": root, "folders": str(root / "folders"), "val": str(root / "val"),
+            "labels": str(root / "val.txt"), "cal": str(root / "cal"), "colours": colours, "flat": flat,
+            "model": tiny_model(root / "tiny.onnx")}
+
+
+def settings(d, **kw):
+    base = dict(model=d["model"], images=d["folders"], calib_images=4, calib_batch_size=2, batch_size=4,
+                threads=1)
+    base.update(kw)
+    return ImagenetSettings(**base)
+
+
+def expected(files, table):
+    """Hand/NumPy figures over ``files`` from ``table[file] = (colour, label)``."""
+    top1 = [ref_top(table[f][0], 1)[0] for f in files]
+    return {"top1": sum(int(p == table[f][1]) for p, f in zip(top1, files)),
+            "top5": sum(int(table[f][1] in ref_top(table[f][0], 5)) for f in files),
+            "pred": top1, "labels": [table[f][1] for f in files]}
+
+
+# -------------------------------------------------------------- the model
+def test_reference_margins_are_wide():
+    # INT8 cannot reorder the top 6 logits (gaps >= 0.15, INT8 errors ~0.01), so top-1 and top-5 are exact
+    top1 = []
+    for c in [c for cols in FOLDERS.values() for c in cols]:
+        z = np.sort(ref_logits(c))[::-1]
+        assert np.all(-np.diff(z)[:5] >= 0.15), c
+        top1.append(ref_top(c, 1)[0])
+    # each folder: three images of its class, one that looks like the next class
+    assert top1 == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
+
+
+# ------------------------------------------------------------------ windows
+def test_plan_windows():
+    s = ImagenetSettings(model="m", images="i")            # sample defaults: 10 x 50, scoring batches of 50
+    assert plan(s) == (10, 50, None) and imagenet.default_first(s, 10) == 10
+    s = ImagenetSettings(model="m", images="i", calib_images=500, calib_batch_size=50, batch_size=64,
+                         score_batches=3)
+    # 500 calibration images, scoring from batch ceil(500 / 64) = 8: packs (8 + 3) * 64 images, files of gcd 2
+    assert plan(s) == (10, 2, 11 * 64) and imagenet.default_first(s, 10) == 8
+    s = ImagenetSettings(model="m", images="i", calib_images=130, calib_batch_size=50)
+    assert plan(s)[0] == 2                                  # rounded down to whole batches
+    with pytest.raises(ConfigError, match="less than one calibration batch"):
+        plan(ImagenetSettings(model="m", images="i", calib_images=10))
+
+
+def test_class_folders_end_to_end(data, tmp_path):
+    out = tmp_path / "out"
+    r = run_imagenet(settings(data), out=str(out), plot=True)
+    # 12 shuffled images: calibration 2 batches of 2 (images 0-3), scoring 2 batches of 4 from batch 1 (4-11)
+    assert (r.cal.count, r.cal.batch_size, r.win.first, r.win.count, r.win.batch_size) == (2, 2, 1, 2, 4)
+    assert len(r.calib_files) == 4 and len(r.score_files) == 8
+    assert set(r.calib_files).isdisjoint(r.score_files)
+    assert set(r.calib_files) | set(r.score_files) == set(data["colours"])
+    assert r.calib_files + r.score_files != sorted(data["colours"])          # really shuffled
+    e = expected(r.score_files, data["colours"])
+    res = r.result
+    assert res.images == res.labelled == 8
+    assert (res.top1_hits_fp32, res.top5_hits_fp32) == (e["top1"], e["top5"])
+    assert (res.top1_hits_int8, res.top5_hits_int8) == (e["top1"], e["top5"])
+    assert res.top1_fp32 == pytest.approx(e["top1"] / 8) and res.top1_agreement == 1.0
+    assert res.labels == e["labels"] and res.fp32_pred == e["pred"] == res.int8_pred
+    assert r.passed and "labelled" in r.rule
+    d = json.loads((out / "report.json").read_text())
+    assert d["verdict"] == "PASSED" and d["scoring"]["fp32"]["top1_count"] == e["top1"]
+    assert d["images"]["labels"] == "folders" and d["images"]["overlap"] == 0
+    roles = [line.split() for line in (out / "images.txt").read_text().splitlines()]
+    assert [x[1] for x in roles if x[0] == "calibration"] == r.calib_files
+    assert [x[1] for x in roles if x[0] == "scoring"] == r.score_files
+    assert all(int(x[2]) == data["colours"][x[1]][1] for x in roles)
+    for name in ("calibration.cache", "model.qdq.onnx", "report.md", "predictions.png"):
+        assert (out / name).stat().st_size > 0
+    text = r.text()
+    assert "Top1: " in text and "Expected predictions (first 8 images):" in text
+    assert "Calibration images 0..3, scoring images 4..11 of the shuffled order (disjoint)" in text
+    assert text.splitlines()[-1].startswith("&&&& PASSED int8batch run imagenet")
+
+
+def test_uneven_batches_leave_images_unused(data, tmp_path):
+    r = run_imagenet(settings(data, batch_size=3), out=str(tmp_path))
+    # calibration images 0-3; scoring from batch ceil(4 / 3) = 2, i.e. images 6-11; 4 and 5 unused
+    assert (r.win.first, r.win.count, r.win.start_image) == (2, 2, 6)
+    roles = [line.split()[0] for line in (tmp_path / "images.txt").read_text().splitlines()]
+    assert roles == ["calibration"] * 4 + ["unused"] * 2 + ["scoring"] * 6
+    e = expected(r.score_files, data["colours"])
+    assert r.result.top1_hits_fp32 == e["top1"] and r.result.images == 6
+
+
+def test_label_file_and_top5_misses(data, tmp_path):
+    r = run_imagenet(settings(data, images=data["val"], labels=data["labels"], seed=3), out=str(tmp_path))
+    e = expected(r.score_files, data["flat"])
+    assert e["top5"] < 8                                         # labels 5 and 6 are often outside the top 5
+    res = r.result
+    assert (res.top1_hits_fp32, res.top5_hits_fp32, res.top1_hits_int8, res.top5_hits_int8) == \
+        (e["top1"], e["top5"], e["top1"], e["top5"])
+    assert res.labels == e["labels"]
+    assert "label file" in r.text() and r.to_dict()["images"]["labels"] == "file"
+
+
+def test_unlabelled_agreement_only(data, tmp_path):
+    r = run_imagenet(settings(data, labels="none"), out=str(tmp_path))
+    assert r.result.labelled == 0 and r.result.top1_fp32 is None
+    assert r.result.labels == [None] * 8 and r.result.fp32_pred == expected(r.score_files,
+                                                                               data["colours"])["pred"]
+    assert r.passed and r.rule.startswith("unlabelled")
+    text = r.text()
+    assert "Top1/Top5: n/a (no labels)" in text and "FP32 predictions (first 8 images):" in text
+    assert "agreement only" in text and "(rule, no labels: agreement >= 95 %)" in text
+    md = (tmp_path / "report.md").read_text()
+    assert "| FP32 | n/a | n/a |" in md
+
+
+def test_separate_calibration_folder(data, tmp_path):
+    r = run_imagenet(settings(data, calib_images=data["cal"], score_batches=2), out=str(tmp_path))
+    assert (r.cal.count, r.win.first, r.win.count) == (2, 0, 2)
+    assert sorted(r.calib_files) == [f"c{i}.png" for i in range(4)]
+    assert len(r.score_files) == 8 and r.result.top1_agreement == 1.0
+    roles = [line.split()[0] for line in (tmp_path / "images.txt").read_text().splitlines()]
+    assert roles.count("calibration") == 4 and roles.count("scoring") == 8 and roles.count("unused") == 0
+
+
+def test_overlapping_window_is_reported(data, tmp_path):
+    r = run_imagenet(settings(data, first_score_batch=0, score_batches=1), out=str(tmp_path))
+    assert r.to_dict()["images"]["overlap"] == 4 and "WARNING: 4 overlap" in r.text()
+
+
+# ------------------------------------------------------------------ verdicts
+def test_verdict_rules():
+    lab = EvalResult(images=100, labelled=100, top1_fp32=0.80, top1_int8=0.79, top1_agreement=0.5)
+    assert verdict(lab)[0] and "within 1 point" in verdict(lab)[1]
+    lab.top1_int8 = 0.7899
+    assert not verdict(lab)[0]
+    assert verdict(lab, tolerance=0.02)[0]
+    unl = EvalResult(images=100, labelled=0, top1_agreement=0.95)
+    assert verdict(unl)[0] and "agreement >= 95 %" in verdict(unl)[1]
+    unl.top1_agreement = 0.9499
+    assert not verdict(unl)[0]
+
+
+def test_failed_exit_code_with_a_different_int8_model(data, tmp_path, monkeypatch, capsys):
+    # the "INT8" model swaps the columns of classes 0 and 1: every image predicted 0 or 1 flips
+    swapped = tiny_model(tmp_path / "swapped.onnx", W[:, [1, 0, 2, 3, 4, 5, 6]])
+    real = imagenet.evaluate
+    monkeypatch.setattr(imagenet, "evaluate", lambda fp, q, *a, **k: real(fp, swapped, *a, **k))
+    out = tmp_path / "out"
+    rc = main(["run", "imagenet", "--model", data["model"], "--images", data["folders"], "--calib-images", "4",
+               "--calib-batch-size", "2", "--batch-size", "4", "--threads", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    d = json.loads((out / "report.json").read_text())
+    files = [x.split()[1] for x in (out / "images.txt").read_text().splitlines() if x.startswith("scoring")]
+    e = expected(files, data["colours"])
+    swap = {0: 1, 1: 0}
+    int8 = [swap.get(p, p) for p in e["pred"]]
+    assert d["first_predictions"]["int8"] == int8
+    assert d["scoring"]["agreed"] == sum(a == b for a, b in zip(e["pred"], int8))
+    assert d["scoring"]["int8"]["top1_count"] == sum(p == t for p, t in zip(int8, e["labels"]))
+    assert d["scoring"]["int8"]["top1_count"] < e["top1"]
+    assert rc == 1 and d["verdict"] == "FAILED" and "&&&& FAILED int8batch run imagenet" in printed
+    assert [x["image"] for x in d["disagreements"]] == [i for i, (a, b) in enumerate(zip(e["pred"], int8))
+                                                       if a != b]
+
+
+def test_cli_bad_calib_images(data, capsys):
+    rc = main(["run", "imagenet", "--model", data["model"], "--images", data["folders"],
+               "--calib-images", "/nonexistent/folder"])
+    assert rc == 1 and "neither an image count nor a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ plot
+def test_choose_tiles_adds_disagreements():
+    r = EvalResult(labels=[0, 1, 2, 3], fp32_pred=[0, 1, 2, 3], int8_pred=[0, 1, 2, 3],
+                   disagreements=[(7, 1, 1, 2), (9, None, 0, 4), (12, 2, 2, 0)])
+    assert [t[0] for t in choose_tiles(r, 4)] == [0, 1, 7, 9]
+    assert [t[0] for t in choose_tiles(r, 3)] == [0, 1, 7]
+    assert choose_tiles(r, 3)[2] == (7, 1, 1, 2)
+    r.disagreements = [(1, 1, 1, 2)] + r.disagreements[:1]
+    r.int8_pred[1] = 2
+    # image 1 is among the first shown already; only image 7 is added
+    assert [t[0] for t in choose_tiles(r, 4)] == [0, 1, 2, 7]
+    assert [t[0] for t in choose_tiles(r, 10)] == [0, 1, 2, 3, 7]
+
+
+def test_plot_mismatch_is_red_and_needs_matplotlib(data, tmp_path, monkeypatch):
+    from int8batch.reader import BatchSet
+    from int8batch.runner.plot import plot_predictions
+    from int8batch import pack
+    pack(data["folders"], tmp_path / "b", preset="efficientnet-lite", batch_size=4, force=True)
+    r = EvalResult(labels=[0, 0], fp32_pred=[0, 1], int8_pred=[0, 2], disagreements=[(1, 0, 1, 2)])
+    with BatchSet(tmp_path / "b") as bs:
+        path = plot_predictions(bs, 0, r, str(tmp_path / "p.png"), columns=2)
+        import matplotlib.image as mpimg
+        png = mpimg.imread(path)[..., :3]
+        red = (png[..., 0] > 0.75) & (png[..., 1] < 0.3) & (png[..., 2] < 0.3)
+        half = png.shape[1] // 2
+        assert red[:, half:].sum() > 50 and red[:, :half].sum() == 0   # only the right tile is marked
+        monkeypatch.setitem(sys.modules, "matplotlib", None)
+        with pytest.raises(MissingDependencyError, match="matplotlib"):
+            plot_predictions(bs, 0, r, str(tmp_path / "q.png"))
+
+
+# ------------------------------------------------------------------ mnist
+@pytest.mark.slow
+def test_cli_run_mnist_fast_path(tmp_path):
+    out = tmp_path / "mnist"
+    p = subprocess.run([sys.executable, "-m", "int8batch.cli.main", "run", "mnist", "--calib-batches", "2",
+                        "--score-batches", "5", "--threads", "1", "--out", str(out), "--plot"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    text = p.stdout
+    for needle in ("Calibration: 2 batches of size 50 starting at 0 (100 images)",
+                   "FP32 run: 5 batches of size 100 starting at 0", "INT8 run: 5 batches of size 100",
+                   "Processing 500 images", "Expected predictions (first 100 images):",
+                   "Actual predictions (INT8):", "&&&& PASSED int8batch run mnist"):
+        assert needle in text
+    d = json.loads((out / "report.json").read_text())
+    assert d["scoring"]["fp32"]["images"] == 500 and d["calibration"]["window"]["count"] == 2
+    # the first test labels of MNIST t10k (the sample prints them): 7 2 1 0 4 1 4 9 5 9
+    assert d["first_predictions"]["labels"][:10] == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert d["scoring"]["fp32"]["top1_count"] >= 490
+    assert (out / "predictions.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------- EfficientNet
+@pytest.mark.slow
+def test_efficientnet_lite0_agreement_on_real_photos(tmp_path):
+    model = os.path.join(ROOT, ".work", "models", "efficientnet_lite0.onnx")
+    if not os.path.exists(model):
+        pytest.skip(f"{model} is absent (made by tools/export_efficientnet.py)")
+    for split in ("calib", "eval"):
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_corpus.py"), str(tmp_path / split),
+                        "--count", "256", "--split", split, "--seed", "0"], check=True, capture_output=True)
+    s = ImagenetSettings(model=model, images=str(tmp_path / "eval"), labels="none",
+                         calib_images=str(tmp_path / "calib"), calib_batch_size=32, batch_size=32)
+    r = run_imagenet(s, out=str(tmp_path / "out"))
+    assert r.cal.images == 256 and r.result.images == 256 and r.result.labelled == 0
+    assert r.result.top1_agreement >= 0.85, r.text()

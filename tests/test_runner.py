@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from int8batch.calib.evaluate import EvalResult, evaluate
+from int8batch.calib.evaluate import EvalResult
 from int8batch.cli.main import main
 from int8batch.errors import ConfigError, MissingDependencyError
 from int8batch.runner import imagenet

@@ -6,8 +6,9 @@ All on the same batch files in one run, page cache hot:
 (a) ``np.fromfile`` + pageable ``cudaMemcpy`` per file (what the C++ sample and
     most Python calibrators do);
 (b) pinned host buffer -> device with ``cudaMemcpyAsync`` (the PCIe ceiling);
-(c) each DeviceFeeder strategy, construction (registration) included, and the
-    second pass over the same files with the same feeder.
+(c) each DeviceFeeder strategy and some of its settings: the first pass with
+    construction (registration) included, the same until background
+    registration has finished too, and the second pass right after the first.
 
 Then the median wall time of a calibrator ``get_batch`` call when the next
 batch is already resident (a fake ``tensorrt`` base class when TensorRT is not
@@ -75,8 +76,10 @@ def pinned_ceiling(files, nbytes, pinned, devs, stream):
 
 
 def feeder_passes(bs, batch_size, repeats, **kw):
-    """(first pass incl. construction, second pass, close) medians in seconds, and bytes per pass."""
-    first, second, close = [], [], []
+    """Medians over ``repeats`` fresh feeders, in seconds: first pass incl. construction, second pass
+    (right after), close; first pass until background registration is also done (separate feeders);
+    plus bytes per pass, strategy and the staged share of the first pass."""
+    first, second, close, regdone, staged = [], [], [], [], []
     nbytes = strategy = None
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -85,6 +88,7 @@ def feeder_passes(bs, batch_size, repeats, **kw):
             for _b in feeder:
                 pass
             t1 = time.perf_counter()
+            staged.append(feeder.stats["staged_bytes"])
             for _b in feeder:
                 pass
             t2 = time.perf_counter()
@@ -96,11 +100,24 @@ def feeder_passes(bs, batch_size, repeats, **kw):
         first.append(t1 - t0)
         second.append(t2 - t1)
         close.append(t4 - t3)
-    return statistics.median(first), statistics.median(second), statistics.median(close), nbytes, strategy
+    if strategy == "registered":
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with DeviceFeeder(bs, batch_size, **kw) as feeder:
+                for _b in feeder:
+                    pass
+                feeder.wait_registered()
+                regdone.append(time.perf_counter() - t0)
+    med = statistics.median
+    return (med(first), med(second), med(close), med(regdone) if regdone else None, nbytes, strategy,
+            med(staged) / nbytes if nbytes else 0.0)
 
 
-def probe_registration(bs, threads, chunks=1):
-    """GB/s of cudaHostRegister(ReadOnly) and cudaHostUnregister over every file, on ``threads`` threads."""
+def probe_registration(bs, threads, chunks=1, dma=False):
+    """GB/s of cudaHostRegister(ReadOnly) and cudaHostUnregister over every file, on ``threads`` threads,
+    each file in ``chunks`` page-aligned pieces; with ``dma`` a pinned->device copy loop runs meanwhile
+    (its GB/s is returned third)."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
     from int8batch.cuda.buffers import host_address
 
@@ -112,14 +129,56 @@ def probe_registration(bs, threads, chunks=1):
         size = -(-size // 4096) * 4096
         step = -(-size // (chunks * 4096)) * 4096
         ranges += [(base + a, min(step, size - a)) for a in range(0, size, step)]
+    stop, moved = threading.Event(), [0, 0.0]
+
+    def copy_loop():
+        cu.set_current_context(ctx)
+        nb = bs.file_buffer(0).size()
+        with PinnedBuffer(nb) as src, DeviceBuffer(nb) as dst:
+            s = cu.Stream()
+            t0 = time.perf_counter()
+            while not stop.is_set():
+                for _ in range(4):
+                    cu.memcpy_htod_async(dst.ptr, src.ptr, nb, s.handle)
+                s.synchronize()
+                moved[0] += 4 * nb
+            moved[1] = time.perf_counter() - t0
+            s.close()
+
+    copier = threading.Thread(target=copy_loop) if dma else None
     with ThreadPoolExecutor(threads, initializer=lambda: cu.set_current_context(ctx)) as pool:
+        if copier:
+            copier.start()
+            time.sleep(0.02)
         t0 = time.perf_counter()
         list(pool.map(lambda r: cu.host_register(r[0], r[1], readonly=readonly), ranges))
         t1 = time.perf_counter()
+        if copier:
+            stop.set()
+            copier.join()
         list(pool.map(lambda r: cu.host_unregister(r[0]), ranges))
         t2 = time.perf_counter()
     total = sum(r[1] for r in ranges)
-    return total / (t1 - t0) / 1e9, total / (t2 - t1) / 1e9
+    return total / (t1 - t0) / 1e9, total / (t2 - t1) / 1e9, (moved[0] / moved[1] / 1e9 if copier else None)
+
+
+def probe_host_copy(bs, threads, chunk=8 << 20):
+    """GB/s of copying every file from its mapping into pinned chunks (no DMA) on ``threads`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bufs = [PinnedBuffer(chunk) for _ in range(threads)]
+    srcs = [bs.file_arrays(k)[0].reshape(-1).view(np.uint8) for k in range(bs.num_files)]
+    jobs = [src[a:a + chunk] for src in srcs for a in range(0, src.nbytes, chunk)]
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(lambda ij: np.copyto(bufs[ij[0] % threads].array[:ij[1].nbytes], ij[1]),
+                          enumerate(jobs)))
+            dt = time.perf_counter() - t0
+    finally:
+        for b in bufs:
+            b.close()
+    return sum(j.nbytes for j in jobs) / dt / 1e9
 
 
 def get_batch_overhead(bs, batch_size, calls):
@@ -205,27 +264,47 @@ def main(argv=None):
 
         results = {}
         with BatchSet(folder) as bs:
+            later = dict(register_during_copies=False)
             configs = [
                 ("auto (default)", dict()),
                 ("registered, register_threads=0", dict(strategy="registered", register_threads=0)),
-                ("registered, register_threads=1", dict(strategy="registered", register_threads=1)),
-                ("registered, register_threads=4", dict(strategy="registered", register_threads=4)),
-                ("pinned, copy_threads=4", dict(strategy="pinned", copy_threads=4)),
+                ("registered, register_threads=2", dict(strategy="registered", register_threads=2)),
+                ("auto, depth=2", dict(depth=2)),
+                ("auto, register after copies, copy_threads=8", dict(later, copy_threads=8)),
+                ("auto, register after copies, copy_threads=12", dict(later, copy_threads=12)),
                 ("pinned, copy_threads=8", dict(strategy="pinned", copy_threads=8)),
+                ("pinned, copy_threads=12", dict(strategy="pinned", copy_threads=12)),
                 ("pageable", dict(strategy="pageable")),
             ]
+            if args.quick:
+                configs = configs[:2] + configs[-3:]
+            notes = []
             for name, kw in configs:
-                first, second, close, moved, strategy = feeder_passes(bs, args.n, args.repeats, **kw)
+                first, second, close, regdone, moved, strategy, staged = feeder_passes(bs, args.n, args.repeats, **kw)
                 results[name] = (first, second, close, moved)
                 rows.append((f"(c) {name} [{strategy}] first pass incl. setup", moved / first / 1e9))
+                if regdone:
+                    rows.append((f"(c) {name} first pass until all registered", moved / regdone / 1e9))
                 rows.append((f"(c) {name} first pass incl. setup + close", moved / (first + close) / 1e9))
-                rows.append((f"(c) {name} second pass", moved / second / 1e9))
+                rows.append((f"(c) {name} second pass (right after)", moved / second / 1e9))
+                notes.append(f"{name}: {100 * staged:.0f}% of the first pass staged")
             straddle = args.n * 3 // 2
-            first, second, close, moved, strategy = feeder_passes(bs, straddle, args.repeats)
+            first, second, close, regdone, moved, strategy, staged = feeder_passes(bs, straddle, args.repeats)
             rows.append((f"(c) auto, batch {straddle} (straddles files) [{strategy}] first pass", moved / first / 1e9))
             rows.append((f"(c) auto, batch {straddle} second pass", moved / second / 1e9))
             med, p90, using = get_batch_overhead(bs, args.n, args.calls)
-            probes = [(t, ch, *probe_registration(bs, t, ch)) for t, ch in ((1, 1), (2, 1), (4, 1), (4, 4))]
+            probes = [(t, ch, dma, *probe_registration(bs, t, ch, dma))
+                      for t, ch, dma in ((1, 1, False), (2, 1, False), (1, 1, True))]
+            host = [(t, probe_host_copy(bs, t)) for t in (4, 8, 12, 16)]
+            from int8batch.cuda.buffers import LockedHostMemory
+            alloc = []
+            for make in (PinnedBuffer, LockedHostMemory):
+                t0 = time.perf_counter()
+                try:
+                    make(64 << 20).close()
+                    alloc.append((64 << 20) / (time.perf_counter() - t0) / 1e9)
+                except cu.CudaError:            # refused (the CPU fake)
+                    alloc.append(float("nan"))
 
         width = max(len(r[0]) for r in rows)
         print(f"{'path':<{width}}  {'GB/s':>7}  {'vs (a)':>7}  {'vs (b)':>7}")
@@ -233,9 +312,15 @@ def main(argv=None):
             print(f"{name:<{width}}  {gbs:7.2f}  {gbs / gbs_a:6.1f}x  {100 * gbs / gbs_b:6.1f}%")
         print(f"calibrator get_batch, next batch resident ({using}): median {med:.1f} us, p90 {p90:.1f} us "
               f"over {args.calls} calls")
-        for t, ch, reg, unreg in probes:
-            print(f"raw cudaHostRegister(ReadOnly) of all files, {t} thread(s), {ch} piece(s) per file: "
-                  f"register {reg:.1f} GB/s, unregister {unreg:.1f} GB/s")
+        for t, ch, dma, reg, unreg, dma_gbs in probes:
+            print(f"raw cudaHostRegister(ReadOnly) of all files, {t} thread(s), {ch} piece(s) per file"
+                  + (f", pinned->device copies running meanwhile at {dma_gbs:.1f} GB/s" if dma else "")
+                  + f": register {reg:.1f} GB/s, unregister {unreg:.1f} GB/s")
+        print("host copy mapping -> pinned (no DMA): "
+              + ", ".join(f"{t} thread(s) {gbs:.1f} GB/s" for t, gbs in host))
+        print(f"64 MiB page-locked staging memory, set up + released: cudaHostAlloc {alloc[0]:.1f} GB/s, "
+              f"anonymous mmap(MAP_POPULATE) + cudaHostRegister {alloc[1]:.1f} GB/s")
+        print("staged share: " + "; ".join(notes))
         first, second, close, moved = results["auto (default)"]
         d_first = moved / first / 1e9
         print("targets: default feeder first pass incl. registration "

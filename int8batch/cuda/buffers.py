@@ -6,12 +6,16 @@
 * :class:`RegisteredMapping` -- an existing (read-only) ``mmap`` of a batch file
   page-locked in place with ``cudaHostRegister``, so the GPU's copy engine reads
   straight out of the page cache.
+* :class:`StagingRing` -- a few page-locked chunks that host threads fill and
+  the copy engine drains, each reused once its copy is done.
 
 Every class has ``close()`` (idempotent) and is a context manager.
 """
 import ctypes
 import logging
 import mmap
+import queue
+import threading
 
 import numpy as np
 
@@ -102,6 +106,47 @@ class PinnedBuffer:
         self.close()
 
 
+class LockedHostMemory:
+    """Anonymous, pre-faulted host memory page-locked with ``cudaHostRegister`` (Portable).
+
+    Much cheaper to set up than ``cudaHostAlloc`` on some machines (measured
+    1.4 GB/s for ``cudaHostAlloc`` against tens of GB/s for registration on
+    an H100 VM).  ``array`` is a writable NumPy uint8 view.
+    """
+
+    def __init__(self, nbytes):
+        self.nbytes = int(nbytes)
+        size = max(PAGE, -(-self.nbytes // PAGE) * PAGE)
+        flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20) | getattr(mmap, "MAP_POPULATE", 0)
+        self._mm = mmap.mmap(-1, size, flags=flags)
+        self.array = np.frombuffer(self._mm, dtype=np.uint8)[: self.nbytes]
+        self.ptr = self.array.__array_interface__["data"][0]
+        try:
+            cu.host_register(self.ptr, size, readonly=False, portable=True)
+        except BaseException:
+            self.ptr, self.array = 0, None
+            self._mm.close()
+            raise
+
+    def close(self):
+        if self.ptr:
+            p, self.ptr = self.ptr, 0
+            self.array = None
+            try:
+                cu.host_unregister(p)
+            finally:
+                self._mm.close()
+
+
+def locked_host_buffer(nbytes):
+    """Page-locked host memory: :class:`LockedHostMemory`, else :class:`PinnedBuffer` if registration is refused."""
+    try:
+        return LockedHostMemory(nbytes)
+    except (CudaError, OSError, ValueError) as exc:
+        log.debug("page-locking anonymous memory failed (%s); using cudaHostAlloc", exc)
+        return PinnedBuffer(nbytes)
+
+
 class RegisteredMapping:
     """A whole read-only ``mmap`` page-locked in place with ``cudaHostRegister``.
 
@@ -161,3 +206,94 @@ class RegisteredMapping:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class StagingRing:
+    """Page-locked chunks for copying pageable host bytes to the device.
+
+    :meth:`copy` (called from several host threads at once) takes a free chunk,
+    waits until the copy engine is done with its previous contents, copies the
+    source bytes into it, queues the host-to-device copy on ``stream`` and
+    records the chunk's event: the chunk is reused as soon as that copy ends,
+    so a few chunks keep the copy engine busy whatever the batch size.
+
+    Parameters
+    ----------
+    chunks, chunk_bytes : int
+        Number and size of the chunks.
+    stream : int
+        Stream handle for the copies.
+
+    Notes
+    -----
+    The chunks are allocated by the first :meth:`copy` (so a feeder that
+    never stages pays nothing).  Call :meth:`close` only when no copy is
+    running and the stream is synchronised.
+    """
+
+    def __init__(self, chunks, chunk_bytes, stream):
+        self.chunks, self.chunk_bytes, self.stream = max(1, int(chunks)), max(PAGE, int(chunk_bytes)), stream
+        self._bufs, self._events = [], []
+        self._free = queue.Queue()
+        self._failed = None
+        self._closed = threading.Event()
+        self._alloc_lock = threading.Lock()
+        self._allocated = False
+
+    def allocate(self):
+        """Allocate the chunks (once; later calls return at once), each made available at once."""
+        with self._alloc_lock:
+            if self._allocated:
+                return
+            self._allocated = True
+            try:
+                for i in range(self.chunks):
+                    if self._closed.is_set():
+                        return
+                    self._bufs.append(locked_host_buffer(self.chunk_bytes))
+                    self._events.append(cu.Event())
+                    self._free.put(i)
+            except BaseException as exc:
+                self._failed = exc
+                raise
+
+    def _take(self):
+        while True:
+            try:
+                return self._free.get(timeout=0.05)
+            except queue.Empty:
+                if self._failed is not None:
+                    raise CudaError(f"allocating the pinned staging chunks failed: {self._failed}",
+                                    name=getattr(self._failed, "name", None)) from self._failed
+                if self._closed.is_set():
+                    raise CudaError("the staging ring is closed", name="cudaErrorInvalidValue")
+
+    def copy(self, dst, src):
+        """Copy the C-contiguous uint8 array ``src`` (at most ``chunk_bytes``) to device address ``dst``."""
+        n = src.nbytes
+        if not self._allocated:
+            self.allocate()
+        i = self._take()
+        try:
+            self._events[i].synchronize()
+            np.copyto(self._bufs[i].array[:n], src)
+            cu.memcpy_htod_async(dst, self._bufs[i].ptr, n, self.stream)
+            self._events[i].record(self.stream)
+        finally:
+            self._free.put(i)
+
+    def stop(self):
+        """Make copies that wait for a chunk (and an allocation under way) give up."""
+        self._closed.set()
+
+    def close(self):
+        self.stop()
+        errors = []
+        for obj in self._bufs + self._events:
+            try:
+                obj.close()
+            except Exception as exc:  # noqa: BLE001 - release the rest, report the first
+                errors.append(exc)
+        self._bufs, self._events = [], []
+        if errors:
+            raise errors[0]

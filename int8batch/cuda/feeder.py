@@ -1,34 +1,38 @@
 """``DeviceFeeder``: batches of a :class:`~int8batch.reader.BatchSet` delivered to the GPU.
 
 For every batch it hands out a device pointer that stays valid until the next
-batch is asked for, while the batch after it is already on its way (two device
-buffers on one stream, an event per buffer to know when its copy is done).
+batch is asked for, while the following batches are already on their way
+(``depth`` device buffers on one stream, an event per buffer to know when its
+copy is done).
 
 Strategies (``strategy=``):
 
 ``registered``
     Each batch file's read-only mapping is page-locked in place with
-    ``cudaHostRegister(..., cudaHostRegisterReadOnly)`` once, and batches are
-    copied by the GPU's copy engine straight out of the page cache: no host
-    copy at all.  A batch that straddles two files is copied as two pieces.
-    The file(s) of batch *i+2* are registered while batch *i+1* is being
-    copied, by ``register_threads`` background threads that run ahead of the
-    copies.  Registrations are kept (up to ``register_limit`` bytes) so a
-    second pass over the same files costs only the copies.
+    ``cudaHostRegister(..., cudaHostRegisterReadOnly)`` and batches are copied
+    by the GPU's copy engine straight out of the page cache: no host copy.
+    Registration runs on ``register_threads`` background threads in the order
+    the batches need the files; a file whose registration has not started
+    when its batch is planned is copied through pinned staging this once (and
+    registered afterwards), so the first pass is not held back by
+    registration.  Registrations are kept (up to ``register_limit`` bytes;
+    files past it are always staged), so a later pass costs only the copies.
+    A batch that straddles two files is copied as two pieces.
 ``pinned``
-    Batches are copied by ``copy_threads`` threads from the mapping into two
-    page-locked staging buffers, then copied asynchronously to the device.
+    ``copy_threads`` threads copy the batches from the mapping into a ring of
+    page-locked chunks, each copied asynchronously to the device as soon as
+    it is filled.
 ``pageable``
     ``cudaMemcpyAsync`` straight from the mapping (the driver stages it).  Last
     resort: no overlap.
 ``auto`` (default)
     ``registered`` when the device supports read-only registration and the
-    driver accepts it for the first file, else ``pinned``.  The choice is
-    logged.
+    driver accepts it (probed on one page of the first file), else
+    ``pinned``.  The choice is logged.
 
 Use it as a context manager: device memory, pinned memory, registrations,
-events, the stream (if owned) and the copy threads are released on exit, also
-on an exception or KeyboardInterrupt.
+events, the stream (if owned) and the threads are released on exit, also on an
+exception or KeyboardInterrupt.
 """
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -37,15 +41,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import runtime as cu
-from .buffers import DeviceBuffer, PinnedBuffer
-from .registry import FileRegistry
-from .. import format as fmt
+from .buffers import DeviceBuffer, StagingRing
+from .registry import DIRECT, FileRegistry
 from ..errors import ConfigError, CudaError
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "registered", "pinned", "pageable")
 DEFAULT_REGISTER_LIMIT = 16 << 30
+STAGE_CHUNK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,21 @@ class DeviceBatch:
         return self.ptr
 
 
+class _Plan:
+    """How batch ``j`` gets to its device buffer: direct copies to issue, staged chunks under way."""
+
+    __slots__ = ("direct", "staged")
+
+    def __init__(self):
+        self.direct = []    # (dst, src address, nbytes, threading.Event or None)
+        self.staged = []    # futures of StagingRing.copy
+
+    def ready(self):
+        return all(w is None or w.is_set() for *_, w in self.direct) and all(f.done() for f in self.staged)
+
+
 class DeviceFeeder:
-    """Stream the batches of a ``BatchSet`` to the GPU, double buffered.
+    """Stream the batches of a ``BatchSet`` to the GPU, ``depth`` buffers deep.
 
     Parameters
     ----------
@@ -97,31 +114,43 @@ class DeviceFeeder:
         Skip ``first`` batches; stop after ``max_batches`` (None: all full batches).
     strategy : {"auto", "registered", "pinned", "pageable"}
     copy_threads : int
-        Host copy threads of the ``pinned`` strategy.
+        Host threads filling pinned staging chunks (``pinned``, and files not
+        yet registered under ``registered``).
     stream : None, int or stream object
         Stream for the copies (a raw handle, a CuPy/torch stream...); None
         creates a private non-blocking stream.  Passing the consumer's stream
-        orders the copies after the consumer's work on the previous buffer.
+        orders the copies after the consumer's work on the previous buffers.
     device : int or None
         Device whose primary context is used when no context is current.
     register_limit : int
-        Most bytes kept registered at once; older files are unregistered when
-        a new one would exceed it.
+        Most bytes kept registered at once; files past it are staged.
     register_threads : int
-        Background threads registering files ahead of the copies (0: register
-        on the calling thread, overlapping only the copy in flight).
+        Background threads registering files (0: register on the calling
+        thread when a batch is planned; nothing is staged then).
+    depth : int
+        Device buffers (>= 2): batches planned and copied ahead of the consumer.
+    stage_chunks, stage_chunk_bytes : int
+        Pinned staging ring: number and size of its chunks.
+    register_during_copies : bool
+        True (default): registration runs alongside the copies from the start;
+        a batch whose file is being registered waits for it, and a file the
+        background threads have not reached yet is registered by the planning
+        thread.  False: files not registered when their batch is planned are
+        staged, and background registration starts once the pass's last batch
+        is planned (registration competes with the copy engine).
 
     Notes
     -----
-    A pointer handed out for batch *i* is overwritten by batch *i+2*'s copy,
-    which is issued when batch *i+1* is asked for: the consumer's GPU work on
-    batch *i* must be finished (or ordered on ``stream``) by then.  TensorRT's
-    calibration loop meets this.
+    A pointer handed out for batch *i* is overwritten by batch *i+depth*,
+    whose copy may start as soon as batch *i+1* is asked for: the consumer's
+    GPU work on batch *i* must be finished (or ordered on ``stream``) by then.
+    TensorRT's calibration loop meets this.
     """
 
     def __init__(self, batchset, batch_size=None, first=0, max_batches=None, strategy="auto",
                  copy_threads=4, stream=None, device=None, register_limit=DEFAULT_REGISTER_LIMIT,
-                 register_threads=2):
+                 register_threads=1, depth=3, stage_chunks=6, stage_chunk_bytes=STAGE_CHUNK_BYTES,
+                 register_during_copies=True):
         if strategy not in STRATEGIES:
             raise ConfigError(f"feeder strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
         self.batchset = batchset
@@ -130,6 +159,8 @@ class DeviceFeeder:
             raise ConfigError(f"batch size must be positive, got {batch_size}")
         if first < 0:
             raise ConfigError(f"first batch must be >= 0, got {first}")
+        if int(depth) < 2:
+            raise ConfigError(f"depth must be >= 2 (double buffering), got {depth}")
         self.first = int(first)
         total = batchset.num_batches(self.batch_size, self.first)
         if max_batches is not None:
@@ -142,28 +173,34 @@ class DeviceFeeder:
         self.copy_threads = max(1, int(copy_threads))
         self.register_limit = int(register_limit)
         self.register_threads = max(0, int(register_threads))
+        self.depth = int(depth)
+        self.register_during_copies = bool(register_during_copies)
         self.requested = strategy
         self.strategy = None
-        self._batches_done = 0
+        self._counts = {"batches": 0, "direct_bytes": 0, "staged_bytes": 0}
         self._registry = None
+        self._ring = None
         self._closed = False
-        self._pos = 0
-        self._primed = False
+        self._pos = self._planned = self._issued = 0
+        self._plans = {}
         self._stream = None
-        self._dev, self._events, self._staging, self._fills = [], [], [], [None, None]
+        self._dev, self._events = [], []
         self._pool = None
         self._src = [batchset.file_arrays(k)[0].reshape(-1).view(np.uint8) for k in range(batchset.num_files)]
+        self._addr = [a.__array_interface__["data"][0] for a in self._src]
         try:
             self.device = cu.ensure_context(device)
             self._stream = cu.Stream(stream)
-            for _ in range(2):
+            ctx = cu.current_context()
+            self._pool = ThreadPoolExecutor(self.copy_threads, thread_name_prefix="int8batch-copy",
+                                            initializer=cu.set_current_context, initargs=(ctx,))
+            if strategy != "pageable":     # chunks are allocated by the first staged copy
+                self._ring = StagingRing(stage_chunks, min(int(stage_chunk_bytes), max(self.nbytes, 1)),
+                                         self._stream.handle)
+            for _ in range(self.depth):
                 self._dev.append(DeviceBuffer(self.nbytes))
                 self._events.append(cu.Event())
             self.strategy = self._resolve(strategy)
-            if self.strategy == "pinned":
-                for _ in range(2):
-                    self._staging.append(PinnedBuffer(self.nbytes))
-                self._pool = ThreadPoolExecutor(self.copy_threads, thread_name_prefix="int8batch-copy")
         except BaseException:
             self.close()
             raise
@@ -181,9 +218,8 @@ class DeviceFeeder:
         if self.num_batches:
             k0 = self._segments(0)[0][0]
             try:
-                registry.register_now(k0)
+                registry.probe(k0)
             except CudaError as exc:
-                registry.close()
                 if strategy == "registered":
                     raise CudaError(
                         f"{self.batchset.paths[k0]}: cudaHostRegister of the read-only mapping was refused "
@@ -193,16 +229,24 @@ class DeviceFeeder:
                             "falling back to pinned staging", self.batchset.paths[k0], exc.name,
                             "" if readonly else "not ")
                 return "pinned"
+            files = []
+            for j in range(self.num_batches):
+                files += [seg[0] for seg in self._segments(j) if not files or files[-1] != seg[0]]
+            registry.plan(files, start=self.register_during_copies)
         self._registry = registry
         return "registered"
 
     @property
     def stats(self):
-        """Counters: batches served, registration seconds and file counts."""
-        out = {"batches": self._batches_done}
+        """Counters: batches served, bytes copied in place / staged, registration seconds and file counts."""
+        out = dict(self._counts)
         if self._registry is not None:
             out.update(self._registry.stats)
         return out
+
+    def wait_registered(self, timeout=None):
+        """Wait until background registration has nothing left to do; True when done."""
+        return True if self._registry is None else self._registry.wait(timeout)
 
     # ------------------------------------------------------------- pipeline
     def _segments(self, j):
@@ -217,43 +261,50 @@ class DeviceFeeder:
             done += take
         return segs
 
-    def _prepare(self, j):
-        """Get batch ``j`` ready for its copy (register its files / start filling staging)."""
-        if self.strategy == "registered":
-            files = [seg[0] for seg in self._segments(j)]
-            last = self._segments(self.num_batches - 1)[-1][0]
-            ahead = range(files[-1] + 1, min(last, files[-1] + self.register_threads) + 1)
-            self._registry.request(files + list(ahead), busy_after=self._pos)
-        elif self.strategy == "pinned":
-            slot = j % 2
-            dst = self._staging[slot].array
-            jobs = []
-            for k, src_off, dst_off, nb in self._segments(j):
-                step = -(-nb // self.copy_threads)
-                for a in range(0, nb, step):
-                    b = min(nb, a + step)
-                    jobs.append((dst[dst_off + a:dst_off + b], self._src[k][src_off + a:src_off + b]))
-            self._fills[slot] = [self._pool.submit(np.copyto, d, s) for d, s in jobs]
+    def _plan(self, j):
+        """Decide how each piece of batch ``j`` travels and start the staged ones."""
+        plan = _Plan()
+        dev = self._dev[j % self.depth].ptr
+        for k, src_off, dst_off, nb in self._segments(j):
+            if self.strategy == "registered":
+                how, waiter = self._registry.claim(k, wait=self.register_during_copies)
+            else:
+                how, waiter = (DIRECT if self.strategy == "pageable" else "stage"), None
+            if how == DIRECT:
+                plan.direct.append((dev + dst_off, self._addr[k] + src_off, nb, waiter))
+                self._counts["direct_bytes"] += nb
+            else:
+                src = self._src[k][src_off:src_off + nb]
+                step = self._ring.chunk_bytes
+                plan.staged += [self._pool.submit(self._ring.copy, dev + dst_off + a, src[a:a + step])
+                                for a in range(0, nb, step)]
+                self._counts["staged_bytes"] += nb
+        self._plans[j] = plan
 
     def _issue(self, j):
-        """Start the host-to-device copy of batch ``j`` into its device buffer."""
-        slot = j % 2
-        dev = self._dev[slot].ptr
+        """Queue the direct copies of batch ``j``, wait for its staged chunks, record its event."""
+        plan = self._plans.pop(j)
         stream = self._stream.handle
-        if self.strategy == "pinned":
-            for fut in self._fills[slot]:
-                fut.result()
-            self._fills[slot] = None
-            cu.memcpy_htod_async(dev, self._staging[slot].ptr, self.nbytes, stream)
-        else:
-            for k, src_off, dst_off, nb in self._segments(j):
-                reg = self._registry.source(k, j) if self.strategy == "registered" else None
-                if reg is not None:
-                    src = reg.ptr(fmt.HEADER_BYTES + src_off)
-                else:
-                    src = self._src[k].__array_interface__["data"][0] + src_off
-                cu.memcpy_htod_async(dev + dst_off, src, nb, stream)
-        self._events[slot].record(stream)
+        for dst, src, nb, waiter in plan.direct:
+            if waiter is not None:
+                waiter.wait()
+            cu.memcpy_htod_async(dst, src, nb, stream)
+        for fut in plan.staged:
+            fut.result()        # the chunk's copy is queued on the stream
+        self._events[j % self.depth].record(stream)
+
+    def _advance(self, block_until):
+        """Plan every batch whose buffer is free; issue in order, waiting for batches up to ``block_until``."""
+        limit = min(self.num_batches, max(self._pos - 1, 0) + self.depth)
+        while self._planned < limit:
+            self._plan(self._planned)
+            self._planned += 1
+            if self._planned == self.num_batches and self._registry is not None:
+                self._registry.start()     # no-op once started
+        while self._issued < self._planned and (self._issued <= block_until
+                                                or self._plans[self._issued].ready()):
+            self._issue(self._issued)
+            self._issued += 1
 
     def _labels(self, j):
         parts = [self.batchset.file_arrays(k)[1][s // self.image_bytes:(s + nb) // self.image_bytes]
@@ -268,35 +319,25 @@ class DeviceFeeder:
         i = self._pos
         if i >= self.num_batches:
             return None
-        if not self._primed:
-            self._prepare(0)
-            self._issue(0)
-            if self.num_batches > 1:
-                self._prepare(1)
-            self._primed = True
-        slot = i % 2
-        self._events[slot].synchronize()
+        self._advance(i)
+        self._events[i % self.depth].synchronize()
         self._pos = i + 1
-        if i + 1 < self.num_batches:
-            self._issue(i + 1)
-        if i + 2 < self.num_batches:
-            self._prepare(i + 2)
-        self._batches_done += 1
+        self._advance(i + 1)        # the next batch is on its way before this one is handed out
+        self._counts["batches"] += 1
         index = self.first + i
-        return DeviceBatch(self._dev[slot].ptr, self.nbytes, self.shape, index,
+        return DeviceBatch(self._dev[i % self.depth].ptr, self.nbytes, self.shape, index,
                            index * self.batch_size, self._labels(i))
 
     def reset(self):
         """Start again from the first batch (registrations are kept)."""
         if self._closed:
             raise ConfigError("this DeviceFeeder is closed")
-        self._wait_fills()
+        self._drop_plans()
         self._stream.synchronize()
-        self._pos = 0
-        self._primed = False
+        self._pos = self._planned = self._issued = 0
 
     def __iter__(self):
-        if self._pos or self._primed:
+        if self._pos or self._planned:
             self.reset()
         while True:
             b = self.next_batch()
@@ -308,17 +349,21 @@ class DeviceFeeder:
         return self.num_batches
 
     # --------------------------------------------------------------- lifetime
-    def _wait_fills(self):
-        for slot, futs in enumerate(self._fills):
-            for fut in futs or ():
-                fut.cancel()
-            for fut in futs or ():
-                if not fut.cancelled():
-                    try:
-                        fut.result()
-                    except BaseException:  # noqa: BLE001 - only waiting for the thread to let go
-                        pass
-            self._fills[slot] = None
+    def _drop_plans(self):
+        """Cancel staged chunks not started and wait for the running ones to let go."""
+        futs = [f for plan in self._plans.values() for f in plan.staged]
+        self._plans.clear()
+        for fut in futs:
+            fut.cancel()
+        errors = []
+        for fut in futs:
+            if not fut.cancelled():
+                try:
+                    fut.result()
+                except BaseException as exc:  # noqa: BLE001 - only waiting for the thread to let go
+                    errors.append(exc)
+        if errors:
+            log.debug("DeviceFeeder: %d staged copies failed while being dropped: %s", len(errors), errors[0])
 
     def close(self):
         """Release everything (idempotent).  Waits for in-flight copies first."""
@@ -333,8 +378,10 @@ class DeviceFeeder:
             except Exception as exc:  # noqa: BLE001 - release the rest, report the first
                 errors.append(exc)
 
+        if self._ring is not None:
+            self._ring.stop()            # copies waiting for a chunk give up
         if self._pool is not None:
-            attempt(self._wait_fills)
+            attempt(self._drop_plans)
             attempt(lambda: self._pool.shutdown(wait=True, cancel_futures=True))
             self._pool = None
         if self._stream is not None and self._stream.handle:
@@ -342,9 +389,12 @@ class DeviceFeeder:
         if self._registry is not None:
             attempt(self._registry.close)
             self._registry = None
-        for obj in self._staging + self._dev + self._events:
+        if self._ring is not None:
+            attempt(self._ring.close)
+            self._ring = None
+        for obj in self._dev + self._events:
             attempt(obj.close)
-        self._staging, self._dev, self._events = [], [], []
+        self._dev, self._events = [], []
         if self._stream is not None:
             attempt(self._stream.close)
         self._src = []

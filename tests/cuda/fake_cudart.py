@@ -8,6 +8,7 @@ Every allocation and registration is tracked, so tests can check that
 everything was released.
 """
 import ctypes
+import threading
 
 from int8batch.errors import CudaError
 
@@ -26,6 +27,7 @@ class FakeCuda:
         self.streams = []
         self.events = 0
         self.copies = 0
+        self.lock = threading.RLock()   # one stream engine: ops run one at a time, in order
         fake = self
 
         class Stream:
@@ -36,12 +38,13 @@ class FakeCuda:
                 fake.streams.append(self)
 
             def run_until(self, marker=None):
-                while self.queue:
-                    op = self.queue.pop(0)
-                    if op is marker:
-                        return
-                    if callable(op):
-                        op()
+                with fake.lock:
+                    while self.queue:
+                        op = self.queue.pop(0)
+                        if op is marker:
+                            return
+                        if callable(op):
+                            op()
 
             def synchronize(self):
                 self.run_until(None)
@@ -51,20 +54,24 @@ class FakeCuda:
 
         class Event:
             def __init__(self, timing=False):
-                fake.events += 1
+                with fake.lock:
+                    fake.events += 1
                 self.stream, self.marker, self.handle = None, None, fake.events
 
             def record(self, stream):
                 s = fake._stream(stream)
-                self.stream, self.marker = s, object()
-                s.queue.append(self.marker)
+                with fake.lock:
+                    self.stream, self.marker = s, object()
+                    s.queue.append(self.marker)
 
             def synchronize(self):
-                if self.stream is not None and self.marker in self.stream.queue:
-                    self.stream.run_until(self.marker)
+                with fake.lock:
+                    if self.stream is not None and self.marker in self.stream.queue:
+                        self.stream.run_until(self.marker)
 
             def close(self):
-                fake.events -= 1
+                with fake.lock:
+                    fake.events -= 1
 
         self.Stream, self.Event = Stream, Event
 
@@ -106,7 +113,7 @@ class FakeCuda:
         if self.pinned.pop(int(ptr), None) is None:
             raise CudaError("cudaFreeHost of unknown pointer", name="cudaErrorInvalidValue")
 
-    def host_register(self, ptr, nbytes, readonly=False):
+    def host_register(self, ptr, nbytes, readonly=False, portable=False):
         if self.refuse_register or (not readonly):
             raise CudaError("refused", name="cudaErrorNotSupported")
         if ptr in self.registered:
@@ -126,7 +133,8 @@ class FakeCuda:
         def op():
             self.copies += 1
             ctypes.memmove(dst, src, nbytes)
-        s.queue.append(op)
+        with self.lock:
+            s.queue.append(op)
 
     def memcpy_htod(self, dst, src, nbytes):
         self._check_device(dst, nbytes)

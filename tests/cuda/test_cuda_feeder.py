@@ -50,6 +50,7 @@ def test_registered_mapping_is_pinned_then_released(batch_dir):
         assert cu.memory_type(base) == "unregistered"
         with DeviceFeeder(bs, N, strategy="registered") as feeder:
             feeder.next_batch()
+            assert feeder.wait_registered(30)
             assert 0 in feeder.registered_files
             assert cu.memory_type(base) == "host"
         assert cu.memory_type(base) == "unregistered"

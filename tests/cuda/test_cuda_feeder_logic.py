@@ -5,6 +5,8 @@ catch ordering bugs (a buffer reused before its copy ran), wrong segments of
 batches that straddle files, leaks, and cleanup on KeyboardInterrupt.  The same
 properties are checked on a real GPU in test_cuda_feeder.py.
 """
+import time
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,7 @@ def test_registration_threads(monkeypatch, batch_dir, register_threads, batch_si
         for i, b in enumerate(feeder):
             np.testing.assert_array_equal(_read_device(fake, b), images[i * batch_size:(i + 1) * batch_size])
         used = (len(images) // batch_size * batch_size - 1) // N + 1
+        feeder.wait_registered()
         assert feeder.registered_files == list(range(used))    # nothing past the last batch's file
     assert fake.live() == (0, 0, 0, 0)
 
@@ -79,6 +82,7 @@ def test_second_pass_keeps_registrations(monkeypatch, batch_dir):
     fake = FakeCuda().install(monkeypatch)
     with BatchSet(folder) as bs, DeviceFeeder(bs, N) as feeder:
         first = [_read_device(fake, b) for b in feeder]
+        feeder.wait_registered()
         assert feeder.stats["registered_files"] == FILES
         second = [_read_device(fake, b) for b in feeder]
         assert feeder.stats["registered_files"] == FILES   # nothing registered again
@@ -88,15 +92,91 @@ def test_second_pass_keeps_registrations(monkeypatch, batch_dir):
     assert fake.live() == (0, 0, 0, 0)
 
 
-def test_register_limit_evicts_old_files(monkeypatch, batch_dir):
+@pytest.mark.parametrize("register_threads", [0, 1])
+def test_register_limit_stages_the_rest(monkeypatch, batch_dir, register_threads):
     folder, images, _ = batch_dir
     fake = FakeCuda().install(monkeypatch)
-    with BatchSet(folder) as bs, DeviceFeeder(bs, N, register_limit=1, register_threads=0) as feeder:
+    with BatchSet(folder) as bs:
+        two_files = 2 * (-(-bs.file_buffer(0).size() // 4096) * 4096)
+        with DeviceFeeder(bs, N, register_limit=two_files, register_threads=register_threads,
+                          stage_chunk_bytes=4096, stage_chunks=2) as feeder:
+            for _ in range(2):
+                for i, b in enumerate(feeder):
+                    np.testing.assert_array_equal(_read_device(fake, b), images[i * N:(i + 1) * N])
+                    assert len(fake.registered) <= 2
+                feeder.wait_registered()
+            assert len(feeder.registered_files) == 2
+            assert feeder.stats["staged_bytes"] >= 2 * (FILES - 2) * bs.file_arrays(0)[0].nbytes
+    assert fake.live() == (0, 0, 0, 0)
+
+
+class SlowRegistration(FakeCuda):
+    """Every file registration takes ``delay`` seconds (the one-page probe does not)."""
+
+    def __init__(self, delay=0.03, refuse=()):
+        super().__init__()
+        self.delay, self.refuse, self.calls = delay, set(refuse), 0
+
+    def host_register(self, ptr, nbytes, readonly=False, portable=False):
+        if readonly:                            # a batch file, not staging memory
+            self.calls += 1
+            if self.calls > 1:                  # the first call is the probe
+                time.sleep(self.delay)
+                if self.calls - 2 in self.refuse:
+                    raise CudaError("refused", name="cudaErrorNotSupported")
+        super().host_register(ptr, nbytes, readonly, portable)
+
+
+@pytest.mark.parametrize("during", [True, False])
+@pytest.mark.parametrize("depth", [2, 3, 5])
+@pytest.mark.parametrize("batch_size", [N, 4, 9])
+def test_first_pass_with_slow_registration(monkeypatch, batch_dir, depth, batch_size, during):
+    folder, images, _ = batch_dir
+    fake = SlowRegistration().install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, batch_size, depth=depth, stage_chunk_bytes=4096,
+                                              stage_chunks=3, copy_threads=3,
+                                              register_during_copies=during) as feeder:
+        nb = len(feeder)
+        first = [_read_device(fake, b) for b in feeder]       # registration is slower than staging
+        if during:      # files not reached by the background thread are registered by the planner
+            assert feeder.stats["staged_bytes"] == 0
+        else:           # registration starts after the pass is planned: everything staged
+            assert feeder.stats["staged_bytes"] == nb * feeder.nbytes
+        assert feeder.wait_registered(10)
+        used = ((nb * batch_size) - 1) // N + 1
+        assert feeder.registered_files == list(range(used))   # staged files were registered afterwards
+        staged = feeder.stats["staged_bytes"]
+        second = [_read_device(fake, b) for b in feeder]
+        assert feeder.stats["staged_bytes"] == staged          # second pass: all in place
+    for i, (a, b) in enumerate(zip(first, second)):
+        np.testing.assert_array_equal(a, images[i * batch_size:(i + 1) * batch_size])
+        np.testing.assert_array_equal(b, a)
+    assert fake.live() == (0, 0, 0, 0)
+
+
+def test_file_refused_midway_is_staged(monkeypatch, batch_dir, caplog):
+    folder, images, _ = batch_dir
+    fake = SlowRegistration(delay=0, refuse={2}).install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, N) as feeder:
+        feeder.wait_registered(10)
+        for _ in range(2):
+            for i, b in enumerate(feeder):
+                np.testing.assert_array_equal(_read_device(fake, b), images[i * N:(i + 1) * N])
+        assert feeder.stats["fallback_files"] == 1
+        assert len(feeder.registered_files) == FILES - 1
+    assert "registration refused" in caplog.text
+    assert fake.live() == (0, 0, 0, 0)
+
+
+def test_small_staging_ring_keeps_order(monkeypatch, batch_dir):
+    """Many more chunks than the ring holds: each chunk is reused only after its copy ran."""
+    folder, images, _ = batch_dir
+    fake = FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, 9, strategy="pinned", stage_chunk_bytes=4096,
+                                              stage_chunks=2, copy_threads=4, depth=4) as feeder:
         for i, b in enumerate(feeder):
-            np.testing.assert_array_equal(_read_device(fake, b), images[i * N:(i + 1) * N])
-            # batch i, i+1 in flight, i+2 being prepared, register_threads more ahead
-            assert len(fake.registered) <= 3 + feeder.register_threads
-        assert feeder.stats["unregistered_files"] >= 1
+            np.testing.assert_array_equal(_read_device(fake, b), images[i * 9:(i + 1) * 9])
+    assert fake.live() == (0, 0, 0, 0)
 
 
 def test_auto_falls_back_to_pinned_when_registration_refused(monkeypatch, batch_dir, caplog):
@@ -145,3 +225,22 @@ def test_bad_arguments(monkeypatch, batch_dir):
             DeviceFeeder(bs, 0)
         with DeviceFeeder(bs, FILES * N + 1) as feeder:   # larger than the set: no batch at all
             assert feeder.next_batch() is None
+
+
+class AnonRegistration(FakeCuda):
+    """Also accepts the plain registration of anonymous staging memory."""
+
+    def host_register(self, ptr, nbytes, readonly=False, portable=False):
+        if readonly or not portable:
+            return super().host_register(ptr, nbytes, readonly, portable)
+        self.registered[int(ptr)] = int(nbytes)
+
+
+def test_staging_in_registered_anonymous_memory(monkeypatch, batch_dir):
+    folder, images, _ = batch_dir
+    fake = AnonRegistration().install(monkeypatch)
+    with BatchSet(folder) as bs, DeviceFeeder(bs, 4, strategy="pinned", stage_chunk_bytes=4096) as feeder:
+        for i, b in enumerate(feeder):
+            np.testing.assert_array_equal(_read_device(fake, b), images[i * 4:(i + 1) * 4])
+        assert len(fake.registered) == 6 and not fake.pinned    # the ring's chunks, no cudaHostAlloc
+    assert fake.live() == (0, 0, 0, 0)

@@ -202,7 +202,18 @@ class BatchSet:
             done += take
         return out[:count], labels_out
 
-    def batches(self, batch_size, first=0, max_batches=None):
+    def release_pages(self, k):
+        """Drop file ``k``'s pages from this process's resident memory.
+
+        The pages stay in the OS page cache and views of the file stay valid
+        (they fault the pages back in on access); only this process's RSS
+        shrinks.  A no-op where ``madvise`` is unavailable.
+        """
+        mm = self._maps[k]
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+    def batches(self, batch_size, first=0, max_batches=None, release=False):
         """Yield :class:`Batch` objects in order, as ``BatchStream`` serves them.
 
         Parameters
@@ -214,6 +225,18 @@ class BatchSet:
         max_batches : int or None
             Stop after this many batches; None means until the data runs out.
             A trailing partial batch is never served.
+        release : bool
+            Release each file's pages (:meth:`release_pages`) once the stream
+            has moved past it, so a long pass over many files does not grow
+            the resident memory.
+
+        Notes
+        -----
+        ``first`` always skips exactly ``first`` batches.  The C++
+        ``BatchStream`` does the same when the batch size is a multiple of N;
+        otherwise its ``skip`` counts the skipped batches against
+        ``maxBatches`` and skips at most ``maxBatches`` of them (a quirk that
+        ``tools/batchstream_reader.cpp`` reproduces and the tests record).
         """
         if int(batch_size) <= 0:
             raise ConfigError(f"batch size must be positive, got {batch_size}")
@@ -228,6 +251,10 @@ class BatchSet:
             data, labels = self.images(start, batch_size)
             yield Batch(data, labels, index, start,
                         zero_copy=(start % self.per_file) + batch_size <= self.per_file)
+            if release:
+                done_files = (start + batch_size) // self.per_file
+                for k in range(start // self.per_file, done_files):
+                    self.release_pages(k)
 
     def __iter__(self):
         """Iterate over files as batches of N (the files' own size)."""

@@ -14,6 +14,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import CalibrationError, ConfigError
 from ..reader import BatchSet
 from . import cache as cache_io
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 METHODS = ("auto",) + th.METHODS
 DEFAULT_METHOD = "auto"
 CACHE_ALGORITHM = {"minmax": "MinMaxCalibration"}  # every other method: EntropyCalibration2
+ACTIVATION_BUDGET = 256 << 20  # bytes of activations per ONNX Runtime call
 ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
              "json": "calibration.json", "qdq": "model.qdq.onnx"}
 
@@ -45,6 +48,7 @@ class CalibrationResult:
     seconds: float = 0.0
     inference_seconds: float = 0.0
     qdq_report: object = None
+    kept_float: list = field(default_factory=list)
 
     def summary(self):
         written = ", ".join(f"{k}: {v}" for k, v in self.paths.items())
@@ -74,7 +78,7 @@ def _open_batches(batches):
 def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, first=0, max_batches=None,
               two_pass=False, num_bins=2048, percentile=None, trt_version=cache_io.DEFAULT_TRT_VERSION,
               cache_algorithm=None, providers=None, intra_op_threads=None, write_qdq=True,
-              per_channel_weights=True, progress=None):
+              per_channel_weights=True, keep_float=0, progress=None):
     """Compute INT8 scales for ``model`` from batch files and write the artefacts.
 
     Parameters
@@ -99,6 +103,12 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
     trt_version, cache_algorithm :
         Header of the TensorRT cache (default algorithm: MinMaxCalibration for
         minmax, EntropyCalibration2 otherwise).
+    keep_float : int
+        Leave the ``keep_float`` activations whose quantization alone hurts the
+        output most (:mod:`int8batch.calib.sensitivity`, measured on the first
+        calibration batch) without Q/DQ in the Q/DQ model, so TensorRT runs
+        their consumers in higher precision.  The cache and dynamic-range
+        file still hold every tensor.
     progress : callable(done, total), optional
 
     Returns
@@ -131,16 +141,38 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
                                   batch_dims=(batch_size,) + tuple(bs.image_shape))
         infer = [0.0]
 
-        def sweep(collector, label):
-            for i, b in enumerate(bs.batches(batch_size, first, total)):
+        dynamic = not isinstance(info.shape[0] if info.shape else None, int)
+        chunk = [batch_size]
+
+        def run_chunks(data, collector):
+            # A dynamic-batch model runs on sub-batches sized so that all of one
+            # sub-batch's activations stay under ``ACTIVATION_BUDGET`` bytes: peak
+            # memory then no longer grows with the batch size, and the histograms
+            # are the same (they do not depend on how the data is split).
+            s = 0
+            while s < len(data):
+                n = chunk[0]
                 t = time.perf_counter()
-                outs = runner.run(b.data)
+                outs = runner.run(data[s:s + n])
                 infer[0] += time.perf_counter() - t
+                if dynamic and n == 1 and not measured[0]:
+                    per_image = sum(a.nbytes for a in outs.values())
+                    chunk[0] = int(max(1, min(batch_size, ACTIVATION_BUDGET // max(per_image, 1))))
+                    measured[0] = True
                 collector.collect_many(outs)
                 del outs
+                s += n
+
+        measured = [False]
+
+        def sweep(collector, label):
+            if dynamic and not measured[0]:
+                chunk[0] = 1  # the first image measures the activation size
+            for i, b in enumerate(bs.batches(batch_size, first, total, release=True)):
+                run_chunks(b.data, collector)
                 if progress:
                     progress(i + 1, total)
-            log.debug("%s pass over %d batches done", label, total)
+            log.debug("%s pass over %d batches done (sub-batches of %d)", label, total, chunk[0])
 
         if two_pass:
             maxes = MaxCollector()
@@ -154,6 +186,9 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         amax, used = choose_amax(method, stats, bounded, config)
         result = CalibrationResult(amax, used, stats, batches=total, images=total * batch_size,
                                    inference_seconds=infer[0])
+        if keep_float and write_qdq and out is not None:
+            result.kept_float = _most_sensitive(m, result.amax, bs, batch_size, first, int(keep_float),
+                                                providers, intra_op_threads)
         if out is not None:
             _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq,
                              per_channel_weights, model, bs, batch_size, first)
@@ -162,6 +197,15 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
     finally:
         if owned:
             bs.close()
+
+
+def _most_sensitive(m, amax, bs, batch_size, first, k, providers, intra_op_threads):
+    from ..onnx.placement import plan_qdq
+    from .sensitivity import rank_sensitivity
+    candidates = list(plan_qdq(m)[0])
+    data = bs.images(first * batch_size, batch_size)[0]
+    ranked = rank_sensitivity(m, amax, np.ascontiguousarray(data), candidates, providers, intra_op_threads)
+    return [t for t, _ in ranked[:k]]
 
 
 def _finite(v):
@@ -180,10 +224,13 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
     meta = {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
             "batches_folder": os.path.abspath(bs.folder), "batch_size": batch_size, "first_batch": first,
             "batches": result.batches, "images": result.images, "method": method,
-            "trt_version": str(trt_version), "cache_algorithm": algorithm}
+            "trt_version": str(trt_version), "cache_algorithm": algorithm,
+            "qdq_kept_float": list(result.kept_float)}
     cache_io.write_calibration_json(paths["json"], entries, meta)
     if write_qdq:
-        qmodel, report = qdq.insert_qdq_with_report(m, result.amax, per_channel_weights=per_channel)
+        act = {k: v for k, v in result.amax.items() if k not in set(result.kept_float)}
+        qmodel, report = qdq.insert_qdq_with_report(m, act, per_channel_weights=per_channel,
+                                                    on_missing="skip" if result.kept_float else "raise")
         qdq.save_model_atomic(qmodel, paths["qdq"])
         result.qdq_report = report
     else:

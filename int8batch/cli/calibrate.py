@@ -33,6 +33,9 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--algorithm", choices=("entropy2", "entropy", "minmax", "legacy"), default="entropy2",
                    help="tensorrt backend: TensorRT calibrator (default entropy2)")
     p.add_argument("--no-qdq", action="store_true", help="do not write the Q/DQ model")
+    p.add_argument("--keep-float", type=int, default=0, metavar="K",
+                   help="leave the K activations whose quantization hurts the output most without Q/DQ "
+                        "(a one-at-a-time sensitivity pass; TensorRT runs their consumers in higher precision)")
     p.add_argument("--report", action="store_true", help="also write report.png (needs matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -69,7 +72,7 @@ def run(args):
                         first=args.first, max_batches=args.max_batches, two_pass=args.two_pass,
                         num_bins=args.bins, percentile=args.percentile,
                         trt_version=args.trt_version or DEFAULT_TRT_VERSION, write_qdq=not args.no_qdq,
-                        progress=bar)
+                        keep_float=args.keep_float, progress=bar)
     finally:
         bar.close()
     if args.report:

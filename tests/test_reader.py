@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from int8batch.errors import BatchFormatError, ConfigError, Int8BatchError, ManifestError
+from int8batch.format import write_batch_file
 from int8batch.reader import INCOMPLETE_MARKER, MANIFEST_NAME, BatchSet
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "batches")
@@ -321,3 +322,17 @@ def test_manifest_required_or_unreadable(folder):
     with open(os.path.join(folder, MANIFEST_NAME), "w") as f:
         f.write("{not json")
     _expect(folder, ManifestError, "unreadable manifest")
+
+
+def test_release_pages_keeps_views_valid(tmp_path):
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((4, 2, 3, 5)).astype(np.float32)
+    for k in range(3):
+        write_batch_file(tmp_path / f"batch{k}", data + k, np.arange(4, dtype=np.float32))
+    with BatchSet(tmp_path) as bs:
+        served = [(b.data.copy(), b.data) for b in bs.batches(3, release=True)]
+        for k in range(bs.num_files):
+            bs.release_pages(k)
+        for copy, view in served:  # views fault their pages back in from the page cache
+            np.testing.assert_array_equal(copy, view)
+        np.testing.assert_array_equal(bs.file_arrays(2)[0], data + 2)

@@ -149,7 +149,7 @@ class DeviceFeeder:
 
     def __init__(self, batchset, batch_size=None, first=0, max_batches=None, strategy="auto",
                  copy_threads=4, stream=None, device=None, register_limit=DEFAULT_REGISTER_LIMIT,
-                 register_threads=1, depth=3, stage_chunks=6, stage_chunk_bytes=STAGE_CHUNK_BYTES,
+                 register_threads=1, depth=3, stage_chunks=8, stage_chunk_bytes=STAGE_CHUNK_BYTES,
                  register_during_copies=True):
         if strategy not in STRATEGIES:
             raise ConfigError(f"feeder strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")

@@ -194,14 +194,11 @@ def free_host(ptr):
     call(f"cudaFreeHost(0x{int(ptr):x})", rt().cudaFreeHost(int(ptr)))
 
 
-def host_register(ptr, nbytes, readonly=False, portable=False):
-    """``cudaHostRegister`` of an existing host range (``ReadOnly`` / ``Portable`` if asked)."""
+def host_register(ptr, nbytes, readonly=False):
+    """``cudaHostRegister`` of an existing host range (``cudaHostRegisterReadOnly`` if asked)."""
     r = rt()
-    flags = int(r.cudaHostRegisterReadOnly if readonly else r.cudaHostRegisterDefault)
-    if portable:
-        flags |= int(r.cudaHostRegisterPortable)
-    what = (f"cudaHostRegister(0x{int(ptr):x}, {nbytes}, {'ReadOnly' if readonly else 'Default'}"
-            f"{'|Portable' if portable else ''})")
+    flags = r.cudaHostRegisterReadOnly if readonly else r.cudaHostRegisterDefault
+    what = f"cudaHostRegister(0x{int(ptr):x}, {nbytes}, {'ReadOnly' if readonly else 'Default'})"
     call(what, r.cudaHostRegister(int(ptr), int(nbytes), flags))
 
 

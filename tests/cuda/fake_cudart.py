@@ -113,7 +113,7 @@ class FakeCuda:
         if self.pinned.pop(int(ptr), None) is None:
             raise CudaError("cudaFreeHost of unknown pointer", name="cudaErrorInvalidValue")
 
-    def host_register(self, ptr, nbytes, readonly=False, portable=False):
+    def host_register(self, ptr, nbytes, readonly=False):
         if self.refuse_register or (not readonly):
             raise CudaError("refused", name="cudaErrorNotSupported")
         if ptr in self.registered:

@@ -117,14 +117,13 @@ class SlowRegistration(FakeCuda):
         super().__init__()
         self.delay, self.refuse, self.calls = delay, set(refuse), 0
 
-    def host_register(self, ptr, nbytes, readonly=False, portable=False):
-        if readonly:                            # a batch file, not staging memory
-            self.calls += 1
-            if self.calls > 1:                  # the first call is the probe
-                time.sleep(self.delay)
-                if self.calls - 2 in self.refuse:
-                    raise CudaError("refused", name="cudaErrorNotSupported")
-        super().host_register(ptr, nbytes, readonly, portable)
+    def host_register(self, ptr, nbytes, readonly=False):
+        self.calls += 1
+        if self.calls > 1:                      # the first call is the probe
+            time.sleep(self.delay)
+            if self.calls - 2 in self.refuse:
+                raise CudaError("refused", name="cudaErrorNotSupported")
+        super().host_register(ptr, nbytes, readonly)
 
 
 @pytest.mark.parametrize("during", [True, False])
@@ -226,21 +225,3 @@ def test_bad_arguments(monkeypatch, batch_dir):
         with DeviceFeeder(bs, FILES * N + 1) as feeder:   # larger than the set: no batch at all
             assert feeder.next_batch() is None
 
-
-class AnonRegistration(FakeCuda):
-    """Also accepts the plain registration of anonymous staging memory."""
-
-    def host_register(self, ptr, nbytes, readonly=False, portable=False):
-        if readonly or not portable:
-            return super().host_register(ptr, nbytes, readonly, portable)
-        self.registered[int(ptr)] = int(nbytes)
-
-
-def test_staging_in_registered_anonymous_memory(monkeypatch, batch_dir):
-    folder, images, _ = batch_dir
-    fake = AnonRegistration().install(monkeypatch)
-    with BatchSet(folder) as bs, DeviceFeeder(bs, 4, strategy="pinned", stage_chunk_bytes=4096) as feeder:
-        for i, b in enumerate(feeder):
-            np.testing.assert_array_equal(_read_device(fake, b), images[i * 4:(i + 1) * 4])
-        assert len(fake.registered) == 6 and not fake.pinned    # the ring's chunks, no cudaHostAlloc
-    assert fake.live() == (0, 0, 0, 0)

@@ -33,7 +33,7 @@ def add_parser(sub):
                         description="Pack --images (shuffled with --seed), calibrate on the first --calib-images, "
                         "score FP32 and INT8 on the images after them (disjoint), report Top-1/Top-5 (with "
                         "labels), agreement and speed. PASSED: INT8 top-1 within 1 point of FP32 with labels, "
-                        "top-1 agreement >= 95 %% without.")
+                        "top-1 agreement >= 95 % without.")
     i.add_argument("--model", required=True, help="FP32 ONNX classifier (NCHW input, logits or probabilities)")
     i.add_argument("--images", required=True, metavar="DIR",
                    help="images: ILSVRC2012_val_*.JPEG with --labels FILE, or class sub-folders")

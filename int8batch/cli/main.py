@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     "qdq",
     "eval",
     "run",
+    "export",
 ]
 
 

@@ -1,0 +1,18 @@
+"""Export batch files as a NumPy .npy/.npz calibration set (NVIDIA ModelOpt --calibration_data)."""
+
+
+def add_parser(sub):
+    p = sub.add_parser("export", help=__doc__.splitlines()[0], description=__doc__)
+    p.add_argument("batches", help="folder of batch files")
+    p.add_argument("output", help="OUT.npy (bare array) or OUT.npz (keyed by --input-name)")
+    p.add_argument("--input-name", help="model input name (needed for .npz)")
+    p.add_argument("--limit", type=int, help="at most this many images")
+    p.add_argument("--first", type=int, default=0, help="first image (default 0)")
+    return p
+
+
+def run(args):
+    from ..interop import export_numpy
+    n = export_numpy(args.batches, args.output, args.input_name, args.limit, args.first)
+    print(f"wrote {n} images to {args.output}")
+    return 0

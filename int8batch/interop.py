@@ -1,0 +1,54 @@
+"""Hand a calibration set to other tools: NumPy ``.npy`` / ``.npz`` files.
+
+NVIDIA ModelOpt's ONNX quantizer takes ``--calibration_data`` as an ``.npy``
+array or an ``.npz`` keyed by input name; Polygraphy takes any iterable of
+``{name: array}`` (see :meth:`int8batch.reader.BatchSet.as_feed`).
+"""
+import os
+
+import numpy as np
+
+from .errors import ConfigError
+from .reader import BatchSet
+
+
+def export_numpy(batches, path, input_name=None, limit=None, first=0):
+    """Write the images of a batch folder (in order) to ``path``.
+
+    Parameters
+    ----------
+    batches : str, PathLike or BatchSet
+    path : str or PathLike
+        ``*.npz`` writes ``{input_name: data}`` (``input_name`` required);
+        ``*.npy`` writes the bare ``(N, C, H, W)`` float32 array.
+    limit : int, optional
+        At most this many images, starting at image ``first``.
+
+    Returns
+    -------
+    int
+        Number of images written.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npy", ".npz"):
+        raise ConfigError(f"{path}: the output must end in .npy or .npz")
+    if ext == ".npz" and not input_name:
+        raise ConfigError(f"{path}: an .npz file needs the model's input name (--input-name)")
+    bs = batches if isinstance(batches, BatchSet) else BatchSet(batches)
+    try:
+        count = bs.num_images - first if limit is None else min(int(limit), bs.num_images - first)
+        if count <= 0:
+            raise ConfigError(f"{bs.folder}: no images to export after image {first}")
+        data = np.empty((count,) + tuple(bs.image_shape), dtype=np.float32)
+        bs.images(first, count, out=data)
+    finally:
+        if bs is not batches:
+            bs.close()
+    tmp = path + ".tmp" + ext
+    if ext == ".npz":
+        np.savez(tmp, **{input_name: data})
+    else:
+        np.save(tmp, data)
+    os.replace(tmp, path)
+    return count

@@ -1,0 +1,42 @@
+"""Exports to .npy/.npz hold exactly the images a second reader finds in the files."""
+import numpy as np
+import pytest
+
+from int8batch.cli.main import main
+from int8batch.errors import ConfigError
+from int8batch.format import write_batch_file
+from int8batch.interop import export_numpy
+from int8batch.reader import BatchSet
+from reference import read_batch_file
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(5)
+    for k in range(3):
+        write_batch_file(tmp_path / f"batch{k}", rng.standard_normal((4, 3, 2, 2)).astype(np.float32),
+                         np.full(4, k, np.float32))
+    return tmp_path
+
+
+def test_npz_and_npy_match_the_files(folder, tmp_path):
+    want = np.concatenate([read_batch_file(folder / f"batch{k}")[1] for k in range(3)])
+    assert main(["export", str(folder), str(tmp_path / "c.npz"), "--input-name", "input"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["input"], want)
+    assert export_numpy(folder, tmp_path / "c.npy", limit=5, first=3) == 5
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), want[3:8])
+
+
+def test_polygraphy_style_feed_is_reusable(folder):
+    with BatchSet(folder) as bs:
+        feed = bs.as_feed("input", batch_size=6)
+        first = [d["input"].copy() for d in feed]
+        second = [d["input"] for d in feed]
+        assert len(feed) == 2 and all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_export_errors(folder, tmp_path):
+    with pytest.raises(ConfigError, match="input name"):
+        export_numpy(folder, tmp_path / "c.npz")
+    with pytest.raises(ConfigError, match=".npy or .npz"):
+        export_numpy(folder, tmp_path / "c.bin")

@@ -277,3 +277,15 @@ def test_unfinished_marker_refused(tmp_path, folder):
     (out / ".int8batch-incomplete").write_text("")
     with pytest.raises(ManifestError, match="unfinished"):
         int8batch.BatchSet(out)
+
+
+def test_output_that_does_not_fit_is_refused_before_writing(folder, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from int8batch.errors import DiskSpaceError
+    from int8batch.packing import writer
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(writer.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DiskSpaceError, match="only 0.0 MB are free"):
+        int8batch.pack(folder, tmp_path / "o", preset="imagenet-torch", size=32, resize_size=40, batch_size=2)
+    assert not any((tmp_path / "o").iterdir())

@@ -1,4 +1,5 @@
 """Option groups shared by several subcommands (preprocessing, progress)."""
+import logging
 import sys
 import time
 
@@ -51,6 +52,12 @@ class ProgressBar:
         self.unit = unit
         self.t0 = time.perf_counter()
         self._last = 0.0
+        self._filter = None
+        if self.enabled:
+            # log lines (e.g. skipped images) clear the bar's line first instead of running into it
+            self._filter = _ClearLine(self.stream)
+            for h in logging.getLogger().handlers:
+                h.addFilter(self._filter)
 
     def __call__(self, done, total):
         if not self.enabled:
@@ -70,3 +77,16 @@ class ProgressBar:
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
+            for h in logging.getLogger().handlers:
+                h.removeFilter(self._filter)
+            self.enabled = False
+
+
+class _ClearLine(logging.Filter):
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+
+    def filter(self, record):
+        self.stream.write("\r\033[K")
+        return True

@@ -29,12 +29,12 @@ import math
 import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 
+from .._atomic import write_bytes_atomic
 from ..errors import CacheError
 
 log = logging.getLogger(__name__)
@@ -52,22 +52,7 @@ _ALGO = re.compile(r"[A-Za-z0-9_]+")
 
 # -- helpers -----------------------------------------------------------------
 def _atomic_write(path, data: bytes) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes_atomic(path, data, fsync=True)
 
 
 def _read_lines(path, what):

@@ -26,6 +26,7 @@ import shutil
 import numpy as np
 
 from .. import format as fmt
+from .._atomic import write_json_atomic
 from ..errors import DiskSpaceError, OutputExistsError
 from ..reader import INCOMPLETE_MARKER, MANIFEST_NAME
 
@@ -154,18 +155,6 @@ class PackWriter:
         for bf in self._complete:
             _remove_quietly(bf.tmp_path)
         self._complete = []
-
-
-def write_json_atomic(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
 def _read_old_manifest(path):

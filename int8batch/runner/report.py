@@ -1,6 +1,5 @@
 """What a run prints, and its JSON / Markdown / PNG reports."""
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -8,6 +7,7 @@ import time
 import numpy as np
 
 from .. import __version__
+from .._atomic import write_json_atomic, write_text_atomic
 from . import protocol
 
 
@@ -160,12 +160,8 @@ class RunReport:
         """Write ``report.json`` and ``report.md`` into the output folder; return their paths."""
         os.makedirs(self.out, exist_ok=True)
         paths = {"json": os.path.join(self.out, "report.json"), "markdown": os.path.join(self.out, "report.md")}
-        for key, text in (("json", json.dumps(self.to_dict(), indent=1, default=_plain) + "\n"),
-                          ("markdown", self.markdown())):
-            tmp = paths[key] + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, paths[key])
+        write_json_atomic(paths["json"], self.to_dict(), default=_plain)
+        write_text_atomic(paths["markdown"], self.markdown())
         self.paths.update(paths)
         return paths
 

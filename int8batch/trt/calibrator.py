@@ -22,8 +22,8 @@ import ctypes
 import logging
 import os
 import re
-import tempfile
 
+from .._atomic import write_bytes_atomic
 from .._optional import require
 from ..errors import CacheError, CalibrationError, ConfigError
 
@@ -121,20 +121,7 @@ def check_cache_header(data, version, algorithm, path=None):
 
 
 def _atomic_write(path, data):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes_atomic(path, data)
 
 
 def _as_bytes(obj, length=None):

@@ -8,8 +8,13 @@ and by the NumPy twins in tests/calib/reference_calib.py, in the same run.
 Prints total time, time per tensor, the twin/int8batch ratio and how many
 tensors got the same answer.
 
-    python bench/bench_thresholds.py            # full: 150 tensors
-    python bench/bench_thresholds.py --quick    # smoke run: 6 tensors
+A second section times the |x| histogram kernel itself (``abs_histogram``,
+2048 bins, 1 and 2 threads; power-of-two "grow" range and an arbitrary "fixed"
+range) and ``abs_max`` in ns per element, against ``np.histogram(np.abs(x))``
+and ``np.abs(x).max()`` on the same arrays, best of ``--repeat``.
+
+    python bench/bench_thresholds.py            # full: 150 tensors, 4 M-value arrays
+    python bench/bench_thresholds.py --quick    # smoke run: 6 tensors, 64 K values
 """
 import argparse
 import os
@@ -24,6 +29,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 import reference_calib as ref  # noqa: E402
 from int8batch.calib import thresholds as T  # noqa: E402
+from int8batch import _kernels_calib as K  # noqa: E402
 from int8batch.calib.collector import TensorStats  # noqa: E402
 
 
@@ -61,6 +67,50 @@ def make_histograms(count, nbins=2048, seed=0):
     return out
 
 
+def make_activations(n, seed=0):
+    """Float32 arrays like activations: conv output, ReLU output, ReLU6 output."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(n).astype(np.float32)
+    relu = np.maximum(g, 0)
+    relu6 = np.minimum(np.maximum(g * 4, 0), 6).astype(np.float32)
+    return {"normal": g, "relu (50% zeros)": relu, "relu6 (clipped)": relu6}
+
+
+def best_of(fn, repeat):
+    best = float("inf")
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_histogram(n, repeat, nbins=2048):
+    """ns/element of the histogram and max kernels vs NumPy, printed as a table."""
+    print(f"\n|x| histogram, {nbins} bins, {n} float32 values, best of {repeat} "
+          "(ns/element; ratio = NumPy / int8batch)")
+    print(f"{'data':18s} {'range':6s} {'np.histogram':>12s} {'ours 1t':>8s} {'ratio':>7s} "
+          f"{'ours 2t':>8s} {'ratio':>7s} {'2t/1t':>6s}")
+    out = np.zeros(nbins, dtype=np.int64)
+    for name, x in make_activations(n).items():
+        amax = float(np.abs(x).max())
+        grow = 2.0 ** np.floor(np.log2(amax) + 1)  # the collector's power-of-two rule
+        for label, hmax in (("grow", grow), ("fixed", amax)):
+            t_np = best_of(lambda: np.histogram(np.abs(x), bins=nbins, range=(0.0, hmax)), repeat)
+            t1 = best_of(lambda: K.abs_histogram(x, hmax, out, 1), repeat)
+            t2 = best_of(lambda: K.abs_histogram(x, hmax, out, 2), repeat)
+            ns = 1e9 / n
+            print(f"{name:18s} {label:6s} {t_np * ns:12.3f} {t1 * ns:8.3f} {t_np / t1:6.1f}x "
+                  f"{t2 * ns:8.3f} {t_np / t2:6.1f}x {t1 / t2:5.2f}x")
+    x = make_activations(n)["normal"]
+    t_np = best_of(lambda: np.abs(x).max(), repeat)
+    t1 = best_of(lambda: K.abs_max(x, 1), repeat)
+    t2 = best_of(lambda: K.abs_max(x, 2), repeat)
+    ns = 1e9 / n
+    print(f"{'abs_max (normal)':18s} {'':6s} {t_np * ns:12.3f} {t1 * ns:8.3f} {t_np / t1:6.1f}x "
+          f"{t2 * ns:8.3f} {t_np / t2:6.1f}x {t1 / t2:5.2f}x   (NumPy: np.abs(x).max())")
+
+
 def timed(fn, items):
     t0 = time.perf_counter()
     res = [fn(s) for s in items]
@@ -72,6 +122,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="6 tensors, for a smoke run")
     ap.add_argument("--tensors", type=int, default=150)
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the int8batch timings")
+    ap.add_argument("--hist-size", type=int, default=4_000_000,
+                    help="values per array in the histogram section")
     args = ap.parse_args(argv)
     n = 6 if args.quick else args.tensors
     stats = make_histograms(n)
@@ -113,6 +165,7 @@ def main(argv=None):
               f"{t_twin / t_ours:9.1f}x {same:4d}/{n}")
     total = sum(r[1] for r in rows)
     print(f"all three methods, {n} tensors: {total:.3f} s with int8batch")
+    bench_histogram(65_536 if args.quick else args.hist_size, max(3, args.repeat))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,95 @@ def test_abs_max_matches_twin(n):
         assert K.abs_max(x, nt) == want[:5] + (0,)
 
 
+def _check_against_twin(x, hist_max, nbins, threads=(1, 2, 3)):
+    want_hist, want = ref.abs_histogram(x, hist_max, nbins)
+    for nt in threads:
+        out = np.full(nbins, -5, dtype=np.int64)
+        got = K.abs_histogram(x, hist_max, out, nt)
+        np.testing.assert_array_equal(out, want_hist, err_msg=f"{nt} threads")
+        assert got == want, nt
+
+
+# Sizes around the kernel's internals: its blocks of 512 values, the 4 * nbins
+# size from which 4 interleaved sub-histograms are used (and summed), the
+# 16-block cadence at which bin-0 dropping is re-decided, and the 64 Ki-value
+# minimum thread chunk.
+_SIZES = [1023, 1024, 1025, 4 * 2048 - 1, 4 * 2048, 16 * 1024 + 5, 3 * 65536 + 17]
+
+
+@pytest.mark.parametrize("n", _SIZES)
+@pytest.mark.parametrize("hist_max", [8.0, 6.0, 0.37])  # power of two, then not
+def test_abs_histogram_zero_spike_and_sub_histograms(n, hist_max):
+    # ReLU-like data: half exact zeros (the hot bin), the rest spread, in runs so
+    # some blocks are nearly all zeros and others have none.
+    rng = np.random.default_rng(n)
+    x = np.abs(rng.standard_normal(n)).astype(np.float32)
+    x[rng.random(n) < 0.5] = 0.0
+    x[: n // 3] = 0.0
+    x[n // 3: n // 2] = np.float32(0.5)  # a second spike, not in bin 0
+    _check_against_twin(x, hist_max, 2048)
+    _check_against_twin(x, hist_max, 333, threads=(1, 2))
+
+
+@pytest.mark.parametrize("hist_max, nbins", [(8.0, 2048), (1.0, 16), (6.0, 2048), (0.3, 333)])
+def test_abs_histogram_bin_edges_exact(hist_max, nbins):
+    # every bin edge j * hist_max / nbins as float32 and its two float neighbours,
+    # plus values at and around hist_max itself (last bin / over count)
+    edges = (np.arange(nbins + 3) * (hist_max / nbins)).astype(np.float32)
+    x = np.concatenate([edges, np.nextafter(edges, np.float32(np.inf)),
+                        np.nextafter(edges, np.float32(0)), -edges])
+    x = np.random.default_rng(1).permutation(np.tile(x, 12)).astype(np.float32)
+    _check_against_twin(x, hist_max, nbins)
+
+
+def test_abs_histogram_nonfinite_and_over_in_some_blocks():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(70_001).astype(np.float32)
+    x[5000] = np.nan          # block 4
+    x[9000:9003] = np.inf     # block 8
+    x[9100] = -np.inf
+    x[20_000] = 1e30          # over, block 19
+    x[-1] = np.nan            # in the scalar tail
+    x[-2] = -3e38
+    for hist_max in (2.0, 1.5, 2.0 ** -3):
+        _check_against_twin(x, hist_max, 2048)
+        _check_against_twin(x, hist_max, 7)
+    m = K.abs_max(x, 2)
+    assert m == ref.abs_histogram(x, 1.0, 2)[1][:5] + (0,)
+
+
+@pytest.mark.parametrize("nt", [1, 2, 3])
+def test_abs_histogram_zero_min_max_sign_is_first_zero(nt):
+    # min (or max) 0: -0.0 and 0.0 compare equal, the result carries the sign of
+    # the first zero in x, whatever the split into blocks and chunks.
+    n = 200_000
+    for first in (-0.0, 0.0):
+        x = np.abs(np.random.default_rng(2).standard_normal(n)).astype(np.float32) + 1
+        x[150_001] = first               # in the last thread chunk, after a block start
+        x[150_002:] = np.float32(-first)  # the other zero, many times
+        out = np.zeros(64, dtype=np.int64)
+        amax, vmin, vmax, *_ = K.abs_histogram(x, 8.0, out, nt)
+        assert vmin == 0.0 and math.copysign(1.0, vmin) == math.copysign(1.0, first)
+        assert math.copysign(1.0, amax) == 1.0
+        _, vmin2, _, *_ = K.abs_max(x, nt)
+        assert math.copysign(1.0, vmin2) == math.copysign(1.0, first)
+        y = -x
+        _, _, vmax, *_ = K.abs_histogram(y, 8.0, out, nt)
+        assert vmax == 0.0 and math.copysign(1.0, vmax) == -math.copysign(1.0, first)
+    # all zeros: amax is +0.0
+    amax, vmin, vmax, *_ = K.abs_histogram(np.full(5000, -0.0, np.float32), 1.0, out, nt)
+    assert math.copysign(1.0, amax) == 1.0 and math.copysign(1.0, vmin) == -1.0
+
+
+def test_abs_histogram_extreme_ranges():
+    x = np.array([0.0, 1e-45, 1e-38, 1.0, 3e38, -2e-40], dtype=np.float32)
+    for hist_max in (1e-30, 1e-44, 3.4e38, 1e300, 2.0 ** 100, 2.0 ** -100):
+        for nbins in (1, 2, 2048):
+            _check_against_twin(x, hist_max, nbins, threads=(1,))
+    with pytest.raises(ValueError):  # nbins / hist_max overflows
+        K.abs_histogram(x, 5e-324, np.zeros(4, np.int64), 1)
+
+
 # -- KL search ---------------------------------------------------------------
 def test_kl_gtc_worked_example():
     # The GTC slides' example: P = [1 0 2 3 5 3 1 7] merged into 2 levels gives

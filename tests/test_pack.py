@@ -289,3 +289,10 @@ def test_output_that_does_not_fit_is_refused_before_writing(folder, tmp_path, mo
     with pytest.raises(DiskSpaceError, match="only 0.0 MB are free"):
         int8batch.pack(folder, tmp_path / "o", preset="imagenet-torch", size=32, resize_size=40, batch_size=2)
     assert not any((tmp_path / "o").iterdir())
+
+
+def test_manifest_text_round_trips_awkward_names():
+    from int8batch.packing.writer import manifest_text
+    m = {"dims": [1, 1, 1, 1], "images_list": [['we],[ird\n"na\\me"é.jpg', 3], ["plain.png", None]],
+         "padded": [], "dropped": ["d],[.jpg"], "skipped": [{"file": "f},{g", "reason": "bad\tbytes"}]}
+    assert json.loads(manifest_text(m)) == m

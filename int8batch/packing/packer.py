@@ -3,6 +3,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -134,6 +135,7 @@ def pack(source, out, preset=None, config=None, batch_size=100, limit=None, shuf
     job = _Job(src, cfg, order, writer, batch_size, workers, skip_bad, pad, unlabelled_value, progress)
     try:
         job.run()
+        writer.wait()
     except BaseException:
         writer.abort()
         raise
@@ -165,7 +167,10 @@ class _Job:
         self._lock = threading.Lock()
 
     def name(self, i):
-        return self.src.files[i] if self.src.kind == "folder" else f"{os.path.basename(self.src.images_path)}#{i}"
+        if self.src.kind == "folder":
+            return self.src.files[i]
+        return f"{os.path.basename(self.src.images_path)}#{i}"
+
 
     def label(self, i):
         return float(self.src.labels[i]) if self.src.labels is not None else self.unlabelled
@@ -177,82 +182,86 @@ class _Job:
         threads = cv.getNumThreads()
         cv.setNumThreads(1)  # parallelism is over images; nested OpenCV threads only contend
         try:
-            with ThreadPoolExecutor(self.workers) as pool:
-                self._run_files(pool)
+            with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as committer:
+                self._run_stream(pool, committer)
         finally:
             cv.setNumThreads(threads)
 
-    def _run_files(self, pool):
-        queue = list(self.order)
-        pos = 0
-        k = 0
-        while pos < len(queue):
-            if len(queue) - pos < self.n and not self.pad:
-                self.dropped = [int(i) for i in queue[pos:]]
-                return
-            bf = self.writer.open_file(k)
-            slots = []  # source index per filled slot
-            while len(slots) < self.n:
-                if pos >= len(queue):
-                    if not self.pad or not (self.packed or slots):
-                        self.writer.discard_file(bf)
-                        self.dropped = [int(i) for i in slots]
-                        return
+    def _run_stream(self, pool, committer):
+        """Decode ahead on the pool, place images in source order, commit files in the background.
+
+        Workers decode and resize (the expensive part, GIL released); this thread
+        takes the results strictly in source order and runs the fused kernel
+        straight into the next free slot of the mapped file, so a skipped image
+        leaves no hole and the layout never depends on thread timing.  A full
+        file is checksummed and unmapped on ``committer`` while the next fills.
+        """
+        queue = deque(int(i) for i in self.order)
+        inflight = deque()
+        window = 16 * self.workers + 4
+        k, bf, slots = 0, None, []
+
+        def refill():
+            while queue and len(inflight) < window:
+                i = queue.popleft()
+                inflight.append((i, pool.submit(self._decode, i)))
+
+        refill()
+        try:
+            while inflight or queue:
+                i, fut = inflight.popleft()
+                refill()
+                try:
+                    img = fut.result()
+                    if bf is None:
+                        bf = self.writer.open_file(k)
+                    self._place(i, img, bf, len(slots))
+                except ImageDecodeError as err:
+                    if not self.skip_bad:
+                        raise
+                    log.warning("skipping %s", err)
+                    self.skipped.append((self.name(i), str(err)))
+                    continue
+                finally:
+                    self._tick()
+                slots.append(i)
+                if len(slots) == self.n:
+                    bf.labels[:] = [self.label(j) for j in slots]
+                    self.writer.commit_file(bf, committer)
+                    self.packed.extend(slots)
+                    k, bf, slots = k + 1, None, []
+                if not inflight and not queue and slots and self.pad:
                     # pad: repeat images already packed, from the start, wrapping around
                     pool_src = self.packed + slots
                     need = self.n - len(slots)
-                    rep = [pool_src[j % len(pool_src)] for j in range(need)]
                     start = k * self.n + len(slots)
                     self.padded.extend(range(start, start + need))
-                    queue.extend(rep)
-                take = queue[pos:pos + self.n - len(slots)]
-                pos += len(take)
-                base = len(slots)
-                results = list(pool.map(self._process_one, take, [bf] * len(take),
-                                        range(base, base + len(take))))
-                for i, err in zip(take, results):
-                    if err is not None:
-                        if not self.skip_bad:
-                            raise err
-                        log.warning("skipping %s", err)
-                        self.skipped.append((self.name(i), str(err)))
-                        continue
-                    slots.append(int(i))
-                # compact: move images decoded into later slots down over the holes left by skipped ones
-                self._compact(bf, base, take, results)
-            bf.labels[:] = [self.label(i) for i in slots]
-            self.writer.commit_file(bf)
-            self.packed.extend(slots)
-            k += 1
+                    queue.extend(pool_src[j % len(pool_src)] for j in range(need))
+                    refill()
+        except BaseException:
+            for _, f in inflight:
+                f.cancel()
+            raise
+        if bf is not None:
+            self.writer.discard_file(bf)
+        self.dropped = slots
 
-    def _compact(self, bf, base, take, results):
-        write = base
-        for j, err in enumerate(results):
-            if err is None:
-                if write != base + j:
-                    bf.data[write] = bf.data[base + j]
-                write += 1
+    def _decode(self, i):
+        """Decode and resize image ``i`` (runs on a worker thread)."""
+        if self.src.kind == "idx":
+            return self._idx_image(i)
+        path = os.path.join(self.src.root, self.src.files[i])
+        return decode_image(path, self.cfg, read_file(path))[0]
 
-    def _process_one(self, i, bf, slot):
-        """Decode + preprocess image ``i`` into slot ``slot`` of ``bf``; return the error or None."""
-        try:
-            if self.src.kind == "idx":
-                img = self._idx_image(i)
-            else:
-                path = os.path.join(self.src.root, self.src.files[i])
-                img, _ = decode_image(path, self.cfg, read_file(path))
-            y0x0 = self.cfg.crop_origin(img.shape[0], img.shape[1])
-            if y0x0 is None:
-                raise ImageDecodeError(f"{self.name(i)}: image is {img.shape[1]}x{img.shape[0]} after the resize "
-                                       f"step, too small for the {self.cfg.size[1]}x{self.cfg.size[0]} output "
-                                       f"(crop {self.cfg.crop})", self.name(i))
-            hwc_to_chw(img, y0x0[0], y0x0[1], self.cfg.channel_map(img.shape[2]), self._lut(img.dtype),
-                       bf.data[slot])
-        except ImageDecodeError as exc:
-            return exc
-        finally:
-            self._tick()
-        return None
+    def _place(self, i, img, bf, slot):
+        """Crop, reorder and normalize ``img`` into slot ``slot`` of ``bf`` (fused kernel, GIL released)."""
+        y0x0 = self.cfg.crop_origin(img.shape[0], img.shape[1])
+        if y0x0 is None:
+            raise ImageDecodeError(f"{self.name(i)}: image is {img.shape[1]}x{img.shape[0]} after the resize "
+                                   f"step, too small for the {self.cfg.size[1]}x{self.cfg.size[0]} output "
+                                   f"(crop {self.cfg.crop})", self.name(i))
+        hwc_to_chw(img, y0x0[0], y0x0[1], self.cfg.channel_map(img.shape[2]), self._lut(img.dtype),
+                   bf.data[slot])
 
     def _idx_image(self, i):
         from .decode import _INTERP
@@ -284,25 +293,39 @@ class _Job:
         full = len(self.order) // self.n
         contiguous = bool(np.all(np.diff(self.order) == 1)) if len(self.order) > 1 else True
         files = full + (1 if self.pad and len(self.order) % self.n else 0)
-        for k in range(files):
-            idx = self.order[k * self.n:(k + 1) * self.n]
-            if len(idx) < self.n:  # pad from the start
-                need = self.n - len(idx)
-                start = k * self.n + len(idx)
-                self.padded.extend(range(start, start + need))
-                idx = np.concatenate([idx, self.order[np.arange(need) % len(self.order)]])
-            bf = self.writer.open_file(k)
-            src = imgs[idx[0]:idx[0] + self.n] if contiguous and len(idx) == self.n and not self.padded \
-                else imgs[idx]
-            lut_map_u8(np.ascontiguousarray(src).reshape(-1), lut, bf.data.reshape(-1), self.workers)
-            if self.src.labels is not None:
-                bf.labels[:] = self.src.labels[idx]
-            else:
-                bf.labels[:] = self.unlabelled
-            self.writer.commit_file(bf)
-            self.packed.extend(int(i) for i in idx)
-            self._tick(len(idx))
+        with ThreadPoolExecutor(1) as committer:
+            for k in range(files):
+                self._idx_file(k, imgs, lut, contiguous, committer)
         self.dropped = [int(i) for i in self.order[files * self.n:]]
+
+    def _idx_file(self, k, imgs, lut, contiguous, committer):
+        idx = self.order[k * self.n:(k + 1) * self.n]
+        if len(idx) < self.n:  # pad from the start
+            need = self.n - len(idx)
+            start = k * self.n + len(idx)
+            self.padded.extend(range(start, start + need))
+            idx = np.concatenate([idx, self.order[np.arange(need) % len(self.order)]])
+        bf = self.writer.open_file(k, buffered=True)
+        src = imgs[idx[0]:idx[0] + self.n] if contiguous and len(idx) == self.n and not self.padded \
+            else imgs[idx]
+        lut_map_u8(np.ascontiguousarray(src).reshape(-1), lut, bf.data.reshape(-1), self.workers)
+        if self.src.labels is not None:
+            bf.labels[:] = self.src.labels[idx]
+        else:
+            bf.labels[:] = self.unlabelled
+        self.writer.commit_file(bf, committer)
+        self.packed.extend(idx.tolist())
+        self._tick(len(idx))
+
+
+def _images_list(src, job):
+    if src.kind == "folder":
+        names = [src.files[i] for i in job.packed]
+    else:
+        base = os.path.basename(src.images_path)
+        names = [f"{base}#{i}" for i in job.packed]
+    labels = src.labels[job.packed].tolist() if src.labels is not None else [None] * len(names)
+    return [list(pair) for pair in zip(names, labels)]
 
 
 def _manifest(src, cfg, dims, writer, job, shuffle, seed, limit):
@@ -332,7 +355,7 @@ def _manifest(src, cfg, dims, writer, job, shuffle, seed, limit):
                    "unlabelled_value": None if labelled else float(job.unlabelled)},
         "preprocess": cfg.to_dict(),
         "source": source,
-        "images_list": [[job.name(i), int(src.labels[i]) if labelled else None] for i in job.packed],
+        "images_list": _images_list(src, job),
         "padded": job.padded,
         "dropped": [job.name(i) for i in job.dropped],
         "skipped": [{"file": f, "reason": r} for f, r in job.skipped],

@@ -21,12 +21,13 @@ import json
 import logging
 import mmap
 import os
+import queue
 import shutil
 
 import numpy as np
 
 from .. import format as fmt
-from .._atomic import write_json_atomic
+from .._atomic import write_text_atomic
 from ..errors import DiskSpaceError, OutputExistsError
 from ..reader import INCOMPLETE_MARKER, MANIFEST_NAME
 
@@ -74,6 +75,49 @@ class BatchFile:
         _remove_quietly(self.tmp_path)
 
 
+class BufferedBatchFile:
+    """A batch file assembled in a reusable in-memory buffer, written in one ``write`` when full.
+
+    For small files (MNIST: 314 kB) one sequential write beats faulting in a
+    fresh mapping page by page.  ``data`` and ``labels`` are views of the buffer.
+    """
+
+    def __init__(self, tmp_path, final_path, dims, buffers):
+        self.tmp_path, self.final_path, self.dims = tmp_path, final_path, dims
+        self._buffers = buffers
+        self._buf = buffers.get()
+        n, c, h, w = dims
+        self._buf[:fmt.HEADER_BYTES] = np.frombuffer(fmt.encode_header(*dims), np.uint8)
+        self.data = self._buf[fmt.HEADER_BYTES:fmt.HEADER_BYTES + 4 * n * c * h * w].view(fmt.DATA_DTYPE)
+        self.data = self.data.reshape(dims)
+        self.labels = self._buf[fmt.HEADER_BYTES + 4 * n * c * h * w:].view(fmt.DATA_DTYPE)
+
+    def complete(self):
+        """Checksum and write the buffer under the temporary name; returns the checksum."""
+        try:
+            crc = fmt.checksum(self._buf)
+            try:
+                with open(self.tmp_path, "wb") as f:
+                    f.write(self._buf)
+            except OSError as exc:
+                _remove_quietly(self.tmp_path)
+                raise DiskSpaceError(f"{self.final_path}: cannot write ({exc.strerror})", self.final_path) \
+                    from exc
+            return crc
+        finally:
+            self._release()
+
+    def _release(self):
+        if self._buf is not None:
+            self.data = self.labels = None
+            self._buffers.put(self._buf)
+            self._buf = None
+
+    def discard(self):
+        self._release()
+        _remove_quietly(self.tmp_path)
+
+
 class PackWriter:
     """Owns the output folder for the duration of one pack (see module docstring)."""
 
@@ -81,6 +125,7 @@ class PackWriter:
         self.folder, self.dims, self.prefix, self.suffix = os.fspath(folder), tuple(dims), prefix, suffix
         self.force = force
         self._open = []
+        self._buffers = None
         self._complete = []
         self._old_files = []
         self.checksums = []
@@ -117,16 +162,30 @@ class PackWriter:
             raise DiskSpaceError(f"{self.folder}: the pack needs {need / 1e6:.1f} MB but only "
                                  f"{(free + reclaim) / 1e6:.1f} MB are free", self.folder)
 
-    def open_file(self, k):
+    def open_file(self, k, buffered=False):
+        """A new file ``k``: memory-mapped, or (``buffered``) assembled in one of two reused buffers."""
         tmp = os.path.join(self.folder, f".{fmt.batch_name(k, self.prefix, self.suffix)}.tmp{os.getpid()}")
-        bf = BatchFile(tmp, self.path(k), self.dims)
+        if buffered:
+            if self._buffers is None:
+                self._buffers = queue.Queue()
+                for _ in range(2):  # one being filled while the other is written
+                    self._buffers.put(np.empty(fmt.file_size(*self.dims), np.uint8))
+            bf = BufferedBatchFile(tmp, self.path(k), self.dims, self._buffers)
+        else:
+            bf = BatchFile(tmp, self.path(k), self.dims)
         self._open.append(bf)
         return bf
 
-    def commit_file(self, bf):
-        self.checksums.append(f"{bf.complete():08x}")
+    def commit_file(self, bf, executor=None):
+        """File ``bf`` is full: checksum and unmap it, on ``executor`` when given."""
         self._open.remove(bf)
         self._complete.append(bf)
+        self.checksums.append(executor.submit(bf.complete) if executor else bf.complete())
+
+    def wait(self):
+        """Wait for background commits; checksums become 8-digit hex strings."""
+        self.checksums = [f"{c if isinstance(c, int) else c.result():08x}" if not isinstance(c, str) else c
+                          for c in self.checksums]
 
     def discard_file(self, bf):
         bf.discard()
@@ -145,16 +204,42 @@ class PackWriter:
         for name in self._old_files:
             if name not in keep:
                 _remove_quietly(os.path.join(self.folder, name))
-        write_json_atomic(os.path.join(self.folder, MANIFEST_NAME), manifest)
+        write_text_atomic(os.path.join(self.folder, MANIFEST_NAME), manifest_text(manifest))
         _remove_quietly(marker)
 
     def abort(self):
         """Remove every temporary file; the folder's previous contents are untouched."""
+        for c in self.checksums:
+            if hasattr(c, "exception"):
+                c.exception()  # wait: the file must be unmapped before it is removed
         for bf in list(self._open):
             self.discard_file(bf)
         for bf in self._complete:
             _remove_quietly(bf.tmp_path)
         self._complete = []
+
+
+def manifest_text(manifest, long_lists=("images_list", "padded", "dropped", "skipped")):
+    """The manifest as indented JSON, with its per-image lists one entry per line.
+
+    An indented ``json.dumps`` of 60000 entries goes through the pure-Python
+    encoder and costs more than packing MNIST itself, so the ``[name, label]``
+    pairs of ``images_list`` are encoded with the C string encoder directly.
+    """
+    enc = json.encoder.encode_basestring_ascii
+    head = {k: v for k, v in manifest.items() if k not in long_lists}
+    text = json.dumps(head, indent=1)[:-2]
+    for key in long_lists:
+        if key not in manifest:
+            continue
+        items = manifest[key]
+        if key == "images_list":
+            lines = [f"[{enc(n)},{'null' if lab is None else int(lab)}]" for n, lab in items]
+        else:
+            lines = [json.dumps(v, separators=(",", ":")) for v in items]
+        body = "[\n  " + ",\n  ".join(lines) + "\n ]" if lines else "[]"
+        text += f",\n {json.dumps(key)}: {body}"
+    return text + "\n}\n"
 
 
 def _read_old_manifest(path):

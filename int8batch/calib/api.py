@@ -25,12 +25,18 @@ from .collector import HistogramCollector, MaxCollector
 log = logging.getLogger(__name__)
 
 #: "auto" (the default): observed max for tensors whose op bounds them (ReLU6/Clip,
-#: Sigmoid, Tanh: clipping them only loses signal), the smallest expected
-#: quantization error (MSE) for every other tensor.
+#: Sigmoid, Tanh, Softmax: clipping them only loses signal), the smallest expected
+#: quantization error (MSE) for every other tensor; and the Q/DQ model leaves the
+#: rare activation that INT8 alone damages in float (see ``keep_float``).
 METHODS = ("auto",) + th.METHODS
 DEFAULT_METHOD = "auto"
 CACHE_ALGORITHM = {"minmax": "MinMaxCalibration"}  # every other method: EntropyCalibration2
 ACTIVATION_BUDGET = 256 << 20  # bytes of activations per ONNX Runtime call
+# keep_float="auto": an activation whose quantization ALONE changes the output by more than this
+# fraction of its energy (||y_q - y||^2 / ||y||^2, measured on SENSITIVITY_IMAGES images) stays float.
+SENSITIVITY_THRESHOLD = 1e-3
+SENSITIVITY_IMAGES = 4
+SENSITIVITY_MAX_KEPT = 3
 ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
              "json": "calibration.json", "qdq": "model.qdq.onnx"}
 
@@ -78,7 +84,7 @@ def _open_batches(batches):
 def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, first=0, max_batches=None,
               two_pass=False, num_bins=2048, percentile=None, trt_version=cache_io.DEFAULT_TRT_VERSION,
               cache_algorithm=None, providers=None, intra_op_threads=None, write_qdq=True,
-              per_channel_weights=True, keep_float=0, progress=None):
+              per_channel_weights=True, keep_float=None, progress=None):
     """Compute INT8 scales for ``model`` from batch files and write the artefacts.
 
     Parameters
@@ -103,12 +109,16 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
     trt_version, cache_algorithm :
         Header of the TensorRT cache (default algorithm: MinMaxCalibration for
         minmax, EntropyCalibration2 otherwise).
-    keep_float : int
-        Leave the ``keep_float`` activations whose quantization alone hurts the
-        output most (:mod:`int8batch.calib.sensitivity`, measured on the first
-        calibration batch) without Q/DQ in the Q/DQ model, so TensorRT runs
-        their consumers in higher precision.  The cache and dynamic-range
-        file still hold every tensor.
+    keep_float : int, "auto" or None
+        Activations left without Q/DQ in the Q/DQ model, so TensorRT runs their
+        consumers in higher precision (the cache and dynamic-range file still
+        hold every tensor).  A sensitivity pass (:mod:`int8batch.calib.sensitivity`,
+        on the first few calibration images) measures each quantized
+        activation alone.  An int K keeps the K most sensitive; "auto" keeps
+        those whose quantization alone costs more than
+        ``SENSITIVITY_THRESHOLD`` of the output's energy (at most
+        ``SENSITIVITY_MAX_KEPT``); None (default) means "auto" for
+        ``method="auto"`` and 0 (pure INT8) for the other methods.
     progress : callable(done, total), optional
 
     Returns
@@ -186,8 +196,10 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         amax, used = choose_amax(method, stats, bounded, config)
         result = CalibrationResult(amax, used, stats, batches=total, images=total * batch_size,
                                    inference_seconds=infer[0])
+        if keep_float is None:
+            keep_float = "auto" if method == "auto" else 0
         if keep_float and write_qdq and out is not None:
-            result.kept_float = _most_sensitive(m, result.amax, bs, batch_size, first, int(keep_float),
+            result.kept_float = _most_sensitive(m, result.amax, bs, batch_size, first, keep_float, dynamic,
                                                 providers, intra_op_threads)
         if out is not None:
             _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq,
@@ -199,13 +211,22 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             bs.close()
 
 
-def _most_sensitive(m, amax, bs, batch_size, first, k, providers, intra_op_threads):
+def _most_sensitive(m, amax, bs, batch_size, first, keep, dynamic, providers, intra_op_threads):
     from ..onnx.placement import plan_qdq
     from .sensitivity import rank_sensitivity
+    if keep != "auto" and (not isinstance(keep, int) or keep < 0):
+        raise ConfigError(f"keep_float must be a number >= 0 or 'auto', got {keep!r}")
     candidates = list(plan_qdq(m)[0])
-    data = bs.images(first * batch_size, batch_size)[0]
+    count = min(SENSITIVITY_IMAGES, batch_size) if dynamic else batch_size
+    data = bs.images(first * batch_size, count)[0]
     ranked = rank_sensitivity(m, amax, np.ascontiguousarray(data), candidates, providers, intra_op_threads)
-    return [t for t, _ in ranked[:k]]
+    if keep == "auto":
+        kept = [t for t, err in ranked[:SENSITIVITY_MAX_KEPT] if err > SENSITIVITY_THRESHOLD]
+        if kept:
+            log.info("keeping %d activation(s) in float (each alone costs > %g of the output energy): %s",
+                     len(kept), SENSITIVITY_THRESHOLD, ", ".join(kept))
+        return kept
+    return [t for t, _ in ranked[:keep]]
 
 
 def _finite(v):

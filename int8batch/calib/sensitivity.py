@@ -7,10 +7,12 @@ worse).  TensorRT runs a layer whose input carries no Q/DQ pair in higher
 precision, so leaving the few most sensitive tensors unquantized costs little
 speed and is still deployable.
 
-The pass quantizes one activation at a time (Q -> DQ with its calibrated
-scale, weights left float) on one calibration batch and measures the relative
-squared error of the model's first output against FP32:
-``||y_q - y||^2 / ||y||^2``.  Cost: one session and one batch per tensor.
+The pass measures, for each candidate activation alone, the relative squared
+error of the model's first output against FP32, ``||y_q - y||^2 / ||y||^2``,
+on a few calibration images.  It builds ONE model in which every candidate
+``t`` is replaced by ``t + s_t * (DQ(Q(t)) - t)`` with a scalar graph input
+``s_t``; feeding a one-hot switch vector quantizes exactly one tensor, so the
+whole pass is one session and one small run per candidate.
 """
 import logging
 
@@ -21,30 +23,43 @@ from .._optional import require
 log = logging.getLogger(__name__)
 
 
-def _with_one_qdq(model, tensor, amax):
+def switch_model(model, amax, tensors):
+    """A copy of ``model`` where each of ``tensors`` is fake-quantized when its switch input is 1.
+
+    Returns the model and the switch input names, in the order of ``tensors``.
+    """
     onnx = require("onnx")
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..onnx.graph import topological_nodes
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    scale = max(float(np.float32(amax / 127.0)), 1e-8)
-    sname, zname, qname, dname = (f"{tensor}__sens_{k}" for k in ("scale", "zp", "q", "dq"))
-    g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), sname),
-                          numpy_helper.from_array(np.array(0, np.int8), zname)])
+    zp = "__sens_zp"
+    g.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zp))
+    switches, new_nodes, renamed = [], [], {}
+    for k, t in enumerate(tensors):
+        sw, sc = f"__sens_switch_{k}", f"__sens_scale_{k}"
+        switches.append(sw)
+        g.input.append(helper.make_tensor_value_info(sw, TensorProto.FLOAT, []))
+        scale = max(float(np.float32(amax[t] / 127.0)), 1e-8)
+        g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), sc))
+        q, dq, diff, part, out = (f"__sens_{k}_{s}" for s in ("q", "dq", "diff", "part", "out"))
+        new_nodes += [helper.make_node("QuantizeLinear", [t, sc, zp], [q]),
+                      helper.make_node("DequantizeLinear", [q, sc, zp], [dq]),
+                      helper.make_node("Sub", [dq, t], [diff]),
+                      helper.make_node("Mul", [diff, sw], [part]),
+                      helper.make_node("Add", [t, part], [out])]
+        renamed[t] = out
     for n in g.node:
         for i, x in enumerate(n.input):
-            if x == tensor:
-                n.input[i] = dname
-    g.node.extend([helper.make_node("QuantizeLinear", [tensor, sname, zname], [qname]),
-                   helper.make_node("DequantizeLinear", [qname, sname, zname], [dname])])
-    # keep topological order: move the two new nodes right after the producer
-    nodes = list(g.node)
-    new = nodes[-2:]
-    rest = nodes[:-2]
-    pos = next((k + 1 for k, n in enumerate(rest) if tensor in n.output), 0)
+            if x in renamed:
+                n.input[i] = renamed[x]
+    g.node.extend(new_nodes)  # network outputs keep their float value: only consumers are rewired
+    ordered = topological_nodes(g)
     del g.node[:]
-    g.node.extend(rest[:pos] + new + rest[pos:])
-    return m
+    g.node.extend(ordered)
+    return m, switches
 
 
 def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threads=None):
@@ -53,11 +68,11 @@ def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threa
     Parameters
     ----------
     model : onnx.ModelProto
-        The FP32 model (at an opset >= 13).
+        The FP32 model.
     amax : mapping of str to float
         Calibrated amax per tensor.
     batch : ndarray
-        One calibration batch, (N, C, H, W) float32.
+        A few calibration images, (N, C, H, W) float32.
     tensors : sequence of str
         Candidates (the activations the Q/DQ placement quantizes).
 
@@ -67,23 +82,26 @@ def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threa
         Most sensitive first.
     """
     ort = require("onnxruntime")
+    tensors = [t for t in tensors if t in amax]
+    if not tensors:
+        return []
+    m, switches = switch_model(model, amax, tensors)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
-    providers = providers or ["CPUExecutionProvider"]
-
-    def run(m):
-        s = ort.InferenceSession(m.SerializeToString(), so, providers=providers)
-        return s.run(None, {s.get_inputs()[0].name: batch})[0].astype(np.float64)
-
-    ref = run(model)
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
+    name = model.graph.input[0].name
+    out = s.get_outputs()[0].name
+    off, on = np.array(0, np.float32), np.array(1, np.float32)
+    feed = {name: batch, **{sw: off for sw in switches}}
+    ref = s.run([out], feed)[0].astype(np.float64)
     denom = max(float(np.sum(ref * ref)), 1e-30)
     scores = []
-    for t in tensors:
-        if t not in amax:
-            continue
-        y = run(_with_one_qdq(model, t, amax[t]))
+    for t, sw in zip(tensors, switches):
+        feed[sw] = on
+        y = s.run([out], feed)[0].astype(np.float64)
+        feed[sw] = off
         scores.append((t, float(np.sum((y - ref) ** 2)) / denom))
     scores.sort(key=lambda kv: -kv[1])
     log.info("most sensitive activations: %s", ", ".join(f"{t} ({e:.2e})" for t, e in scores[:5]))

@@ -17,12 +17,13 @@ def test_every_module_imports(name):
     importlib.import_module(name)
 
 
-def test_import_is_light():
+def test_import_is_light(tmp_path):
     # onnx, onnxruntime, cv2, tensorrt and cuda load only inside the functions that need them
     code = ("import sys, int8batch, int8batch.cli.main, int8batch.reader, int8batch.calib.api;"
             "heavy = [m for m in ('onnx', 'onnxruntime', 'cv2', 'tensorrt', 'cuda', 'matplotlib', 'torch')"
             " if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # cwd away from the source tree, so the installed package is the one imported
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

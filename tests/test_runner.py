@@ -295,7 +295,7 @@ def test_cli_run_mnist_fast_path(tmp_path):
     out = tmp_path / "mnist"
     p = subprocess.run([sys.executable, "-m", "int8batch.cli.main", "run", "mnist", "--calib-batches", "2",
                         "--score-batches", "5", "--threads", "1", "--out", str(out), "--plot"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr
     text = p.stdout
     for needle in ("Calibration: 2 batches of size 50 starting at 0 (100 images)",

@@ -1,5 +1,6 @@
 """The package imports without its optional dependencies and every subcommand answers --help."""
 import importlib
+import os
 import pkgutil
 import subprocess
 import sys
@@ -23,7 +24,8 @@ def test_import_is_light(tmp_path):
             "heavy = [m for m in ('onnx', 'onnxruntime', 'cv2', 'tensorrt', 'cuda', 'matplotlib', 'torch')"
             " if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     # cwd away from the source tree, so the installed package is the one imported
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(int8batch.__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -290,12 +290,18 @@ def test_plot_mismatch_is_red_and_needs_matplotlib(data, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ mnist
+def _env_for_package():
+    # the subprocess imports the same int8batch as this test (installed, or the source tree in development)
+    import int8batch
+    return dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(int8batch.__file__)))
+
+
 @pytest.mark.slow
 def test_cli_run_mnist_fast_path(tmp_path):
     out = tmp_path / "mnist"
     p = subprocess.run([sys.executable, "-m", "int8batch.cli.main", "run", "mnist", "--calib-batches", "2",
                         "--score-batches", "5", "--threads", "1", "--out", str(out), "--plot"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300, env=_env_for_package())
     assert p.returncode == 0, p.stderr
     text = p.stdout
     for needle in ("Calibration: 2 batches of size 50 starting at 0 (100 images)",

@@ -107,7 +107,9 @@ class RunReport:
                  f"Model: {os.path.basename(s.model)}; preprocessing preset {getattr(s, 'preset', '?')}",
                  *self.notes,
                  f"Calibration: {self.cal.describe()} ({self.cal.images} images), method {s.method}: "
-                 f"{len(cal.amax)} tensors in {cal.seconds:.2f} s",
+                 f"{len(cal.amax)} tensors in {cal.seconds:.2f} s"
+                 + (f"; kept float in the Q/DQ model (sensitivity pass): {', '.join(cal.kept_float)}"
+                    if getattr(cal, "kept_float", None) else ""),
                  f"Artefacts: {', '.join(os.path.relpath(p) for p in cal.paths.values())}", ""]
         for label, t1, t5, _, _, ms in self._scores():
             top = f"Top1: {_rate(t1)}, Top5: {_rate(t5)}" if self.labelled else "Top1/Top5: n/a (no labels)"

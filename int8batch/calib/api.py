@@ -148,7 +148,8 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             raise CalibrationError(f"{bs.folder}: no full batch of {batch_size} images after skipping {first} "
                                    f"batches ({bs.num_images} images in the files)", bs.folder)
         runner = ActivationRunner(m, names, providers=providers, intra_op_threads=intra_op_threads,
-                                  batch_dims=(batch_size,) + tuple(bs.image_shape))
+                                  batch_dims=(batch_size,) + tuple(bs.image_shape),
+                                  label=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
         infer = [0.0]
 
         dynamic = not isinstance(info.shape[0] if info.shape else None, int)

@@ -119,6 +119,8 @@ class ActivationRunner:
         ONNX Runtime intra-op threads; default: its own choice.
     batch_dims : tuple or None
         ``(N, C, H, W)`` of the batches, checked at once when given.
+    label : str or None
+        How errors name the model (default: its path, or ``<model>``).
 
     Attributes
     ----------
@@ -128,9 +130,9 @@ class ActivationRunner:
     """
 
     def __init__(self, model, tensor_names, providers=None, intra_op_threads=None,
-                 batch_dims=None):
+                 batch_dims=None, label=None):
         onnx = require("onnx")
-        self._label = _label(model)
+        self._label = label or _label(model)
         src = G.load_model(model)
         m = onnx.ModelProto()
         m.CopyFrom(src)

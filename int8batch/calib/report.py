@@ -12,10 +12,10 @@ pyplot, so no global backend state is touched).
 import logging
 import math
 import os
-import tempfile
 
 import numpy as np
 
+from .._atomic import make_temp
 from .._optional import require
 from ..errors import ConfigError
 from .thresholds import saturation
@@ -158,9 +158,7 @@ def save_report(result, path, top=12, dpi=DPI):
     """
     path = os.fspath(path)
     fig, chosen = build_figure(result, top, dpi)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".png", dir=folder)
+    fd, tmp = make_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi)

@@ -1,7 +1,7 @@
 """Compute INT8 scales from batch files: TensorRT cache, dynamic ranges, Q/DQ ONNX model."""
 import logging
 
-from .options import ProgressBar
+from .options import ProgressBar, log_level
 
 log = logging.getLogger("int8batch")
 
@@ -74,11 +74,12 @@ def run(args):
     from ..calib.cache import DEFAULT_TRT_VERSION
     bar = ProgressBar("batches", enabled=False if args.quiet else None)
     try:
-        res = calibrate(args.model, args.batches, args.out, method=args.method, batch_size=args.batch_size,
-                        first=args.first, max_batches=args.max_batches, two_pass=args.two_pass,
-                        num_bins=args.bins, percentile=args.percentile,
-                        trt_version=args.trt_version or DEFAULT_TRT_VERSION, write_qdq=not args.no_qdq,
-                        keep_float=args.keep_float, progress=bar)
+        with log_level(logging.WARNING if args.quiet else None):
+            res = calibrate(args.model, args.batches, args.out, method=args.method, batch_size=args.batch_size,
+                            first=args.first, max_batches=args.max_batches, two_pass=args.two_pass,
+                            num_bins=args.bins, percentile=args.percentile,
+                            trt_version=args.trt_version or DEFAULT_TRT_VERSION, write_qdq=not args.no_qdq,
+                            keep_float=args.keep_float, progress=bar)
     finally:
         bar.close()
     if args.report:

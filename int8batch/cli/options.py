@@ -1,4 +1,5 @@
 """Option groups shared by several subcommands (preprocessing, progress)."""
+import contextlib
 import logging
 import sys
 import time
@@ -41,6 +42,19 @@ def preprocess_overrides(args):
     keys = ("size", "resize", "resize_size", "crop", "interpolation", "channels", "mean", "std", "scale",
             "exif", "reduced_decode")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+@contextlib.contextmanager
+def log_level(level):
+    """Temporarily set the level of the ``int8batch`` loggers (None: leave it)."""
+    logger = logging.getLogger("int8batch")
+    old = logger.level
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 class ProgressBar:

@@ -1,7 +1,7 @@
 """Pack images or MNIST IDX files into sampleINT8 batch files with a manifest."""
 import logging
 
-from .options import ProgressBar, add_preprocess_options, preprocess_overrides
+from .options import ProgressBar, add_preprocess_options, log_level, preprocess_overrides
 
 
 def add_parser(sub):
@@ -31,20 +31,16 @@ def add_parser(sub):
 
 def run(args):
     from ..packing.packer import pack
-    logger = logging.getLogger("int8batch")
-    level = logger.level
-    if args.quiet:
-        logger.setLevel(logging.ERROR)
     bar = ProgressBar(enabled=False if args.quiet else None)
     try:
-        result = pack(args.source, args.out, preset=args.preset, batch_size=args.batch_size, limit=args.limit,
-                      shuffle=args.shuffle, seed=args.seed, workers=args.workers, skip_bad=args.skip_bad,
-                      pad=args.pad, force=args.force, labels=args.labels, prefix=args.prefix,
-                      suffix=args.suffix, unlabelled_value=args.unlabelled_value, progress=bar,
-                      **preprocess_overrides(args))
+        with log_level(logging.ERROR if args.quiet else None):
+            result = pack(args.source, args.out, preset=args.preset, batch_size=args.batch_size,
+                          limit=args.limit, shuffle=args.shuffle, seed=args.seed, workers=args.workers,
+                          skip_bad=args.skip_bad, pad=args.pad, force=args.force, labels=args.labels,
+                          prefix=args.prefix, suffix=args.suffix, unlabelled_value=args.unlabelled_value,
+                          progress=bar, **preprocess_overrides(args))
     finally:
         bar.close()
-        logger.setLevel(level)
     if not args.quiet:
         print(result.summary())
     return 0

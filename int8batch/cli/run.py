@@ -1,7 +1,8 @@
 """Reproduce TensorRT's INT8 samples end to end: FP32 vs INT8 accuracy, speed, predictions."""
+import logging
 import sys
 
-from .options import ProgressBar
+from .options import ProgressBar, log_level
 
 
 def _common(p, default_out):
@@ -53,25 +54,30 @@ def add_parser(sub):
 
 def run(args):
     bar = ProgressBar("batches", enabled=None)
+    # the report printed below says everything the library would log; -v shows the log too
     try:
-        if args.sample == "mnist":
-            from ..runner.mnist import MnistSettings, run_mnist
-            s = MnistSettings(calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
-                              batch_size=args.batch_size, score_set=args.score_set,
-                              first_score_batch=args.first_score_batch, score_batches=args.score_batches,
-                              method=args.method, preset=args.preset, threads=args.threads)
-            report = run_mnist(s, out=args.out, progress=bar, plot=args.plot)
-        else:
-            from ..runner.imagenet import ImagenetSettings, run_imagenet
-            s = ImagenetSettings(model=args.model, images=args.images, labels=args.labels, preset=args.preset,
-                                 calib_images=args.calib_images, calib_batch_size=args.calib_batch_size,
-                                 batch_size=args.batch_size, first_score_batch=args.first_score_batch,
-                                 score_batches=args.score_batches, method=args.method, seed=args.seed,
-                                 threads=args.threads)
-            report = run_imagenet(s, out=args.out, progress=bar, plot=args.plot)
+        with log_level(None if getattr(args, "verbose", False) else logging.WARNING):
+            report = _run_sample(args, bar)
     finally:
         bar.close()
     print(report.text())
     print(f"reports: {', '.join(report.paths.values())}")
     sys.stdout.flush()
     return 0 if report.passed else 1
+
+
+def _run_sample(args, bar):
+    if args.sample == "mnist":
+        from ..runner.mnist import MnistSettings, run_mnist
+        s = MnistSettings(calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
+                          batch_size=args.batch_size, score_set=args.score_set,
+                          first_score_batch=args.first_score_batch, score_batches=args.score_batches,
+                          method=args.method, preset=args.preset, threads=args.threads)
+        return run_mnist(s, out=args.out, progress=bar, plot=args.plot)
+    from ..runner.imagenet import ImagenetSettings, run_imagenet
+    s = ImagenetSettings(model=args.model, images=args.images, labels=args.labels, preset=args.preset,
+                         calib_images=args.calib_images, calib_batch_size=args.calib_batch_size,
+                         batch_size=args.batch_size, first_score_batch=args.first_score_batch,
+                         score_batches=args.score_batches, method=args.method, seed=args.seed,
+                         threads=args.threads)
+    return run_imagenet(s, out=args.out, progress=bar, plot=args.plot)

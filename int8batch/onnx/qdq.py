@@ -14,11 +14,11 @@ folds a Q->DQ on a float weight into), or kept FP32 behind Q->DQ
 """
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._atomic import make_temp
 from .._optional import require
 from ..errors import ModelError
 from . import graph as G
@@ -373,9 +373,7 @@ def save_model_atomic(model, out_path):
     """
     onnx = require("onnx")
     out_path = os.fspath(out_path)
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".int8batch-", suffix=".onnx", dir=folder)
+    fd, tmp = make_temp(out_path)
     os.close(fd)
     try:
         if model.ByteSize() >= 2 ** 31 - 2 ** 20:

@@ -120,8 +120,10 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
     relative to their folder) of each window, in order.  The batch files live
     in ``workdir`` (a temporary folder, removed, when None).
     """
+    from ..onnx.graph import input_info, load_model
     from .report import RunReport
     s = settings
+    input_info(load_model(s.model))  # a missing or broken model fails now, not after packing
     cal_folder = calibration_folder(s.calib_images)
     cal_batches, file_size, limit = plan(s)
     tmp = workdir or tempfile.mkdtemp(prefix="int8batch-imagenet-")

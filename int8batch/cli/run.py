@@ -48,6 +48,7 @@ def add_parser(sub):
     i.add_argument("--calib-batch-size", type=int, default=50, help="calibration batch size (default 50)")
     i.add_argument("--batch-size", type=int, default=50, help="scoring batch size (default 50)")
     i.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    i.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     _common(i, "int8batch-run-imagenet")
     return p
 
@@ -79,5 +80,5 @@ def _run_sample(args, bar):
                          calib_images=args.calib_images, calib_batch_size=args.calib_batch_size,
                          batch_size=args.batch_size, first_score_batch=args.first_score_batch,
                          score_batches=args.score_batches, method=args.method, seed=args.seed,
-                         threads=args.threads)
+                         skip_bad=args.skip_bad, threads=args.threads)
     return run_imagenet(s, out=args.out, progress=bar, plot=args.plot)

@@ -45,7 +45,8 @@ class ImagenetSettings:
     file, ``"folders"``, ``"none"`` or None (class folders when every image
     lies in one, else none).  ``first_score_batch`` defaults to the first
     batch after the calibration window (0 with a separate calibration folder),
-    ``score_batches`` to every full batch after it.
+    ``score_batches`` to every full batch after it.  ``skip_bad`` skips
+    unreadable images (listed in the batch manifest) instead of stopping.
     """
 
     model: str
@@ -59,6 +60,7 @@ class ImagenetSettings:
     score_batches: int = None
     method: str = DEFAULT_METHOD
     seed: int = 0
+    skip_bad: bool = False
     threads: int = None
     tolerance: float = 0.01
     min_agreement: float = 0.95
@@ -123,19 +125,22 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
     from ..onnx.graph import input_info, load_model
     from .report import RunReport
     s = settings
-    input_info(load_model(s.model))  # a missing or broken model fails now, not after packing
+    model = load_model(s.model)  # a missing or broken model fails now, not after packing
+    input_info(model)
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    outputs = dims[-1].dim_value if dims and dims[-1].dim_value > 0 else None
     cal_folder = calibration_folder(s.calib_images)
     cal_batches, file_size, limit = plan(s)
     tmp = workdir or tempfile.mkdtemp(prefix="int8batch-imagenet-")
     try:
         score_dir = os.path.join(tmp, "batches")
         packed = pack(s.images, score_dir, preset=s.preset, batch_size=file_size, labels=s.labels,
-                      limit=limit, shuffle=True, seed=s.seed, force=True)
+                      limit=limit, shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
         cal_dir = score_dir
         if cal_folder is not None:
             cal_dir = os.path.join(tmp, "calibration-batches")
             pack(cal_folder, cal_dir, preset=s.preset, batch_size=s.calib_batch_size, labels="none",
-                 shuffle=True, seed=s.seed, force=True)
+                 shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
         with BatchSet(score_dir) as score, _open(cal_dir, score) as cal_set:
             cal = protocol.window(cal_set.num_images, s.calib_batch_size, 0, cal_batches, "calibration")
             first = 0 if cal_folder else default_first(s, cal.count)
@@ -156,6 +161,12 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
             report.calib_files = cal_names
             report.score_files = names[win.start_image:win.start_image + win.images]
             report.notes = _notes(s, packed, source, cal_folder, cal, win, overlap)
+            classes = score.manifest["labels"].get("classes")
+            if source == "folders" and classes and outputs and len(classes) != outputs:
+                warning = (f"WARNING: labels come from {len(classes)} class folders but the model has {outputs} "
+                           "outputs; class folders must be the model's classes in sorted order (e.g. the 1000 "
+                           "ImageNet synsets), otherwise give --labels FILE or --labels none")
+                report.notes.append(warning)  # printed with the report
             report.extra = {"images": {"folder": os.path.abspath(s.images), "packed": packed.images,
                                        "labels": source, "seed": s.seed,
                                        "calibration_folder": cal_folder and os.path.abspath(cal_folder),

@@ -192,12 +192,6 @@ class PreprocessConfig:
             return np.zeros(self.num_channels, dtype=np.int32)
         return np.array([2, 1, 0] if self.channels == "rgb" else [0, 1, 2], dtype=np.int32)
 
-    def denormalize(self, chw):
-        """Back from packed values to pixels (float64, C x H x W), for looking at a pack."""
-        mean = np.asarray(self.mean, dtype=np.float64)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float64)[:, None, None]
-        return (np.asarray(chw, dtype=np.float64) * std + mean) / self.scale
-
 
 def _pair(v, name):
     if isinstance(v, (int, np.integer)):

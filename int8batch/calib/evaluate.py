@@ -195,19 +195,54 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
                             keep_largest=keep_largest, keep=keep, progress=progress)
     fp = ModelRunner(fp32_model, providers, intra_op_threads)
     q = ModelRunner(int8_model, providers, intra_op_threads)
-    res = EvalResult()
-    hits = np.zeros(4, np.int64)          # top1 fp32, top5 fp32, top1 int8, top5 int8
-    agree, kl_sum, abs_sum, values = 0, 0.0, 0.0, 0
-    largest = []
+    acc = Comparison(outputs, keep_largest, keep)
     total = _count(batchset, batch_size, max_batches, first)
     for done, b in enumerate(_batches(batchset, batch_size, max_batches, first), 1):
         data, labels = (b.data, b.labels) if hasattr(b, "data") else b
         t = time.perf_counter()
         y0 = np.asarray(fp.run(data))
-        res.seconds_fp32 += time.perf_counter() - t
+        acc.result.seconds_fp32 += time.perf_counter() - t
         t = time.perf_counter()
         y1 = np.asarray(q.run(data))
-        res.seconds_int8 += time.perf_counter() - t
+        acc.result.seconds_int8 += time.perf_counter() - t
+        acc.add(y0, y1, labels)
+        if progress:
+            progress(done, total)
+    res = acc.finish()
+    log.debug("evaluate: %s", res.summary().replace("\n", "; "))
+    return res
+
+
+class Comparison:
+    """Running FP32-vs-INT8 sums over batches: the arithmetic behind :func:`evaluate`.
+
+    Any backend that produces the two models' outputs batch by batch (ONNX
+    Runtime in :func:`evaluate`, TensorRT engines in
+    :mod:`int8batch.runner.trt_backend`) feeds them to :meth:`add` and gets
+    the same :class:`EvalResult` from :meth:`finish`.  Times are the caller's:
+    add them to ``result.seconds_fp32`` / ``result.seconds_int8``.
+
+    Parameters
+    ----------
+    outputs : {"auto", "logits", "probs"}
+        See :func:`evaluate`.
+    keep_largest, keep : int
+        See :func:`evaluate`.
+    """
+
+    def __init__(self, outputs="auto", keep_largest=5, keep=0):
+        if outputs not in ("auto", "logits", "probs"):
+            raise ConfigError(f"outputs must be 'auto', 'logits' or 'probs', got {outputs!r}")
+        self.outputs, self.keep_largest, self.keep = outputs, keep_largest, keep
+        self.result = EvalResult()
+        self._hits = np.zeros(4, np.int64)    # top1 fp32, top5 fp32, top1 int8, top5 int8
+        self._agree, self._kl_sum, self._abs_sum, self._values = 0, 0.0, 0.0, 0
+        self._largest = []
+
+    def add(self, y0, y1, labels):
+        """Account one batch: FP32 output ``y0``, INT8 output ``y1`` (N, ...) and N labels."""
+        res, keep_largest = self.result, self.keep_largest
+        y0, y1 = np.asarray(y0), np.asarray(y1)
         n = y0.shape[0]
         y0, y1 = y0.reshape(n, -1), y1.reshape(n, -1)
         if y0.shape != y1.shape:
@@ -216,15 +251,16 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
         classes = y0.shape[1]
         k = min(5, classes)
         t0, t1 = _topk(y0, k), _topk(y1, k)
-        agree += int((t0[:, 0] == t1[:, 0]).sum())
+        self._agree += int((t0[:, 0] == t1[:, 0]).sum())
         lab = np.asarray(labels, np.float64).reshape(-1)
         ok = (lab >= 0) & (lab < classes) & (lab == np.round(lab))
-        _keep(res, keep, lab, ok, t0[:, 0], t1[:, 0])
+        _keep(res, self.keep, lab, ok, t0[:, 0], t1[:, 0])
         if ok.any():
             li = lab[ok].astype(np.int64)[:, None]
-            hits += [int((t0[ok, :1] == li).sum()), int((t0[ok] == li).any(1).sum()),
-                     int((t1[ok, :1] == li).sum()), int((t1[ok] == li).any(1).sum())]
+            self._hits += [int((t0[ok, :1] == li).sum()), int((t0[ok] == li).any(1).sum()),
+                           int((t1[ok, :1] == li).sum()), int((t1[ok] == li).any(1).sum())]
             res.labelled += int(ok.sum())
+        outputs = self.outputs
         probs = outputs == "probs" or (outputs == "auto" and _is_prob(y0))
         p0 = np.asarray(y0, np.float64) if probs else softmax(y0)
         p1 = np.clip(np.asarray(y1, np.float64), 0, None) if probs else softmax(y1)
@@ -232,12 +268,13 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
             p1 = p1 / np.maximum(p1.sum(axis=1, keepdims=True), _EPS)
         terms = np.where(p0 > 0, p0 * (np.log(np.maximum(p0, _EPS)) - np.log(np.maximum(p1, _EPS))),
                          0.0)
-        kl_sum += float(terms.sum())
+        self._kl_sum += float(terms.sum())
         d = np.abs(y0.astype(np.float64) - y1)
-        abs_sum += float(d.sum())
-        values += d.size
+        self._abs_sum += float(d.sum())
+        self._values += d.size
         per = d.max(axis=1)
         res.max_abs_diff = max(res.max_abs_diff, float(per.max()))
+        largest = self._largest
         for j, v in enumerate(per):
             item = (float(v), -(res.images + j))
             if len(largest) < keep_largest:
@@ -245,20 +282,22 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
             elif keep_largest:
                 heapq.heappushpop(largest, item)
         res.images += n
-        if progress:
-            progress(done, total)
-    if res.images == 0:
-        raise ConfigError("no batch to evaluate: the batch set is empty or smaller than one batch")
-    res.agreed = agree
-    res.top1_hits_fp32, res.top5_hits_fp32, res.top1_hits_int8, res.top5_hits_int8 = hits.tolist()
-    res.top1_agreement = agree / res.images
-    res.mean_kl = kl_sum / res.images
-    res.mean_abs_diff = abs_sum / values
-    res.largest = [(-i, v) for v, i in sorted(largest, reverse=True)]
-    if res.labelled:
-        res.top1_fp32, res.top5_fp32, res.top1_int8, res.top5_int8 = (hits / res.labelled).tolist()
-    log.debug("evaluate: %s", res.summary().replace("\n", "; "))
-    return res
+
+    def finish(self):
+        """The :class:`EvalResult` of every batch added (ConfigError when there was none)."""
+        res = self.result
+        if res.images == 0:
+            raise ConfigError("no batch to evaluate: the batch set is empty or smaller than one batch")
+        hits = self._hits
+        res.agreed = self._agree
+        res.top1_hits_fp32, res.top5_hits_fp32, res.top1_hits_int8, res.top5_hits_int8 = hits.tolist()
+        res.top1_agreement = self._agree / res.images
+        res.mean_kl = self._kl_sum / res.images
+        res.mean_abs_diff = self._abs_sum / self._values
+        res.largest = [(-i, v) for v, i in sorted(self._largest, reverse=True)]
+        if res.labelled:
+            res.top1_fp32, res.top5_fp32, res.top1_int8, res.top5_int8 = (hits / res.labelled).tolist()
+        return res
 
 
 def _keep(res, keep, lab, ok, p0, p1):

@@ -64,6 +64,7 @@ class ImagenetSettings:
     threads: int = None
     tolerance: float = 0.01
     min_agreement: float = 0.95
+    backend: str = "onnxruntime"  # "onnxruntime", "tensorrt" or "auto" (TensorRT 8.6-10.x if importable)
 
 
 def calibration_folder(value):
@@ -124,7 +125,9 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
     """
     from ..onnx.graph import input_info, load_model
     from .report import RunReport
+    from .trt_backend import describe, pick_backend, trt_algorithm, trt_evaluate
     s = settings
+    backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
     model = load_model(s.model)  # a missing or broken model fails now, not after packing
     input_info(model)
     dims = model.graph.output[0].type.tensor_type.shape.dim
@@ -151,16 +154,22 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
                             "flatter the calibration", overlap)
             result = calibrate(s.model, cal_set, out, method=s.method, batch_size=cal.batch_size,
                                first=cal.first, max_batches=cal.count, intra_op_threads=s.threads)
-            scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count, first=win.first,
-                              intra_op_threads=s.threads, keep=100, progress=progress)
+            if backend == "tensorrt":
+                scored = trt_evaluate(s.model, cal_set, cal, score, win, os.path.join(out, "tensorrt"),
+                                      algorithm=trt_algorithm(s.method), keep=100, progress=progress)
+            else:
+                scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count, first=win.first,
+                                  intra_op_threads=s.threads, keep=100, progress=progress)
             names = [p for p, _ in score.manifest["images_list"]]
             cal_names = [p for p, _ in cal_set.manifest["images_list"]][cal.start_image:cal.start_image + cal.images]
             source = score.manifest["labels"]["source"]
             report = RunReport("imagenet", s, cal, win, result, scored, out, tolerance=s.tolerance,
-                               min_agreement=s.min_agreement)
+                               min_agreement=s.min_agreement, backend=backend)
             report.calib_files = cal_names
             report.score_files = names[win.start_image:win.start_image + win.images]
             report.notes = _notes(s, packed, source, cal_folder, cal, win, overlap)
+            if backend == "tensorrt":
+                report.notes.append(describe(scored))
             classes = score.manifest["labels"].get("classes")
             if source == "folders" and classes and outputs and len(classes) != outputs:
                 warning = (f"WARNING: labels come from {len(classes)} class folders but the model has {outputs} "

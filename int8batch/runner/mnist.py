@@ -44,6 +44,7 @@ class MnistSettings:
     preset: str = "mnist"
     model: str = MODEL
     threads: int = None
+    backend: str = "onnxruntime"  # "onnxruntime", "tensorrt" or "auto" (TensorRT 8.6-10.x if importable)
 
 
 def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=None, plot=False):
@@ -52,7 +53,9 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
     ``plot=True`` also writes ``predictions.png`` into ``out`` (needs matplotlib).
     """
     from .report import RunReport
+    from .trt_backend import describe, pick_backend, trt_algorithm, trt_evaluate
     s = settings or MnistSettings()
+    backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
     tmp = workdir or tempfile.mkdtemp(prefix="int8batch-mnist-")
     try:
         train_dir = os.path.join(tmp, "batches")
@@ -74,9 +77,15 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
             win = protocol.window(score.num_images, s.batch_size, first, count, "scoring")
             result = calibrate(s.model, train, out, method=s.method, batch_size=cal.batch_size,
                                first=cal.first, max_batches=cal.count)
-            scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count, first=win.first,
-                              intra_op_threads=s.threads, keep=100, progress=progress)
-            report = RunReport("mnist", s, cal, win, result, scored, out)
+            if backend == "tensorrt":
+                scored = trt_evaluate(s.model, train, cal, score, win, os.path.join(out, "tensorrt"),
+                                      algorithm=trt_algorithm(s.method), keep=100, progress=progress)
+            else:
+                scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count, first=win.first,
+                                  intra_op_threads=s.threads, keep=100, progress=progress)
+            report = RunReport("mnist", s, cal, win, result, scored, out, backend=backend)
+            if backend == "tensorrt":
+                report.notes.append(describe(scored))
             if plot:
                 from .plot import plot_predictions
                 report.paths["plot"] = plot_predictions(score, win.start_image, scored,
@@ -87,3 +96,4 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
+

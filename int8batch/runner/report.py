@@ -102,8 +102,7 @@ class RunReport:
     def text(self):
         r, cal, s = self.result, self.calibration, self.settings
         lines = [f"&&&& RUNNING int8batch run {self.name} (the TensorRT sampleINT8 protocol)",
-                 f"Backend: ONNX Runtime {self.versions.get('onnxruntime', '?')} on the CPU; INT8 = the Q/DQ model "
-                 "(explicit quantization, as TensorRT 11 builds it), run on ONNX Runtime's int8 kernels",
+                 self._backend_line(),
                  f"Model: {os.path.basename(s.model)}; preprocessing preset {getattr(s, 'preset', '?')}",
                  *self.notes,
                  f"Calibration: {self.cal.describe()} ({self.cal.images} images), method {s.method}: "
@@ -131,6 +130,14 @@ class RunReport:
                       f"Agreement of these {n}: {100 * same / n:.1f} %", ""]
         lines.append(self._verdict_line())
         return "\n".join(lines)
+
+    def _backend_line(self):
+        if self.backend == "tensorrt":
+            e = getattr(self.result, "engines", None) or {}
+            return (f"Backend: TensorRT {e.get('tensorrt', '?')} on the GPU; FP32 engine vs INT8 engine calibrated "
+                    f"with the {e.get('algorithm', '?')} calibrator (implicit quantization, TensorRT 8.6-10.x)")
+        return (f"Backend: ONNX Runtime {self.versions.get('onnxruntime', '?')} on the CPU; INT8 = the Q/DQ model "
+                "(explicit quantization, as TensorRT 11 builds it), run on ONNX Runtime's int8 kernels")
 
     def _verdict_line(self):
         r, word = self.result, "PASSED" if self.passed else "FAILED"

@@ -818,3 +818,36 @@ def mse_search(const int64_t[::1] hist, int start_bin=128, int stride=8, double[
                     out[k] = _mse_at(hist, kmax, <double>k) / tot
             best = _pick_first_min(out)
     return int(best)
+
+
+# --------------------------------------------------------------------------
+# Input sums for bias correction
+# --------------------------------------------------------------------------
+
+def sum_rows(const float[:, ::1] x, double[::1] acc, int num_threads=1):
+    """``acc += x.sum(axis=0)``: add the rows of ``x`` into ``acc`` in double precision.
+
+    ``x`` is ``(images, values per image)``; each thread owns a contiguous
+    range of columns and adds every row into it, so the result does not depend
+    on the thread count (each column is summed in row order).  NumPy twin:
+    ``acc + x.sum(axis=0, dtype=np.float64)`` (equal up to the summation order
+    of NumPy's pairwise sum).
+    """
+    num_threads = _check_threads(num_threads)
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1]
+    if acc.shape[0] != cols:
+        raise ValueError(f"acc has {acc.shape[0]} values, x rows have {cols}")
+    cdef Py_ssize_t total = rows * cols
+    cdef int nt = num_threads if total >= 2 * _MIN_CHUNK else 1
+    cdef Py_ssize_t nchunks = nt if nt > 1 else 1
+    cdef Py_ssize_t step = (cols + nchunks - 1) // nchunks
+    cdef Py_ssize_t c, r, j, lo, hi
+    with nogil:
+        for c in prange(nchunks, num_threads=nt, schedule="static"):
+            lo = c * step
+            hi = lo + step
+            if hi > cols:
+                hi = cols
+            for r in range(rows):
+                for j in range(lo, hi):
+                    acc[j] += x[r, j]

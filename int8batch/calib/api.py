@@ -84,7 +84,7 @@ def _open_batches(batches):
 def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, first=0, max_batches=None,
               two_pass=False, num_bins=2048, percentile=None, trt_version=cache_io.DEFAULT_TRT_VERSION,
               cache_algorithm=None, providers=None, intra_op_threads=None, write_qdq=True,
-              per_channel_weights=True, keep_float=None, progress=None):
+              per_channel_weights=True, keep_float=None, bias_correction=True, progress=None):
     """Compute INT8 scales for ``model`` from batch files and write the artefacts.
 
     Parameters
@@ -119,6 +119,11 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         ``SENSITIVITY_THRESHOLD`` of the output's energy (at most
         ``SENSITIVITY_MAX_KEPT``); None (default) means "auto" for
         ``method="auto"`` and 0 (pure INT8) for the other methods.
+    bias_correction : bool
+        Give each Conv / Gemm of the Q/DQ model a float bias that cancels the
+        mean output shift its int8 weights cause on the calibration data
+        (:mod:`int8batch.calib.biascorr`; the same pass collects the input
+        means).  The cache and dynamic-range file do not change.
     progress : callable(done, total), optional
 
     Returns
@@ -191,7 +196,12 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             hist = HistogramCollector(num_bins, mode="fixed", ranges=maxes.ranges())
         else:
             hist = HistogramCollector(num_bins)
-        sweep(hist, "histogram")
+        means = None
+        if bias_correction and write_qdq and out is not None:
+            means = _mean_collector(m)
+            sweep(_Tee(hist, means), "histogram")
+        else:
+            sweep(hist, "histogram")
         runner.close()
         stats = {n: hist.stats(n) for n in names if n in hist.names()}
         amax, used = choose_amax(method, stats, bounded, config)
@@ -204,7 +214,8 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
                                                 providers, intra_op_threads)
         if out is not None:
             _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq,
-                             per_channel_weights, model, bs, batch_size, first)
+                             per_channel_weights, model, bs, batch_size, first,
+                             means.means() if means is not None else None)
         result.seconds = time.perf_counter() - t0
         return result
     finally:
@@ -230,12 +241,38 @@ def _most_sensitive(m, amax, bs, batch_size, first, keep, dynamic, providers, in
     return [t for t, _ in ranked[:keep]]
 
 
+class _Tee:
+    """Feeds one calibration pass to several collectors, one tensor at a time.
+
+    Tensor by tensor rather than collector by collector: a sub-batch's
+    activations are far larger than the CPU cache, one tensor often is not,
+    so every collector after the first reads it from the cache.
+    """
+
+    def __init__(self, *collectors):
+        self.collectors = collectors
+
+    def collect_many(self, arrays):
+        for name, a in arrays.items():
+            one = {name: a}
+            for c in self.collectors:
+                c.collect_many(one)
+
+
+def _mean_collector(m):
+    from ..onnx import graph as G
+    from .biascorr import MeanCollector, layers_of
+    layers = layers_of(m)
+    values = G.constant_values(m)
+    return MeanCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers})
+
+
 def _finite(v):
     return v is not None and abs(float(v)) != float("inf")
 
 
 def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq, per_channel, model, bs,
-                     batch_size, first):
+                     batch_size, first, input_means=None):
     from ..onnx import qdq
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
@@ -248,11 +285,15 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
             "batches": result.batches, "images": result.images, "method": method,
             "trt_version": str(trt_version), "cache_algorithm": algorithm,
             "qdq_kept_float": list(result.kept_float)}
-    cache_io.write_calibration_json(paths["json"], entries, meta)
+    report = None
     if write_qdq:
         act = {k: v for k, v in result.amax.items() if k not in set(result.kept_float)}
         qmodel, report = qdq.insert_qdq_with_report(m, act, per_channel_weights=per_channel,
-                                                    on_missing="skip" if result.kept_float else "raise")
+                                                    on_missing="skip" if result.kept_float else "raise",
+                                                    input_means=input_means)
+        meta["qdq_bias_corrected"] = sorted(report.biases)
+    cache_io.write_calibration_json(paths["json"], entries, meta)
+    if write_qdq:
         qdq.save_model_atomic(qmodel, paths["qdq"])
         result.qdq_report = report
     else:

@@ -38,6 +38,9 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                         "chosen by a one-at-a-time sensitivity pass: K most sensitive, or auto: those whose "
                         "quantization alone costs > 0.1%% of the output energy (default for --method auto; "
                         "0 = pure INT8, the default for the other methods)")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="keep the model's biases in the Q/DQ model (default: each Conv/Gemm bias absorbs the "
+                        "mean output shift of its int8 weights, measured in the same pass)")
     p.add_argument("--report", action="store_true", help="also write report.png (needs matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -79,7 +82,8 @@ def run(args):
                             first=args.first, max_batches=args.max_batches, two_pass=args.two_pass,
                             num_bins=args.bins, percentile=args.percentile,
                             trt_version=args.trt_version or DEFAULT_TRT_VERSION, write_qdq=not args.no_qdq,
-                            keep_float=args.keep_float, progress=bar)
+                            keep_float=args.keep_float, bias_correction=not args.no_bias_correction,
+                            progress=bar)
     finally:
         bar.close()
     if args.report:

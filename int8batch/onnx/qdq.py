@@ -53,6 +53,9 @@ class QdqReport:
         conversion helpers).
     groups : list of list of str
         Tensors forced to share one scale (Concat).
+    biases : dict of str -> float
+        Layers (first output name) whose bias was corrected for the weight
+        rounding -> largest absolute change of the bias.
     opset : int
         The ai.onnx opset of the result.
     """
@@ -64,12 +67,14 @@ class QdqReport:
     missing: list = field(default_factory=list)
     extra: list = field(default_factory=list)
     groups: list = field(default_factory=list)
+    biases: dict = field(default_factory=dict)
     opset: int = 0
 
     def summary(self):
         """One line for logs and the command line."""
         return (f"{len(self.activations)} activations and {len(self.weights)} weights quantized, "
                 f"{len(self.skipped)} tensors kept float, {len(self.missing)} missing, "
+                f"{len(self.biases)} biases corrected, "
                 f"{len(self.extra)} unknown names, opset {self.opset}")
 
 
@@ -145,7 +150,7 @@ def _convert_opset(model, opset):
 
 def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel_weights=True,
                            opset=None, weight_format="int8", pools="auto", on_missing="raise",
-                           check=True):
+                           check=True, input_means=None):
     """Like :func:`insert_qdq`, returning ``(model, QdqReport)``."""
     onnx = require("onnx")
     helper, numpy_helper = onnx.helper, require("onnx.numpy_helper")
@@ -164,6 +169,10 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     g = m.graph
     requests, weights, groups, skipped = plan_qdq(m, pools=pools)
     report = QdqReport(skipped=skipped, opset=_opset(m))
+    layers = {}
+    if input_means:  # before any rewiring: layers are found by their float input
+        from ..calib.biascorr import layers_of
+        layers = {ly.key: ly for ly in layers_of(m, weights) if ly.key in input_means}
     order = G.quantizable_tensors(m)
     rank = {t: k for k, t in enumerate(order)}
     wanted = sorted(requests, key=lambda t: rank.get(t, len(rank)))
@@ -218,20 +227,14 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
         if not per_channel_weights:
             axis = None
         key = (w_name, axis)
+        w = values[w_name]
         if key not in done:
-            w = values[w_name]
-            np_w = np.float16 if w.dtype == np.float16 else np.float32
-            s = weight_scales(w, axis).astype(np_w)
             s_name, z_name = names(f"{w_name}_scale"), names(f"{w_name}_zero_point")
             dq_out = names(f"{w_name}_dequantized")
+            q, s = quantize_weight(w, axis)
             new_inits += [numpy_helper.from_array(s, s_name),
                           numpy_helper.from_array(np.zeros(s.shape, np.int8), z_name)]
             ax = {} if axis is None else {"axis": axis}
-            shape = [1] * w.ndim
-            if axis is not None:
-                shape[axis] = -1
-            q = np.clip(np.rint(w.astype(np.float32) / s.astype(np.float32).reshape(shape)),
-                        -127, 127).astype(np.int8)
             if weight_format == "int8":
                 src = names(f"{w_name}_quantized")
                 new_inits.append(numpy_helper.from_array(q, src))
@@ -241,9 +244,13 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
                                              name=names(f"{w_name}_QuantizeLinear"), **ax))
             head.append(helper.make_node("DequantizeLinear", [src, s_name, z_name], [dq_out],
                                          name=names(f"{w_name}_DequantizeLinear"), **ax))
-            done[key] = dq_out
+            done[key] = (dq_out, q, s)
             report.weights[w_name] = axis
-        nodes[i].input[k] = done[key]
+        nodes[i].input[k] = done[key][0]
+        layer = layers.get(nodes[i].output[0]) if k == 1 else None
+        if layer is not None:
+            _correct_bias(nodes[i], layer, w, done[key][1], done[key][2], axis, input_means[layer.key],
+                          values, names, new_inits, report)
 
     ordered = list(head)
     for i in topo:
@@ -259,6 +266,58 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
         _check(m)
     log.info("Q/DQ: %s", report.summary())
     return m, report
+
+
+def quantize_weight(w, axis):
+    """Symmetric int8 quantization of a weight, as its DequantizeLinear will undo it.
+
+    Returns
+    -------
+    q : ndarray of int8
+        ``clip(round(w / s), -127, 127)``, the shape of ``w``.
+    s : ndarray
+        :func:`weight_scales` in the weight's float type (float16 or float32).
+    """
+    w = np.asarray(w)
+    np_w = np.float16 if w.dtype == np.float16 else np.float32
+    s = weight_scales(w, axis).astype(np_w)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.clip(np.rint(w.astype(np.float32) / s.astype(np.float32).reshape(shape)),
+                -127, 127).astype(np.int8)
+    return q, s
+
+
+def dequantize_weight(q, s, axis):
+    """What DequantizeLinear computes from ``q`` and ``s`` (float32)."""
+    shape = [1] * q.ndim
+    if axis is not None:
+        shape[axis] = -1
+    return q.astype(np.float32) * np.asarray(s, np.float32).reshape(shape)
+
+
+def _correct_bias(node, layer, w, q, s, axis, mean, values, names, new_inits, report):
+    """Give ``node`` a bias that cancels the mean shift of its int8 weights (calib.biascorr)."""
+    from ..calib.biascorr import bias_shift, corrected_bias
+    numpy_helper = require("onnx.numpy_helper")
+    dw = dequantize_weight(q, s, axis).astype(np.float64) - w.astype(np.float64)
+    shift = bias_shift(layer, dw, mean)
+    old = layer.bias
+    if old and old not in values:
+        report.skipped.append((old, f"bias of {node.op_type} {node.name or layer.key} is not a constant; "
+                                    "not corrected for the weight rounding"))
+        return
+    new, why = corrected_bias(layer, values[old] if old else None, shift)
+    if new is None:
+        report.skipped.append((old, f"bias of {node.op_type} {node.name or layer.key}: {why}; not corrected"))
+        return
+    b_name = names(f"{old or layer.weight + '_bias'}_corrected")
+    new_inits.append(numpy_helper.from_array(new, b_name))
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = b_name
+    report.biases[layer.key] = float(np.max(np.abs(shift))) if shift.size else 0.0
 
 
 def _copy(msg):
@@ -299,7 +358,7 @@ def _check(m):
 
 
 def insert_qdq(model, act_amax=None, *, act_scales=None, per_channel_weights=True, opset=None,
-               weight_format="int8", pools="auto", on_missing="raise", check=True):
+               weight_format="int8", pools="auto", on_missing="raise", check=True, input_means=None):
     """Return a copy of ``model`` with Q/DQ pairs placed for TensorRT.
 
     Parameters
@@ -326,6 +385,13 @@ def insert_qdq(model, act_amax=None, *, act_scales=None, per_channel_weights=Tru
         them all, or (``"skip"``) stays float and is listed in the report.
     check : bool
         Run ``onnx.checker.check_model(full_check=True)`` on the result.
+    input_means : dict of str -> ndarray, optional
+        Bias correction (:mod:`int8batch.calib.biascorr`): per Conv/Gemm
+        (keyed by its first output name), the mean input each weight tap
+        reads over the calibration data
+        (:meth:`~int8batch.calib.biascorr.MeanCollector.means`).  Those layers
+        get a new float bias that cancels the mean output shift of their int8
+        weights; the others keep theirs.
 
     Returns
     -------
@@ -334,7 +400,7 @@ def insert_qdq(model, act_amax=None, *, act_scales=None, per_channel_weights=Tru
     return insert_qdq_with_report(
         model, act_amax, act_scales=act_scales, per_channel_weights=per_channel_weights,
         opset=opset, weight_format=weight_format, pools=pools, on_missing=on_missing,
-        check=check)[0]
+        check=check, input_means=input_means)[0]
 
 
 # --------------------------------------------------------- files and caches

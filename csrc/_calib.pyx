@@ -827,9 +827,9 @@ def mse_search(const int64_t[::1] hist, int start_bin=128, int stride=8, double[
 def sum_rows(const float[:, ::1] x, double[::1] acc, int num_threads=1):
     """``acc += x.sum(axis=0)``: add the rows of ``x`` into ``acc`` in double precision.
 
-    ``x`` is ``(images, values per image)``; each thread owns a contiguous
-    range of columns and adds every row into it, so the result does not depend
-    on the thread count (each column is summed in row order).  NumPy twin:
+    ``x`` is ``(images, values per image)``; the columns are cut into tiles
+    of 1024 that the threads share out, each column is summed in row order and
+    then added to ``acc``, so the result does not depend on the thread count.  NumPy twin:
     ``acc + x.sum(axis=0, dtype=np.float64)`` (equal up to the summation order
     of NumPy's pairwise sum).
     """
@@ -839,15 +839,28 @@ def sum_rows(const float[:, ::1] x, double[::1] acc, int num_threads=1):
         raise ValueError(f"acc has {acc.shape[0]} values, x rows have {cols}")
     cdef Py_ssize_t total = rows * cols
     cdef int nt = num_threads if total >= 2 * _MIN_CHUNK else 1
-    cdef Py_ssize_t nchunks = nt if nt > 1 else 1
-    cdef Py_ssize_t step = (cols + nchunks - 1) // nchunks
-    cdef Py_ssize_t c, r, j, lo, hi
+    cdef Py_ssize_t ntiles = (cols + _SUM_TILE - 1) // _SUM_TILE
+    cdef Py_ssize_t c
     with nogil:
-        for c in prange(nchunks, num_threads=nt, schedule="static"):
-            lo = c * step
-            hi = lo + step
-            if hi > cols:
-                hi = cols
-            for r in range(rows):
-                for j in range(lo, hi):
-                    acc[j] += x[r, j]
+        for c in prange(ntiles, num_threads=nt, schedule="static"):
+            _sum_tile(x, acc, c * _SUM_TILE, min(cols, (c + 1) * _SUM_TILE))
+
+
+cdef enum:
+    _SUM_TILE = 1024
+
+
+cdef void _sum_tile(const float[:, ::1] x, double[::1] acc, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    # The tile's partial sums stay in a small local buffer (L1) while every row
+    # adds into it; the large float64 accumulator is read and written once.
+    cdef double t[_SUM_TILE]
+    cdef Py_ssize_t r, j, n = hi - lo
+    cdef const float* row
+    for j in range(n):
+        t[j] = 0.0
+    for r in range(x.shape[0]):
+        row = &x[r, lo]
+        for j in range(n):
+            t[j] += row[j]
+    for j in range(n):
+        acc[lo + j] += t[j]

@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 #: "auto" (the default): observed max for tensors whose op bounds them (ReLU6/Clip,
 #: Sigmoid, Tanh, Softmax: clipping them only loses signal), the smallest expected
-#: quantization error (MSE) for every other tensor; and the Q/DQ model leaves the
-#: rare activation that INT8 alone damages in float (see ``keep_float``).
+#: quantization error (MSE) for every other tensor, and for the network input, when
+#: the batch files hold normalized 8-bit pixels that 127 steps cover, the pixel step
+#: itself (:func:`pixel_step`: the input then quantizes exactly); the Q/DQ model
+#: leaves the rare activation that INT8 alone damages in float (see ``keep_float``).
 METHODS = ("auto",) + th.METHODS
 DEFAULT_METHOD = "auto"
 CACHE_ALGORITHM = {"minmax": "MinMaxCalibration"}  # every other method: EntropyCalibration2
@@ -75,6 +77,43 @@ def choose_amax(method, stats, bounded=None, config=None):
         amax[name] = th.compute_amax(m, s, config)
         used[name] = m
     return amax, used
+
+
+def pixel_step(manifest):
+    """Step between the values 8-bit pixels take after the pack's normalization, or None.
+
+    The packer writes ``(pixel * scale - mean_c) / std_c``.  With one ``std``
+    for every channel and every ``mean_c / scale`` a whole number, each value is
+    a whole multiple of ``scale / std``: the network input lies on that
+    lattice, and an int8 scale equal to it quantizes the input exactly.
+    """
+    pre = (manifest or {}).get("preprocess") or {}
+    try:
+        scale, mean, std = float(pre["scale"]), [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if scale <= 0 or not std or any(v != std[0] for v in std) or std[0] <= 0:
+        return None
+    if any(abs(m / scale - round(m / scale)) > 1e-9 for m in mean):
+        return None
+    return scale / std[0]
+
+
+class _LatticeCheck:
+    """Checks that every value of one tensor is a whole multiple of ``step``."""
+
+    def __init__(self, name, step):
+        self.name, self.step, self.worst = name, float(step), 0.0
+
+    def collect_many(self, arrays):
+        x = arrays.get(self.name)
+        if x is not None and self.worst <= 1e-3:
+            k = np.asarray(x, np.float64) / self.step
+            self.worst = max(self.worst, float(np.max(np.abs(k - np.rint(k)), initial=0.0)))
+
+    @property
+    def holds(self):
+        return self.worst <= 1e-3
 
 
 def _open_batches(batches):
@@ -196,15 +235,24 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             hist = HistogramCollector(num_bins, mode="fixed", ranges=maxes.ranges())
         else:
             hist = HistogramCollector(num_bins)
+        collectors = [hist]
         means = None
         if bias_correction and write_qdq and out is not None:
             means = _mean_collector(m)
-            sweep(_Tee(hist, means), "histogram")
-        else:
-            sweep(hist, "histogram")
+            collectors.append(means)
+        step = pixel_step(bs.manifest) if method == "auto" else None
+        lattice = _LatticeCheck(info.name, step) if step else None
+        if lattice is not None:
+            collectors.append(lattice)
+        sweep(_Tee(*collectors) if len(collectors) > 1 else hist, "histogram")
         runner.close()
         stats = {n: hist.stats(n) for n in names if n in hist.names()}
         amax, used = choose_amax(method, stats, bounded, config)
+        if lattice is not None and lattice.holds and info.name in stats:
+            # 127 pixel steps cover the input (at most the top level clips): quantizing it is exact
+            if stats[info.name].amax <= 128 * step * (1 + 1e-6):
+                amax[info.name], used[info.name] = 127 * step, "pixel-step"
+                log.debug("input %s: amax 127 pixel steps (%g), exact int8", info.name, 127 * step)
         result = CalibrationResult(amax, used, stats, batches=total, images=total * batch_size,
                                    inference_seconds=infer[0])
         if keep_float is None:

@@ -177,13 +177,22 @@ def tap_sums(plane, images, layer, w_shape):
     return sums, images * int(np.prod(out))
 
 
+def _pointwise(layer):
+    """True for a Gemm, or a 1x1 Conv with stride 1 and no padding: every tap reads the channel mean."""
+    if layer.op == "Gemm":
+        return True
+    flat = all(k == 1 for k in layer.kernel) and all(v == 1 for v in layer.strides)
+    return flat and layer.kernel != () and (layer.auto_pad != "NOTSET" or not any(layer.pads))
+
+
 class MeanCollector:
     """Streaming per-tap input means of every :class:`Layer` (a calibration collector).
 
-    Feed it the same ``{tensor: array}`` dicts as the histogram collector.  It
-    keeps, per input tensor, the sum over images (one float64 array of one
-    image's size, added up by the ``sum_rows`` kernel) and computes the tap
-    means in :meth:`means`.
+    Feed it the same ``{tensor: array}`` dicts as the histogram collector.  An
+    input read only by pointwise layers (Gemm, 1x1 stride-1 Conv) keeps one sum
+    per channel; any other keeps the sum over images, one float64 array of
+    one image's size (the ``sum_rows`` kernel), whose strided windows give the
+    tap sums in :meth:`means`.
     """
 
     def __init__(self, layers, weight_shapes, num_threads=None):
@@ -192,7 +201,9 @@ class MeanCollector:
         self.layers = list(layers)
         self._shapes = dict(weight_shapes)
         self._inputs = list(dict.fromkeys(ly.input for ly in self.layers))
-        self._planes = {}
+        self._per_channel = {t: all(_pointwise(ly) for ly in self.layers if ly.input == t) for t in self._inputs}
+        self._sums = {}
+        self._shape = {}
         self._images = {}
 
     def collect_many(self, arrays):
@@ -201,22 +212,34 @@ class MeanCollector:
             if x is None:
                 continue
             x = np.ascontiguousarray(x, dtype=np.float32)
-            if t not in self._planes:
-                self._planes[t], self._images[t] = np.zeros(x.shape[1:], np.float64), 0
-            plane = self._planes[t]
-            if plane.shape != x.shape[1:]:
-                raise CalibrationError(f"tensor {t!r} changed shape between batches ({('N',) + plane.shape} "
-                                       f"then {x.shape}); bias correction needs fixed input sizes")
-            sum_rows(x.reshape(x.shape[0], -1), plane.reshape(-1), self.num_threads)
+            if t not in self._sums:
+                self._shape[t], self._images[t] = x.shape[1:], 0
+                self._sums[t] = np.zeros(x.shape[1] if self._per_channel[t] and x.ndim >= 2 else x.shape[1:])
+            if self._shape[t] != x.shape[1:]:
+                raise CalibrationError(f"tensor {t!r} changed shape between batches "
+                                       f"({('N',) + tuple(self._shape[t])} then {x.shape}); bias correction "
+                                       "needs fixed input sizes")
+            if self._per_channel[t] and x.ndim >= 2:
+                self._sums[t] += x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2).sum(axis=0, dtype=np.float64)
+            else:
+                sum_rows(x.reshape(x.shape[0], -1), self._sums[t].reshape(-1), self.num_threads)
             self._images[t] += x.shape[0]
 
     def means(self):
         """``{layer key: mean array}`` (:func:`patch_sums` / count) for every layer that saw data."""
         out = {}
         for ly in self.layers:
-            if self._images.get(ly.input):
-                s, c = tap_sums(self._planes[ly.input], self._images[ly.input], ly, self._shapes[ly.weight])
-                out[ly.key] = s / c
+            t = ly.input
+            if not self._images.get(t):
+                continue
+            if self._per_channel[t] and len(self._shape[t]) >= 1:
+                positions = int(np.prod(self._shape[t][1:]))
+                sums, count = self._sums[t], self._images[t] * positions
+                if ly.op == "Conv":
+                    sums = sums.reshape((-1,) + (1,) * (len(self._shape[t]) - 1))
+            else:
+                sums, count = tap_sums(self._sums[t], self._images[t], ly, self._shapes[ly.weight])
+            out[ly.key] = sums / count
         return out
 
 

@@ -113,3 +113,69 @@ def test_errors(mnist, tmp_path):
     with pytest.raises(ModelError, match="data"):
         api.calibrate(LENET, wrong, None)
     assert main(["calibrate", LENET, "--batches", str(wrong), "--out", str(tmp_path / "x")]) == 1
+
+
+# ------------------------------------------------------------ pixel-step input scale
+def test_pixel_step_from_the_manifest_recipe():
+    def man(scale, mean, std):
+        return {"preprocess": {"scale": scale, "mean": mean, "std": std}}
+    assert api.pixel_step(man(1.0, [127.0] * 3, [128.0] * 3)) == 1 / 128      # efficientnet-lite
+    assert api.pixel_step(man(1.0, [104.0, 117.0, 123.0], [1.0])) == 1.0      # caffe: whole-number means
+    assert api.pixel_step(man(1 / 255, [0.0], [1.0])) == pytest.approx(1 / 255)  # mnist
+    assert api.pixel_step(man(1 / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])) is None  # torch
+    assert api.pixel_step(man(1.0, [127.5] * 3, [128.0] * 3)) is None        # half-pixel offset
+    assert api.pixel_step(None) is None and api.pixel_step({"preprocess": {}}) is None
+
+
+def _tiny_rgb_model(path, size):
+    from onnx import TensorProto, helper, numpy_helper
+    r = np.random.default_rng(0)
+    w = r.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                     ["N", 3, size, size])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_auto_gives_an_8bit_input_the_pixel_step_and_quantizes_it_exactly(tmp_path, deep):
+    import cv2
+    root = tmp_path / "imgs"
+    root.mkdir()
+    r = np.random.default_rng(1)
+    for i in range(8):
+        img = r.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+        if deep:  # a 16-bit PNG: pixel / 257 leaves the 8-bit lattice
+            cv2.imwrite(str(root / f"{i}.png"), img.astype(np.uint16) * 257 + 77)
+        else:
+            cv2.imwrite(str(root / f"{i}.png"), img)
+    int8batch.pack(root, tmp_path / "b", preset="efficientnet-lite", size=32, resize="direct",
+                   resize_size=(32, 32), crop="none", batch_size=4)
+    model = _tiny_rgb_model(str(tmp_path / "m.onnx"), 32)
+    res = api.calibrate(model, tmp_path / "b", tmp_path / "c")
+    with int8batch.BatchSet(tmp_path / "b") as bs:
+        x = np.ascontiguousarray(bs.images(0, 8)[0])
+    if deep:
+        assert res.methods["input"] == "mse"
+        return
+    assert res.methods["input"] == "pixel-step" and res.amax["input"] == 127 / 128
+    # the Q/DQ model's input scale is exactly 1/128: every value but pixel 255 round-trips bit for bit
+    q = onnx.load(res.paths["qdq"])
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    qnode = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"][0]
+    s = np.float32(inits[qnode.input[1]])
+    assert s == np.float32(1 / 128)
+    back = np.clip(np.rint(x / s), -128, 127) * s
+    inside = x < 1.0
+    assert inside.mean() > 0.99
+    np.testing.assert_array_equal(back[inside], x[inside])
+    assert np.all(back[~inside] == np.float32(127 / 128))
+    # other methods keep their own rule for the input
+    assert api.calibrate(model, tmp_path / "b", None, method="minmax").amax["input"] == float(np.abs(x).max())

@@ -191,6 +191,29 @@ def test_mean_collector_streams_like_one_pass_and_checks_shapes():
     assert MeanCollector([layer], {"w": w_shape}).means() == {}
 
 
+def test_mean_collector_per_channel_path_for_pointwise_layers():
+    """An input read only by 1x1 stride-1 convs and Gemms keeps channel sums; same means as the taps."""
+    r = np.random.default_rng(7)
+    x = r.normal(size=(6, 5, 4, 3)).astype(np.float32)
+    one = layer_for(conv_model((6, 5, 4, 3), np.zeros((2, 5, 1, 1), np.float32), None, kernel_shape=[1, 1]))
+    same = layer_for(conv_model((6, 5, 4, 3), np.zeros((2, 5, 1, 1), np.float32), None, kernel_shape=[1, 1],
+                                auto_pad="SAME_UPPER"))
+    gemm = Layer(key="g", op="Gemm", input="v", weight="B", bias="C", trans_b=1)
+    v = r.normal(size=(6, 7)).astype(np.float32)
+    mc = MeanCollector([one, gemm], {"w": (2, 5, 1, 1), "B": (3, 7)})
+    assert mc._per_channel == {"x": True, "v": True}
+    for part in (slice(0, 2), slice(2, 6)):
+        mc.collect_many({"x": x[part], "v": v[part]})
+    got = mc.means()
+    sums, n = patch_sums(x, one, (2, 5, 1, 1))
+    np.testing.assert_allclose(got["y"], sums / n, rtol=1e-6)
+    np.testing.assert_allclose(got["g"], v.mean(axis=0), rtol=1e-6)
+    # a strided or padded consumer of the same tensor needs the full plane
+    strided = conv_layer((1, 1), strides=(2, 2))
+    assert MeanCollector([same, strided], {"w": (2, 5, 1, 1)})._per_channel == {"x": False}
+    assert MeanCollector([same], {"w": (2, 5, 1, 1)})._per_channel == {"x": True}
+
+
 @pytest.mark.parametrize("shape", [(1, 5), (3, 1000), (7, 300001), (64, 70001)])
 def test_sum_rows_kernel_matches_numpy_for_any_thread_count(shape):
     x = np.random.default_rng(4).normal(size=shape).astype(np.float32)

@@ -36,7 +36,7 @@ CACHE_ALGORITHM = {"minmax": "MinMaxCalibration"}  # every other method: Entropy
 ACTIVATION_BUDGET = 256 << 20  # bytes of activations per ONNX Runtime call
 # keep_float="auto": an activation whose quantization ALONE changes the output by more than this
 # fraction of its energy (||y_q - y||^2 / ||y||^2, measured on SENSITIVITY_IMAGES images) stays float.
-SENSITIVITY_THRESHOLD = 1e-3
+SENSITIVITY_THRESHOLD = 2.5e-4
 SENSITIVITY_IMAGES = 4
 SENSITIVITY_MAX_KEPT = 3
 ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",

@@ -10,12 +10,20 @@ def _common(p, default_out):
     p.add_argument("--first-score-batch", type=int)
     p.add_argument("--score-batches", type=int)
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    p.add_argument("--keep-float", type=_keep, default=None, metavar="K|auto",
+                   help="activations the Q/DQ model leaves float (as int8batch calibrate --keep-float)")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="keep the model's biases in the Q/DQ model (as int8batch calibrate)")
     p.add_argument("--out", default=default_out, help=f"artefacts and reports (default ./{default_out})")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     p.add_argument("--plot", action="store_true", help="write predictions.png (needs matplotlib)")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="onnxruntime",
                    help="onnxruntime: the Q/DQ model on ONNX Runtime (default); tensorrt: FP32 and INT8 "
                         "(calibrator) engines on TensorRT 8.6-10.x; auto: tensorrt when it imports")
+
+
+def _keep(text):
+    return text if text == "auto" else int(text)
 
 
 def add_parser(sub):
@@ -76,12 +84,14 @@ def _run_sample(args, bar):
         s = MnistSettings(calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
                           batch_size=args.batch_size, score_set=args.score_set,
                           first_score_batch=args.first_score_batch, score_batches=args.score_batches,
-                          method=args.method, preset=args.preset, threads=args.threads, backend=args.backend)
+                          method=args.method, preset=args.preset, threads=args.threads, backend=args.backend,
+                          keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
         return run_mnist(s, out=args.out, progress=bar, plot=args.plot)
     from ..runner.imagenet import ImagenetSettings, run_imagenet
     s = ImagenetSettings(model=args.model, images=args.images, labels=args.labels, preset=args.preset,
                          calib_images=args.calib_images, calib_batch_size=args.calib_batch_size,
                          batch_size=args.batch_size, first_score_batch=args.first_score_batch,
                          score_batches=args.score_batches, method=args.method, seed=args.seed,
-                         skip_bad=args.skip_bad, threads=args.threads, backend=args.backend)
+                         skip_bad=args.skip_bad, threads=args.threads, backend=args.backend,
+                         keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
     return run_imagenet(s, out=args.out, progress=bar, plot=args.plot)

@@ -59,6 +59,8 @@ class ImagenetSettings:
     first_score_batch: int = None
     score_batches: int = None
     method: str = DEFAULT_METHOD
+    keep_float: object = None     # None: calibrate()'s default for the method; an int or "auto"
+    bias_correction: bool = True
     seed: int = 0
     skip_bad: bool = False
     threads: int = None
@@ -153,6 +155,7 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
                 log.warning("the scoring window overlaps the calibration images by %d images: the INT8 figures "
                             "flatter the calibration", overlap)
             result = calibrate(s.model, cal_set, out, method=s.method, batch_size=cal.batch_size,
+                               keep_float=s.keep_float, bias_correction=s.bias_correction,
                                first=cal.first, max_batches=cal.count, intra_op_threads=s.threads)
             if backend == "tensorrt":
                 scored = trt_evaluate(s.model, cal_set, cal, score, win, os.path.join(out, "tensorrt"),

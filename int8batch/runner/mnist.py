@@ -41,6 +41,8 @@ class MnistSettings:
     first_score_batch: int = None   # default 0 for test, 100 for train
     score_batches: int = None       # default all for test, 400 for train
     method: str = DEFAULT_METHOD
+    keep_float: object = None     # None: calibrate()'s default for the method; an int or "auto"
+    bias_correction: bool = True
     preset: str = "mnist"
     model: str = MODEL
     threads: int = None
@@ -76,6 +78,7 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
             cal = protocol.window(train.num_images, s.calib_batch_size, 0, s.calib_batches, "calibration")
             win = protocol.window(score.num_images, s.batch_size, first, count, "scoring")
             result = calibrate(s.model, train, out, method=s.method, batch_size=cal.batch_size,
+                               keep_float=s.keep_float, bias_correction=s.bias_correction,
                                first=cal.first, max_batches=cal.count)
             if backend == "tensorrt":
                 scored = trt_evaluate(s.model, train, cal, score, win, os.path.join(out, "tensorrt"),

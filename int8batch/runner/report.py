@@ -39,6 +39,11 @@ def verdict(result, tolerance=0.01, min_agreement=0.95):
             f"unlabelled: INT8/FP32 top-1 agreement >= {100 * min_agreement:g} %")
 
 
+def _biases(cal):
+    rep = getattr(cal, "qdq_report", None)
+    return getattr(rep, "biases", None) or {}
+
+
 def _rate(v):
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -87,7 +92,9 @@ class RunReport:
             "versions": self.versions,
             "settings": {k: v for k, v in dataclasses.asdict(self.settings).items()},
             "calibration": {"window": dataclasses.asdict(self.cal), "method": self.settings.method,
-                            "tensors": len(cal.amax), "seconds": cal.seconds, "artefacts": cal.paths},
+                            "tensors": len(cal.amax), "seconds": cal.seconds, "artefacts": cal.paths,
+                            "kept_float": list(getattr(cal, "kept_float", None) or []),
+                            "bias_corrected": sorted(_biases(cal))},
             "scoring": {"window": dataclasses.asdict(self.win), **scores,
                         "top1_agreement": r.top1_agreement, "agreed": r.agreed, "mean_softmax_kl": r.mean_kl,
                         "max_abs_output_diff": r.max_abs_diff},
@@ -108,7 +115,8 @@ class RunReport:
                  f"Calibration: {self.cal.describe()} ({self.cal.images} images), method {s.method}: "
                  f"{len(cal.amax)} tensors in {cal.seconds:.2f} s"
                  + (f"; kept float in the Q/DQ model (sensitivity pass): {', '.join(cal.kept_float)}"
-                    if getattr(cal, "kept_float", None) else ""),
+                    if getattr(cal, "kept_float", None) else "")
+                 + (f"; {len(_biases(cal))} layer biases corrected for the int8 weights" if _biases(cal) else ""),
                  f"Artefacts: {', '.join(os.path.relpath(p) for p in cal.paths.values())}", ""]
         for label, t1, t5, _, _, ms in self._scores():
             top = f"Top1: {_rate(t1)}, Top5: {_rate(t5)}" if self.labelled else "Top1/Top5: n/a (no labels)"

@@ -16,7 +16,8 @@ right after calibration, before the evaluation):
   session options as int8batch (the baseline of the time ratios);
 - ``int8batch/<method>``: ``calibrate()`` with every artefact written (cache,
   dynamic range, JSON, Q/DQ model), methods auto (default), entropy, minmax,
-  percentile, mse;
+  percentile, mse, and ``auto-no-bias-corr`` (the default without the bias
+  correction, EfficientNet only);
 - ``ort/...``: ``onnxruntime.quantization.quantize_static``, QDQ, per-channel
   QInt8 weights: MinMax with the default asymmetric QUInt8 activations and
   with symmetric QInt8 activations (``ActivationSymmetric``, TensorRT-
@@ -127,7 +128,8 @@ def _int8batch(cfg):
     from int8batch.calib.api import calibrate
     t = time.perf_counter()
     res = calibrate(cfg["model"], cfg["calib"], out=cfg["out"], method=cfg["method"],
-                    batch_size=cfg["batch_size"], max_batches=cfg["batches"], intra_op_threads=cfg.get("threads"))
+                    batch_size=cfg["batch_size"], max_batches=cfg["batches"], intra_op_threads=cfg.get("threads"),
+                    bias_correction=cfg.get("bias_correction", True))
     seconds = time.perf_counter() - t
     rec = {"seconds": seconds, "inference_seconds": res.inference_seconds, "images": res.images,
            "tensors": len(res.amax), **_peak_rss()}
@@ -400,6 +402,10 @@ def main(argv=None):
             for m in METHODS:
                 go("efficientnet", f"int8batch/{m}", n, dict(common, kind="int8batch", method=m, batches=nb,
                                                              out=os.path.join(args.work, f"eff_i8_{m}_{n}")))
+            # what the bias correction brings: the default without it
+            go("efficientnet", "int8batch/auto-no-bias-corr", n,
+               dict(common, kind="int8batch", method="auto", bias_correction=False, batches=nb,
+                    out=os.path.join(args.work, f"eff_i8_auto_nobc_{n}")))
             for o in ORT_CONFIGS:
                 if (o in ORT_HISTOGRAM and (args.skip_ort_entropy or n != ort_size)) or (args.quick and n != ort_size):
                     continue

@@ -39,6 +39,8 @@ ACTIVATION_BUDGET = 256 << 20  # bytes of activations per ONNX Runtime call
 SENSITIVITY_THRESHOLD = 2.5e-4
 SENSITIVITY_IMAGES = 4
 SENSITIVITY_MAX_KEPT = 3
+# bias correction: input means from the first calibration images only (they settle fast)
+BIAS_CORRECTION_IMAGES = 256
 ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
              "json": "calibration.json", "qdq": "model.qdq.onnx"}
 
@@ -162,7 +164,8 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         Give each Conv / Gemm of the Q/DQ model a float bias that cancels the
         mean output shift its int8 weights cause on the calibration data
         (:mod:`int8batch.calib.biascorr`; the same pass collects the input
-        means).  The cache and dynamic-range file do not change.
+        means, over the first ``BIAS_CORRECTION_IMAGES`` images).  The cache
+        and dynamic-range file do not change.
     progress : callable(done, total), optional
 
     Returns
@@ -312,7 +315,8 @@ def _mean_collector(m):
     from .biascorr import MeanCollector, layers_of
     layers = layers_of(m)
     values = G.constant_values(m)
-    return MeanCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers})
+    return MeanCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers},
+                         max_images=BIAS_CORRECTION_IMAGES)
 
 
 def _finite(v):

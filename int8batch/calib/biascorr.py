@@ -192,12 +192,14 @@ class MeanCollector:
     input read only by pointwise layers (Gemm, 1x1 stride-1 Conv) keeps one sum
     per channel; any other keeps the sum over images, one float64 array of
     one image's size (the ``sum_rows`` kernel), whose strided windows give the
-    tap sums in :meth:`means`.
+    tap sums in :meth:`means`.  With ``max_images`` it stops adding once a
+    tensor has seen that many images (means settle long before histograms do).
     """
 
-    def __init__(self, layers, weight_shapes, num_threads=None):
+    def __init__(self, layers, weight_shapes, num_threads=None, max_images=None):
         from .collector import default_num_threads
         self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
+        self.max_images = max_images
         self.layers = list(layers)
         self._shapes = dict(weight_shapes)
         self._inputs = list(dict.fromkeys(ly.input for ly in self.layers))
@@ -209,7 +211,7 @@ class MeanCollector:
     def collect_many(self, arrays):
         for t in self._inputs:
             x = arrays.get(t)
-            if x is None:
+            if x is None or (self.max_images is not None and self._images.get(t, 0) >= self.max_images):
                 continue
             x = np.ascontiguousarray(x, dtype=np.float32)
             if t not in self._sums:

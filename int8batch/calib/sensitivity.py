@@ -10,9 +10,10 @@ speed and is still deployable.
 The pass measures, for each candidate activation alone, the relative squared
 error of the model's first output against FP32, ``||y_q - y||^2 / ||y||^2``,
 on a few calibration images.  It builds ONE model in which every candidate
-``t`` is replaced by ``t + s_t * (DQ(Q(t)) - t)`` with a scalar graph input
-``s_t``; feeding a one-hot switch vector quantizes exactly one tensor, so the
-whole pass is one session and one small run per candidate.
+``t`` is replaced by ``If(s_t != 0) then DQ(Q(t)) else t`` with a scalar graph
+input ``s_t``; feeding a one-hot switch vector quantizes exactly one tensor, so
+the whole pass is one session and one small run per candidate, each costing
+about one FP32 inference (only the taken branch of an ``If`` runs).
 """
 import logging
 
@@ -44,12 +45,17 @@ def switch_model(model, amax, tensors):
         g.input.append(helper.make_tensor_value_info(sw, TensorProto.FLOAT, []))
         scale = max(float(np.float32(amax[t] / 127.0)), 1e-8)
         g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), sc))
-        q, dq, diff, part, out = (f"__sens_{k}_{s}" for s in ("q", "dq", "diff", "part", "out"))
-        new_nodes += [helper.make_node("QuantizeLinear", [t, sc, zp], [q]),
-                      helper.make_node("DequantizeLinear", [q, sc, zp], [dq]),
-                      helper.make_node("Sub", [dq, t], [diff]),
-                      helper.make_node("Mul", [diff, sw], [part]),
-                      helper.make_node("Add", [t, part], [out])]
+        cond, q, dq, same, out = (f"__sens_{k}_{s}" for s in ("cond", "q", "dq", "same", "out"))
+        # If(switch): only the chosen branch runs, so a run costs one FP32 inference plus one Q/DQ
+        quantized = helper.make_graph(
+            [helper.make_node("QuantizeLinear", [t, sc, zp], [q]),
+             helper.make_node("DequantizeLinear", [q, sc, zp], [dq])],
+            f"__sens_{k}_on", [], [helper.make_tensor_value_info(dq, TensorProto.FLOAT, None)])
+        untouched = helper.make_graph(
+            [helper.make_node("Identity", [t], [same])],
+            f"__sens_{k}_off", [], [helper.make_tensor_value_info(same, TensorProto.FLOAT, None)])
+        new_nodes += [helper.make_node("Cast", [sw], [cond], to=TensorProto.BOOL),
+                      helper.make_node("If", [cond], [out], then_branch=quantized, else_branch=untouched)]
         renamed[t] = out
     for n in g.node:
         for i, x in enumerate(n.input):

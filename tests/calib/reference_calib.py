@@ -148,3 +148,9 @@ def grow_collect(batches, nbins=2048):
         h, _ = abs_histogram(x, rng, nbins)
         hist += h
     return hist, rng
+
+
+def sum_rows(x, acc):
+    """Twin of ``_kernels_calib.sum_rows``: ``acc += x.sum(axis=0)`` in float64."""
+    acc += np.asarray(x, np.float64).sum(axis=0)
+    return acc

@@ -23,6 +23,7 @@ from int8batch.packing.sources import DATA_DIR
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "onnx"))
 import qdq_models as Q  # noqa: E402
+from reference_calib import sum_rows as ref_sum_rows  # noqa: E402
 
 F = TensorProto.FLOAT
 
@@ -189,6 +190,12 @@ def test_mean_collector_streams_like_one_pass_and_checks_shapes():
     with pytest.raises(CalibrationError, match="changed shape"):
         mc.collect_many({"x": x[:, :, :4]})
     assert MeanCollector([layer], {"w": w_shape}).means() == {}
+    # max_images: whole sub-batches until the cap is reached, then nothing more
+    capped = MeanCollector([layer], {"w": w_shape}, max_images=4)
+    for part in (x[:3], x[3:6], x[6:]):
+        capped.collect_many({"x": part})
+    sums, n = patch_sums(x[:6], layer, w_shape)
+    np.testing.assert_allclose(capped.means()["y"], sums / n, rtol=1e-6, atol=1e-7)
 
 
 def test_mean_collector_per_channel_path_for_pointwise_layers():
@@ -217,7 +224,7 @@ def test_mean_collector_per_channel_path_for_pointwise_layers():
 @pytest.mark.parametrize("shape", [(1, 5), (3, 1000), (7, 300001), (64, 70001)])
 def test_sum_rows_kernel_matches_numpy_for_any_thread_count(shape):
     x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
-    want = 1.5 + x.sum(axis=0, dtype=np.float64)
+    want = ref_sum_rows(x, np.full(shape[1], 1.5))
     outs = []
     for nt in (1, 2, 3):
         acc = np.full(shape[1], 1.5)

@@ -39,6 +39,10 @@ def verdict(result, tolerance=0.01, min_agreement=0.95):
             f"unlabelled: INT8/FP32 top-1 agreement >= {100 * min_agreement:g} %")
 
 
+#: below this many scoring images the report says how much one image moves the figures
+SMALL_SCORING_SET = 1000
+
+
 def _biases(cal):
     rep = getattr(cal, "qdq_report", None)
     return getattr(rep, "biases", None) or {}
@@ -124,7 +128,11 @@ class RunReport:
                       f"Processing {r.images} images averaged {ms:.4f} ms/image and "
                       f"{ms * self.win.batch_size:.3f} ms/batch.", ""]
         lines += [f"INT8 vs FP32: top-1 agreement {100 * r.top1_agreement:.2f} %, mean softmax KL {r.mean_kl:.2e}, "
-                  f"largest output difference {r.max_abs_diff:.3g}", ""]
+                  f"largest output difference {r.max_abs_diff:.3g}"]
+        if 0 < r.images < SMALL_SCORING_SET:
+            lines += [f"Note: {r.images} scoring images: one image moves top-1 and agreement by "
+                      f"{100 / r.images:.2g} points; score more images for a stable verdict"]
+        lines += [""]
         n = len(r.labels)
         if n and self.labelled:
             correct = sum(int(a == b) for a, b in zip(r.labels, r.int8_pred))

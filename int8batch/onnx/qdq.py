@@ -263,7 +263,7 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     g.initializer.extend(new_inits)
     _drop_unused_constants(m)
     if check:
-        _check(m)
+        _check(m, model)
     log.info("Q/DQ: %s", report.summary())
     return m, report
 
@@ -345,7 +345,7 @@ def _drop_unused_constants(m):
         g.node.extend(live)
 
 
-def _check(m):
+def _check(m, source=None):
     onnx = require("onnx")
     if m.ByteSize() >= 2 ** 31 - 2 ** 20:
         log.warning("model over 2 GB: onnx.checker skipped")
@@ -353,6 +353,13 @@ def _check(m):
     try:
         onnx.checker.check_model(m, full_check=True)
     except Exception as exc:
+        if source is not None:
+            try:
+                onnx.checker.check_model(G.load_model(source), full_check=True)
+            except Exception as own:
+                log.warning("the input model itself fails onnx.checker (%s), so the Q/DQ model is not "
+                            "checked either; ONNX Runtime and TensorRT may still load both", own)
+                return
         raise ModelError(f"the Q/DQ model fails onnx.checker ({exc}); this is an int8batch bug, "
                          "please report it with the model") from exc
 

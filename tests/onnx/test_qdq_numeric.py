@@ -176,3 +176,18 @@ def test_qdq_from_cache(tmp_path):
     qdq_from_cache(src, tmp_path / "z.cache", tmp_path / "z.onnx")
     assert Q.qdq_summary(onnx.load(tmp_path / "z.onnx"))["x"]["scale"] == np.float32(MIN_SCALE)
     del cache
+
+
+def test_an_input_model_that_fails_the_checker_is_not_blamed_on_int8batch(caplog):
+    from onnx import TensorProto, helper
+    m = Q.conv_relu_conv()
+    out = m.graph.output[0]
+    out.CopyFrom(helper.make_tensor_value_info(out.name, TensorProto.FLOAT, None))  # no shape: full_check fails
+    with pytest.raises(Exception):
+        onnx.checker.check_model(m, full_check=True)
+    amax, _ = Q.fp32_amax(m, Q.input_of(m))
+    qm = insert_qdq(m, amax)
+    assert any("input model itself fails onnx.checker" in r.getMessage() for r in caplog.records)
+    x = Q.input_of(m)
+    y, yq = ort_run(m, x), ort_run(qm, x)
+    assert np.abs(yq - y).max() < 0.05 * np.abs(y).max()

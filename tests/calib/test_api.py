@@ -17,13 +17,6 @@ from int8batch.packing.sources import DATA_DIR
 LENET = os.path.join(DATA_DIR, "lenet.onnx")
 
 
-@pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mnist") / "b"
-    int8batch.pack("mnist", out, batch_size=50, limit=300)
-    return out
-
-
 def _all_outputs(model_path, names, data):
     """Independent reference: every named tensor as a graph output, one plain ORT session."""
     m = onnx.load(model_path)

@@ -291,13 +291,6 @@ def test_non_constant_bias_is_reported_not_corrected():
 LENET = os.path.join(DATA_DIR, "lenet.onnx")
 
 
-@pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mnist") / "b"
-    int8batch.pack("mnist", out, batch_size=50, limit=200)
-    return out
-
-
 def test_calibrate_corrects_every_conv_and_gemm_bias_by_the_reference_shift(mnist, tmp_path):
     on = api.calibrate(LENET, mnist, tmp_path / "on", method="minmax", batch_size=50, max_batches=4)
     off = api.calibrate(LENET, mnist, tmp_path / "off", method="minmax", batch_size=50, max_batches=4,

@@ -330,13 +330,15 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
     paths = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
     algorithm = cache_algorithm or CACHE_ALGORITHM.get(method, "EntropyCalibration2")
     cache_io.write_trt_cache(paths["cache"], result.amax, trt_version, algorithm)
-    cache_io.write_dynamic_range(paths["dynamic_range"], result.amax)
+    # TensorRT's sampleINT8API splits a dynamic-range line at its first ':', so a tensor named
+    # like "conv:0" (TensorFlow exports) cannot go in that file; the cache and Q/DQ model keep it
+    dr_skipped = cache_io.write_dynamic_range(paths["dynamic_range"], result.amax, skip_colon_names=True)
     entries = {n: cache_io.calibration_entry(result.stats[n], a, result.methods[n]) for n, a in result.amax.items()}
     meta = {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
             "batches_folder": os.path.abspath(bs.folder), "batch_size": batch_size, "first_batch": first,
             "batches": result.batches, "images": result.images, "method": method,
             "trt_version": str(trt_version), "cache_algorithm": algorithm,
-            "qdq_kept_float": list(result.kept_float)}
+            "qdq_kept_float": list(result.kept_float), "dynamic_range_left_out": list(dr_skipped)}
     report = None
     if write_qdq:
         act = {k: v for k, v in result.amax.items() if k not in set(result.kept_float)}

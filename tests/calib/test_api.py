@@ -172,3 +172,33 @@ def test_auto_gives_an_8bit_input_the_pixel_step_and_quantizes_it_exactly(tmp_pa
     assert np.all(back[~inside] == np.float32(127 / 128))
     # other methods keep their own rule for the input
     assert api.calibrate(model, tmp_path / "b", None, method="minmax").amax["input"] == float(np.abs(x).max())
+
+
+def test_tensor_names_with_colons_calibrate_and_stay_out_of_the_dynamic_range_file(tmp_path, caplog):
+    """TensorFlow exports name tensors like 'conv:0'; sampleINT8API's range file cannot hold them."""
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.random.default_rng(2).normal(size=(4, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["data", "w"], ["conv:0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv:0"], ["relu:0"]),
+             helper.make_node("Conv", ["relu:0", "w2"], ["y"])]
+    w2 = np.random.default_rng(3).normal(size=(2, 4, 1, 1)).astype(np.float32)
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 28, 28])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w2, "w2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / "tf.onnx")
+    onnx.save(m, path)
+    batches = tmp_path / "b"
+    int8batch.pack("mnist", batches, batch_size=50, limit=100)
+    res = api.calibrate(path, batches, tmp_path / "c", method="minmax")
+    assert {"conv:0", "relu:0", "data", "y"} <= set(res.amax)
+    dr = read_dynamic_range(res.paths["dynamic_range"])
+    assert "relu:0" not in dr and "conv:0" not in dr and dr["data"] == pytest.approx(res.amax["data"])
+    cache = read_trt_cache(res.paths["cache"])
+    assert cache.scales["relu:0"] == np.float32(res.amax["relu:0"] / 127)
+    meta = json.loads(open(res.paths["json"]).read())["metadata"]
+    assert sorted(meta["dynamic_range_left_out"]) == ["conv:0", "relu:0"]
+    q = onnx.load(res.paths["qdq"])
+    assert any(n.op_type == "QuantizeLinear" and n.input[0] == "relu:0" for n in q.graph.node)
+    assert any("':' in the name" in r.getMessage() for r in caplog.records)

@@ -43,6 +43,8 @@ SENSITIVITY_MAX_KEPT = 3
 BIAS_CORRECTION_IMAGES = 256
 ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
              "json": "calibration.json", "qdq": "model.qdq.onnx"}
+# with bias correction: the FP32 model with int8-grid weights and corrected biases (int8batch.onnx.snap)
+CORRECTED_MODEL = "model.corrected.onnx"
 
 
 @dataclass
@@ -352,4 +354,9 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
         result.qdq_report = report
     else:
         del paths["qdq"]
+    if write_qdq and input_means:
+        # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
+        from ..onnx.snap import snap_weights
+        paths["corrected"] = os.path.join(out, CORRECTED_MODEL)
+        qdq.save_model_atomic(snap_weights(m, input_means, per_channel)[0], paths["corrected"])
     result.paths = paths

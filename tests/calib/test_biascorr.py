@@ -343,3 +343,45 @@ def test_cli_no_bias_correction(mnist, tmp_path):
                  "--max-batches", "2", "--no-bias-correction", "-q"]) == 0
     meta = json.loads(open(tmp_path / "c" / "calibration.json").read())["metadata"]
     assert meta["qdq_bias_corrected"] == []
+
+
+def test_corrected_fp32_model_carries_the_q_dq_weights_and_biases_for_tensorrt_10(mnist, tmp_path):
+    """model.corrected.onnx: TensorRT 10's own weight rule (per channel, max|W| / 127) must give back
+    exactly the Q/DQ model's int8 weights, and its biases must be the corrected ones."""
+    res = api.calibrate(LENET, mnist, tmp_path / "c", method="minmax", batch_size=50, max_batches=4)
+    fixed = onnx.load(res.paths["corrected"])
+    q = onnx.load(res.paths["qdq"])
+    fp = onnx.load(LENET)
+    assert [n.op_type for n in fixed.graph.node] == [n.op_type for n in fp.graph.node]  # graph untouched
+    fv = {t.name: numpy_helper.to_array(t) for t in fixed.graph.initializer}
+    qv = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    qdq_of = {n.output[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in qv}
+    q_nodes = {n.output[0]: n for n in q.graph.node if n.op_type in ("Conv", "Gemm")}
+    for n in fixed.graph.node:
+        if n.op_type not in ("Conv", "Gemm"):
+            continue
+        w = fv[n.input[1]]
+        qn = q_nodes[n.output[0]]
+        dq = qdq_of[qn.input[1]]
+        q8, scale = qv[dq.input[0]], qv[dq.input[1]]
+        axis = 0 if n.op_type == "Conv" or any(a.name == "transB" and a.i for a in n.attribute) else 1
+        # TensorRT's implicit-INT8 weight quantization, done independently in NumPy
+        moved = np.moveaxis(w.astype(np.float64), axis, 0)
+        trt_scale = np.abs(moved).reshape(moved.shape[0], -1).max(axis=1) / 127
+        np.testing.assert_allclose(trt_scale, scale.astype(np.float64), rtol=1e-6)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        np.testing.assert_array_equal(np.rint(w / trt_scale.reshape(shape)).astype(np.int8), q8)
+        np.testing.assert_array_equal(fv[n.input[2]], qv[qn.input[2]])      # the corrected bias
+        assert not np.array_equal(fv[n.input[2]], {t.name: numpy_helper.to_array(t)
+                                                   for t in fp.graph.initializer}[n.input[2].replace(
+                                                       "_corrected", "")])
+    # activations quantized alike, the two models compute the same thing
+    with int8batch.BatchSet(mnist) as bs:
+        data = np.ascontiguousarray(bs.images(0, 100)[0])
+    again = insert_qdq_with_report(fixed, res.amax, on_missing="skip")[0]
+    np.testing.assert_allclose(run(again, data, "data"), run(q, data, "data"), rtol=1e-5, atol=1e-5)
+    # without bias correction there is nothing to carry: no such artefact
+    off = api.calibrate(LENET, mnist, tmp_path / "off", method="minmax", batch_size=50, max_batches=2,
+                        bias_correction=False)
+    assert "corrected" not in off.paths and not (tmp_path / "off" / "model.corrected.onnx").exists()

@@ -341,7 +341,6 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
             "batches": result.batches, "images": result.images, "method": method,
             "trt_version": str(trt_version), "cache_algorithm": algorithm,
             "qdq_kept_float": list(result.kept_float), "dynamic_range_left_out": list(dr_skipped)}
-    report = None
     if write_qdq:
         act = {k: v for k, v in result.amax.items() if k not in set(result.kept_float)}
         qmodel, report = qdq.insert_qdq_with_report(m, act, per_channel_weights=per_channel,
@@ -349,14 +348,14 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
                                                     input_means=input_means)
         meta["qdq_bias_corrected"] = sorted(report.biases)
     cache_io.write_calibration_json(paths["json"], entries, meta)
-    if write_qdq:
+    if not write_qdq:
+        del paths["qdq"]
+    else:
         qdq.save_model_atomic(qmodel, paths["qdq"])
         result.qdq_report = report
-    else:
-        del paths["qdq"]
-    if write_qdq and input_means:
-        # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
-        from ..onnx.snap import snap_weights
-        paths["corrected"] = os.path.join(out, CORRECTED_MODEL)
-        qdq.save_model_atomic(snap_weights(m, input_means, per_channel)[0], paths["corrected"])
+        if input_means:
+            # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
+            from ..onnx.snap import snap_weights
+            paths["corrected"] = os.path.join(out, CORRECTED_MODEL)
+            qdq.save_model_atomic(snap_weights(m, input_means, per_channel)[0], paths["corrected"])
     result.paths = paths

@@ -25,7 +25,6 @@ stride, dilation, padding, auto_pad, 1-3 spatial dimensions) and ``Gemm`` with a
 constant ``B``; ``MatMul`` and ``ConvTranspose`` are left as they are.
 """
 import itertools
-import logging
 import math
 from dataclasses import dataclass
 
@@ -35,16 +34,15 @@ from .._kernels_calib import sum_rows
 from ..errors import CalibrationError
 from ..onnx import graph as G
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Layer:
     """A layer whose bias can absorb the weight rounding shift.
 
     ``key`` is the node's first output name (unique in a graph); ``kernel``,
-    ``strides``, ``dilations`` and ``pads`` (begin..., end...) describe a
-    Conv; ``trans_a`` / ``trans_b`` / ``alpha`` / ``beta`` a Gemm.
+    ``strides``, ``dilations``, ``pads`` (begin..., end...) and ``auto_pad``
+    describe a Conv; ``trans_b`` / ``alpha`` / ``beta`` a Gemm (``transA`` Gemms
+    are not handled).
     """
 
     key: str
@@ -202,26 +200,26 @@ class MeanCollector:
         self.max_images = max_images
         self.layers = list(layers)
         self._shapes = dict(weight_shapes)
-        self._inputs = list(dict.fromkeys(ly.input for ly in self.layers))
-        self._per_channel = {t: all(_pointwise(ly) for ly in self.layers if ly.input == t) for t in self._inputs}
+        inputs = dict.fromkeys(ly.input for ly in self.layers)
+        self._per_channel = {t: all(_pointwise(ly) for ly in self.layers if ly.input == t) for t in inputs}
         self._sums = {}
         self._shape = {}
         self._images = {}
 
     def collect_many(self, arrays):
-        for t in self._inputs:
-            x = arrays.get(t)
-            if x is None or (self.max_images is not None and self._images.get(t, 0) >= self.max_images):
+        for t, x in arrays.items():
+            if t not in self._per_channel or (self.max_images is not None
+                                              and self._images.get(t, 0) >= self.max_images):
                 continue
             x = np.ascontiguousarray(x, dtype=np.float32)
             if t not in self._sums:
                 self._shape[t], self._images[t] = x.shape[1:], 0
-                self._sums[t] = np.zeros(x.shape[1] if self._per_channel[t] and x.ndim >= 2 else x.shape[1:])
+                self._sums[t] = np.zeros(x.shape[1] if self._per_channel[t] else x.shape[1:])
             if self._shape[t] != x.shape[1:]:
                 raise CalibrationError(f"tensor {t!r} changed shape between batches "
                                        f"({('N',) + tuple(self._shape[t])} then {x.shape}); bias correction "
                                        "needs fixed input sizes")
-            if self._per_channel[t] and x.ndim >= 2:
+            if self._per_channel[t]:
                 self._sums[t] += x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2).sum(axis=0, dtype=np.float64)
             else:
                 sum_rows(x.reshape(x.shape[0], -1), self._sums[t].reshape(-1), self.num_threads)
@@ -234,7 +232,7 @@ class MeanCollector:
             t = ly.input
             if not self._images.get(t):
                 continue
-            if self._per_channel[t] and len(self._shape[t]) >= 1:
+            if self._per_channel[t]:
                 positions = int(np.prod(self._shape[t][1:]))
                 sums, count = self._sums[t], self._images[t] * positions
                 if ly.op == "Conv":

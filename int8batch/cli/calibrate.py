@@ -1,7 +1,7 @@
 """Compute INT8 scales from batch files: TensorRT cache, dynamic ranges, Q/DQ ONNX model."""
 import logging
 
-from .options import ProgressBar, log_level
+from .options import ProgressBar, keep_float_value, log_level
 
 log = logging.getLogger("int8batch")
 
@@ -33,7 +33,7 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--algorithm", choices=("entropy2", "entropy", "minmax", "legacy"), default="entropy2",
                    help="tensorrt backend: TensorRT calibrator (default entropy2)")
     p.add_argument("--no-qdq", action="store_true", help="do not write the Q/DQ model")
-    p.add_argument("--keep-float", type=_keep, default=None, metavar="K|auto",
+    p.add_argument("--keep-float", type=keep_float_value, default=None, metavar="K|auto",
                    help="activations left without Q/DQ (TensorRT runs their consumers in higher precision), "
                         "chosen by a one-at-a-time sensitivity pass: K most sensitive, or auto: those whose "
                         "quantization alone costs > 0.025%% of the output energy (default for --method auto; "
@@ -44,10 +44,6 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--report", action="store_true", help="also write report.png (needs matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
-
-
-def _keep(text):
-    return text if text == "auto" else int(text)
 
 
 def _backend(choice):

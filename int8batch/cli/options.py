@@ -17,6 +17,11 @@ def _size(text):
     return vals[0] if len(vals) == 1 else vals
 
 
+def keep_float_value(text):
+    """``--keep-float``: a count, or ``auto``."""
+    return text if text == "auto" else int(text)
+
+
 def add_preprocess_options(parser):
     """Preprocessing options; each overrides the preset's value when given."""
     g = parser.add_argument_group("preprocessing (each overrides the preset)")

@@ -2,7 +2,7 @@
 import logging
 import sys
 
-from .options import ProgressBar, log_level
+from .options import ProgressBar, keep_float_value, log_level
 
 
 def _common(p, default_out):
@@ -10,7 +10,7 @@ def _common(p, default_out):
     p.add_argument("--first-score-batch", type=int)
     p.add_argument("--score-batches", type=int)
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
-    p.add_argument("--keep-float", type=_keep, default=None, metavar="K|auto",
+    p.add_argument("--keep-float", type=keep_float_value, default=None, metavar="K|auto",
                    help="activations the Q/DQ model leaves float (as int8batch calibrate --keep-float)")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the model's biases in the Q/DQ model (as int8batch calibrate)")
@@ -20,10 +20,6 @@ def _common(p, default_out):
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="onnxruntime",
                    help="onnxruntime: the Q/DQ model on ONNX Runtime (default); tensorrt: FP32 and INT8 "
                         "(calibrator) engines on TensorRT 8.6-10.x; auto: tensorrt when it imports")
-
-
-def _keep(text):
-    return text if text == "auto" else int(text)
 
 
 def add_parser(sub):

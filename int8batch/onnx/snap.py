@@ -7,17 +7,18 @@ lives in the float bias, so to give TensorRT 10 the same benefit the Q/DQ
 model has, this writes an FP32 model whose weights are already
 ``s * round(W / s)`` (the values their int8 copies stand for; each channel's
 largest weight stays ``127 s``, so TensorRT finds the same scale and the same
-int8 values) and whose Conv/Gemm biases are the corrected ones.  Graph,
-tensor names and opset are untouched, so the calibration cache applies as is.
+int8 values) and whose Conv/Gemm biases are the corrected ones.
+
+It is the weights-only Q/DQ model of :func:`~int8batch.onnx.qdq.insert_qdq`
+(no activation quantized) with every weight ``DequantizeLinear`` folded back
+into a float initializer, so both artefacts share one quantization rule.
+Tensor names are kept, so the calibration cache applies as is.
 """
 import logging
 
-import numpy as np
-
 from .._optional import require
 from . import graph as G
-from .placement import plan_qdq
-from .qdq import QdqReport, _correct_bias, _drop_unused_constants, _Names, dequantize_weight, quantize_weight
+from .qdq import _copy, _drop_unused_constants, dequantize_weight, insert_qdq_with_report
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def snap_weights(model, input_means=None, per_channel_weights=True):
     Parameters
     ----------
     model : str, PathLike or onnx.ModelProto
-        The FP32 model; it is not modified.
+        The FP32 model; it is not modified (opsets below 13 are raised to 13,
+        as for the Q/DQ model).
     input_means : dict, optional
         Per-layer input means (:meth:`~int8batch.calib.biascorr.MeanCollector.means`);
         without them the weights are snapped and the biases kept.
@@ -37,36 +39,22 @@ def snap_weights(model, input_means=None, per_channel_weights=True):
 
     The report lists the snapped weights (``weights``) and corrected layers (``biases``).
     """
-    onnx = require("onnx")
     numpy_helper = require("onnx.numpy_helper")
-    src = G.load_model(model)
-    m = onnx.ModelProto()
-    m.CopyFrom(src)
-    nodes = list(m.graph.node)
-    _, weights, _, _ = plan_qdq(m)
-    layers = {}
-    if input_means:
-        from ..calib.biascorr import layers_of
-        layers = {ly.key: ly for ly in layers_of(m, weights) if ly.key in input_means}
-    values = G.constant_values(m)
-    names, new_inits, report = _Names(m), [], QdqReport()
-    done = {}
-    for i, k, axis in weights:
-        w_name = nodes[i].input[k]
-        axis = axis if per_channel_weights else None
-        w = values[w_name]
-        if (w_name, axis) not in done:
-            q, s = quantize_weight(w, axis)
-            snapped = names(f"{w_name}_int8grid")
-            new_inits.append(numpy_helper.from_array(dequantize_weight(q, s, axis).astype(w.dtype), snapped))
-            done[(w_name, axis)] = (snapped, q, s)
-            report.weights[w_name] = axis
-        snapped, q, s = done[(w_name, axis)]
-        nodes[i].input[k] = snapped
-        layer = layers.get(nodes[i].output[0]) if k == 1 else None
-        if layer is not None:
-            _correct_bias(nodes[i], layer, w, q, s, axis, input_means[layer.key], values, names, new_inits, report)
-    m.graph.initializer.extend(new_inits)
+    m, report = insert_qdq_with_report(model, {}, per_channel_weights=per_channel_weights, on_missing="skip",
+                                       input_means=input_means, check=False)
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes, folded = [], []
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:   # a weight: back to float
+            q, s = (numpy_helper.to_array(inits[x]) for x in n.input[:2])
+            axis = G.node_attr(n, "axis", 1) if s.ndim else None
+            folded.append(numpy_helper.from_array(dequantize_weight(q, s, axis).astype(s.dtype), n.output[0]))
+        else:
+            nodes.append(_copy(n))
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(folded)
     _drop_unused_constants(m)
     log.info("snapped %d weights to the int8 grid, corrected %d biases", len(report.weights), len(report.biases))
     return m, report

@@ -615,7 +615,7 @@ cdef Py_ssize_t _pick_first_min(const double[::1] vals) noexcept nogil:
 cdef void _kl_divergences(const int64_t[::1] hist, Py_ssize_t num_levels, Py_ssize_t start_bin,
                           int64_t[::1] cum, int64_t[::1] cnz, double[::1] chl,
                           double[::1] out) noexcept nogil:
-    # out[k] = KL(P || Q) for candidate i = start_bin + k (see kl_search).
+    # out[k] = KL(P || Q) for candidate i = start_bin + k, i up to nbins inclusive (see kl_search).
     cdef Py_ssize_t nbins = hist.shape[0], j, i, g, b0, b1, nz
     cdef int64_t h, total, outl, last, grp, pg
     cdef double s, plogp, cross, kl
@@ -629,7 +629,7 @@ cdef void _kl_divergences(const int64_t[::1] hist, Py_ssize_t num_levels, Py_ssi
         chl[j + 1] = chl[j] + (h * log(<double>h) if h > 0 else 0.0)
     total = cum[nbins]
     s = <double>total
-    for i in range(start_bin, nbins):
+    for i in range(start_bin, nbins + 1):
         outl = total - cum[i]
         if cum[i] == 0:
             out[i - start_bin] = INFINITY
@@ -662,30 +662,33 @@ cdef void _kl_divergences(const int64_t[::1] hist, Py_ssize_t num_levels, Py_ssi
 
 
 def kl_search(const int64_t[::1] hist, int num_levels=128, int start_bin=128, double[::1] out=None):
-    """TensorRT/GTC-2017 entropy calibration: the KL-optimal number of bins.
+    """The KL-optimal number of bins of TensorRT's entropy calibration.
 
-    Variant implemented (GTC 2017 S7310 as published, see the reference notes
-    section 4.1; choices where the slides are silent are marked *):
+    The search as TensorRT's ``IInt8EntropyCalibrator2`` runs it, established
+    from values TensorRT wrote (the sampleINT8 README caches, reference notes
+    4.2b; choices no published value decides are marked *):
 
-    * candidates ``i = start_bin .. nbins - 1`` (``range(128, 2048)``: the
-      full-range candidate ``i = nbins`` is not tried, as in the slides);
+    * candidates ``i = start_bin .. nbins`` **inclusive**: the full-range
+      candidate ``i = nbins`` is tried (TensorRT's ``prob`` entry is bin 2048
+      of 2048, half a bin above the observed max);
     * reference ``P = hist[:i]`` with the outlier mass ``sum(hist[i:])`` added
-      to ``P[i-1]``; bin 0 is kept as it is (no zero-spike discount);
+      to ``P[i-1]`` (the zero-bin discount ``hist[0] = hist[1]`` is the
+      caller's job: :func:`int8batch.calib.thresholds.amax_entropy`);
     * candidate ``Q``: ``hist[:i]`` **without** the outliers, merged into
       ``num_levels`` groups, bin ``j`` going to group ``floor(j * L / i)`` (*
       equal groups when ``i`` is a multiple of ``L``, otherwise sizes differ by
       at most one bin, spread evenly); each group's total is spread evenly over
-      the group's bins where ``P`` is non-zero (* ``P`` includes the folded
-      outliers, as in MXNet); bins where ``P`` is zero stay zero;
+      the group's bins where ``P`` is non-zero; bins where ``P`` is zero stay
+      zero;
     * ``KL(P || Q)`` of the normalised distributions, natural log, **no
       smoothing** (* a candidate whose ``Q`` is zero where ``P`` is not gets
       +inf, i.e. it is never chosen);
     * the smallest ``i`` with minimal divergence wins (* ties within
       ``TIE_RTOL * |min| + TIE_ATOL``).
 
-    The threshold is then ``(i + 0.5) * bin_width`` (the slides' rule; the
-    caller does that).  Cost: O(nbins) prefix sums, then O(num_levels) per
-    candidate (one log per non-empty group), not O(nbins) per candidate.
+    The threshold is then ``(i + 0.5) * bin_width`` (the caller does that).
+    Cost: O(nbins) prefix sums, then O(num_levels) per candidate (one log per
+    non-empty group), not O(nbins) per candidate.
 
     Parameters
     ----------
@@ -695,26 +698,25 @@ def kl_search(const int64_t[::1] hist, int num_levels=128, int start_bin=128, do
         Quantization levels (128 for int8).
     start_bin : int
         First candidate; ``num_levels <= start_bin``.
-    out : float64 array, shape (nbins - start_bin,), optional
+    out : float64 array, shape (nbins - start_bin + 1,), optional
         Receives the divergence of every candidate (+inf where undefined).
 
     Returns
     -------
     int
-        The chosen ``i``, or -1 when there is no candidate (``nbins <=
-        start_bin``) or every divergence is infinite (all mass in bin ``nbins-1``
-        or above, or an empty histogram).
+        The chosen ``i``, or -1 when there is no candidate (``nbins <
+        start_bin``) or every divergence is infinite (an empty histogram).
     """
     cdef Py_ssize_t nbins = hist.shape[0]
     if num_levels < 1:
         raise ValueError(f"num_levels must be >= 1, got {num_levels}")
     if start_bin < num_levels:
         raise ValueError(f"start_bin ({start_bin}) must be >= num_levels ({num_levels})")
-    cdef Py_ssize_t ncand = nbins - start_bin if nbins > start_bin else 0
+    cdef Py_ssize_t ncand = nbins - start_bin + 1 if nbins >= start_bin else 0
     if out is None:
         out = np.empty(ncand, dtype=np.float64)
     elif out.shape[0] != ncand:
-        raise ValueError(f"out must have nbins - start_bin = {ncand} elements, got {out.shape[0]}")
+        raise ValueError(f"out must have nbins - start_bin + 1 = {ncand} elements, got {out.shape[0]}")
     if ncand == 0:
         return -1
     if np.asarray(hist).min() < 0:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CalibrationError, ConfigError
 from ..reader import BatchSet
+from ..trt import vocab
 from . import cache as cache_io
 from . import thresholds as th
 from .collector import HistogramCollector, MaxCollector
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 #: leaves the rare activation that INT8 alone damages in float (see ``keep_float``).
 METHODS = ("auto",) + th.METHODS
 DEFAULT_METHOD = "auto"
-CACHE_ALGORITHM = {"minmax": "MinMaxCalibration"}  # every other method: EntropyCalibration2
+# the TensorRT calibrator whose cache header a method's scales are written under (vocab names)
+CACHE_ALGORITHM = {"minmax": "minmax"}  # every other method: entropy2
 ACTIVATION_BUDGET = 256 << 20  # bytes of activations per ONNX Runtime call
 # keep_float="auto": an activation whose quantization ALONE changes the output by more than this
 # fraction of its energy (||y_q - y||^2 / ||y||^2, measured on SENSITIVITY_IMAGES images) stays float.
@@ -61,11 +63,17 @@ class CalibrationResult:
     inference_seconds: float = 0.0
     qdq_report: object = None
     kept_float: list = field(default_factory=list)
+    cache_header: str = ""
+    notes: list = field(default_factory=list)
 
     def summary(self):
         written = ", ".join(f"{k}: {v}" for k, v in self.paths.items())
-        return (f"calibrated {len(self.amax)} tensors on {self.batches} batches ({self.images} images) in "
-                f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime); wrote {written}")
+        lines = [f"calibrated {len(self.amax)} tensors on {self.batches} batches ({self.images} images) in "
+                 f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime); wrote {written}"]
+        if self.cache_header:
+            lines.append(f"cache header: {self.cache_header}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
 
 
 def choose_amax(method, stats, bounded=None, config=None):
@@ -125,7 +133,7 @@ def _open_batches(batches):
 
 
 def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, first=0, max_batches=None,
-              two_pass=False, num_bins=2048, percentile=None, trt_version=cache_io.DEFAULT_TRT_VERSION,
+              two_pass=False, num_bins=2048, percentile=None, trt_version=None,
               cache_algorithm=None, providers=None, intra_op_threads=None, write_qdq=True,
               per_channel_weights=True, keep_float=None, bias_correction=True, progress=None):
     """Compute INT8 scales for ``model`` from batch files and write the artefacts.
@@ -150,8 +158,11 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
     num_bins, percentile :
         Histogram resolution and the percentile of ``method="percentile"``.
     trt_version, cache_algorithm :
-        Header of the TensorRT cache (default algorithm: MinMaxCalibration for
-        minmax, EntropyCalibration2 otherwise).
+        Header of the TensorRT cache: the TensorRT version that will read it
+        (None: the installed TensorRT, else the vocabulary's default, with a
+        note in the result) and the calibrator whose header it carries (None:
+        ``minmax`` for method minmax, ``entropy2`` otherwise; short or header
+        names, see :mod:`int8batch.trt.vocab`).
     keep_float : int, "auto" or None
         Activations left without Q/DQ in the Q/DQ model, so TensorRT runs their
         consumers in higher precision (the cache and dynamic-range file still
@@ -225,6 +236,16 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
 
         measured = [False]
 
+        def _first_batch_ranges():
+            # TensorRT's histogram range starts at the first calibration batch's max.  A model
+            # that runs a batch in one call sets it itself; a sub-batched one needs that batch's
+            # maxima first (one extra inference of one batch).
+            if not dynamic:
+                return None
+            maxes = MaxCollector()
+            run_chunks(next(iter(bs.batches(batch_size, first, 1))).data, maxes)
+            return maxes.ranges()
+
         def sweep(collector, label):
             if dynamic and not measured[0]:
                 chunk[0] = 1  # the first image measures the activation size
@@ -238,6 +259,8 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             maxes = MaxCollector()
             sweep(maxes, "max")
             hist = HistogramCollector(num_bins, mode="fixed", ranges=maxes.ranges())
+        elif method == "entropy":
+            hist = HistogramCollector(num_bins, mode="trt", ranges=_first_batch_ranges())
         else:
             hist = HistogramCollector(num_bins)
         collectors = [hist]
@@ -330,8 +353,10 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
     from ..onnx import qdq
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
-    algorithm = cache_algorithm or CACHE_ALGORITHM.get(method, "EntropyCalibration2")
-    cache_io.write_trt_cache(paths["cache"], result.amax, trt_version, algorithm)
+    header, source = vocab.choose_header(trt_version, cache_algorithm or CACHE_ALGORITHM.get(method, "entropy2"))
+    result.cache_header = str(header)
+    result.notes += vocab.header_advice(header, source)
+    cache_io.write_trt_cache(paths["cache"], result.amax, header.number, header.algorithm)
     # TensorRT's sampleINT8API splits a dynamic-range line at its first ':', so a tensor named
     # like "conv:0" (TensorFlow exports) cannot go in that file; the cache and Q/DQ model keep it
     dr_skipped = cache_io.write_dynamic_range(paths["dynamic_range"], result.amax, skip_colon_names=True)
@@ -339,7 +364,8 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
     meta = {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
             "batches_folder": os.path.abspath(bs.folder), "batch_size": batch_size, "first_batch": first,
             "batches": result.batches, "images": result.images, "method": method,
-            "trt_version": str(trt_version), "cache_algorithm": algorithm,
+            "cache_header": str(header), "trt_version": ".".join(map(str, header.version)),
+            "trt_version_source": source, "cache_algorithm": header.algorithm,
             "qdq_kept_float": list(result.kept_float), "dynamic_range_left_out": list(dr_skipped)}
     if write_qdq:
         act = {k: v for k, v in result.amax.items() if k not in set(result.kept_float)}

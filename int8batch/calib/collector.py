@@ -29,6 +29,20 @@ order of the batches or how the data was split into batches**, and
 saw both streams.  The price is resolution: the data max lies in the upper half
 of the range, so it spans between ``num_bins/2`` and ``num_bins`` bins.
 
+``mode="trt"`` is the rule TensorRT's entropy calibrators follow: the first
+batch's max ``|x|`` **itself** is the initial ``hist_max`` (so the data spans
+all bins), and a later batch with a larger max doubles the range (merging
+pairs of bins) until it covers it; a value equal to ``hist_max`` goes into the
+last bin.  TensorRT's documentation says the range grows "by a power of two"
+as larger values arrive, and the cache values TensorRT published for its MNIST
+sample are reproduced bit for bit with the first batch's max as the range
+(reference notes 4.2b); the power-of-two ranges of ``"grow"`` give other
+values.  The first batch is the first *calibration* batch: when a model runs
+one calibration batch in several sub-batches, pass that batch's maxima as
+``ranges`` (the initial ``hist_max`` per tensor; tensors without one take the
+first data they see).  The result depends on which batch comes first, as
+TensorRT's does.
+
 ``mode="fixed"`` uses a given ``hist_max`` per tensor (for instance the exact
 maxima of a first pass with :class:`MaxCollector`), so the data spans all bins.
 Values with ``|x|`` at or above a fixed ``hist_max`` are counted in the last bin
@@ -54,7 +68,7 @@ from ..errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("grow", "fixed")
+MODES = ("grow", "trt", "fixed")
 
 
 def default_num_threads() -> int:
@@ -165,10 +179,10 @@ class _State:
         self.over += over
         self.count += count
 
-    def grow_to(self, m):
-        """Double ``hist_max`` (merging pairs of bins) until it is > m."""
+    def grow_to(self, m, strict=True):
+        """Double ``hist_max`` (merging pairs of bins) until it is > m (``strict``) or >= m."""
         n = self.hist.shape[0]
-        while m >= self.hist_max:
+        while m >= self.hist_max if strict else m > self.hist_max:
             merged = self.hist.reshape(-1, 2).sum(axis=1)
             self.hist[: n // 2] = merged
             self.hist[n // 2:] = 0
@@ -183,12 +197,14 @@ class HistogramCollector:
     num_bins : int
         Bins per histogram, even (default 2048, the TensorRT entropy setting;
         keep it a power of two for the exact order-independence above).
-    mode : {"grow", "fixed"}
+    mode : {"grow", "trt", "fixed"}
         Range rule, see the module docstring.
     ranges : mapping of str to float, optional
-        ``mode="fixed"`` only: ``hist_max`` per tensor (e.g.
-        ``MaxCollector.ranges()``).  Collecting a tensor without a range
-        raises :class:`~int8batch.errors.CalibrationError`.
+        ``mode="fixed"``: ``hist_max`` per tensor (e.g.
+        ``MaxCollector.ranges()``); collecting a tensor without a range
+        raises :class:`~int8batch.errors.CalibrationError`.  ``mode="trt"``:
+        the initial ``hist_max`` per tensor (the first calibration batch's
+        maxima); optional.
     num_threads : int, optional
         Threads for the histogram kernel (None: :func:`default_num_threads`).
         Results are identical for any value.
@@ -210,7 +226,7 @@ class HistogramCollector:
             raise ConfigError("mode='fixed' needs ranges={tensor: hist_max}, e.g. from a first "
                               "pass with MaxCollector().ranges()")
         if mode == "grow" and ranges is not None:
-            raise ConfigError("ranges are only used with mode='fixed'")
+            raise ConfigError("ranges are only used with mode='fixed' or mode='trt'")
         self.num_bins = num_bins
         self.mode = mode
         self.ranges = None
@@ -238,6 +254,8 @@ class HistogramCollector:
                         f"tensor {name!r} has no fixed histogram range; run the max pass over it "
                         "first or use mode='grow'")
                 st = _State(self.num_bins, self.ranges[name])
+            elif self.ranges is not None:  # trt mode with the first batch's maxima
+                st = _State(self.num_bins, self.ranges.get(name, 0.0))
             else:
                 st = _State(self.num_bins)
             self._states[name] = st
@@ -260,16 +278,16 @@ class HistogramCollector:
                 raise CalibrationError(
                     f"tensor {name!r} has a fixed histogram range of 0 (all zeros in the max pass) "
                     f"but now holds |x| up to {amax:g}; the two passes saw different data")
-            st.hist_max = _pow2_above(amax)
+            st.hist_max = amax if self.mode == "trt" else _pow2_above(amax)
         # One histogram pass per batch.  Checking the max first (abs_max, a cheap
         # SIMD pass) would cost ~20% of a histogram pass on every batch; the
         # re-binning below costs one pass, and only on the few batches that grow
         # the range (the first batch pays the max pass above instead).
         tmp = self._tmp
         amax, vmin, vmax, nan, inf, over = abs_histogram(x, st.hist_max, tmp, nt)
-        if self.mode == "grow" and amax >= st.hist_max:
+        if (self.mode == "grow" and amax >= st.hist_max) or (self.mode == "trt" and amax > st.hist_max):
             # Rare (only when the range grows): re-bin this batch at the new range.
-            st.grow_to(amax)
+            st.grow_to(amax, strict=self.mode == "grow")
             amax, vmin, vmax, nan, inf, over = abs_histogram(x, st.hist_max, tmp, nt)
         st.hist += tmp
         self._warn_nonfinite(name, st, nan, inf)
@@ -305,6 +323,13 @@ class HistogramCollector:
                     raise CalibrationError(
                         f"tensor {name!r}: fixed ranges differ ({dst.hist_max} vs {src.hist_max})")
             elif src.hist_max != 0.0:
+                if self.mode == "trt" and dst.hist_max != 0.0:
+                    ratio = math.frexp(max(src.hist_max, dst.hist_max) / min(src.hist_max, dst.hist_max))[0]
+                    if ratio != 0.5:
+                        raise CalibrationError(
+                            f"tensor {name!r}: cannot merge TensorRT-rule histograms whose ranges "
+                            f"({dst.hist_max} and {src.hist_max}) are not a power of two apart; "
+                            "give both collectors the same first-batch ranges")
                 if dst.hist_max == 0.0:
                     dst.hist_max = src.hist_max
                 elif src.hist_max > dst.hist_max:

@@ -22,11 +22,16 @@ Methods
     the right edge of the first bin where the cumulative count reaches
     ``percentile`` % of the values (99.99 by default).
 ``entropy``
-    TensorRT's KL-divergence method as published at GTC 2017 (2048 bins, 128
-    levels, candidates from bin 128, outliers folded into the last kept bin,
-    threshold ``(i + 0.5) * width``).  The exact variant is documented in
-    :func:`int8batch._kernels_calib.kl_search`.  Histograms with fewer than
-    ``start_bin + 1`` bins, or with no finite divergence, fall back to minmax.
+    TensorRT's ``IInt8EntropyCalibrator2`` search, reproducing the cache
+    values TensorRT published (sampleINT8 READMEs): bin 0 counted as bin 1
+    (the zero-spike discount), candidates from bin 128 up to and including the
+    full range, outliers folded into the last kept bin, 128 levels, threshold
+    ``(i + 0.5) * width``, **not** capped at the observed max (TensorRT's
+    softmax entries lie half a bin above it).  The search itself is
+    :func:`int8batch._kernels_calib.kl_search`; the histogram it needs is the
+    ``"trt"`` mode of :class:`~int8batch.calib.collector.HistogramCollector`.
+    Histograms with fewer than ``start_bin`` bins, or with no finite
+    divergence, fall back to minmax.
 ``mse``
     the amax minimising the mean squared int8 fake-quant error of the bin
     centres (rounding inside, clipping outside), see
@@ -141,8 +146,12 @@ def amax_percentile(stats, percentile: float | None = None, *, clip: bool | None
 
 
 def amax_entropy(stats, num_levels: int | None = None, start_bin: int | None = None, *,
-                 clip: bool | None = None) -> float:
-    """TensorRT/GTC entropy (KL-divergence) threshold: ``(i + 0.5) * width`` of the best ``i``."""
+                 clip: bool = False) -> float:
+    """TensorRT's Entropy2 threshold: ``(i + 0.5) * width`` of the KL-best ``i``.
+
+    ``hist[0]`` is replaced by ``hist[1]`` (in a copy) before the search, and
+    the result is not capped at the observed max unless ``clip=True``.
+    """
     levels = int(_pick(num_levels, DEFAULTS.num_levels))
     start = int(_pick(start_bin, DEFAULTS.entropy_start_bin))
     if levels < 1 or start < levels:
@@ -150,10 +159,12 @@ def amax_entropy(stats, num_levels: int | None = None, start_bin: int | None = N
     if _empty(stats):
         return 0.0
     hist = _hist(stats)
-    if hist.size <= start:
+    if hist.size < start:
         log.debug("tensor %r: %d bins leave no entropy candidate from bin %d; using minmax",
                   getattr(stats, "name", ""), hist.size, start)
         return float(stats.amax)
+    if hist.size > 1:
+        hist[0] = hist[1]  # TensorRT's zero-bin discount (a ReLU's zeros would dominate P otherwise)
     i = kl_search(hist, levels, start)
     if i < 0:
         log.debug("tensor %r: no finite KL divergence; using minmax", getattr(stats, "name", ""))
@@ -178,8 +189,7 @@ def amax_mse(stats, start_bin: int | None = None, stride: int | None = None, *,
 _DISPATCH = {
     "minmax": (amax_minmax, {}),
     "percentile": (amax_percentile, {"percentile": "percentile", "clip": "clip_to_observed"}),
-    "entropy": (amax_entropy, {"num_levels": "num_levels", "start_bin": "entropy_start_bin",
-                               "clip": "clip_to_observed"}),
+    "entropy": (amax_entropy, {"num_levels": "num_levels", "start_bin": "entropy_start_bin"}),
     "mse": (amax_mse, {"start_bin": "mse_start_bin", "stride": "mse_stride",
                        "clip": "clip_to_observed"}),
 }

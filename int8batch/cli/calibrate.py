@@ -18,7 +18,8 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--batches", required=True, metavar="DIR", help="folder of batch files (int8batch pack)")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
                    help="auto (default): observed max for ReLU6/Clip-bounded tensors, least quantization "
-                        "error (mse) elsewhere; entropy: TensorRT's KL recipe")
+                        "error (mse) elsewhere; entropy: TensorRT's IInt8EntropyCalibrator2, bit for bit on "
+                        "the values TensorRT published")
     p.add_argument("--out", default="calibration", metavar="DIR", help="output folder (default ./calibration)")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
                    help="auto: tensorrt when TensorRT 8.6-10.x is installed, else onnxruntime")
@@ -28,7 +29,12 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--two-pass", action="store_true", help="exact histograms: a max pass, then fixed ranges")
     p.add_argument("--percentile", type=float, help="percentile of --method percentile (default 99.99)")
     p.add_argument("--bins", type=int, default=2048, help="histogram bins (default 2048)")
-    p.add_argument("--trt-version", default=None, help="TensorRT version in the cache header (default 10.16.0)")
+    p.add_argument("--trt-version", default=None, metavar="X.Y[.Z]",
+                   help="TensorRT that will read the cache (its header must name it; default: the installed "
+                        "TensorRT, else 10.16.0, with a note)")
+    p.add_argument("--cache-algorithm", choices=("entropy2", "minmax", "entropy", "legacy"), default=None,
+                   help="calibrator named in the cache header (default: minmax for --method minmax, else "
+                        "entropy2, the one trtexec --calib reads)")
     p.add_argument("--cache", metavar="FILE", help="tensorrt backend: cache to reuse (skips calibration)")
     p.add_argument("--algorithm", choices=("entropy2", "entropy", "minmax", "legacy"), default="entropy2",
                    help="tensorrt backend: TensorRT calibrator (default entropy2)")
@@ -49,12 +55,9 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
 def _backend(choice):
     if choice != "auto":
         return choice
-    try:
-        import tensorrt
-        major = int(tensorrt.__version__.split(".")[0])
-        return "tensorrt" if 8 <= major <= 10 else "onnxruntime"
-    except ImportError:
-        return "onnxruntime"
+    from ..trt import vocab
+    installed = vocab.installed_version()
+    return "tensorrt" if installed and vocab.has_implicit_int8(installed) else "onnxruntime"
 
 
 def run(args):
@@ -70,14 +73,14 @@ def run(args):
         print(res.summary() if hasattr(res, "summary") else res)
         return 0
     from ..calib.api import calibrate
-    from ..calib.cache import DEFAULT_TRT_VERSION
     bar = ProgressBar("batches", enabled=False if args.quiet else None)
     try:
         with log_level(logging.WARNING if args.quiet else None):
             res = calibrate(args.model, args.batches, args.out, method=args.method, batch_size=args.batch_size,
                             first=args.first, max_batches=args.max_batches, two_pass=args.two_pass,
                             num_bins=args.bins, percentile=args.percentile,
-                            trt_version=args.trt_version or DEFAULT_TRT_VERSION, write_qdq=not args.no_qdq,
+                            trt_version=args.trt_version, cache_algorithm=args.cache_algorithm,
+                            write_qdq=not args.no_qdq,
                             keep_float=args.keep_float, bias_correction=not args.no_bias_correction,
                             progress=bar)
     finally:

@@ -26,17 +26,12 @@ import re
 from .._atomic import write_bytes_atomic
 from .._optional import require
 from ..errors import CacheError, CalibrationError, ConfigError
+from . import vocab
 
 log = logging.getLogger(__name__)
 
-# algorithm -> (tensorrt base class, algorithm name in the cache header)
-ALGORITHMS = {
-    "entropy2": ("IInt8EntropyCalibrator2", "EntropyCalibration2"),
-    "entropy": ("IInt8EntropyCalibrator", "EntropyCalibration"),
-    "minmax": ("IInt8MinMaxCalibrator", "MinMaxCalibration"),
-    "legacy": ("IInt8LegacyCalibrator", "LegacyCalibration"),
-}
-_HEADER = re.compile(r"TRT-(\d+)-([A-Za-z0-9_]+)\Z")
+# algorithm -> (tensorrt base class, algorithm name in the cache header), from the vocabulary
+ALGORITHMS = {k: (c.base_class, c.header) for k, c in vocab.CALIBRATORS.items()}
 _CLASSES = {}
 
 
@@ -48,27 +43,17 @@ def trt_version(trt):
     return tuple(nums[:3])
 
 
-def cache_version_number(version):
-    """The number TensorRT writes in the cache header for ``(major, minor, patch)``.
-
-    TRT 5-8 write major*1000 + minor*100 + patch; TRT 10 writes
-    major*10000 + minor*100 + patch (``NV_TENSORRT_VERSION_INT``).
-    """
-    major, minor, patch = version
-    return (major * 10000 if major >= 10 else major * 1000) + minor * 100 + patch
-
-
 def check_implicit_int8(trt):
     """Raise ``CalibrationError`` when this TensorRT has no implicit INT8 (11+)."""
     version = trt_version(trt)
-    if version[0] >= 11 or not hasattr(trt, "IInt8EntropyCalibrator2"):
+    if version >= vocab.IMPLICIT_INT8_END or not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise CalibrationError(
             f"TensorRT {'.'.join(map(str, version))} has no implicit INT8 calibration: TensorRT 11 removed "
             "the IInt8*Calibrator classes, BuilderFlag.INT8 and config.int8_calibrator.  INT8 there means "
             "explicit quantization: run `int8batch calibrate MODEL.onnx --batches DIR --backend onnxruntime` "
             "to write a Q/DQ ONNX model and build that with TensorRT (strongly typed), or install "
             "TensorRT 8.6-10.x (pip install 'int8batch[tensorrt]') for the calibrator path")
-    if version < (8, 6, 0):
+    if version < vocab.IMPLICIT_INT8_MIN:
         log.warning("TensorRT %s is older than 8.6; the calibrator path is tested with 8.6-10.x",
                     ".".join(map(str, version)))
     return version
@@ -87,16 +72,8 @@ def parse_cache_header(data, path=None):
 
     Raises ``CacheError`` when the first line is not ``TRT-<int>-<Name>``.
     """
-    raw = bytes(data)
-    first = raw.split(b"\n", 1)[0].strip().decode("ascii", errors="replace")
-    m = _HEADER.match(first)
-    if not m:
-        where = f"{path}: " if path else ""
-        raise CacheError(
-            f"{where}first line {first[:60]!r} is not a TensorRT calibration cache header "
-            "'TRT-<version>-<Algorithm>' (e.g. TRT-100300-EntropyCalibration2); delete the file or pass a "
-            "cache written by TensorRT", path)
-    return int(m.group(1)), m.group(2)
+    header = vocab.parse_header(bytes(data).split(b"\n", 1)[0], path or "")
+    return header.number, header.algorithm
 
 
 def check_cache_header(data, version, algorithm, path=None):
@@ -106,7 +83,7 @@ def check_cache_header(data, version, algorithm, path=None):
     calibrate again); a malformed header raises ``CacheError``.
     """
     number, algo = parse_cache_header(data, path)
-    want_number = cache_version_number(version)
+    want_number = vocab.header_number(version)
     want_algo = ALGORITHMS[algorithm][1]
     ok = True
     if number != want_number:

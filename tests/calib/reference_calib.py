@@ -68,11 +68,11 @@ def kl_candidate(hist, i, num_levels=128):
 
 
 def kl_search(hist, num_levels=128, start_bin=128):
-    """Twin of ``kl_search``: (best i or -1, divergences per candidate)."""
+    """Twin of ``kl_search``: (best i or -1, divergences per candidate ``start_bin .. nbins``)."""
     hist = np.asarray(hist, dtype=np.int64)
     nbins = hist.size
     divs = np.array([kl_divergence(*kl_candidate(hist, i, num_levels))
-                     for i in range(start_bin, nbins)], dtype=np.float64)
+                     for i in range(start_bin, nbins + 1)], dtype=np.float64)
     best = pick_first_min(divs)
     return (-1 if best < 0 else start_bin + best), divs
 
@@ -118,12 +118,13 @@ def percentile_bin(hist, percentile):
     return hist.size - 1
 
 
-def grow_collect(batches, nbins=2048):
-    """Twin of the collector's "grow" rule, applied batch by batch.
+def grow_collect(batches, nbins=2048, rule="grow"):
+    """Twin of the collector's "grow" and "trt" rules, applied batch by batch.
 
     Returns (hist, hist_max): hist_max is 0.0 until a non-zero value is seen,
-    then the smallest power of two strictly above the first non-zero batch max,
-    doubled (pairs of bins merged) while a later batch max is >= it.
+    then ("grow") the smallest power of two strictly above the first non-zero
+    batch max, doubled (pairs of bins merged) while a later batch max is >= it;
+    or ("trt") that batch max itself, doubled while a later max is > it.
     """
     hist = np.zeros(nbins, dtype=np.int64)
     rng = 0.0
@@ -136,13 +137,15 @@ def grow_collect(batches, nbins=2048):
         if m == 0.0:
             hist[0] += x.size
             continue
+        if rng == 0.0 and rule == "trt":
+            rng = m
         if rng == 0.0:
             rng = 2.0 ** (math.floor(math.log2(m)) + 1)
             while rng <= m:           # guard against log2 rounding
                 rng *= 2.0
             while rng / 2.0 > m:
                 rng /= 2.0
-        while m >= rng:
+        while m >= rng if rule == "grow" else m > rng:
             hist = np.concatenate([hist.reshape(-1, 2).sum(axis=1), np.zeros(nbins // 2, np.int64)])
             rng *= 2.0
         h, _ = abs_histogram(x, rng, nbins)

@@ -44,6 +44,46 @@ def test_grow_matches_twin(nbins):
     assert (st.min, st.max) == (float(fin.min()), float(fin.max()))
 
 
+@pytest.mark.parametrize("nbins", [2048, 64, 2])
+def test_trt_rule_matches_twin(nbins):
+    batches = _batches(seed=nbins + 1)
+    st = _collect(batches, num_bins=nbins, mode="trt").stats("t")
+    want_hist, want_range = ref.grow_collect(batches, nbins, rule="trt")
+    np.testing.assert_array_equal(st.hist, want_hist)
+    assert st.hist_max == want_range
+    assert st.count == st.hist.sum()
+
+
+def test_trt_rule_by_hand():
+    # TensorRT's range: the first batch's max itself, then doubled when a later max exceeds it
+    c = HistogramCollector(num_bins=4, mode="trt")
+    c.collect("t", np.array([0.0, 0.0], np.float32))
+    assert c.stats("t").width == 0.0
+    c.collect("t", np.array([3.0, 1.4], np.float32))   # range 3, width 0.75; 3.0 in the last bin
+    st = c.stats("t")
+    assert st.hist_max == 3.0 and list(st.hist) == [2, 1, 0, 1]
+    c.collect("t", np.array([3.0], np.float32))        # equal to the range: no growth
+    assert c.stats("t").hist_max == 3.0 and list(c.stats("t").hist) == [2, 1, 0, 2]
+    c.collect("t", np.array([5.0], np.float32))        # 5 > 3: range 6 (pairs merge), 5 in bin 3
+    st = c.stats("t")
+    assert st.hist_max == 6.0 and list(st.hist) == [3, 2, 0, 1]
+    # first-batch maxima given up front (a model run in sub-batches)
+    c = HistogramCollector(num_bins=4, mode="trt", ranges={"t": 8.0})
+    c.collect("t", np.array([1.0], np.float32))
+    c.collect("u", np.array([2.0], np.float32))        # no range given: its first data sets it
+    assert c.stats("t").hist_max == 8.0 and c.stats("u").hist_max == 2.0
+
+
+def test_trt_rule_merge():
+    a = _collect([np.array([3.0], np.float32)], num_bins=4, mode="trt")
+    b = _collect([np.array([12.0], np.float32)], num_bins=4, mode="trt")
+    st = a.merge(b).stats("t")                          # 3 * 4 = 12: a power of two apart
+    assert st.hist_max == 12.0 and list(st.hist) == [1, 0, 0, 1]
+    c = _collect([np.array([5.0], np.float32)], num_bins=4, mode="trt")
+    with pytest.raises(CalibrationError, match="power of two"):
+        a.merge(c)
+
+
 def test_grow_rule_by_hand():
     c = HistogramCollector(num_bins=4)
     c.collect("t", np.array([0.0, 0.0], np.float32))

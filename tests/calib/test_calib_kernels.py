@@ -178,35 +178,42 @@ def test_abs_histogram_extreme_ranges():
 # -- KL search ---------------------------------------------------------------
 def test_kl_gtc_worked_example():
     # The GTC slides' example: P = [1 0 2 3 5 3 1 7] merged into 2 levels gives
-    # Q = [2 0 2 2 4 4 4 4] (8 bins, one candidate i = 8, no outliers).
+    # Q = [2 0 2 2 4 4 4 4] (candidate i = 8 of 9 bins, no outliers; i = 9, the
+    # full range, is the second candidate and scores worse).
     hist = np.array([1, 0, 2, 3, 5, 3, 1, 7, 0], dtype=np.int64)
     p, q = ref.kl_candidate(hist, 8, num_levels=2)
     np.testing.assert_array_equal(q, [2, 0, 2, 2, 4, 4, 4, 4])
-    out = np.empty(1)
+    out = np.empty(2)
     assert K.kl_search(hist, 2, 8, out) == 8
+    assert out[1] > out[0]
     P = np.array([1, 2, 3, 5, 3, 1, 7]) / 22.0
     Q = np.array([2, 2, 2, 4, 4, 4, 4]) / 22.0
     assert out[0] == pytest.approx(float(np.sum(P * np.log(P / Q))), rel=1e-12)
 
 
 def test_kl_outlier_fold_by_hand():
-    # 4 bins, 2 levels, candidates i = 2, 3.  hist = [2, 2, 0, 4]
+    # 4 bins, 2 levels, candidates i = 2, 3, 4.  hist = [2, 2, 0, 4]
     hist = np.array([2, 2, 0, 4], dtype=np.int64)
-    out = np.empty(2)
-    K.kl_search(hist, 2, 2, out)
+    out = np.empty(3)
+    assert K.kl_search(hist, 2, 2, out) == 4
     # i=2: P=[2, 2+4], Q=[2, 2] -> p=[.25,.75], q=[.5,.5]
     assert out[0] == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), rel=1e-12)
     # i=3: groups floor(j*2/3) = {0,1},{2}; P[2] = 0+4 > 0 but group {2} holds no
     # in-range count, so Q[2] = 0 and the divergence is infinite.
     assert out[1] == math.inf
+    # i=4 (the full range, no outliers): groups {0,1},{2,3}; Q = [2, 2, 0, 4] = P -> KL 0
+    assert out[2] == 0.0
     # 5 bins, i=4: groups {0,1},{2,3}; P=[2,2,1,0+4]; group 1's single count is spread
     # over its two non-zero P bins (bin 3 only through the outliers) -> Q=[2,2,.5,.5]
     hist = np.array([2, 2, 1, 0, 4], dtype=np.int64)
-    out = np.empty(1)
-    assert K.kl_search(hist, 2, 4, out) == 4
+    out = np.empty(2)
+    assert K.kl_search(hist, 2, 4, out) == 5
     p = np.array([2, 2, 1, 4]) / 9.0
     q = np.array([2, 2, 0.5, 0.5]) / 5.0
     assert out[0] == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)
+    # i=5: groups {0,1,2},{3,4}; Q = [5/3, 5/3, 5/3, 0, 4] over the same total
+    q5 = np.array([5 / 3, 5 / 3, 5 / 3, 4]) / 9.0
+    assert out[1] == pytest.approx(float(np.sum(p * np.log(p / q5))), rel=1e-12)
 
 
 def _random_hists(count, nbins, seed):
@@ -230,7 +237,7 @@ def _random_hists(count, nbins, seed):
                                                   (130, 128, 128)])
 def test_kl_search_matches_twin(nbins, levels, start):
     for h in _random_hists(6 if nbins == 2048 else 12, nbins, seed=nbins):
-        out = np.empty(nbins - start)
+        out = np.empty(nbins - start + 1)
         got = K.kl_search(h, levels, start, out)
         want, divs = ref.kl_search(h, levels, start)
         assert got == want
@@ -242,9 +249,10 @@ def test_kl_search_matches_twin(nbins, levels, start):
 def test_kl_search_degenerate():
     assert K.kl_search(np.zeros(256, np.int64)) == -1            # empty: every KL is inf
     h = np.zeros(256, np.int64)
-    h[255] = 10                                                   # all mass above candidates
-    assert K.kl_search(h) == -1
-    assert K.kl_search(np.ones(100, np.int64)) == -1              # no candidate (nbins <= 128)
+    h[255] = 10                                                   # all mass in the last bin:
+    assert K.kl_search(h) == 256                                  # only the full range is finite
+    assert K.kl_search(np.ones(100, np.int64)) == -1              # no candidate (nbins < 128)
+    assert K.kl_search(np.ones(128, np.int64)) == 128             # one candidate: the full range
     h = np.zeros(2048, np.int64)
     h[3] = 5                                                      # one bin: KL 0 everywhere
     assert K.kl_search(h) == 128

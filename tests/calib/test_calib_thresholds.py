@@ -46,7 +46,8 @@ def test_all_mass_in_one_bin():
     st = TensorStats.from_histogram(h, width=1.0, amax=1000.7)
     # KL: candidates i <= 1000 have no in-range mass (inf); from 1001 on KL = 0 -> 1001
     assert T.amax_entropy(st, clip=False) == 1001.5
-    assert T.amax_entropy(st) == 1000.7                 # clipped to the observed max
+    assert T.amax_entropy(st) == 1001.5                 # TensorRT does not cap it at the max
+    assert T.amax_entropy(st, clip=True) == 1000.7
     assert T.amax_percentile(st, 50.0, clip=False) == 1001.0
     assert T.amax_minmax(st) == 1000.7
     assert T.saturation(st, 1000.7) == 0.0
@@ -78,8 +79,12 @@ def test_percentile_matches_twin():
 
 def test_entropy_and_mse_match_twins():
     for st in _random_stats(2):
-        i, _ = ref.kl_search(st.hist, 128, 128)
-        assert T.amax_entropy(st, clip=False) == (i + 0.5) * st.width
+        before = np.array(st.hist)
+        h = before.copy()
+        h[0] = h[1]                      # TensorRT's zero-bin discount, applied by amax_entropy
+        i, _ = ref.kl_search(h, 128, 128)
+        assert T.amax_entropy(st) == (i + 0.5) * st.width
+        np.testing.assert_array_equal(st.hist, before)   # the caller's histogram is untouched
         k = ref.mse_search(st.hist, 128, 8)
         assert T.amax_mse(st, clip=False) == k * st.width
 

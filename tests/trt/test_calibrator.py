@@ -201,8 +201,8 @@ def test_tensorrt_without_implicit_int8(monkeypatch, batch_dir, version, with_in
 def test_cache_header_parsing():
     assert parse_cache_header(b"TRT-100300-EntropyCalibration2\nx: 3c010204\n") == (100300, "EntropyCalibration2")
     assert parse_cache_header(b"TRT-8602-MinMaxCalibration\n") == (8602, "MinMaxCalibration")
-    assert calmod.cache_version_number((8, 6, 1)) == 8601
-    assert calmod.cache_version_number((10, 3, 0)) == 100300
+    assert calmod.vocab.header_number((8, 6, 1)) == 8601
+    assert calmod.vocab.header_number((10, 3, 0)) == 100300
     with pytest.raises(CacheError):
         parse_cache_header(b"TRT-abc-Entropy\n")
 

@@ -5,8 +5,12 @@ def add_parser(sub):
     p = sub.add_parser("qdq", help=__doc__.splitlines()[0], description=__doc__ + """
 
 The migration path from TensorRT 10 implicit INT8 to TensorRT 11 explicit quantization:
-no recalibration; the cache's scales are used bit for bit. Tensors the placement needs
-but the cache lacks, and cache entries that name no tensor of the model, are reported.""")
+no recalibration; the cache's scales are used bit for bit. Caches of every TensorRT
+from 5 to 10 are read as TensorRT wrote them. Entries with an infinite or NaN scale
+(tensors TensorRT could not calibrate) leave that tensor in float; a scale of 0 is
+replaced by a tiny positive one; entries that name no tensor of the model (such as
+ONNXTRT_* parser names) are ignored. All three are listed by name. Tensors the
+placement needs but the cache lacks are an error unless --allow-missing.""")
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("--cache", required=True, metavar="FILE",
                    help="TensorRT calibration cache (any version) or dynamic-range file (name:amax lines)")
@@ -18,9 +22,10 @@ but the cache lacks, and cache entries that name no tensor of the model, are rep
 
 def run(args):
     from ..onnx.qdq import qdq_from_cache
-    res = qdq_from_cache(args.model, args.cache, args.output,
-                         on_missing="skip" if args.allow_missing else "raise")
-    report = res[1] if isinstance(res, tuple) else res
-    print(report.summary() if hasattr(report, "summary") else report)
+    report = qdq_from_cache(args.model, args.cache, args.output,
+                            on_missing="skip" if args.allow_missing else "raise")
+    print(report.summary())
+    for line in report.details():   # the names behind unusable / zero / unknown / missing counts
+        print(f"  {line}")
     print(f"wrote {args.output}")
     return 0

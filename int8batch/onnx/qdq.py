@@ -20,7 +20,8 @@ import numpy as np
 
 from .._atomic import make_temp
 from .._optional import require
-from ..errors import ModelError
+from ..errors import CacheError, ModelError
+from ..trt import vocab
 from . import graph as G
 from .placement import plan_qdq
 
@@ -50,7 +51,14 @@ class QdqReport:
         Tensors that needed an amax the caller did not supply.
     extra : list of str
         Supplied names that are not tensors of the model (filled by the
-        conversion helpers).
+        conversion helpers), e.g. TensorRT parser-internal names such as
+        ``ONNXTRT_Broadcast_1855_output``.
+    unusable : dict of str -> str
+        Cache entries whose scale no Q/DQ pair can use (infinite or NaN: a
+        tensor TensorRT could not calibrate) -> why; the tensors among them
+        that the placement wanted stay float (also listed in ``skipped``).
+    zero_scale : list of str
+        Entries with scale (or amax) 0, quantized with :data:`MIN_SCALE` instead.
     groups : list of list of str
         Tensors forced to share one scale (Concat).
     biases : dict of str -> float
@@ -69,13 +77,46 @@ class QdqReport:
     groups: list = field(default_factory=list)
     biases: dict = field(default_factory=dict)
     opset: int = 0
+    unusable: dict = field(default_factory=dict)
+    zero_scale: list = field(default_factory=list)
 
     def summary(self):
         """One line for logs and the command line."""
-        return (f"{len(self.activations)} activations and {len(self.weights)} weights quantized, "
+        text = (f"{len(self.activations)} activations and {len(self.weights)} weights quantized, "
                 f"{len(self.skipped)} tensors kept float, {len(self.missing)} missing, "
                 f"{len(self.biases)} biases corrected, "
                 f"{len(self.extra)} unknown names, opset {self.opset}")
+        if self.unusable:
+            text += f", {len(self.unusable)} unusable scales"
+        if self.zero_scale:
+            text += f", {len(self.zero_scale)} zero scales"
+        return text
+
+    def details(self, limit=20):
+        """Lines naming the tensors behind the counts of :meth:`summary` that need a look.
+
+        Unusable (inf/NaN) cache scales, zero scales, names the model lacks,
+        tensors left without a scale; at most ``limit`` names per line.
+        """
+        def names(seq):
+            seq = list(seq)
+            return ", ".join(seq[:limit]) + (f" ... ({len(seq) - limit} more)" if len(seq) > limit else "")
+
+        lines = []
+        if self.unusable:
+            by_reason = {}
+            for name, why in self.unusable.items():
+                by_reason.setdefault(why.split(" (")[0], []).append(name)
+            for why, group in by_reason.items():
+                lines.append(f"entries whose {why} (left float): {names(group)}")
+        if self.zero_scale:
+            lines.append(f"entries with scale 0 (quantized with scale {MIN_SCALE:g} where the model "
+                         f"has the tensor): {names(self.zero_scale)}")
+        if self.extra:
+            lines.append(f"unknown names (no tensor of the model, ignored): {names(self.extra)}")
+        if self.missing:
+            lines.append(f"no scale given, kept float: {names(self.missing)}")
+        return lines
 
 
 def _opset(model):
@@ -86,10 +127,19 @@ def _opset(model):
 
 
 # ---------------------------------------------------------------- insertion
-def _scale_of(amax):
+def _finite_f32(x):
+    """True when ``float32(x)`` is finite (False for NaN, inf and |x| beyond float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.float32(x)))
+
+
+def _scale_of(amax, name="?"):
     amax = float(amax)
     if not np.isfinite(amax) or amax < 0:
-        raise ModelError(f"amax must be finite and >= 0, got {amax}")
+        raise ModelError(f"tensor {name!r}: amax must be finite and >= 0, got {amax}")
+    if not _finite_f32(vocab.scale_of(amax)):
+        raise ModelError(f"tensor {name!r}: amax {amax:g} gives a scale amax/127 that overflows "
+                         "float32; it must be below about 4.3e40")
     return max(amax / 127.0, MIN_SCALE)
 
 
@@ -150,8 +200,14 @@ def _convert_opset(model, opset):
 
 def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel_weights=True,
                            opset=None, weight_format="int8", pools="auto", on_missing="raise",
-                           check=True, input_means=None):
-    """Like :func:`insert_qdq`, returning ``(model, QdqReport)``."""
+                           check=True, input_means=None, keep_float=None):
+    """Like :func:`insert_qdq`, returning ``(model, QdqReport)``.
+
+    ``keep_float`` (mapping of tensor name -> reason) names tensors that must
+    stay float whatever the scales say (e.g. a TensorRT cache entry with an
+    infinite scale); they are listed in ``report.skipped`` with the reason,
+    never in ``report.missing``.
+    """
     onnx = require("onnx")
     helper, numpy_helper = onnx.helper, require("onnx.numpy_helper")
     if (act_amax is None) == (act_scales is None):
@@ -160,11 +216,13 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
         raise ModelError(f"weight_format must be 'int8' or 'float', got {weight_format!r}")
     if on_missing not in ("raise", "skip"):
         raise ModelError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    keep_float = {k: str(v) for k, v in (keep_float or {}).items()}
     scales_in = ({k: float(v) for k, v in act_scales.items()} if act_scales is not None
-                 else {k: _scale_of(v) for k, v in act_amax.items()})
+                 else {k: _scale_of(v, k) for k, v in act_amax.items()})
     for k, v in scales_in.items():
-        if not (np.isfinite(v) and v > 0):
-            raise ModelError(f"tensor {k!r}: scale must be finite and > 0, got {v}")
+        if not (v > 0 and _finite_f32(v)):
+            raise ModelError(f"tensor {k!r}: scale must be finite (in float32) and > 0, got {v}")
+    scales_in = {k: v for k, v in scales_in.items() if k not in keep_float}
     m = _convert_opset(G.load_model(model), opset)
     g = m.graph
     requests, weights, groups, skipped = plan_qdq(m, pools=pools)
@@ -176,12 +234,13 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     order = G.quantizable_tensors(m)
     rank = {t: k for k, t in enumerate(order)}
     wanted = sorted(requests, key=lambda t: rank.get(t, len(rank)))
-    report.missing = [t for t in wanted if t not in scales_in]
+    report.missing = [t for t in wanted if t not in scales_in and t not in keep_float]
     if report.missing and on_missing == "raise":
         raise ModelError(
             f"{len(report.missing)} tensors need an amax that was not given: "
             + ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else "")
-            + "; calibrate them, or pass on_missing='skip' to leave them in float")
+            + "; calibrate them, or pass on_missing='skip' (int8batch qdq --allow-missing) to leave "
+            "them in float")
     scale = {t: scales_in[t] for t in wanted if t in scales_in}
     for grp in groups:
         present = [t for t in grp if t in scale]
@@ -200,7 +259,7 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
 
     for t in wanted:
         if t not in scale:
-            report.skipped.append((t, "no amax given"))
+            report.skipped.append((t, keep_float.get(t, "no amax given")))
             continue
         np_t = _NP_FOR_ONNX.get(types.get(t))
         if np_t is None:
@@ -464,13 +523,15 @@ def save_model_atomic(model, out_path):
 def qdq_from_scales(model_path, amax_dict, out_path, **kwargs):
     """Load the FP32 model, insert Q/DQ from ``amax_dict``, write ``out_path`` atomically.
 
-    ``kwargs`` go to :func:`insert_qdq` (``act_scales=`` replaces the amax
-    dict when ``amax_dict`` is None).  Returns the :class:`QdqReport`, whose
-    ``extra`` lists the names of ``amax_dict`` that are no tensor of the model.
+    ``kwargs`` go to :func:`insert_qdq_with_report` (``act_scales=`` replaces
+    the amax dict when ``amax_dict`` is None; ``keep_float=`` names tensors to
+    leave float).  Returns the :class:`QdqReport`, whose ``extra`` lists the
+    given names (scales and ``keep_float``) that are no tensor of the model.
     """
     model = G.load_model(model_path)
     qmodel, report = insert_qdq_with_report(model, amax_dict, **kwargs)
-    given = amax_dict if amax_dict is not None else kwargs.get("act_scales", {})
+    given = list(amax_dict if amax_dict is not None else kwargs.get("act_scales") or {})
+    given += [k for k in kwargs.get("keep_float") or {} if k not in given]
     names = all_tensor_names(model)
     report.extra = sorted(k for k in given if k not in names)
     if report.extra:
@@ -480,24 +541,65 @@ def qdq_from_scales(model_path, amax_dict, out_path, **kwargs):
     return report
 
 
+def _is_trt_cache(path):
+    with open(path, "rb") as f:
+        first = f.readline()
+    return first.lstrip(b"\xef\xbb\xbf").strip().startswith(b"TRT-")
+
+
 def qdq_from_cache(model_path, cache_path, out_path, **kwargs):
     """Q/DQ model from a TensorRT calibration cache or a dynamic-range file.
 
-    The format is told by content: a first line starting with ``TRT-`` is a
-    calibration cache (its scales are used bit for bit), anything else is read
-    as ``name:amax`` lines.  Returns the :class:`QdqReport` (``missing`` and
-    ``extra`` name the mismatches; missing names raise unless
-    ``on_missing="skip"``).
+    The format is told by content: a first line starting with ``TRT-`` (after
+    an optional BOM) is a calibration cache of any TensorRT version, read by
+    :func:`~int8batch.calib.cache.read_trt_cache` and used bit for bit;
+    anything else is read as ``name:amax`` lines.
+
+    What the cache holds but a Q/DQ model cannot use is reported, not fatal:
+
+    * an infinite or NaN scale (a tensor TensorRT could not calibrate): the
+      tensor stays float; ``report.unusable`` maps every such entry to the
+      reason, and ``report.skipped`` lists the tensors the placement wanted;
+    * a scale (or amax) of 0: quantized with :data:`MIN_SCALE`, listed in
+      ``report.zero_scale``;
+    * a name that is no tensor of the model (``ONNXTRT_*`` and other parser
+      names): listed in ``report.extra``.
+
+    A tensor the placement needs but the file lacks raises
+    :class:`~int8batch.errors.ModelError` unless ``on_missing="skip"``.  A
+    malformed file, or an amax whose ``amax/127`` overflows float32, raises
+    :class:`~int8batch.errors.CacheError` naming the file and line.  Returns
+    the :class:`QdqReport`.
     """
     from ..calib import cache as C
     cache_path = os.fspath(cache_path)
-    with open(cache_path, "rb") as f:
-        first = f.readline().strip()
-    if first.startswith(b"TRT-"):
-        scales = dict(C.read_trt_cache(cache_path).scales)
-        zero = [k for k, v in scales.items() if v == 0]
-        if zero:   # TensorRT writes 0 for an all-zero tensor; Q/DQ needs a positive scale
-            log.info("%d cache entries have scale 0; using %g", len(zero), MIN_SCALE)
-            scales.update({k: MIN_SCALE for k in zero})
-        return qdq_from_scales(model_path, None, out_path, act_scales=scales, **kwargs)
-    return qdq_from_scales(model_path, dict(C.read_dynamic_range(cache_path)), out_path, **kwargs)
+    try:
+        is_cache = _is_trt_cache(cache_path)
+    except FileNotFoundError:
+        raise CacheError(f"calibration file {cache_path!r} does not exist", path=cache_path) from None
+    except IsADirectoryError:
+        raise CacheError(f"calibration file {cache_path!r} is a directory", path=cache_path) from None
+    if is_cache:
+        data = C.read_trt_cache(cache_path)
+        scales, zero, unusable = data.usable, data.zero, data.unusable
+        scales.update({k: MIN_SCALE for k in zero})   # TensorRT writes 0 for an all-zero tensor
+        keep_float = {k: f"{why}, kept float" for k, why in unusable.items()}
+        report = qdq_from_scales(model_path, None, out_path, act_scales=scales,
+                                 keep_float={**keep_float, **(kwargs.pop("keep_float", None) or {})},
+                                 **kwargs)
+    else:
+        amax = C.read_dynamic_range(cache_path)
+        zero, unusable = [k for k, a in amax.items() if a == 0.0], {}
+        report = qdq_from_scales(model_path, amax, out_path, **kwargs)
+    report.unusable, report.zero_scale = dict(unusable), list(zero)
+    if zero:
+        used = [t for t in zero if t in report.activations]
+        log.warning("%s: %d entr%s with scale 0; %d tensor(s) of the model quantized with scale %g "
+                    "instead: %s%s", cache_path, len(zero), "y" if len(zero) == 1 else "ies", len(used),
+                    MIN_SCALE, ", ".join(used[:5]) or "none", " ..." if len(used) > 5 else "")
+    if unusable:
+        kept = [t for t, _ in report.skipped if t in unusable]
+        log.warning("%s: %d entr%s with an infinite or NaN scale; %d tensor(s) of the model kept float: "
+                    "%s%s", cache_path, len(unusable), "y" if len(unusable) == 1 else "ies", len(kept),
+                    ", ".join(kept[:5]) or "none", " ..." if len(kept) > 5 else "")
+    return report

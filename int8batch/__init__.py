@@ -4,13 +4,14 @@ Public API (heavy dependencies load lazily, inside the functions that need them)
 
 - :func:`pack` -- decode, preprocess and pack images or MNIST IDX files into
   sampleINT8 batch files with a manifest.
-- :class:`BatchSet` -- validated, memory-mapped reader of a batch folder.
+- :class:`BatchSet` -- validated, memory-mapped reader of a batch folder;
+  :meth:`BatchSet.window` plans the :class:`Window` of batches a stream serves.
 - :class:`PreprocessConfig` and :data:`PRESETS` -- the preprocessing recipe.
 """
 __version__ = "0.1.0"
 
 from .errors import Int8BatchError  # noqa: E402
-from .reader import Batch, BatchSet  # noqa: E402
+from .reader import Batch, BatchSet, Window  # noqa: E402
 
 
 def __getattr__(name):
@@ -24,5 +25,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'int8batch' has no attribute {name!r}")
 
 
-__all__ = ["pack", "PackResult", "BatchSet", "Batch", "PreprocessConfig", "PRESETS", "preset",
+__all__ = ["pack", "PackResult", "BatchSet", "Batch", "Window", "PreprocessConfig", "PRESETS", "preset",
            "Int8BatchError", "__version__"]

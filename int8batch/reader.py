@@ -5,6 +5,10 @@ way the C++ ``BatchStream`` of TensorRT's samples does: a batch may straddle
 files, ``first`` skips whole batches, ``max_batches`` bounds the count, and a
 batch is never served half full.  A batch that lies inside one file is a
 zero-copy NumPy view of the mapped file.
+
+Which batches are served is decided in one place, :meth:`BatchSet.window`
+(:func:`plan_window` for a bare image count): it returns a :class:`Window`,
+validated once, that :meth:`BatchSet.batches` then serves.
 """
 import json
 import logging
@@ -46,6 +50,141 @@ class Batch:
     index: int
     start: int
     zero_copy: bool
+
+
+#: how ``first`` skips batches: see :meth:`BatchSet.window`
+SKIP_MODES = ("batchstream", "exact")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which batches a stream serves: ``count`` batches of ``batch_size`` after ``skipped`` skipped ones.
+
+    Made (and validated) by :meth:`BatchSet.window` or :func:`plan_window`;
+    served by :meth:`BatchSet.batches` (``bs.batches(window=w)``).
+
+    Attributes
+    ----------
+    batch_size : int
+        Images per served batch.
+    first : int
+        Batches the caller asked to skip (sampleINT8's ``firstBatch``).
+    skipped : int
+        Batches really skipped.  Equal to ``first`` except for the BatchStream
+        quirk (``skip="batchstream"``, batch size not a multiple of N and
+        ``first > max_batches``: only ``max_batches`` are skipped).
+    count : int
+        Batches served.
+    start_image : int
+        Index in the whole set of the first served image (``skipped * batch_size``).
+    images : int
+        Images served (``count * batch_size``).
+    skip : {"batchstream", "exact"}
+        The skip semantics the window was planned with.
+    max_batches : int or None
+        The bound asked for (None: every full batch that remains).
+    """
+
+    batch_size: int
+    first: int
+    skipped: int
+    count: int
+    start_image: int
+    images: int
+    skip: str = "exact"
+    max_batches: int = None
+
+    @property
+    def stop_image(self):
+        """One past the last served image."""
+        return self.start_image + self.images
+
+    @property
+    def last_image(self):
+        """Index of the last served image (``start_image - 1`` for an empty window)."""
+        return self.stop_image - 1
+
+    def span(self):
+        """``"images 50..549"`` (inclusive), or ``"no images"``."""
+        return f"images {self.start_image}..{self.last_image}" if self.count else "no images"
+
+    def describe(self):
+        """One line, in sampleINT8's words: ``"10 batches of size 50 starting at 1 (images 50..549)"``.
+
+        "starting at" names the first served batch (``skipped``); a BatchStream
+        window that skipped fewer batches than asked says so.
+        """
+        text = f"{self.count} batches of size {self.batch_size} starting at {self.skipped} ({self.span()})"
+        if self.skipped != self.first:
+            text += (f"; BatchStream skipped {self.skipped} of the {self.first} batches asked for "
+                     f"(its skip() stops at maxBatches = {self.max_batches})")
+        return text
+
+
+def _fit_hint(num_images, batch_size, skipped):
+    """What would fit, for the error message of a window that does not."""
+    total = num_images // batch_size
+    if total == 0:
+        return f"not one batch of {batch_size} fits; a batch size of at most {num_images} would"
+    if skipped >= total:
+        return (f"{total} batches of {batch_size} fit in all (batches 0..{total - 1}): skip fewer than "
+                f"{total} or use a smaller batch size")
+    return f"{total - skipped} batches of {batch_size} fit after skipping {skipped}"
+
+
+def plan_window(num_images, per_file, batch_size, first=0, max_batches=None, skip="batchstream", *,
+                strict=False, allow_empty=False, where="batch set"):
+    """The one window computation: a validated :class:`Window` over ``num_images`` images.
+
+    :meth:`BatchSet.window` calls this with the set's image count, its files'
+    N (``per_file``) and its folder (``where``, named in errors).  The
+    parameters are those of :meth:`BatchSet.window`; ``per_file`` may be None
+    only for ``skip="exact"``.
+
+    Raises
+    ------
+    ConfigError
+        With one message naming ``where``, the numbers, and what would fit.
+    """
+    if skip not in SKIP_MODES:
+        raise ConfigError(f"{where}: skip must be one of {', '.join(SKIP_MODES)}, got {skip!r}")
+    batch_size, first = int(batch_size), int(first)
+    if max_batches is not None:
+        max_batches = int(max_batches)
+    if batch_size <= 0:
+        raise ConfigError(f"{where}: batch size must be positive, got {batch_size} "
+                          f"(the set holds {num_images} images)")
+    if first < 0:
+        raise ConfigError(f"{where}: first batch (batches to skip) must be >= 0, got {first}")
+    if max_batches is not None and max_batches < (0 if allow_empty else 1):
+        raise ConfigError(f"{where}: max_batches must be >= 1 (None: every full batch that remains), "
+                          f"got {max_batches}")
+    skipped = first
+    if skip == "batchstream" and max_batches is not None:
+        if per_file is None:
+            raise ConfigError(f"{where}: skip='batchstream' needs the files' N (per_file)")
+        if batch_size % int(per_file):
+            # BatchStream::skip's slow path: next() k times, each refused once maxBatches were counted
+            skipped = min(first, max_batches)
+    remaining = max(0, num_images // batch_size - skipped)
+    count = remaining if max_batches is None else min(remaining, max_batches)
+    want = max_batches if strict and max_batches is not None else 1
+    if count < want and not (allow_empty and not strict):
+        held = (f"{num_images} images ({num_images // per_file} files of {per_file})" if per_file
+                else f"{num_images} images")
+        a, b = skipped * batch_size, (skipped + want) * batch_size - 1
+        if want == 1:
+            what = (f"no full batch of {batch_size} images after skipping {skipped} batches: batch {skipped} "
+                    f"needs images {a}..{b}")
+        else:
+            what = f"{want} batches of {batch_size} images from batch {skipped} need images {a}..{b}"
+        quirk = ""
+        if skipped != first:
+            quirk = (f" (BatchStream skips only {skipped} of the {first} batches asked for: its skip() "
+                     f"stops at maxBatches = {max_batches} when {batch_size} is not a multiple of N = {per_file})")
+        raise ConfigError(f"{where}: {what}, but the set holds {held}{quirk}; "
+                          f"{_fit_hint(num_images, batch_size, skipped)}")
+    return Window(batch_size, first, skipped, count, skipped * batch_size, count * batch_size, skip, max_batches)
 
 
 class BatchSet:
@@ -169,8 +308,49 @@ class BatchSet:
         return self._maps[k]
 
     def num_batches(self, batch_size, first=0):
-        """How many full batches of ``batch_size`` are served after skipping ``first``."""
-        return max(0, self.num_images // batch_size - first)
+        """How many full batches of ``batch_size`` remain after skipping exactly ``first`` (may be 0)."""
+        return self.window(batch_size, first, skip="exact", allow_empty=True).count
+
+    def window(self, batch_size, first=0, max_batches=None, skip="batchstream", *, strict=False,
+               allow_empty=False):
+        """The batches a stream over this set serves: a validated :class:`Window`.
+
+        Parameters
+        ----------
+        batch_size : int
+            Images per batch (> 0); need not equal the files' N.
+        first : int
+            Batches to skip first (>= 0; sampleINT8's ``firstBatch``, what
+            ``EntropyCalibrator(stream, firstBatch)`` passes to ``reset``).
+        max_batches : int or None
+            Serve at most this many (>= 1); None: every full batch that remains.
+        skip : {"batchstream", "exact"}
+            ``"batchstream"`` reproduces ``BatchStream::skip`` of TensorRT's C++
+            samples (5.x to 8.x) exactly.  When the batch size is a multiple
+            of N it skips ``first`` batches (whole files, not read); otherwise
+            it calls ``next()`` ``first`` times, and ``next()`` is refused once
+            ``max_batches`` batches were counted, so only
+            ``min(first, max_batches)`` batches are skipped.  ``"exact"``
+            always skips ``first`` batches.  The two differ only when the
+            batch size is not a multiple of N and ``first > max_batches``
+            (``max_batches=None`` is unbounded: no difference).
+        strict : bool
+            Refuse a window that serves fewer than ``max_batches`` batches
+            (the C++ samples exit when the files run out) instead of serving
+            the full batches that remain.
+        allow_empty : bool
+            Return a window of 0 batches instead of refusing it (and accept
+            ``max_batches=0``).
+
+        Raises
+        ------
+        ConfigError
+            One message naming the folder, the numbers and what would fit:
+            a batch size <= 0, ``first < 0``, ``max_batches < 1``, or no full
+            batch left after the skip.
+        """
+        return plan_window(self.num_images, self.per_file, batch_size, first, max_batches, skip,
+                           strict=strict, allow_empty=allow_empty, where=self.folder)
 
     # ---------------------------------------------------------------- access
     def images(self, start, count, out=None):
@@ -213,15 +393,18 @@ class BatchSet:
         if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mm.madvise(mmap.MADV_DONTNEED)
 
-    def batches(self, batch_size, first=0, max_batches=None, release=False):
-        """Yield :class:`Batch` objects in order, as ``BatchStream`` serves them.
+    def batches(self, batch_size=None, first=0, max_batches=None, release=False, *, window=None):
+        """Serve :class:`Batch` objects in order, as ``BatchStream`` serves them.
+
+        Either ``window`` (a :class:`Window` from :meth:`window`) or
+        ``batch_size``/``first``/``max_batches``.
 
         Parameters
         ----------
         batch_size : int
             Images per served batch; need not equal the files' N.
         first : int
-            Batches to skip first (sampleINT8's ``firstBatch``).
+            Batches to skip first (sampleINT8's ``firstBatch``), exactly.
         max_batches : int or None
             Stop after this many batches; None means until the data runs out.
             A trailing partial batch is never served.
@@ -229,43 +412,62 @@ class BatchSet:
             Release each file's pages (:meth:`release_pages`) once the stream
             has moved past it, so a long pass over many files does not grow
             the resident memory.
+        window : Window
+            The batches to serve, as planned by :meth:`window` (with either
+            skip semantics).
 
         Notes
         -----
-        ``first`` always skips exactly ``first`` batches.  The C++
-        ``BatchStream`` does the same when the batch size is a multiple of N;
-        otherwise its ``skip`` counts the skipped batches against
-        ``maxBatches`` and skips at most ``maxBatches`` of them (a quirk that
-        ``tools/batchstream_reader.cpp`` reproduces and the tests record).
+        Without ``window`` this is ``window(batch_size, first, max_batches,
+        skip="exact", allow_empty=True)``: ``first`` always skips exactly
+        ``first`` batches and no batch to serve is not an error (nothing is
+        served).  The C++ ``BatchStream`` does the same when the batch size
+        is a multiple of N; otherwise its ``skip`` counts the skipped batches
+        against ``maxBatches`` and skips at most ``maxBatches`` of them (a
+        quirk that ``tools/batchstream_reader.cpp`` reproduces): ask
+        ``window(..., skip="batchstream")`` for that window.  Arguments are
+        checked when this is called, before the first batch.
         """
-        if int(batch_size) <= 0:
-            raise ConfigError(f"batch size must be positive, got {batch_size}")
-        if first < 0:
-            raise ConfigError(f"first batch must be >= 0, got {first}")
-        total = self.num_batches(batch_size, first)
-        if max_batches is not None:
-            total = min(total, max(0, int(max_batches)))
-        for i in range(total):
-            index = first + i
-            start = index * batch_size
-            data, labels = self.images(start, batch_size)
-            yield Batch(data, labels, index, start,
-                        zero_copy=(start % self.per_file) + batch_size <= self.per_file)
+        if window is None:
+            if batch_size is None:
+                raise ConfigError("batches() needs a batch size or a window")
+            if max_batches is not None:
+                max_batches = max(0, int(max_batches))
+            window = self.window(batch_size, first, max_batches, skip="exact", allow_empty=True)
+        elif batch_size is not None or first != 0 or max_batches is not None:
+            raise ConfigError("batches(): give a window or batch_size/first/max_batches, not both")
+        elif window.count and window.stop_image > self.num_images:
+            raise ConfigError(f"{self.folder}: the window ({window.describe()}) needs {window.stop_image} "
+                              f"images but the set holds {self.num_images}; plan it with this set's window()")
+        return self._serve(window, release)
+
+    def _serve(self, window, release):
+        b, n = window.batch_size, self.per_file
+        for i in range(window.count):
+            start = window.start_image + i * b
+            data, labels = self.images(start, b)
+            yield Batch(data, labels, window.skipped + i, start, zero_copy=(start % n) + b <= n)
             if release:
-                done_files = (start + batch_size) // self.per_file
-                for k in range(start // self.per_file, done_files):
+                for k in range(start // n, (start + b) // n):
                     self.release_pages(k)
 
     def __iter__(self):
         """Iterate over files as batches of N (the files' own size)."""
         return self.batches(self.per_file)
 
-    def as_feed(self, input_name, batch_size=None, first=0, max_batches=None):
+    def as_feed(self, input_name, batch_size=None, first=0, max_batches=None, *, window=None):
         """An iterable of ``{input_name: array}`` dicts (a Polygraphy-style data loader).
 
-        Every call of ``iter()`` starts again, so it can be reused.
+        The batches of ``window``, else those :meth:`batches` serves for
+        ``batch_size`` (default N), ``first`` and ``max_batches``.  Every
+        call of ``iter()`` starts again, so it can be reused.
         """
-        return _Feed(self, input_name, batch_size or self.per_file, first, max_batches)
+        if window is None:
+            if max_batches is not None:
+                max_batches = max(0, int(max_batches))
+            window = self.window(batch_size or self.per_file, first, max_batches, skip="exact",
+                                 allow_empty=True)
+        return _Feed(self, input_name, window)
 
     # ------------------------------------------------------------- lifetime
     def close(self):
@@ -293,15 +495,12 @@ class BatchSet:
 
 
 class _Feed:
-    def __init__(self, batchset, name, batch_size, first, max_batches):
-        self._bs, self._name = batchset, name
-        self._args = (batch_size, first, max_batches)
+    def __init__(self, batchset, name, window):
+        self._bs, self._name, self.window = batchset, name, window
 
     def __iter__(self):
-        for b in self._bs.batches(*self._args):
+        for b in self._bs.batches(window=self.window):
             yield {self._name: b.data}
 
     def __len__(self):
-        batch_size, first, max_batches = self._args
-        n = self._bs.num_batches(batch_size, first)
-        return n if max_batches is None else min(n, max_batches)
+        return self.window.count

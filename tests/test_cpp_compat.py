@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from int8batch.errors import BatchFormatError
+from int8batch.errors import BatchFormatError, ConfigError
 from int8batch.format import write_batch_file
 from int8batch.reader import BatchSet
 
@@ -73,6 +73,19 @@ def _expected(folder, batch, first, max_batches, suffix=""):
     return count, bits
 
 
+def _expected_window(folder, batch, first, max_batches):
+    """Bits of the batches of ``BatchSet.window(..., skip="batchstream")``; (0, no bits) when it is refused."""
+    with BatchSet(folder) as bs:
+        try:
+            w = bs.window(batch, first, max_batches, skip="batchstream")
+        except ConfigError:
+            return 0, np.zeros(0, np.uint32), None
+        parts = []
+        for b in bs.batches(window=w):
+            parts += [np.array(b.data, dtype="<f4").ravel(), np.array(b.labels, dtype="<f4")]
+    return w.count, np.concatenate(parts).view(np.uint32), w
+
+
 @pytest.fixture(scope="module")
 def batch_folder(tmp_path_factory):
     return _make_set(str(tmp_path_factory.mktemp("batches")))
@@ -109,20 +122,41 @@ def test_cpp_reads_what_batchset_serves(reader_exe, batch_folder, tmp_path, batc
     got = np.fromfile(out, dtype="<u4")
     assert got.size == served * batch * (C * H * W + 1)
     np.testing.assert_array_equal(got, want)
+    # the window owner with BatchStream semantics agrees too (no quirk in these cases)
+    count, bits, _ = _expected_window(batch_folder, batch, first, max_batches)
+    assert count == served
+    np.testing.assert_array_equal(got, bits)
 
 
-def test_slow_skip_is_bounded_by_max_batches(reader_exe, batch_folder, tmp_path):
+# (batch size, first, max batches, batches skipped, served) where BatchStream's slow skip stops at maxBatches
+QUIRK_CASES = [
+    (30, 7, 3, 3, 3),       # skips 3 of 7: images 90..179
+    (50, 5, 2, 2, 2),       # B < N: images 100..199
+    (150, 3, 1, 1, 1),      # B > N, not a multiple: images 150..299
+    (7, 40, 10, 10, 10),    # odd size: images 70..139
+    (30, 13, 12, 12, 1),    # skips 12 of 13; only one full batch (images 360..389) left before the data ends
+]
+
+
+@pytest.mark.parametrize("batch,first,max_batches,skipped,served", QUIRK_CASES)
+def test_slow_skip_is_bounded_by_max_batches(reader_exe, batch_folder, tmp_path, batch, first, max_batches,
+                                             skipped, served):
     """A BatchStream quirk: skip() without the fast path calls next(), which is refused
     once maxBatches batches are counted, so at most maxBatches batches are skipped.
-    BatchSet skips all ``first`` batches; the C++ stream starts at batch min(first, max)."""
-    proc, out = _run(reader_exe, batch_folder, 30, 7, 3, tmp_path)
+    ``BatchSet.window(skip="batchstream")`` reproduces it; ``batches(B, first, max)``
+    (exact skipping) skips all ``first`` batches."""
+    proc, out = _run(reader_exe, batch_folder, batch, first, max_batches, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[1] == "3"
-    _, want = _expected(batch_folder, 30, 3, 3)       # what the C++ stream really serves
-    _, batchset = _expected(batch_folder, 30, 7, 3)   # what BatchSet serves for first=7
+    assert proc.stdout.split()[1] == str(served)
     got = np.fromfile(out, dtype="<u4")
+    count, bits, w = _expected_window(batch_folder, batch, first, max_batches)
+    assert (w.first, w.skipped, w.count, w.start_image) == (first, skipped, served, skipped * batch)
+    assert count == served
+    np.testing.assert_array_equal(got, bits)
+    _, want = _expected(batch_folder, batch, skipped, max_batches)   # exact skipping of `skipped` batches
     np.testing.assert_array_equal(got, want)
-    assert not np.array_equal(got, batchset)
+    _, exact = _expected(batch_folder, batch, first, max_batches)    # what exact skipping of `first` serves
+    assert not np.array_equal(got, exact)
 
 
 def test_suffix(reader_exe, tmp_path):

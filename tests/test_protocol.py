@@ -12,7 +12,7 @@ def test_sampleint8_default_windows():
     assert (cal.start_image, cal.images) == (0, 500)
     score = window(60000, 100, 100, 400)
     assert (score.start_image, score.images) == (10000, 40000)
-    assert score.describe() == "400 batches of size 100 starting at 100"
+    assert score.describe() == "400 batches of size 100 starting at 100 (images 10000..49999)"
     # TensorRT 7/8: batch 32, first 16, 1800 batches -> images 512 .. 58111
     t = window(60000, 32, 16, 1800)
     assert (t.start_image, t.start_image + t.images) == (512, 58112)

@@ -336,3 +336,212 @@ def test_release_pages_keeps_views_valid(tmp_path):
         for copy, view in served:  # views fault their pages back in from the page cache
             np.testing.assert_array_equal(copy, view)
         np.testing.assert_array_equal(bs.file_arrays(2)[0], data + 2)
+
+
+# ------------------------------------------------------------------ windows
+class RefBatchStream:
+    """TensorRT's C++ ``BatchStream`` (samples/common/BatchStream.h, 5.1.5 to 8.x), line for line.
+
+    A literal state machine over plain Python lists (``files[k] = (data, labels)``,
+    a missing file is ``k >= len(files)``); nothing of int8batch is used.
+    ``next()`` serves into ``self.batch`` / ``self.labels``.
+    """
+
+    def __init__(self, files, batch_size, max_batches):
+        self.files = files
+        self.mBatchSize, self.mMaxBatches = batch_size, max_batches
+        self.n = len(files[0][1])                          # mDims.n(), from batch0's header
+        self.mFileBatch, self.mFileLabels = [None] * self.n, [None] * self.n
+        self.batch, self.labels = [None] * batch_size, [None] * batch_size
+        self.reset(0)
+
+    def reset(self, firstBatch):
+        self.mBatchCount = 0
+        self.mFileCount = 0
+        self.mFileBatchPos = self.n
+        self.skip(firstBatch)
+
+    def next(self):
+        if self.mBatchCount == self.mMaxBatches:
+            return False
+        csize, batchPos = 1, 0
+        while batchPos < self.mBatchSize:
+            assert 0 < self.mFileBatchPos <= self.n
+            if self.mFileBatchPos == self.n and not self.update():
+                return False
+            csize = min(self.mBatchSize - batchPos, self.n - self.mFileBatchPos)
+            self.batch[batchPos:batchPos + csize] = self.mFileBatch[self.mFileBatchPos:self.mFileBatchPos + csize]
+            self.labels[batchPos:batchPos + csize] = self.mFileLabels[self.mFileBatchPos:self.mFileBatchPos + csize]
+            batchPos += csize
+            self.mFileBatchPos += csize
+        self.mBatchCount += 1
+        return True
+
+    def skip(self, skipCount):
+        if self.mBatchSize >= self.n and self.mBatchSize % self.n == 0 and self.mFileBatchPos == self.n:
+            self.mFileCount += skipCount * self.mBatchSize // self.n
+            return
+        x = self.mBatchCount
+        for _ in range(skipCount):
+            self.next()
+        self.mBatchCount = x
+
+    def update(self):
+        k = self.mFileCount
+        self.mFileCount += 1
+        if k >= len(self.files):
+            return False
+        data, labels = self.files[k]
+        self.mFileBatch[:], self.mFileLabels[:] = list(data), list(labels)
+        self.mFileBatchPos = 0
+        return True
+
+
+def ref_served(ref_data, ref_labels, n, batch_size, first, max_batches):
+    """Label lists of the batches RefBatchStream serves after EntropyCalibrator's reset(first)."""
+    files = [(ref_data[k * n:(k + 1) * n], ref_labels[k * n:(k + 1) * n]) for k in range(len(ref_labels) // n)]
+    s = RefBatchStream(files, batch_size, max_batches)
+    s.reset(first)
+    out = []
+    while s.next():
+        out.append((np.array(s.batch), list(s.labels)))
+    return out
+
+
+def _window_error(bs, *args, **kwargs):
+    with pytest.raises(ConfigError) as info:
+        bs.window(*args, **kwargs)
+    return str(info.value)
+
+
+def test_window_fast_path_skips_whole_files(folder):
+    ref_data, _ = make_set(folder, files=6)                # 6 files of N=4: 24 images
+    with BatchSet(folder) as bs:
+        w = bs.window(4, 2, 1)                             # B == N: first=2 > max_batches=1, all 2 skipped
+        assert (w.first, w.skipped, w.count, w.start_image, w.images) == (2, 2, 1, 8, 4)
+        assert w.skip == "batchstream" and w.max_batches == 1
+        assert w.describe() == "1 batches of size 4 starting at 2 (images 8..11)"
+        assert [b.start for b in bs.batches(window=w)] == [8]
+        w8 = bs.window(8, 2, 1)                            # B = 2N: two batches skipped = four files
+        assert (w8.skipped, w8.count, w8.start_image, w8.last_image) == (2, 1, 16, 23)
+        np.testing.assert_array_equal(next(bs.batches(window=w8)).data, ref_data[16:24])
+        for b, first, m in ((4, 2, 1), (8, 2, 1), (4, 0, None), (12, 1, 5)):
+            e = bs.window(b, first, m, skip="exact")       # the fast path agrees with exact skipping
+            f = bs.window(b, first, m)
+            assert (f.skipped, f.count, f.start_image) == (e.skipped, e.count, e.start_image)
+            assert e.skipped == first and e.start_image == first * b
+        assert bs.window(4, 1).count == 5 and bs.window(4, 0).count == 6
+
+
+def test_window_slow_path_quirk(folder):
+    ref_data, ref_labels = make_set(folder)                # 3 files of N=4, labels 10k + i
+    with BatchSet(folder) as bs:
+        # B=3 is not a multiple of N=4: skip() calls next() 3 times, refused after max_batches=2
+        w = bs.window(3, 3, 2)
+        assert (w.first, w.skipped, w.count, w.start_image, w.images) == (3, 2, 2, 6, 6)
+        assert "BatchStream skipped 2 of the 3 batches asked for" in w.describe()
+        served = list(bs.batches(window=w))
+        assert [b.index for b in served] == [2, 3] and [b.start for b in served] == [6, 9]
+        np.testing.assert_array_equal(np.concatenate([b.data for b in served]), ref_data[6:12])
+        # exact semantics skip all 3 (today's batches(3, 3, 2)): one batch left
+        e = bs.window(3, 3, 2, skip="exact")
+        assert (e.skipped, e.count, e.start_image) == (3, 1, 9)
+        assert [b.start for b in bs.batches(3, 3, 2)] == [9]
+        # B=6 >= N but not a multiple of 4: the slow path too
+        w6 = bs.window(6, 5, 1)
+        assert (w6.skipped, w6.count, w6.start_image) == (1, 1, 6)
+        assert "after skipping 5 batches" in _window_error(bs, 6, 5, 1, skip="exact")   # images 30.. of 12
+
+
+def test_window_first_equals_max_batches(folder):
+    make_set(folder)
+    with BatchSet(folder) as bs:
+        w = bs.window(3, 2, 2)                              # min(2, 2) = 2: no quirk
+        assert (w.skipped, w.count, w.start_image) == (2, 2, 6) and w == bs.window(3, 2, 2, skip="batchstream")
+        assert bs.window(3, 2, 2, skip="exact").start_image == 6
+        assert "BatchStream skipped" not in w.describe()
+
+
+def test_window_errors_name_folder_numbers_and_fit(folder):
+    make_set(folder)                                       # 12 images
+    with BatchSet(folder) as bs:
+        msg = _window_error(bs, 5, 2)                      # images 10..14 of 12
+        for needle in (folder, "no full batch of 5 images after skipping 2 batches: batch 2 needs images 10..14",
+                       "12 images (3 files of 4)", "2 batches of 5 fit in all (batches 0..1): skip fewer than 2"):
+            assert needle in msg, msg
+        msg = _window_error(bs, 13)
+        assert "not one batch of 13 fits; a batch size of at most 12 would" in msg and folder in msg
+        msg = _window_error(bs, 3, 1, 4, strict=True)      # 4 of the 3 batches left
+        assert "4 batches of 3 images from batch 1" in msg and "need images 3..14" in msg
+        assert "3 batches of 3 fit after skipping 1" in msg
+        assert bs.window(3, 1, 4).count == 3               # not strict: what remains
+        # the quirk is spelled out when it is what leaves too few images
+        msg = _window_error(bs, 5, 9, 3, strict=True)
+        assert "skips only 3 of the 9 batches" in msg and "not a multiple of N = 4" in msg
+        for args, needle in (((0,), "batch size must be positive, got 0"),
+                             ((-2,), "batch size must be positive, got -2"),
+                             ((3, -1), "first batch (batches to skip) must be >= 0, got -1"),
+                             ((3, 0, 0), "max_batches must be >= 1"),
+                             ((3, 0, None, "sometimes"), "skip must be one of batchstream, exact")):
+            msg = _window_error(bs, *args)
+            assert needle in msg and folder in msg, msg
+        empty = bs.window(5, 2, allow_empty=True)
+        assert empty.count == 0 and list(bs.batches(window=empty)) == [] and empty.span() == "no images"
+        assert bs.window(3, 0, 0, allow_empty=True).count == 0
+
+
+def test_batches_takes_a_window(folder):
+    ref_data, _ = make_set(folder)
+    with BatchSet(folder) as bs:
+        w = bs.window(5, 1)
+        got = list(bs.batches(window=w))
+        assert [b.start for b in got] == [5] and got[0].index == 1
+        np.testing.assert_array_equal(got[0].data, ref_data[5:10])
+        with pytest.raises(ConfigError, match="not both"):
+            bs.batches(5, window=w)
+        with pytest.raises(ConfigError, match="needs a batch size or a window"):
+            bs.batches()
+        feed = bs.as_feed("x", window=w)
+        assert len(feed) == 1 and np.array_equal(next(iter(feed))["x"], ref_data[5:10])
+    small = os.path.join(folder, "small")
+    make_set(small, files=1)
+    with BatchSet(small) as other:
+        with pytest.raises(ConfigError, match="needs 10 images but the set holds 4"):
+            other.batches(window=w)
+
+
+GRID_N = (1, 3, 4)
+GRID_BATCH = (1, 2, 3, 4, 5, 6, 8, 9, 12)
+GRID_FIRST = (0, 1, 2, 3, 5, 9)
+GRID_MAX = (1, 2, 3, 4, 7, 1000)
+
+
+@pytest.mark.parametrize("n", GRID_N)
+def test_window_matches_reference_batchstream(tmp_path, n):
+    """BatchSet.window(skip="batchstream") serves exactly what RefBatchStream serves, over a grid."""
+    folder = str(tmp_path / f"n{n}")
+    ref_data, ref_labels = make_set(folder, files=12 // n + (n == 4), dims=(n, 1, 2, 1), seed=n)
+    checked = quirks = 0
+    with BatchSet(folder) as bs:
+        for b in GRID_BATCH:
+            for first in GRID_FIRST:
+                for m in GRID_MAX:
+                    want = ref_served(list(ref_data), list(ref_labels), n, b, first, m)
+                    w = bs.window(b, first, m, skip="batchstream", allow_empty=True)
+                    served = list(bs.batches(window=w))
+                    assert len(served) == w.count == len(want), (b, first, m)
+                    for got, (data, labels) in zip(served, want):
+                        np.testing.assert_array_equal(got.data, data)
+                        assert got.labels.tolist() == labels
+                    if want:
+                        assert w.start_image == w.skipped * b and served[0].index == w.skipped
+                        assert bs.window(b, first, m) == w                  # the same, validated
+                    else:
+                        with pytest.raises(ConfigError, match="no full batch|batches of"):
+                            bs.window(b, first, m)
+                    if w.skipped != first:
+                        quirks += 1
+                        assert b % n and m < first
+                    checked += 1
+    assert checked == len(GRID_BATCH) * len(GRID_FIRST) * len(GRID_MAX)
+    assert quirks > 0 or n == 1                                              # N=1: always the fast path

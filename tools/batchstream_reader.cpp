@@ -35,7 +35,8 @@
 //   only the file counter moves (k*B/N files, not read).  Otherwise next() is
 //   called k times and the served-batch counter restored.  Because next() is
 //   refused at maxBatches, the slow path skips at most maxBatches batches:
-//   a real BatchStream quirk, kept on purpose.
+//   a real BatchStream quirk, kept on purpose (int8batch's
+//   BatchSet.window(..., skip="batchstream") plans the same window).
 // - Labels: N floats after the data; a file whose label block is missing
 //   keeps the previous labels (zeros at first), a partial block is an error.
 //   Bytes after the label block are ignored, as fread ignores them.

@@ -150,8 +150,11 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         "entropy" is TensorRT's KL-divergence recipe; "auto" (default) is
         documented in :data:`METHODS`.
     batch_size, first, max_batches :
-        Calibration batches as sampleINT8's BatchStream serves them; batch
-        size defaults to the model's fixed batch dimension, else the files' N.
+        Calibration batches as sampleINT8's BatchStream serves them
+        (:meth:`BatchSet.window` with ``skip="batchstream"``: when the batch
+        size is not a multiple of the files' N, BatchStream skips at most
+        ``max_batches`` batches, and so does this); batch size defaults to the
+        model's fixed batch dimension, else the files' N.
     two_pass : bool
         Exact histograms: a first pass finds each tensor's max, the second
         histograms over a fixed range (twice the inference, no range growth).
@@ -201,12 +204,17 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         info = G.input_info(m)[0]
         fixed = info.shape[0] if info.shape and isinstance(info.shape[0], int) else None
         batch_size = int(batch_size or fixed or bs.per_file)
-        total = bs.num_batches(batch_size, first)
-        if max_batches is not None:
-            total = min(total, int(max_batches))
-        if total <= 0:
-            raise CalibrationError(f"{bs.folder}: no full batch of {batch_size} images after skipping {first} "
-                                   f"batches ({bs.num_images} images in the files)", bs.folder)
+        # BatchStream's skip semantics, as TensorRT's calibrators serve the same files
+        try:
+            win = bs.window(batch_size, first, max_batches, skip="batchstream")
+        except ConfigError as exc:
+            raise CalibrationError(str(exc), bs.folder) from exc
+        total = win.count
+        if win.skipped != win.first:
+            log.warning("%s: TensorRT's BatchStream skips only %d of the %d batches asked for when the batch "
+                        "size (%d) is not a multiple of the files' N (%d) and first > max_batches; "
+                        "calibrating on %s as TensorRT would", bs.folder, win.skipped, win.first, batch_size,
+                        bs.per_file, win.span())
         runner = ActivationRunner(m, names, providers=providers, intra_op_threads=intra_op_threads,
                                   batch_dims=(batch_size,) + tuple(bs.image_shape),
                                   label=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
@@ -243,13 +251,13 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             if not dynamic:
                 return None
             maxes = MaxCollector()
-            run_chunks(next(iter(bs.batches(batch_size, first, 1))).data, maxes)
+            run_chunks(next(iter(bs.batches(window=win))).data, maxes)
             return maxes.ranges()
 
         def sweep(collector, label):
             if dynamic and not measured[0]:
                 chunk[0] = 1  # the first image measures the activation size
-            for i, b in enumerate(bs.batches(batch_size, first, total, release=True)):
+            for i, b in enumerate(bs.batches(window=win, release=True)):
                 run_chunks(b.data, collector)
                 if progress:
                     progress(i + 1, total)
@@ -286,11 +294,11 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         if keep_float is None:
             keep_float = "auto" if method == "auto" else 0
         if keep_float and write_qdq and out is not None:
-            result.kept_float = _most_sensitive(m, result.amax, bs, batch_size, first, keep_float, dynamic,
+            result.kept_float = _most_sensitive(m, result.amax, bs, batch_size, win, keep_float, dynamic,
                                                 providers, intra_op_threads)
         if out is not None:
             _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq,
-                             per_channel_weights, model, bs, batch_size, first,
+                             per_channel_weights, model, bs, batch_size, win,
                              means.means() if means is not None else None)
         result.seconds = time.perf_counter() - t0
         return result
@@ -299,14 +307,14 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             bs.close()
 
 
-def _most_sensitive(m, amax, bs, batch_size, first, keep, dynamic, providers, intra_op_threads):
+def _most_sensitive(m, amax, bs, batch_size, win, keep, dynamic, providers, intra_op_threads):
     from ..onnx.placement import plan_qdq
     from .sensitivity import rank_sensitivity
     if keep != "auto" and (not isinstance(keep, int) or keep < 0):
         raise ConfigError(f"keep_float must be a number >= 0 or 'auto', got {keep!r}")
     candidates = list(plan_qdq(m)[0])
     count = min(SENSITIVITY_IMAGES, batch_size) if dynamic else batch_size
-    data = bs.images(first * batch_size, count)[0]
+    data = bs.images(win.start_image, count)[0]
     ranked = rank_sensitivity(m, amax, np.ascontiguousarray(data), candidates, providers, intra_op_threads)
     if keep == "auto":
         kept = [t for t, err in ranked[:SENSITIVITY_MAX_KEPT] if err > SENSITIVITY_THRESHOLD]
@@ -349,7 +357,7 @@ def _finite(v):
 
 
 def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq, per_channel, model, bs,
-                     batch_size, first, input_means=None):
+                     batch_size, win, input_means=None):
     from ..onnx import qdq
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
@@ -362,7 +370,8 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
     dr_skipped = cache_io.write_dynamic_range(paths["dynamic_range"], result.amax, skip_colon_names=True)
     entries = {n: cache_io.calibration_entry(result.stats[n], a, result.methods[n]) for n, a in result.amax.items()}
     meta = {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
-            "batches_folder": os.path.abspath(bs.folder), "batch_size": batch_size, "first_batch": first,
+            "batches_folder": os.path.abspath(bs.folder), "batch_size": batch_size, "first_batch": win.skipped,
+            "first_image": win.start_image,
             "batches": result.batches, "images": result.images, "method": method,
             "cache_header": str(header), "trt_version": ".".join(map(str, header.version)),
             "trt_version_source": source, "cache_algorithm": header.algorithm,

@@ -29,6 +29,10 @@ def add_parser(sub):
     m = runs.add_parser("mnist", help="sampleINT8 on the bundled MNIST and LeNet (exit 1 on FAILED)")
     m.add_argument("--calib-batches", type=int, default=10, help="calibration batches (default 10)")
     m.add_argument("--calib-batch-size", type=int, default=50, help="calibration batch size (default 50)")
+    m.add_argument("--window", choices=("trt7", "trt5"), default="trt7",
+                   help="whose calibration window: trt7 = TensorRT 7/8 sampleINT8, whose MNISTBatchStream "
+                        "serves batch 1 first (images 50..549 with the defaults; default); trt5 = TensorRT 5 "
+                        "sampleINT8, BatchStream over the batch files from batch 0 (images 0..499)")
     m.add_argument("--batch-size", type=int, default=100, help="scoring batch size (default 100)")
     m.add_argument("--score-set", choices=("test", "train"), default="test",
                    help="test: the 10000 test images (default); train: the sample's window of the training "
@@ -78,7 +82,7 @@ def _run_sample(args, bar):
     if args.sample == "mnist":
         from ..runner.mnist import MnistSettings, run_mnist
         s = MnistSettings(calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
-                          batch_size=args.batch_size, score_set=args.score_set,
+                          window=args.window, batch_size=args.batch_size, score_set=args.score_set,
                           first_score_batch=args.first_score_batch, score_batches=args.score_batches,
                           method=args.method, preset=args.preset, threads=args.threads, backend=args.backend,
                           keep_float=args.keep_float, bias_correction=not args.no_bias_correction)

@@ -112,6 +112,12 @@ class DeviceFeeder:
         exactly as ``BatchSet.batches`` serves them.
     first, max_batches : int
         Skip ``first`` batches; stop after ``max_batches`` (None: all full batches).
+    window : int8batch.reader.Window, optional
+        The batches to stream, from ``batchset.window(...)`` (either skip
+        semantics); replaces ``batch_size``, ``first`` and ``max_batches``.
+        Without it the window is ``batchset.window(batch_size, first,
+        max_batches, skip="exact", allow_empty=True)``, as ``BatchSet.batches``
+        serves it.
     strategy : {"auto", "registered", "pinned", "pageable"}
     copy_threads : int
         Host threads filling pinned staging chunks (``pinned``, and files not
@@ -150,22 +156,24 @@ class DeviceFeeder:
     def __init__(self, batchset, batch_size=None, first=0, max_batches=None, strategy="auto",
                  copy_threads=4, stream=None, device=None, register_limit=DEFAULT_REGISTER_LIMIT,
                  register_threads=1, depth=3, stage_chunks=8, stage_chunk_bytes=STAGE_CHUNK_BYTES,
-                 register_during_copies=True):
+                 register_during_copies=True, window=None):
         if strategy not in STRATEGIES:
             raise ConfigError(f"feeder strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-        self.batchset = batchset
-        self.batch_size = int(batchset.per_file if batch_size is None else batch_size)
-        if self.batch_size <= 0:
-            raise ConfigError(f"batch size must be positive, got {batch_size}")
-        if first < 0:
-            raise ConfigError(f"first batch must be >= 0, got {first}")
         if int(depth) < 2:
             raise ConfigError(f"depth must be >= 2 (double buffering), got {depth}")
-        self.first = int(first)
-        total = batchset.num_batches(self.batch_size, self.first)
-        if max_batches is not None:
-            total = min(total, max(0, int(max_batches)))
-        self.num_batches = total
+        self.batchset = batchset
+        if window is None:
+            if max_batches is not None:
+                max_batches = max(0, int(max_batches))
+            window = batchset.window(batchset.per_file if batch_size is None else batch_size, first, max_batches,
+                                     skip="exact", allow_empty=True)
+        elif window.count and window.stop_image > batchset.num_images:
+            raise ConfigError(f"{batchset.folder}: the window ({window.describe()}) needs {window.stop_image} "
+                              f"images but the set holds {batchset.num_images}")
+        self.window = window
+        self.batch_size = window.batch_size
+        self.first = window.skipped           # batches really skipped
+        self.num_batches = window.count
         n, c, h, w = batchset.dims
         self.shape = (self.batch_size, c, h, w)
         self.image_bytes = 4 * c * h * w
@@ -252,7 +260,7 @@ class DeviceFeeder:
     def _segments(self, j):
         """``[(file, byte offset in file data, byte offset in batch, nbytes), ...]`` of batch ``j``."""
         n = self.batchset.per_file
-        start = (self.first + j) * self.batch_size
+        start = self.window.start_image + j * self.batch_size
         segs, done = [], 0
         while done < self.batch_size:
             k, off = divmod(start + done, n)

@@ -147,22 +147,22 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
             pack(cal_folder, cal_dir, preset=s.preset, batch_size=s.calib_batch_size, labels="none",
                  shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
         with BatchSet(score_dir) as score, _open(cal_dir, score) as cal_set:
-            cal = protocol.window(cal_set.num_images, s.calib_batch_size, 0, cal_batches, "calibration")
+            cal = protocol.window(cal_set, s.calib_batch_size, 0, cal_batches, "calibration")
             first = 0 if cal_folder else default_first(s, cal.count)
-            win = protocol.window(score.num_images, s.batch_size, first, s.score_batches, "scoring")
+            win = protocol.window(score, s.batch_size, first, s.score_batches, "scoring")
             overlap = 0 if cal_folder else max(0, cal.start_image + cal.images - win.start_image)
             if overlap:
                 log.warning("the scoring window overlaps the calibration images by %d images: the INT8 figures "
                             "flatter the calibration", overlap)
             result = calibrate(s.model, cal_set, out, method=s.method, batch_size=cal.batch_size,
                                keep_float=s.keep_float, bias_correction=s.bias_correction,
-                               first=cal.first, max_batches=cal.count, intra_op_threads=s.threads)
+                               first=cal.skipped, max_batches=cal.count, intra_op_threads=s.threads)
             if backend == "tensorrt":
                 scored = trt_evaluate(s.model, cal_set, cal, score, win, os.path.join(out, "tensorrt"),
                                       algorithm=trt_algorithm(s.method), keep=100, progress=progress)
             else:
-                scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count, first=win.first,
-                                  intra_op_threads=s.threads, keep=100, progress=progress)
+                scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count,
+                                  first=win.skipped, intra_op_threads=s.threads, keep=100, progress=progress)
             names = [p for p, _ in score.manifest["images_list"]]
             cal_names = [p for p, _ in cal_set.manifest["images_list"]][cal.start_image:cal.start_image + cal.images]
             source = score.manifest["labels"]["source"]
@@ -213,10 +213,10 @@ def _notes(s, packed, source, cal_folder, cal, win, overlap):
              + ("" if source != "none" else " (agreement only)")]
     if cal_folder:
         lines.append(f"Calibration images: {cal_folder} (a separate folder); scoring images {win.start_image}.."
-                     f"{win.start_image + win.images - 1} of {s.images}")
+                     f"{win.last_image} of {s.images}")
     else:
-        lines.append(f"Calibration images 0..{cal.images - 1}, scoring images {win.start_image}.."
-                     f"{win.start_image + win.images - 1} of the shuffled order"
+        lines.append(f"Calibration images {cal.start_image}..{cal.last_image}, scoring images {win.start_image}.."
+                     f"{win.last_image} of the shuffled order"
                      + (f" (WARNING: {overlap} overlap)" if overlap else " (disjoint)"))
     return lines
 

@@ -4,7 +4,12 @@ The protocol of sampleINT8 and the Python ``int8_caffe_mnist`` sample:
 
 1. pack the bundled MNIST training images into batch files of 100
    (``batches/batch0 ... batch599``, the sample's layout);
-2. calibrate on the first batches (sample defaults: 10 batches of 50);
+2. calibrate on 10 batches of 50 (the sample defaults) from where the chosen
+   sample's stream starts (``window``, see
+   :data:`int8batch.runner.protocol.CALIBRATION_WINDOWS`): ``"trt7"`` (default)
+   is TensorRT 7/8's ``MNISTBatchStream``, which serves batch 1 first
+   (images 50..549); ``"trt5"`` is TensorRT 5's ``BatchStream`` over the
+   batch files from batch 0 (images 0..499);
 3. score FP32 and INT8 on the 10000 test images (or, with
    ``score_set="train"``, on the sample's window: 400 batches of 100 from
    batch 100 of the training files), printing Top-1/Top-5, ms/image,
@@ -36,6 +41,7 @@ class MnistSettings:
 
     calib_batches: int = 10
     calib_batch_size: int = 50
+    window: str = "trt7"            # calibration window: "trt7" (MNISTBatchStream, batch 1 first) or "trt5"
     batch_size: int = 100
     score_set: str = "test"         # "test" (t10k) or "train" (the sample's window)
     first_score_batch: int = None   # default 0 for test, 100 for train
@@ -58,6 +64,7 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
     from .trt_backend import describe, pick_backend, trt_algorithm, trt_evaluate
     s = settings or MnistSettings()
     backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
+    protocol.sample_window(s.window)   # an unknown window name fails now, not after packing
     tmp = workdir or tempfile.mkdtemp(prefix="int8batch-mnist-")
     try:
         train_dir = os.path.join(tmp, "batches")
@@ -75,18 +82,20 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
             from ..errors import ConfigError
             raise ConfigError(f"score set must be 'test' or 'train', got {s.score_set!r}")
         with BatchSet(train_dir) as train, BatchSet(score_dir) as score:
-            cal = protocol.window(train.num_images, s.calib_batch_size, 0, s.calib_batches, "calibration")
-            win = protocol.window(score.num_images, s.batch_size, first, count, "scoring")
+            sample, cal = protocol.calibration_window(train, s.window, s.calib_batch_size, s.calib_batches)
+            win = protocol.window(score, s.batch_size, first, count, "scoring")
+            # cal.skipped: the batches the sample's stream really skips (exact from here on)
             result = calibrate(s.model, train, out, method=s.method, batch_size=cal.batch_size,
                                keep_float=s.keep_float, bias_correction=s.bias_correction,
-                               first=cal.first, max_batches=cal.count)
+                               first=cal.skipped, max_batches=cal.count)
             if backend == "tensorrt":
                 scored = trt_evaluate(s.model, train, cal, score, win, os.path.join(out, "tensorrt"),
                                       algorithm=trt_algorithm(s.method), keep=100, progress=progress)
             else:
-                scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count, first=win.first,
-                                  intra_op_threads=s.threads, keep=100, progress=progress)
-            report = RunReport("mnist", s, cal, win, result, scored, out, backend=backend)
+                scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count,
+                                  first=win.skipped, intra_op_threads=s.threads, keep=100, progress=progress)
+            report = RunReport("mnist", s, cal, win, result, scored, out, backend=backend,
+                               cal_origin=sample)
             if backend == "tensorrt":
                 report.notes.append(describe(scored))
             if plot:

@@ -1,54 +1,97 @@
 """The arithmetic of sampleINT8's protocol: batch windows and top-k scoring.
 
-sampleINT8 calibrates on ``calib_batches`` batches of ``calib_batch_size`` from
-the start of its batch files and scores ``score_batches`` batches of
-``batch_size`` starting at batch ``first_score_batch``.  A window that asks for
-more images than exist is an error here (the C++ sample would crash).
+sampleINT8 calibrates on ``calib_batches`` batches of ``calib_batch_size`` and
+scores ``score_batches`` batches of ``batch_size`` starting at batch
+``first_score_batch``.  Which batches a window covers is computed by the one
+window owner, :meth:`int8batch.reader.BatchSet.window`; :func:`window` here
+adds the protocol's rule that a window asking for more images than exist is an
+error (the C++ sample would crash) and names the window's role in the message.
+
+Where the calibration window starts depends on the sample's TensorRT version
+(:data:`CALIBRATION_WINDOWS`): TensorRT 7/8's ``MNISTBatchStream`` serves batch
+1 first, TensorRT 5's ``BatchStream`` over the batch files serves batch 0.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..reader import Window, plan_window
+
+__all__ = ["CALIBRATION_WINDOWS", "SampleWindow", "Score", "Window", "calibration_window", "passed",
+           "sample_window", "topk_hits", "window"]
+
+
+def window(available, batch_size, first=0, count=None, what="window", skip="exact"):
+    """A validated :class:`~int8batch.reader.Window` of the protocol.
+
+    Parameters
+    ----------
+    available : BatchSet or int
+        The batch set the window is served from, or its number of images
+        (then only ``skip="exact"`` is possible: BatchStream's skip depends on
+        the files' N).
+    batch_size, first : int
+        Images per batch, batches to skip.
+    count : int or None
+        Batches wanted; all of them must fit.  None takes every full batch
+        after ``first``.
+    what : str
+        The window's role ("calibration", "scoring"), named in errors.
+    skip : {"exact", "batchstream"}
+        As in :meth:`~int8batch.reader.BatchSet.window`.
+    """
+    label = what if what.endswith("window") else f"{what} window"
+    if not hasattr(available, "window"):
+        return plan_window(int(available), None, batch_size, first, count, skip, strict=True, where=label)
+    try:
+        return available.window(batch_size, first, count, skip, strict=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from exc
 
 
 @dataclass(frozen=True)
-class Window:
-    """``count`` batches of ``batch_size`` images starting at batch ``first``."""
+class SampleWindow:
+    """Where one TensorRT version of sampleINT8 starts calibrating, in batch-file terms."""
 
-    batch_size: int
-    first: int
-    count: int
+    name: str
+    first: int          # batches skipped before the first calibration batch
+    skip: str           # skip semantics (see BatchSet.window)
+    label: str          # what the run report says
 
-    @property
-    def start_image(self):
-        return self.first * self.batch_size
-
-    @property
-    def images(self):
-        return self.count * self.batch_size
-
-    def describe(self):
-        return f"{self.count} batches of size {self.batch_size} starting at {self.first}"
+    def describe(self, w):
+        """``"10 batches of 50 from image 50 (<label>), images 50..549"`` for the window ``w``."""
+        return f"{w.count} batches of {w.batch_size} from image {w.start_image} ({self.label}), {w.span()}"
 
 
-def window(available_images, batch_size, first=0, count=None, what="window"):
-    """A validated :class:`Window` over ``available_images`` images.
+#: ``int8batch run mnist --window``: the calibration windows of sampleINT8's TensorRT versions
+CALIBRATION_WINDOWS = {
+    # TRT 7/8 sampleINT8: Int8EntropyCalibrator2(MNISTBatchStream, firstBatch 0); next() increments the
+    # batch counter before the data is read, so batch 1 (images B..2B-1) is served first
+    "trt7": SampleWindow("trt7", 1, "batchstream",
+                         "TensorRT 7/8 sampleINT8 window: MNISTBatchStream serves batch 1 first"),
+    # TRT 5 sampleINT8: BatchStream over the batch files, reset(0): batch 0 first
+    "trt5": SampleWindow("trt5", 0, "batchstream",
+                         "TensorRT 5 sampleINT8 window: BatchStream serves the batch files from batch 0"),
+}
 
-    ``count=None`` takes every full batch after ``first``.
+
+def sample_window(name):
+    """The :class:`SampleWindow` called ``name`` (``"trt7"``, ``"trt5"``); ConfigError for another name."""
+    try:
+        return CALIBRATION_WINDOWS[name]
+    except KeyError:
+        raise ConfigError(f"unknown calibration window {name!r}; choose one of "
+                          f"{', '.join(CALIBRATION_WINDOWS)}") from None
+
+
+def calibration_window(batchset, name, batch_size, count):
+    """The calibration :class:`~int8batch.reader.Window` of sample window ``name`` over ``batchset``.
+
+    Returns ``(SampleWindow, Window)``.  ``count`` batches must fit.
     """
-    batch_size, first = int(batch_size), int(first)
-    if batch_size <= 0 or first < 0:
-        raise ConfigError(f"{what}: batch size must be > 0 and first batch >= 0 (got {batch_size}, {first})")
-    full = available_images // batch_size - first
-    if count is None:
-        count = full
-    count = int(count)
-    if count <= 0 or count > full:
-        raise ConfigError(f"{what}: {count} batches of {batch_size} from batch {first} need "
-                          f"{(first + max(count, 1)) * batch_size} images, but only {available_images} exist "
-                          f"({max(full, 0)} batches fit)")
-    return Window(batch_size, first, count)
+    sample = sample_window(name)
+    return sample, window(batchset, batch_size, sample.first, count, "calibration", sample.skip)
 
 
 def topk_hits(scores, labels, k):

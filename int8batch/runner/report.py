@@ -57,12 +57,16 @@ class RunReport:
 
     ``result`` is the :class:`~int8batch.calib.evaluate.EvalResult` of the
     scoring window; ``notes`` are extra lines printed under the model line and
-    ``extra`` extra keys of the JSON report.
+    ``extra`` extra keys of the JSON report.  ``cal_origin`` (a
+    :class:`~int8batch.runner.protocol.SampleWindow`, optional) says whose
+    window the calibration window reproduces.
     """
 
     def __init__(self, name, settings, cal_window, score_window, calibration, result, out,
-                 tolerance=0.01, backend="onnxruntime", min_agreement=0.95, notes=(), extra=None):
+                 tolerance=0.01, backend="onnxruntime", min_agreement=0.95, notes=(), extra=None,
+                 cal_origin=None):
         self.name, self.settings, self.cal, self.win = name, settings, cal_window, score_window
+        self.cal_origin = cal_origin
         self.calibration, self.result, self.out = calibration, result, out
         self.tolerance, self.backend, self.min_agreement = tolerance, backend, min_agreement
         self.notes, self.extra = list(notes), dict(extra or {})
@@ -95,7 +99,9 @@ class RunReport:
             "run": self.name, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backend": self.backend,
             "versions": self.versions,
             "settings": {k: v for k, v in dataclasses.asdict(self.settings).items()},
-            "calibration": {"window": dataclasses.asdict(self.cal), "method": self.settings.method,
+            "calibration": {"window": dataclasses.asdict(self.cal),
+                            "sample_window": self.cal_origin and self.cal_origin.name,
+                            "window_text": self.calibration_window(), "method": self.settings.method,
                             "tensors": len(cal.amax), "seconds": cal.seconds, "artefacts": cal.paths,
                             "kept_float": list(getattr(cal, "kept_float", None) or []),
                             "bias_corrected": sorted(_biases(cal))},
@@ -116,7 +122,7 @@ class RunReport:
                  self._backend_line(),
                  f"Model: {os.path.basename(s.model)}; preprocessing preset {getattr(s, 'preset', '?')}",
                  *self.notes,
-                 f"Calibration: {self.cal.describe()} ({self.cal.images} images), method {s.method}: "
+                 f"Calibration: {self.calibration_window()}, method {s.method}: "
                  f"{len(cal.amax)} tensors in {cal.seconds:.2f} s"
                  + (f"; kept float in the Q/DQ model (sensitivity pass): {', '.join(cal.kept_float)}"
                     if getattr(cal, "kept_float", None) else "")
@@ -147,6 +153,16 @@ class RunReport:
         lines.append(self._verdict_line())
         return "\n".join(lines)
 
+    def calibration_window(self):
+        """``"10 batches of 50 from image 50 (<whose window>), images 50..549"``."""
+        w = self.cal
+        if self.cal_origin is not None:
+            return self.cal_origin.describe(w)
+        text = f"{w.count} batches of {w.batch_size} from image {w.start_image}, {w.span()}"
+        if w.skipped != w.first:
+            text += f" ({w.describe()})"
+        return text
+
     def _backend_line(self):
         if self.backend == "tensorrt":
             e = getattr(self.result, "engines", None) or {}
@@ -169,8 +185,8 @@ class RunReport:
               f"- date: {d['date']}", f"- backend: {self.backend}",
               f"- versions: {', '.join(f'{k} {v}' for k, v in d['versions'].items())}",
               f"- model: {os.path.basename(self.settings.model)}",
-              f"- calibration: {self.cal.describe()}, method {self.settings.method}",
-              f"- scoring: {self.win.describe()} ({r.images} images, {r.labelled} labelled)",
+              f"- calibration: {self.calibration_window()}, method {self.settings.method}",
+              f"- scoring: {self.win.describe()}; {r.images} images, {r.labelled} labelled",
               f"- rule: {self.rule}", "",
               "| precision | top-1 | top-5 | ms/image |", "|---|---|---|---|"]
         pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731

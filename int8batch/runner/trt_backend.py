@@ -28,12 +28,15 @@ import time
 import numpy as np
 
 from ..calib.evaluate import Comparison
+from ..trt import vocab
 from ..errors import ConfigError, Int8BatchError, ModelError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-TRT_ALGORITHMS = ("entropy2", "entropy", "minmax", "legacy")
+# int8batch method -> the TensorRT calibrator that computes the same thing (int8batch's
+# "entropy" is TensorRT's Entropy2; methods TensorRT has no calibrator for get Entropy2)
+TRT_CALIBRATOR_OF = {"entropy": "entropy2", "minmax": "minmax"}
 
 
 def pick_backend(name):
@@ -66,7 +69,9 @@ def pick_backend(name):
 
 def trt_algorithm(method):
     """The TensorRT calibrator for an int8batch calibration method (entropy2 unless it names one)."""
-    return method if method in TRT_ALGORITHMS else "entropy2"
+    if method in vocab.CALIBRATORS:
+        return method
+    return TRT_CALIBRATOR_OF.get(method, "entropy2")
 
 
 def build_fp32_engine(onnx_path, engine_path, batch_size):
@@ -226,7 +231,9 @@ def trt_evaluate(onnx_path, calib_batchset, calib_window, score_batchset, score_
     onnx_path : path
         The FP32 ONNX model (one NCHW float32 input).
     calib_batchset, score_batchset : BatchSet
-    calib_window, score_window : int8batch.runner.protocol.Window
+    calib_window, score_window : int8batch.reader.Window
+        From :meth:`BatchSet.window` (or :func:`int8batch.runner.protocol.window`);
+        the calibrator skips ``calib_window.skipped`` batches.
     workdir : path
         Where ``fp32.engine``, ``int8.engine`` (and by default ``int8.cache``) go.
     cache_path : path or None
@@ -248,11 +255,11 @@ def trt_evaluate(onnx_path, calib_batchset, calib_window, score_batchset, score_
     fp32_batch = build_fp32_engine(onnx_path, fp32_path, score_window.batch_size)
     built = build_int8_engine(onnx_path, calib_batchset, int8_path, cache_path, algorithm,
                               batch_size=calib_window.batch_size, max_batches=calib_window.count,
-                              first=calib_window.first)
+                              first=calib_window.skipped)
     acc = Comparison(outputs, keep_largest, keep)
     total = score_window.count
     with EngineRunner(fp32_path, fp32_batch) as fp, EngineRunner(int8_path, built.input_shape[0]) as q:
-        batches = score_batchset.batches(score_window.batch_size, score_window.first, score_window.count)
+        batches = score_batchset.batches(window=score_window)
         for done, b in enumerate(batches, 1):
             t = time.perf_counter()
             y0 = fp.run(b.data)

@@ -164,12 +164,8 @@ def build_int8_engine(onnx_path, batchset, engine_path, cache_path=None, algorit
         inp, calib_shape, dynamic = _calibration_shape(network, bs, batch_size, onnx_path)
         if inp.dtype != trt.float32:
             raise ModelError(f"{onnx_path}: input {inp.name!r} is {inp.dtype}; batch files hold float32", onnx_path)
-        available = bs.num_batches(calib_shape[0], first)
-        if max_batches is not None:
-            available = min(available, int(max_batches))
-        if available == 0 and not cache_ok:
-            raise ConfigError(f"{bs.folder}: no full batch of {calib_shape[0]} images after skipping {first} "
-                              f"batch(es) ({bs.num_images} images in all); lower the batch size")
+        # BatchStream's skip semantics (the window owner validates and words the error)
+        window = bs.window(calib_shape[0], first, max_batches, skip="batchstream", allow_empty=cache_ok)
 
         config = builder.create_builder_config()
         config.set_flag(trt.BuilderFlag.INT8)
@@ -186,18 +182,18 @@ def build_int8_engine(onnx_path, batchset, engine_path, cache_path=None, algorit
                      inp.name, tuple(inp.shape), calib_shape)
 
         calibrator = make_calibrator(bs, inp.name, algorithm=algorithm, batch_size=calib_shape[0],
-                                     max_batches=max_batches, cache_path=cache_path, first=first,
+                                     max_batches=window.count, cache_path=cache_path, first=window.skipped,
                                      use_cache=use_cache, strategy=strategy)
         config.int8_calibrator = calibrator
         log.info("building INT8 engine from %s with %s calibration (%d batch(es) of %s available)",
-                 onnx_path, algorithm, available, calib_shape)
+                 onnx_path, algorithm, window.count, calib_shape)
         serialized = builder.build_serialized_network(network, config)
         calibrator.raise_if_failed()
         if serialized is None:
             raise CalibrationError(f"{onnx_path}: TensorRT could not build the INT8 engine; see its log above")
-        if calibrator.calibrated and calibrator.batches_served < available:
+        if calibrator.calibrated and calibrator.batches_served < window.count:
             log.warning("TensorRT stopped after %d of %d calibration batches", calibrator.batches_served,
-                        available)
+                        window.count)
         blob = memoryview(serialized)
         _atomic_write(engine_path, blob)
         log.info("engine written: %s (%d bytes)", engine_path, blob.nbytes)

@@ -202,3 +202,36 @@ def test_tensor_names_with_colons_calibrate_and_stay_out_of_the_dynamic_range_fi
     q = onnx.load(res.paths["qdq"])
     assert any(n.op_type == "QuantizeLinear" and n.input[0] == "relu:0" for n in q.graph.node)
     assert any("':' in the name" in r.getMessage() for r in caplog.records)
+
+
+def test_window_follows_batchstream_skip(mnist, tmp_path):
+    # Files of 50, batches of 30 (not a multiple of N): TensorRT's BatchStream skips by reading
+    # and stops at max_batches, so first=5 with max_batches=2 skips 2 batches -> images 60..119.
+    res = api.calibrate(LENET, mnist, tmp_path, method="minmax", batch_size=30, first=5, max_batches=2,
+                        bias_correction=False, write_qdq=False)
+    meta = json.load(open(res.paths["json"]))["metadata"]
+    assert (meta["first_batch"], meta["first_image"], res.images) == (2, 60, 60)
+    with int8batch.BatchSet(mnist) as bs:
+        want = float(np.abs(bs.images(60, 60)[0]).max())
+    assert res.amax["data"] == want
+    # a multiple of N takes the fast path: every skipped batch counts
+    res = api.calibrate(LENET, mnist, tmp_path / "b", method="minmax", batch_size=50, first=3, max_batches=2,
+                        bias_correction=False, write_qdq=False)
+    assert json.load(open(res.paths["json"]))["metadata"]["first_image"] == 150
+
+
+def test_cache_header_choice(mnist, tmp_path, monkeypatch):
+    from int8batch.trt import vocab
+    monkeypatch.setattr(vocab, "installed_version", lambda: None)
+    res = api.calibrate(LENET, mnist, tmp_path / "a", method="minmax", max_batches=1, bias_correction=False,
+                        write_qdq=False)
+    first = open(res.paths["cache"]).readline().strip()
+    assert first == res.cache_header == "TRT-101600-MinMaxCalibration"
+    assert any("assumed" in n for n in res.notes) and any("entropy2" in n for n in res.notes)
+    monkeypatch.setattr(vocab, "installed_version", lambda: "8.6.1.6")
+    res = api.calibrate(LENET, mnist, tmp_path / "b", method="mse", max_batches=1, bias_correction=False,
+                        write_qdq=False)
+    assert res.cache_header == "TRT-8601-EntropyCalibration2" and res.notes == []
+    res = api.calibrate(LENET, mnist, tmp_path / "c", method="minmax", max_batches=1, bias_correction=False,
+                        write_qdq=False, trt_version="10.13.3", cache_algorithm="entropy2")
+    assert open(res.paths["cache"]).readline().strip() == "TRT-101303-EntropyCalibration2"

@@ -77,6 +77,26 @@ def test_first_and_max_batches(monkeypatch, batch_dir):
         np.testing.assert_array_equal(data, images[(i + 1) * 4:(i + 2) * 4])
 
 
+def test_window_with_batchstream_skip(monkeypatch, batch_dir):
+    """A window from BatchSet.window: BatchStream's skip of 5 batches of 4 (not a multiple of N=6)
+    stops at max_batches=2, so the feeder streams batches 2 and 3 (images 8..15)."""
+    folder, images, labels = batch_dir
+    fake = FakeCuda().install(monkeypatch)
+    with BatchSet(folder) as bs:
+        w = bs.window(4, 5, 2, skip="batchstream")
+        assert (w.skipped, w.count, w.start_image) == (2, 2, 8)
+        with DeviceFeeder(bs, window=w) as feeder:
+            assert (len(feeder), feeder.batch_size, feeder.first) == (2, 4, 2)
+            got = [(b.index, b.start, _read_device(fake, b), b.labels) for b in feeder]
+        assert [(i, s) for i, s, _, _ in got] == [(2, 8), (3, 12)]
+        for _, start, data, lab in got:
+            np.testing.assert_array_equal(data, images[start:start + 4])
+            np.testing.assert_array_equal(lab, labels[start:start + 4])
+        with pytest.raises(ConfigError, match="first batch"):
+            DeviceFeeder(bs, 4, first=-1)
+    assert fake.live() == (0, 0, 0, 0)
+
+
 def test_second_pass_keeps_registrations(monkeypatch, batch_dir):
     folder, images, _ = batch_dir
     fake = FakeCuda().install(monkeypatch)

@@ -8,7 +8,7 @@ Public API (heavy dependencies load lazily, inside the functions that need them)
   :meth:`BatchSet.window` plans the :class:`Window` of batches a stream serves.
 - :class:`PreprocessConfig` and :data:`PRESETS` -- the preprocessing recipe.
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401
 
 from .errors import Int8BatchError  # noqa: E402
 from .reader import Batch, BatchSet, Window  # noqa: E402

@@ -21,7 +21,7 @@ placement needs but the cache lacks are an error unless --allow-missing.""")
 
 
 def run(args):
-    from ..onnx.qdq import qdq_from_cache
+    from ..calib.convert import qdq_from_cache
     report = qdq_from_cache(args.model, args.cache, args.output,
                             on_missing="skip" if args.allow_missing else "raise")
     print(report.summary())

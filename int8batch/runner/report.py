@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from .._atomic import write_json_atomic, write_text_atomic
 from . import protocol
 

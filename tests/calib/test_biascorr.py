@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 import int8batch
 from int8batch._kernels_calib import sum_rows
 from int8batch.calib import api
-from int8batch.calib.biascorr import (Layer, MeanCollector, bias_shift, corrected_bias, layers_of,
-                                      patch_sums)
+from int8batch.calib.biascorr import MeanCollector, patch_sums
+from int8batch.onnx.layers import Layer, bias_shift, corrected_bias, layers_of
 from int8batch.cli.main import main
 from int8batch.errors import CalibrationError
 from int8batch.onnx import insert_qdq_with_report

@@ -16,7 +16,8 @@ import qdq_models as Q
 from int8batch.calib.cache import read_trt_cache
 from int8batch.cli.main import main
 from int8batch.errors import CacheError, ModelError
-from int8batch.onnx import insert_qdq, qdq_from_cache
+from int8batch.calib.convert import qdq_from_cache
+from int8batch.onnx import insert_qdq
 from int8batch.onnx.qdq import MIN_SCALE
 
 TRT_CACHES = Path(__file__).resolve().parents[1] / "fixtures" / "trt_caches"

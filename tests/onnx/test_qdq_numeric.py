@@ -9,7 +9,8 @@ from onnx.reference import ReferenceEvaluator
 
 import qdq_models as Q
 from int8batch.errors import ModelError
-from int8batch.onnx import (compare_names, insert_qdq, insert_qdq_with_report, qdq_from_cache,
+from int8batch.calib.convert import qdq_from_cache
+from int8batch.onnx import (compare_names, insert_qdq, insert_qdq_with_report,
                             qdq_from_scales, weight_scales)
 from int8batch.onnx.qdq import MIN_SCALE
 

@@ -1,0 +1,165 @@
+"""Conv / Gemm layers whose bias can absorb the mean shift of their int8 weights.
+
+The ONNX side of bias correction (the statistics side is
+:mod:`int8batch.calib.biascorr`): which nodes qualify (:func:`layers_of`),
+their geometry (:func:`conv_geometry`), the mean output change a weight change
+causes given the per-tap input means (:func:`bias_shift`) and the corrected
+bias (:func:`corrected_bias`).  Pure functions of the graph and NumPy arrays.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CalibrationError
+from . import graph as G
+from .placement import plan_qdq
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer whose bias can absorb the weight rounding shift.
+
+    ``key`` is the node's first output name (unique in a graph); ``kernel``,
+    ``strides``, ``dilations``, ``pads`` (begin..., end...) and ``auto_pad``
+    describe a Conv; ``trans_b`` / ``alpha`` / ``beta`` a Gemm (``transA`` Gemms
+    are not handled).
+    """
+
+    key: str
+    op: str
+    input: str
+    weight: str
+    bias: str
+    group: int = 1
+    kernel: tuple = ()
+    strides: tuple = ()
+    dilations: tuple = ()
+    pads: tuple = ()
+    auto_pad: str = "NOTSET"
+    trans_b: int = 0
+    alpha: float = 1.0
+    beta: float = 1.0
+
+
+def layers_of(model, weights=None):
+    """The Conv / Gemm nodes of ``model`` that bias correction handles.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+    weights : list of (node index, input index, axis), optional
+        The weights that get quantized (:func:`int8batch.onnx.placement.plan_qdq`);
+        default: computed.
+
+    Returns
+    -------
+    list of Layer
+    """
+    nodes = list(model.graph.node)
+    if weights is None:
+        weights = plan_qdq(model)[1]
+    act = set(G.quantizable_tensors(model))
+    layers = []
+    for i, k, _ in weights:
+        n = nodes[i]
+        if k != 1 or n.input[0] not in act:
+            continue
+        bias = n.input[2] if len(n.input) > 2 else ""
+        if n.op_type == "Conv":
+            ap = G.node_attr(n, "auto_pad", b"NOTSET")
+            ap = ap.decode() if isinstance(ap, bytes) else str(ap)
+            layers.append(Layer(
+                key=n.output[0], op="Conv", input=n.input[0], weight=n.input[1], bias=bias,
+                group=int(G.node_attr(n, "group", 1)),
+                kernel=tuple(int(v) for v in G.node_attr(n, "kernel_shape", ()) or ()),
+                strides=tuple(int(v) for v in G.node_attr(n, "strides", ()) or ()),
+                dilations=tuple(int(v) for v in G.node_attr(n, "dilations", ()) or ()),
+                pads=tuple(int(v) for v in G.node_attr(n, "pads", ()) or ()), auto_pad=ap))
+        elif n.op_type == "Gemm" and not G.node_attr(n, "transA", 0):
+            beta = float(G.node_attr(n, "beta", 1.0))
+            if beta == 0.0:
+                continue
+            layers.append(Layer(key=n.output[0], op="Gemm", input=n.input[0], weight=n.input[1],
+                                bias=bias, trans_b=int(G.node_attr(n, "transB", 0)),
+                                alpha=float(G.node_attr(n, "alpha", 1.0)), beta=beta))
+    return layers
+
+
+def conv_geometry(layer, w_shape, x_shape):
+    """(kernel, strides, dilations, pads_begin, pads_end) of a Conv on input ``x_shape``."""
+    nd = len(x_shape) - 2
+    kernel = layer.kernel or tuple(w_shape[2:])
+    strides = layer.strides or (1,) * nd
+    dil = layer.dilations or (1,) * nd
+    if len(kernel) != nd:
+        raise CalibrationError(f"Conv {layer.key!r}: kernel {kernel} does not fit an input of shape {x_shape}")
+    if layer.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(x_shape[2:], kernel, strides, dil):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            begin.append(small if layer.auto_pad == "SAME_UPPER" else big)
+            end.append(big if layer.auto_pad == "SAME_UPPER" else small)
+        return kernel, strides, dil, tuple(begin), tuple(end)
+    pads = layer.pads if layer.auto_pad == "NOTSET" and layer.pads else (0,) * (2 * nd)
+    return kernel, strides, dil, tuple(pads[:nd]), tuple(pads[nd:])
+
+
+def bias_shift(layer, dw, mean):
+    """Mean output change per output channel caused by the weight change ``dw``.
+
+    Parameters
+    ----------
+    layer : Layer
+    dw : ndarray
+        ``Wq - W`` in the weight's own layout.
+    mean : ndarray
+        The layer's entry of :meth:`MeanCollector.means`.
+
+    Returns
+    -------
+    ndarray of float64, one value per output channel, in the units of the
+    node's output (for a Gemm already divided by ``beta``: subtract it from C).
+    """
+    dw = np.asarray(dw, np.float64)
+    if layer.op == "Gemm":
+        d = dw.T if layer.trans_b else dw          # (K, O)
+        return layer.alpha * (mean @ d) / layer.beta
+    o, cg = dw.shape[0], dw.shape[1]
+    g = layer.group
+    if mean.shape[0] != cg * g or o % g:
+        raise CalibrationError(f"Conv {layer.key!r}: weight {dw.shape} and group {g} do not fit an input "
+                               f"of {mean.shape[0]} channels")
+    mg = mean.reshape(g, cg * int(np.prod(mean.shape[1:])))
+    return np.einsum("gok,gk->go", dw.reshape(g, o // g, -1), mg).reshape(o)
+
+
+def corrected_bias(layer, bias, shift):
+    """The layer's new bias (``bias - shift``), or None with a reason it cannot be corrected.
+
+    Parameters
+    ----------
+    layer : Layer
+    bias : ndarray or None
+        The current constant bias (Conv ``B`` / Gemm ``C``), None when absent.
+    shift : ndarray
+        :func:`bias_shift`, one value per output channel.
+
+    Returns
+    -------
+    (ndarray or None, str)
+    """
+    o = shift.shape[0]
+    dtype = bias.dtype if bias is not None and bias.dtype.kind == "f" else np.float32
+    if bias is None:
+        return (-shift).astype(dtype), ""
+    b = np.asarray(bias)
+    if layer.op == "Gemm":
+        if b.size not in (1, o) or (b.ndim == 2 and b.shape[0] != 1) or b.ndim > 2:
+            return None, f"C of shape {b.shape} is not one value per output channel"
+        shape = (1, o) if b.ndim == 2 else (o,)
+        return (np.broadcast_to(b.reshape(-1), (o,)) - shift).astype(dtype).reshape(shape), ""
+    if b.shape != (o,):
+        return None, f"bias of shape {b.shape} does not match {o} output channels"
+    return (b - shift).astype(dtype), ""

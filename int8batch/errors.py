@@ -44,6 +44,21 @@ class DiskSpaceError(Int8BatchError, OSError):
     """The output would not fit on the disk."""
 
 
+class OutputWriteError(Int8BatchError, OSError):
+    """Writing, renaming or removing an output file failed (permission, read-only or failing disk).
+
+    ``errno`` holds the operating system's error number when there was one.
+    """
+
+
+class OutputLockedError(Int8BatchError, BlockingIOError):
+    """Another int8batch process is writing into the same output folder; ``pid`` is the holder's."""
+
+    def __init__(self, message, path=None, pid=None):
+        super().__init__(message, path)
+        self.pid = pid
+
+
 class CalibrationError(Int8BatchError, RuntimeError):
     """Calibration could not run or produced unusable results."""
 

@@ -11,6 +11,7 @@ See ``shared/docs/batch-format.md`` in the project for the whole story.
 """
 import os
 import re
+import stat
 import zlib
 
 import numpy as np
@@ -21,6 +22,22 @@ HEADER_DTYPE = np.dtype("<i4")
 DATA_DTYPE = np.dtype("<f4")
 HEADER_BYTES = 16
 CHECKSUM_ALGO = "crc32"
+
+
+#: labels are stored as float32: every integer up to 2**24 is exact, 2**24 + 1 is not
+MAX_EXACT_LABEL = 2 ** 24
+
+
+def float32_exact(value):
+    """True when ``value`` is finite and stored exactly as a float32 label (3 -> 3.0; not 16777217, 0.1, NaN)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if value != value or value in (float("inf"), float("-inf")):
+        return False
+    with np.errstate(over="ignore"):
+        return float(np.float32(value)) == value
 
 
 def file_size(n, c, h, w):
@@ -50,10 +67,49 @@ def decode_header(raw, path=None):
     return dims
 
 
+def open_regular(path, what="batch file", error=BatchFormatError):
+    """Open the regular file at ``path`` read-only; return ``(fd, os.stat_result)``.
+
+    Opened without blocking, then checked with ``fstat``: a FIFO (which would
+    block every reader forever), a folder, a device or a socket is refused,
+    and so is a path that cannot be opened (missing, no permission, a link
+    loop), each with ``error`` naming the path.  The caller closes the fd.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        dangling = isinstance(exc, FileNotFoundError) and os.path.islink(path)
+        why = f"a symbolic link to {os.readlink(path)}, which does not exist" if dangling else exc.strerror or exc
+        raise error(f"{path}: cannot open the {what} ({why})", path) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if
+                    stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+            raise error(f"{path}: the {what} is {kind}, not a regular file; move it away", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def read_header(path):
-    """Read and parse the header of the batch file at ``path``."""
-    with open(path, "rb") as f:
-        return decode_header(f.read(HEADER_BYTES), path)
+    """Read and parse the header of the batch file at ``path`` (a regular file; see :func:`open_regular`)."""
+    fd, _ = open_regular(path)
+    try:
+        return decode_header(read_at(fd, HEADER_BYTES, path), path)
+    finally:
+        os.close(fd)
+
+
+def read_at(fd, count, path, offset=0):
+    """``os.pread`` with an I/O error raised as ``BatchFormatError`` naming ``path``."""
+    try:
+        return os.pread(fd, count, offset)
+    except OSError as exc:
+        raise BatchFormatError(f"{path}: cannot read ({exc.strerror or exc})", path) from exc
 
 
 def batch_name(k, prefix="batch", suffix=""):
@@ -75,16 +131,27 @@ def list_batch_files(folder, prefix="batch", suffix=""):
     except NotADirectoryError:
         raise BatchFormatError(f"{folder}: not a folder; give the folder that holds batch0, batch1, ...",
                                folder) from None
-    pat = re.compile(re.escape(prefix) + r"(0|[1-9][0-9]*)" + re.escape(suffix) + r"\Z")
+    except OSError as exc:
+        raise BatchFormatError(f"{folder}: cannot list this folder ({exc.strerror or exc})", folder) from exc
+    # at most 18 digits: a longer number is no batch file of any set
+    pat = re.compile(re.escape(prefix) + r"(0|[1-9][0-9]{0,17})" + re.escape(suffix) + r"\Z")
     ks = sorted(int(m.group(1)) for m in map(pat.match, names) if m)
     if not ks:
         raise BatchFormatError(
             f"{folder}: no batch files named {batch_name(0, prefix, suffix)}, "
             f"{batch_name(1, prefix, suffix)}, ... found", folder)
-    missing = sorted(set(range(ks[-1] + 1)) - set(ks))
-    if missing:
-        shown = ", ".join(batch_name(k, prefix, suffix) for k in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    if ks[-1] + 1 != len(ks):
+        # the first few missing numbers, without building range(largest k): a stray "batch99999999999"
+        # must cost nothing
+        missing, expect = [], 0
+        for k in ks:
+            while expect < k and len(missing) < 5:
+                missing.append(expect)
+                expect += 1
+            expect = k + 1
+        count = ks[-1] + 1 - len(ks)
+        shown = ", ".join(batch_name(k, prefix, suffix) for k in missing)
+        more = f" and {count - len(missing)} more" if count > len(missing) else ""
         raise BatchFormatError(
             f"{folder}: batch numbering has a gap: {shown}{more} missing while "
             f"{batch_name(ks[-1], prefix, suffix)} exists; the C++ reader would stop at the gap", folder)
@@ -113,9 +180,10 @@ def checksum(buf, value=0):
 
 
 def file_checksum(path, chunk=1 << 24):
-    """Checksum of a whole file, read in chunks."""
+    """Checksum of a whole (regular) file, read in chunks."""
     value = 0
-    with open(path, "rb") as f:
+    fd, _ = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
         while True:
             block = f.read(chunk)
             if not block:

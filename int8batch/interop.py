@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from .errors import ConfigError
+from ._atomic import make_temp, unlink_quietly, write_error
+from .errors import ConfigError, Int8BatchError
 from .reader import BatchSet
 
 
@@ -45,10 +46,19 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0):
     finally:
         if bs is not batches:
             bs.close()
-    tmp = path + ".tmp" + ext
-    if ext == ".npz":
-        np.savez(tmp, **{input_name: data})
-    else:
-        np.save(tmp, data)
-    os.replace(tmp, path)
+    # through a file object: np.save/np.savez append ".npy"/".npz" to a name that lacks it, so a
+    # temporary *name* would not be the file written; the temporary is removed on any failure
+    fd, tmp = make_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if ext == ".npz":
+                np.savez(f, **{input_name: data})
+            else:
+                np.save(f, data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        unlink_quietly(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, Int8BatchError):
+            raise write_error(exc, path, "writing the export") from exc
+        raise
     return count

@@ -98,9 +98,12 @@ class PreprocessConfig:
         set_("scale", float(self.scale))
         set_("reduced_decode", bool(self.reduced_decode))
         if not math.isfinite(self.scale) or self.scale == 0:
-            raise ConfigError(f"scale must be a finite non-zero number, got {self.scale}")
+            raise ConfigError(f"scale (--scale) must be a finite non-zero number, got {self.scale}")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ConfigError(f"mean (--mean) values must be finite numbers, got {list(self.mean)}")
         if any(s == 0 or not math.isfinite(s) for s in self.std):
-            raise ConfigError(f"std values must be finite and non-zero, got {list(self.std)}")
+            raise ConfigError(f"std (--std) values must be finite and non-zero, got {list(self.std)}")
+        _check_output_range(self.scale, self.mean, self.std)
         if self.crop == "none" and self.resize == "short":
             raise ConfigError("resize 'short' keeps the aspect ratio, so it needs crop 'center' to reach a fixed "
                               "size; use resize 'direct' for crop 'none'")
@@ -191,6 +194,38 @@ class PreprocessConfig:
         if self.channels == "gray" or src_channels == 1:
             return np.zeros(self.num_channels, dtype=np.int32)
         return np.array([2, 1, 0] if self.channels == "rgb" else [0, 1, 2], dtype=np.int32)
+
+
+#: the largest finite float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_output_range(scale, mean, std):
+    """Refuse a recipe whose output is not a finite float32 for some pixel value.
+
+    The formula is linear in the pixel, so its extremes are at pixel 0 and 255
+    (16-bit pixels are divided by 257 first, which maps 0..65535 onto 0..255):
+    checking both ends of every channel covers every possible output value.
+    """
+    for c, (m, s) in enumerate(zip(mean, std)):
+        for pixel in (0.0, 255.0):
+            value = (pixel * scale - m) / s
+            with np.errstate(over="ignore", invalid="ignore"):
+                if np.isfinite(np.float32(value)):
+                    continue
+                culprits = []
+                if abs(s) < 1:
+                    culprits.append("std (--std)")
+                if not np.isfinite(np.float32(m / s)):
+                    culprits.append("mean (--mean)")
+                if not np.isfinite(np.float32(255.0 * scale / s)):
+                    culprits.append("scale (--scale)")
+            where = "" if len(set(zip(mean, std))) == 1 else f" of channel {c}"
+            raise ConfigError(
+                f"{' / '.join(culprits or ['std (--std)'])}: with scale {scale:g}, mean {m:g} and std {s:g}{where}, "
+                f"out = (pixel * scale - mean) / std is {value:.4g} for pixel {pixel:g}, not a finite float32 "
+                f"(whose range is about +-{FLOAT32_MAX:.3g}); every packed value must be finite: check the "
+                "mean, std and scale (std divides, e.g. 58.4, or 0.229 with --scale 1/255)")
 
 
 def _pair(v, name):

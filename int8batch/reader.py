@@ -187,6 +187,161 @@ def plan_window(num_images, per_file, batch_size, first=0, max_batches=None, ski
     return Window(batch_size, first, skipped, count, skipped * batch_size, count * batch_size, skip, max_batches)
 
 
+#: the manifest version this reader understands (written by the packer as ``manifest_version``)
+MANIFEST_VERSION = 1
+#: a manifest larger than this is refused before it is read (ImageNet's 1.28 M training images
+#: make about 80 MB); ``read_manifest(max_bytes=...)`` overrides it
+MAX_MANIFEST_BYTES = 1 << 30
+_FIXED_FIELDS = {"format": "sampleINT8-batch", "dtype": "float32", "byte_order": "little", "layout": "NCHW"}
+
+
+def read_manifest(path, max_bytes=None):
+    """Read a manifest file: a JSON object, strictly parsed.
+
+    Refused with :class:`ManifestError` naming the path: anything but a
+    regular file (a FIFO is never opened for a blocking read), a file over
+    ``max_bytes`` (default :data:`MAX_MANIFEST_BYTES`), bytes that are not
+    UTF-8 JSON, the non-standard constants ``NaN``/``Infinity`` (a manifest
+    never holds them), nesting too deep to parse, and any JSON value that is
+    not an object.  A leading UTF-8 byte order mark is accepted.
+
+    Returns
+    -------
+    dict
+    """
+    path = os.fspath(path)
+    limit = MAX_MANIFEST_BYTES if max_bytes is None else int(max_bytes)
+    fd, st = fmt.open_regular(path, "manifest", ManifestError)
+    try:
+        if st.st_size > limit:
+            raise ManifestError(f"{path}: manifest is {st.st_size} bytes, more than the {limit}-byte limit; "
+                                "it is not an int8batch manifest, or raise the limit (read_manifest(max_bytes=...))",
+                                path)
+        chunks, total = [], 0
+        while True:
+            block = os.read(fd, 1 << 20)
+            if not block:
+                break
+            total += len(block)
+            if total > limit:
+                raise ManifestError(f"{path}: manifest grew past the {limit}-byte limit while being read", path)
+            chunks.append(block)
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})", path) from exc
+    finally:
+        os.close(fd)
+    try:
+        man = json.loads(b"".join(chunks).decode("utf-8-sig"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest ({type(exc).__name__}: {str(exc)[:200]}); "
+                            "pack again, or delete it to read the batch files as foreign files", path) from None
+    if not isinstance(man, dict):
+        raise ManifestError(f"{path}: the manifest is a JSON {_json_type(man)}, not an object; "
+                            "pack again, or delete it to read the batch files as foreign files", path)
+    return man
+
+
+def _json_type(v):
+    """The JSON name of a parsed value's type: object, array, string, number, boolean or null."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(v), "number")
+
+
+def _no_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_manifest(man, dims, files, prefix="batch", suffix="", path="manifest"):
+    """Check a manifest against the batch files it describes; raise :class:`ManifestError` if they disagree.
+
+    Checked: ``files``, ``dims`` and (when present) ``images`` against the
+    files; ``format``, ``dtype``, ``byte_order``, ``layout``, ``prefix``,
+    ``suffix`` and ``manifest_version``; and the types of the lists a reader
+    relies on (``images_list`` one ``[path, label]`` pair per image,
+    ``checksums`` one 8-digit hex string per file, ``labels``,
+    ``preprocess``).  Checksums themselves are compared only by
+    :meth:`BatchSet.verify`.
+    """
+    n, c, h, w = (int(d) for d in dims)
+    images = files * n
+
+    def bad(what):
+        return ManifestError(f"{path}: {what}; the folder or the manifest was changed after packing: pack again "
+                             "(or open with manifest='ignore' to read the batch files alone)", path)
+
+    if man.get("files") != files or not _is_int(man.get("files")) or man.get("dims") != [n, c, h, w]:
+        raise bad(f"manifest says {man.get('files')!r} files of dims {man.get('dims')!r} but the folder holds "
+                  f"{files} files of dims {[n, c, h, w]}")
+    if "images" in man and (man["images"] != images or not _is_int(man["images"])):
+        raise bad(f"manifest says {man['images']!r} images but {files} files of {n} hold {images}")
+    version = man.get("manifest_version", MANIFEST_VERSION)
+    if not _is_int(version) or version < 1:
+        raise bad(f"manifest_version {version!r} is not a version number")
+    if version > MANIFEST_VERSION:
+        raise ManifestError(f"{path}: manifest_version {version} was written by a newer int8batch (this one "
+                            f"reads up to {MANIFEST_VERSION}); upgrade int8batch", path)
+    for key, want in dict(_FIXED_FIELDS, prefix=prefix, suffix=suffix).items():
+        if key in man and man[key] != want:
+            raise bad(f"manifest {key} is {man[key]!r}, expected {want!r}")
+    listing = man.get("images_list")
+    if listing is not None:
+        if not isinstance(listing, list) or len(listing) != images:
+            got = f"{len(listing)} entries" if isinstance(listing, list) else f"a JSON {_json_type(listing)}"
+            raise bad(f"manifest images_list is {got}, expected one [path, label] pair per image ({images})")
+        for i, e in enumerate(listing):
+            if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                    and (e[1] is None or _is_int(e[1]))):
+                raise bad(f"manifest images_list entry {i} is {str(e)[:80]}, expected [path, integer label or null]")
+    sums = man.get("checksums")
+    if sums is not None:
+        hexes = sums.get("files") if isinstance(sums, dict) else None
+        if (not isinstance(sums, dict) or sums.get("algorithm") != fmt.CHECKSUM_ALGO or not isinstance(hexes, list)
+                or len(hexes) != files or not all(isinstance(x, str) and len(x) == 8 and _is_hex(x) for x in hexes)):
+            raise bad(f"manifest checksums are malformed (want algorithm {fmt.CHECKSUM_ALGO!r} and one 8-digit hex "
+                      f"string per file, {files})")
+    labels = man.get("labels")
+    if labels is not None:
+        classes = labels.get("classes") if isinstance(labels, dict) else None
+        value = labels.get("unlabelled_value") if isinstance(labels, dict) else None
+        if (not isinstance(labels, dict) or not (classes is None or (isinstance(classes, list)
+                                                                     and all(isinstance(x, str) for x in classes)))
+                or not (value is None or _is_number(value))):
+            raise bad("manifest labels are malformed (want source, classes: list of names or null, "
+                      "unlabelled_value: a number or null)")
+    pre = man.get("preprocess")
+    if pre is not None:
+        ok = isinstance(pre, dict) and _is_number(pre.get("scale", 1.0)) and all(
+            isinstance(pre.get(k, [1.0]), list) and pre.get(k, [1.0]) and all(_is_number(v) for v in pre.get(k, [1.0]))
+            for k in ("mean", "std"))
+        if not ok:
+            raise bad("manifest preprocess is malformed (want an object with a number scale and lists of numbers "
+                      "mean and std)")
+    for key in ("padded", "dropped", "skipped"):
+        if key in man and not isinstance(man[key], list):
+            raise bad(f"manifest {key} is a JSON {_json_type(man[key])}, expected an array")
+
+
+def _is_hex(text):
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return text.strip() == text and "_" not in text
+
+
+def _identity(st):
+    """What tells a rewritten file: (device, inode, size, modification time in ns)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class BatchSet:
     """A validated folder of sampleINT8 batch files, memory-mapped.
 
@@ -200,82 +355,160 @@ class BatchSet:
         ``auto`` checks a manifest when there is one and accepts foreign batch
         files without one (e.g. written by Caffe); ``require`` insists on it.
         A folder with an unfinished-pack marker is always refused.
+    verify : bool
+        Also compare every file's CRC-32 and the labels with the manifest
+        (reads every byte once; see :meth:`verify`).
 
-    Every header and file size is validated on open; the files are mapped
-    read-only.  Use as a context manager, or call ``close()``, to unmap.
+    Every header and file size is validated on open and the files are mapped
+    read-only; a manifest must agree with them (:func:`check_manifest`).
+    Anything but a regular file where a batch file or the manifest should be
+    (a FIFO, a folder, a link loop, no permission) raises
+    :class:`BatchFormatError` / :class:`ManifestError`; nothing blocks.  Use
+    as a context manager, or call ``close()``, to unmap.
+
+    Files changed underneath
+    ------------------------
+    The files are mapped, not copied.  Before serving data from a file the
+    set checks (one ``stat``) that the file it mapped was not changed: when
+    it was rewritten in place (its size or modification time differ) every
+    later access raises :class:`BatchFormatError` instead of serving mixed
+    data or dying of SIGBUS on pages cut off by a truncation.  A file
+    replaced by rename (as ``int8batch pack --force`` does) is harmless: the
+    set keeps serving the complete file it opened.  Not covered: a file
+    truncated *while* a batch is being copied from it, or while the caller
+    holds a zero-copy view of it, still ends the process with SIGBUS, as
+    for any memory-mapped reader; never rewrite batch files in place while
+    they are read.
     """
 
-    def __init__(self, folder, prefix="batch", suffix="", manifest="auto"):
+    def __init__(self, folder, prefix="batch", suffix="", manifest="auto", verify=False):
         if manifest not in ("auto", "require", "ignore"):
             raise ConfigError(f"manifest must be 'auto', 'require' or 'ignore', got {manifest!r}")
         self.folder = os.fspath(folder)
-        if os.path.exists(os.path.join(self.folder, INCOMPLETE_MARKER)):
+        self.prefix, self.suffix = prefix, suffix
+        if os.path.lexists(os.path.join(self.folder, INCOMPLETE_MARKER)):
             raise ManifestError(
                 f"{self.folder}: this is an unfinished pack (marker {INCOMPLETE_MARKER} present, "
                 "the packer did not complete); pack again with --force", self.folder)
         self.paths = fmt.list_batch_files(self.folder, prefix, suffix)
-        self.dims = self._validate_headers()
-        self.manifest = self._load_manifest(manifest)
+        self.dims = None
         self._maps = []
         self._arrays = []
+        self._stats = []
         try:
             for p in self.paths:
-                self._map(p)
+                self._open_file(p)
+            self.manifest = self._load_manifest(manifest)
+            if verify:
+                self.verify()
         except BaseException:
             self.close()
             raise
 
     # ----------------------------------------------------------------- setup
-    def _validate_headers(self):
-        first = None
-        for p in self.paths:
-            dims = fmt.read_header(p)
-            if first is None:
-                first = dims
-            elif dims != first:
+    def _open_file(self, path):
+        """Validate one file's header and size against the first file's, then map it."""
+        fd, st = fmt.open_regular(path)
+        try:
+            dims = fmt.decode_header(fmt.read_at(fd, fmt.HEADER_BYTES, path), path)
+            if self.dims is None:
+                self.dims = dims
+            elif dims != self.dims:
                 raise BatchFormatError(
-                    f"{p}: header N,C,H,W = {dims} differs from {first} in {self.paths[0]}; "
-                    "every file of a set must have the same dims (the C++ reader asserts this)", p)
-            size = os.path.getsize(p)
+                    f"{path}: header N,C,H,W = {dims} differs from {self.dims} in {self.paths[0]}; "
+                    "every file of a set must have the same dims (the C++ reader asserts this)", path)
             want = fmt.file_size(*dims)
-            if size != want:
-                what = "truncated" if size < want else "longer than its header says"
+            if st.st_size != want:
+                what = "truncated" if st.st_size < want else "longer than its header says"
                 raise BatchFormatError(
-                    f"{p}: file is {size} bytes but header {dims} needs exactly {want} "
-                    f"(16 + 4*N*C*H*W + 4*N); the file is {what}", p)
-        return first
+                    f"{path}: file is {st.st_size} bytes but header {dims} needs exactly {want} "
+                    f"(16 + 4*N*C*H*W + 4*N); the file is {what}", path)
+            try:
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError) as exc:
+                raise BatchFormatError(f"{path}: cannot map the file ({exc})", path) from exc
+        finally:
+            os.close(fd)
+        self._maps.append(mm)
+        self._stats.append(_identity(st))
+        n, c, h, w = dims
+        data = np.frombuffer(mm, dtype=fmt.DATA_DTYPE, count=n * c * h * w, offset=fmt.HEADER_BYTES)
+        labels = np.frombuffer(mm, dtype=fmt.DATA_DTYPE, count=n, offset=fmt.HEADER_BYTES + 4 * n * c * h * w)
+        self._arrays.append((data.reshape(n, c, h, w), labels))
 
     def _load_manifest(self, mode):
         path = os.path.join(self.folder, MANIFEST_NAME)
         if mode == "ignore":
             return None
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             if mode == "require":
                 raise ManifestError(f"{self.folder}: no {MANIFEST_NAME}; not a complete int8batch pack",
                                     self.folder)
             log.info("%s: no manifest; reading the batch files as foreign sampleINT8 files", self.folder)
             return None
-        try:
-            with open(path, encoding="utf-8") as f:
-                man = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise ManifestError(f"{path}: unreadable manifest ({exc})", path) from exc
-        n, c, h, w = self.dims
-        if man.get("files") != len(self.paths) or list(man.get("dims", [])) != [n, c, h, w]:
-            raise ManifestError(
-                f"{path}: manifest says {man.get('files')} files of dims {man.get('dims')} but the folder "
-                f"holds {len(self.paths)} files of dims {[n, c, h, w]}; the folder was changed after packing",
-                path)
+        man = read_manifest(path)
+        check_manifest(man, self.dims, len(self.paths), self.prefix, self.suffix, path)
         return man
 
-    def _map(self, path):
-        n, c, h, w = self.dims
-        with open(path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self._maps.append(mm)
-        data = np.frombuffer(mm, dtype=fmt.DATA_DTYPE, count=n * c * h * w, offset=fmt.HEADER_BYTES)
-        labels = np.frombuffer(mm, dtype=fmt.DATA_DTYPE, count=n, offset=fmt.HEADER_BYTES + 4 * n * c * h * w)
-        self._arrays.append((data.reshape(n, c, h, w), labels))
+    def check_unchanged(self, k):
+        """Raise :class:`BatchFormatError` if file ``k`` was rewritten in place since it was mapped.
+
+        One ``stat`` of the path.  A file replaced by rename or removed
+        leaves the mapped (complete) file intact, so that is not an error.
+        """
+        path = self.paths[k]
+        try:
+            now = _identity(os.stat(path))
+        except OSError:
+            return  # removed or renamed away: the mapping holds the unlinked file, intact
+        then = self._stats[k]
+        if now[:2] != then[:2] or now == then:
+            return
+        raise BatchFormatError(
+            f"{path}: the batch file was changed in place after it was opened (size {then[2]} -> {now[2]} bytes, "
+            f"modified {(now[3] - then[3]) / 1e9:+.3f} s later); the mapped data can no longer be trusted "
+            "(a truncated mapping kills the process with SIGBUS): open the set again once the writer is done, "
+            "and never rewrite batch files in place while they are read", path)
+
+    def verify(self):
+        """Compare every file's CRC-32 and every label with the manifest.
+
+        Reads every byte once.  Without a manifest (or one without
+        checksums) only the labels it lists are compared.
+
+        Raises
+        ------
+        BatchFormatError
+            Naming the first file whose checksum or labels disagree.
+        """
+        man = self.manifest
+        if man is None:
+            return
+        sums = (man.get("checksums") or {}).get("files")
+        for k, path in enumerate(self.paths):
+            self.check_unchanged(k)
+            if sums is not None:
+                got = f"{fmt.checksum(self._maps[k]):08x}"
+                if got != sums[k].lower():
+                    raise BatchFormatError(f"{path}: CRC-32 is {got} but the manifest says {sums[k]}; the file "
+                                           "was changed or corrupted after packing: pack again", path)
+        listing = man.get("images_list")
+        if listing is None:
+            return
+        fallback = (man.get("labels") or {}).get("unlabelled_value")
+        want = np.array([np.nan if (e[1] is None and fallback is None) else (fallback if e[1] is None else e[1])
+                         for e in listing], dtype=np.float64)
+        n = self.per_file
+        for k, path in enumerate(self.paths):
+            got = self._arrays[k][1].astype(np.float64)
+            wk = want[k * n:(k + 1) * n]
+            bad = np.flatnonzero(~np.isnan(wk) & (wk != got))
+            if bad.size:
+                j = int(bad[0])
+                raise BatchFormatError(
+                    f"{path}: image {j} ({listing[k * n + j][0]}) has label {got[j]:g} but the manifest says "
+                    f"{wk[j]:g} ({bad.size} label(s) of this file differ); the file was changed after packing: "
+                    "pack again", path)
 
     # ------------------------------------------------------------ properties
     @property
@@ -300,11 +533,13 @@ class BatchSet:
         return self.num_images
 
     def file_arrays(self, k):
-        """``(data, labels)`` views of file ``k`` (read-only, zero-copy)."""
+        """``(data, labels)`` views of file ``k`` (read-only, zero-copy; see "Files changed underneath")."""
+        self.check_unchanged(k)
         return self._arrays[k]
 
     def file_buffer(self, k):
         """The mapped bytes of file ``k`` (the ``mmap`` object)."""
+        self.check_unchanged(k)
         return self._maps[k]
 
     def num_batches(self, batch_size, first=0):
@@ -364,6 +599,7 @@ class BatchSet:
         n = self.per_file
         k, off = divmod(start, n)
         if out is None and off + count <= n:
+            self.check_unchanged(k)
             data, labels = self._arrays[k]
             return data[off:off + count], labels[off:off + count]
         if out is None:
@@ -376,6 +612,7 @@ class BatchSet:
         while done < count:
             k, off = divmod(start + done, n)
             take = min(count - done, n - off)
+            self.check_unchanged(k)
             data, labels = self._arrays[k]
             out[done:done + take] = data[off:off + take]
             labels_out[done:done + take] = labels[off:off + take]
@@ -473,6 +710,7 @@ class BatchSet:
     def close(self):
         """Drop the mappings.  Views handed out earlier keep their map alive."""
         self._arrays = []
+        self._stats = []
         for mm in self._maps:
             try:
                 mm.close()

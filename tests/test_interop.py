@@ -1,4 +1,6 @@
 """Exports to .npy/.npz hold exactly the images a second reader finds in the files."""
+import os
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,27 @@ def test_export_errors(folder, tmp_path):
         export_numpy(folder, tmp_path / "c.npz")
     with pytest.raises(ConfigError, match=".npy or .npz"):
         export_numpy(folder, tmp_path / "c.bin")
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz"])
+def test_failed_export_leaves_the_previous_file_and_no_temporary(folder, tmp_path, monkeypatch, ext):
+    import errno
+
+    from int8batch.errors import DiskSpaceError
+    dst = tmp_path / "exp"
+    dst.mkdir()
+    target = dst / f"X{ext}"
+    export_numpy(folder, target, input_name="input", limit=4)
+    before = target.read_bytes()
+
+    def full_disk(file, *args, **kwargs):   # writes part of the array, then the disk is full
+        if isinstance(file, (str, os.PathLike)):
+            file = open(file, "wb")
+        file.write(b"\x93NUMPY partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(DiskSpaceError, match="X"):
+        export_numpy(folder, target, input_name="input")
+    assert os.listdir(dst) == [target.name] and target.read_bytes() == before

@@ -116,3 +116,30 @@ def test_preset_overrides_and_round_trip():
     c = preset("imagenet-torch", size=192, mean=None)
     assert c.size == (192, 192) and c.mean == PreprocessConfig(**PRESETS["imagenet-torch"]).mean
     assert PreprocessConfig.from_dict(c.to_dict()) == c
+
+
+# ------------------------------------------------- issue 12: finite output only
+@pytest.mark.parametrize("kwargs, option", [
+    (dict(mean=float("nan")), "mean"),
+    (dict(mean=float("inf")), "mean"),
+    (dict(mean=(0.0, float("-inf"), 0.0), channels="rgb"), "mean"),
+    (dict(std=1e-45), "std"),
+    (dict(std=float("nan")), "std"),
+    (dict(mean=1e300), "mean"),
+    (dict(mean=-3.5e38), "mean"),                 # pixel 255 stays finite, pixel 0 overflows float32
+    (dict(scale=1e308), "scale"),
+    (dict(scale=float("inf")), "scale"),
+    (dict(scale=1e37, std=0.01), "std"),
+])
+def test_non_finite_or_overflowing_normalization_is_refused(kwargs, option):
+    # before issue 12 these packed all-NaN/inf files (and a manifest holding bare NaN)
+    with pytest.raises(ConfigError, match=rf"{option} \(--{option}\)"):
+        PreprocessConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(mean=3.3e38, std=1.0), dict(std=1e-36, scale=1e-3),
+                                    dict(scale=1e36, std=1.0), dict(mean=(-1e38,), std=(0.5,))])
+def test_extreme_but_finite_normalization_is_accepted_and_every_table_value_finite(kwargs):
+    cfg = PreprocessConfig(**kwargs)
+    for depth in (8, 16):
+        assert np.all(np.isfinite(cfg.lut(depth)))

@@ -545,3 +545,192 @@ def test_window_matches_reference_batchstream(tmp_path, n):
                     checked += 1
     assert checked == len(GRID_BATCH) * len(GRID_FIRST) * len(GRID_MAX)
     assert quirks > 0 or n == 1                                              # N=1: always the fast path
+
+
+# -------------------------------------------- issue 12: hostile file system
+def _unblock_later(path, seconds=5.0):
+    """Watchdog: open the FIFO's write end after ``seconds``, so a reader blocked on it returns (EOF)."""
+    import threading
+    import time
+
+    def run():
+        time.sleep(seconds)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # no reader is blocked: nothing to do
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("name", ["batch1", MANIFEST_NAME])
+def test_fifo_in_place_of_a_file_is_refused_at_once(folder, name):
+    import time
+    make_set(folder)
+    write_manifest(folder)
+    path = os.path.join(folder, name)
+    os.remove(path)
+    os.mkfifo(path)
+    _unblock_later(path)
+    t0 = time.monotonic()
+    # before issue 12 this blocked forever in open()
+    err = _expect(folder, BatchFormatError if name == "batch1" else ManifestError, name, "FIFO")
+    assert time.monotonic() - t0 < 3.0 and err.path == path
+
+
+@pytest.mark.parametrize("name", ["batch1", MANIFEST_NAME])
+@pytest.mark.parametrize("kind", ["folder", "link loop", "dangling link"])
+def test_folder_or_bad_link_in_place_of_a_file(folder, name, kind):
+    make_set(folder)
+    write_manifest(folder)
+    path = os.path.join(folder, name)
+    os.remove(path)
+    if kind == "folder":
+        os.mkdir(path)
+    elif kind == "link loop":
+        os.symlink(name, path)
+    else:
+        os.symlink("nowhere", path)
+    exc = BatchFormatError if name == "batch1" else ManifestError
+    needle = {"folder": "a folder", "link loop": "symbolic links", "dangling link": "does not exist"}[kind]
+    _expect(folder, exc, name, needle)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[]", "JSON array, not an object"), ('"x"', "JSON string"), ("3", "JSON number"), ("null", "JSON null"),
+    ("true", "JSON boolean"), ("[" * 100000, "unreadable"), ('{"files": NaN}', "NaN"),
+    ('{"files": Infinity}', "Infinity"), (b"\xff\xfe{}", "unreadable"),
+])
+def test_manifest_of_the_wrong_json_type_or_unparsable(folder, text, needle):
+    make_set(folder)
+    with open(os.path.join(folder, MANIFEST_NAME), "wb") as f:
+        f.write(text if isinstance(text, bytes) else text.encode())
+    _expect(folder, ManifestError, MANIFEST_NAME, needle)
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"files": "3"}, "files"), ({"files": 3.0}, "files"), ({"files": True}, "files"),
+    ({"images": 13}, "13 images"), ({"images": "12"}, "images"),
+    ({"dtype": "float16"}, "dtype"), ({"byte_order": "big"}, "byte_order"), ({"layout": "NHWC"}, "layout"),
+    ({"format": "other"}, "format"), ({"prefix": "b"}, "prefix"), ({"suffix": ".bin"}, "suffix"),
+    ({"manifest_version": 2}, "newer int8batch"), ({"manifest_version": "1"}, "manifest_version"),
+    ({"images_list": [["a.png", 0]] * 11}, "11 entries"), ({"images_list": {"a": 1}}, "JSON object"),
+    ({"images_list": [["a.png", 0]] * 11 + [["b.png", 1.5]]}, "entry 11"),
+    ({"images_list": [["a.png", 0]] * 11 + [[3, 1]]}, "entry 11"),
+    ({"checksums": {"algorithm": "md5", "files": ["00000000"] * 3}}, "checksums"),
+    ({"checksums": {"algorithm": "crc32", "files": ["0"] * 3}}, "checksums"),
+    ({"checksums": []}, "checksums"),
+    ({"labels": []}, "labels"), ({"labels": {"classes": "abc"}}, "labels"),
+    ({"labels": {"unlabelled_value": "-1"}}, "labels"),
+    ({"preprocess": {"mean": "x"}}, "preprocess"), ({"preprocess": 3}, "preprocess"),
+    ({"skipped": {}}, "skipped"),
+])
+def test_manifest_fields_disagreeing_or_malformed(folder, fields, needle):
+    # before issue 12 only the file count and the dims were compared
+    make_set(folder)
+    write_manifest(folder, **fields)
+    _expect(folder, ManifestError, MANIFEST_NAME, needle)
+    with BatchSet(folder, manifest="ignore") as bs:
+        assert bs.num_images == 12
+
+
+def test_manifest_size_cap_and_bom(folder, monkeypatch):
+    from int8batch import reader
+    make_set(folder)
+    write_manifest(folder)
+    path = os.path.join(folder, MANIFEST_NAME)
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + raw)           # a byte order mark, as some editors save
+    with BatchSet(folder) as bs:
+        assert bs.manifest["files"] == 3
+    monkeypatch.setattr(reader, "MAX_MANIFEST_BYTES", 50)
+    _expect(folder, ManifestError, "limit")
+    assert reader.read_manifest(path, max_bytes=10 ** 6)["files"] == 3
+
+
+def test_complete_manifest_and_verify(folder):
+    import zlib
+    make_set(folder)
+    paths = [os.path.join(folder, f"batch{k}") for k in range(3)]
+    sums = [f"{zlib.crc32(open(p, 'rb').read()):08x}" for p in paths]
+    listing = [[f"img{i}.png", i % 4 + 10 * (i // 4)] for i in range(12)]
+    write_manifest(folder, dtype="float32", byte_order="little", layout="NCHW", images_list=listing,
+                   checksums={"algorithm": "crc32", "files": sums},
+                   labels={"source": "file", "classes": None, "unlabelled_value": None},
+                   preprocess={"scale": 1.0, "mean": [0.0], "std": [1.0]}, padded=[], dropped=[], skipped=[])
+    with BatchSet(folder, manifest="require", verify=True) as bs:
+        assert bs.manifest["images_list"] == listing
+    with open(paths[1], "r+b") as f:             # one data byte flipped: same size
+        f.seek(40)
+        b = f.read(1)
+        f.seek(40)
+        f.write(bytes([b[0] ^ 1]))
+    with BatchSet(folder) as bs:                 # checksums only on request
+        pass
+    _expect(folder, BatchFormatError, "batch1", "CRC-32", verify=True)
+    listing[5][1] = 99
+    write_manifest(folder, images_list=listing)
+    _expect(folder, BatchFormatError, "batch1", "img5.png", "99", verify=True)
+
+
+_REWRITE = r"""
+import os, sys
+import numpy as np
+from int8batch.errors import BatchFormatError
+from int8batch.reader import BatchSet
+bs = BatchSet(sys.argv[1])
+bs.images(0, 4)
+path = os.path.join(sys.argv[1], "batch1")
+with open(path, "r+b") as f:       # rewritten in place: cut short, as 'cp new batch1' does first
+    f.truncate(100)
+for access in (lambda: bs.images(4, 4), lambda: bs.images(2, 4, out=np.empty((4, 2, 3, 5), np.float32)),
+               lambda: list(bs.batches(6)), lambda: bs.file_arrays(1)):
+    try:
+        access()[0].sum()
+    except BatchFormatError as exc:
+        assert "changed in place" in str(exc) and exc.path == path, exc
+    else:
+        raise SystemExit("served data from a rewritten file")
+print("refused")
+"""
+
+
+def test_file_rewritten_in_place_is_refused_not_sigbus(folder):
+    import subprocess
+    import sys
+    make_set(folder)
+    # in a child process: before issue 12 the access died of SIGBUS, taking the process with it
+    r = subprocess.run([sys.executable, "-c", _REWRITE, folder], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "refused", (r.returncode, r.stdout, r.stderr)
+
+
+def test_file_replaced_by_rename_keeps_serving_the_opened_data(folder):
+    ref_data, _ = make_set(folder)
+    with BatchSet(folder) as bs:
+        tmp = os.path.join(folder, "new")
+        write_batch_file(tmp, np.zeros((4, 2, 3, 5), np.float32), np.zeros(4))
+        os.replace(tmp, os.path.join(folder, "batch2"))     # as pack --force swaps files in
+        np.testing.assert_array_equal(bs.images(8, 4)[0], ref_data[8:12])
+        os.remove(os.path.join(folder, "batch1"))
+        np.testing.assert_array_equal(bs.images(4, 4)[0], ref_data[4:8])
+
+
+def test_open_regular_and_float32_exact():
+    from int8batch import format as fmt
+    assert fmt.float32_exact(2 ** 24) and fmt.float32_exact(-1.0) and fmt.float32_exact(3)
+    assert not any(fmt.float32_exact(v) for v in (2 ** 24 + 1, 0.1, float("nan"), float("inf"), 1e39, "x", None))
+    with pytest.raises(BatchFormatError, match="a device"):
+        fmt.open_regular("/dev/null")
+    with pytest.raises(ManifestError, match="cannot open the manifest"):
+        fmt.open_regular("/no/such/file", "manifest", ManifestError)
+
+
+def test_far_numbered_stray_file_costs_nothing(folder):
+    make_set(folder, files=2)
+    for name in ("batch99999999999999", "batch" + "9" * 200):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"x")
+    # before issue 12: set(range(10**14)) to list the gap (a MemoryError or hours)
+    _expect(folder, BatchFormatError, "gap", "batch2, batch3, batch4, batch5, batch6 and 99999999999992 more")

@@ -20,6 +20,7 @@ import logging
 import numpy as np
 
 from .._optional import require
+from ..errors import CalibrationError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,34 @@ log = logging.getLogger(__name__)
 def switch_model(model, amax, tensors):
     """A copy of ``model`` where each of ``tensors`` is fake-quantized when its switch input is 1.
 
+    A model below opset 13 is converted first (QuantizeLinear needs opset
+    10, the Q/DQ model is written at 13 or more: the pass measures the graph
+    that will be quantized).  A float16 or bfloat16 tensor is cast to float32
+    around its Q/DQ pair (QuantizeLinear takes float16 only from opset 19;
+    the cast is exact, only the scale is kept in float32).
+
     Returns the model and the switch input names, in the order of ``tensors``.
+
+    Raises
+    ------
+    ModelError
+        The model cannot be converted to opset 13, or a tensor is not a
+        float tensor.
     """
     onnx = require("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..onnx.graph import topological_nodes
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    from ..onnx.graph import FLOAT_TYPES, tensor_types, topological_nodes
+    from ..onnx.qdq import MIN_QDQ_OPSET, _convert_opset, _opset
+    if _opset(model) < MIN_QDQ_OPSET:
+        m = _convert_opset(model, None)  # a converted copy
+    else:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    types = tensor_types(m)
+    wrong = [t for t in tensors if types.get(t) not in FLOAT_TYPES]
+    if wrong:
+        raise ModelError(f"the sensitivity pass quantizes float tensors only; not float: {', '.join(wrong[:5])}")
     g = m.graph
     zp = "__sens_zp"
     g.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zp))
@@ -47,13 +68,20 @@ def switch_model(model, amax, tensors):
         g.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), sc))
         cond, q, dq, same, out = (f"__sens_{k}_{s}" for s in ("cond", "q", "dq", "same", "out"))
         # If(switch): only the chosen branch runs, so a run costs one FP32 inference plus one Q/DQ
-        quantized = helper.make_graph(
-            [helper.make_node("QuantizeLinear", [t, sc, zp], [q]),
-             helper.make_node("DequantizeLinear", [q, sc, zp], [dq])],
-            f"__sens_{k}_on", [], [helper.make_tensor_value_info(dq, TensorProto.FLOAT, None)])
+        ty = types[t]
+        if ty == TensorProto.FLOAT:
+            on = [helper.make_node("QuantizeLinear", [t, sc, zp], [q]),
+                  helper.make_node("DequantizeLinear", [q, sc, zp], [dq])]
+        else:  # float16 / bfloat16: Q/DQ in float32, the branch still yields the tensor's own type
+            wide, back = f"__sens_{k}_f32", f"__sens_{k}_dq32"
+            on = [helper.make_node("Cast", [t], [wide], to=TensorProto.FLOAT),
+                  helper.make_node("QuantizeLinear", [wide, sc, zp], [q]),
+                  helper.make_node("DequantizeLinear", [q, sc, zp], [back]),
+                  helper.make_node("Cast", [back], [dq], to=ty)]
+        quantized = helper.make_graph(on, f"__sens_{k}_on", [], [helper.make_tensor_value_info(dq, ty, None)])
         untouched = helper.make_graph(
             [helper.make_node("Identity", [t], [same])],
-            f"__sens_{k}_off", [], [helper.make_tensor_value_info(same, TensorProto.FLOAT, None)])
+            f"__sens_{k}_off", [], [helper.make_tensor_value_info(same, ty, None)])
         new_nodes += [helper.make_node("Cast", [sw], [cond], to=TensorProto.BOOL),
                       helper.make_node("If", [cond], [out], then_branch=quantized, else_branch=untouched)]
         renamed[t] = out
@@ -68,47 +96,74 @@ def switch_model(model, amax, tensors):
     return m, switches
 
 
-def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threads=None):
+def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threads=None, progress=None):
     """Relative output error when only one tensor is quantized, for each of ``tensors``.
 
     Parameters
     ----------
     model : onnx.ModelProto
-        The FP32 model.
+        The float model (float32, or float16 whose input is fed ``batch``
+        cast to float16; any opset ONNX can convert to 13).
     amax : mapping of str to float
         Calibrated amax per tensor.
     batch : ndarray
         A few calibration images, (N, C, H, W) float32.
     tensors : sequence of str
         Candidates (the activations the Q/DQ placement quantizes).
+    progress : callable(done, total), optional
+        Called after each candidate is measured.
 
     Returns
     -------
     list of (str, float)
         Most sensitive first.
+
+    Raises
+    ------
+    CalibrationError
+        When the pass cannot run on this model; the message names the way
+        out (``keep_float=0``).
     """
     ort = require("onnxruntime")
-    tensors = [t for t in tensors if t in amax]
+    from ..onnx.graph import input_info
+    tensors = [t for t in tensors if t in amax and np.isfinite(amax[t])]
     if not tensors:
         return []
-    m, switches = switch_model(model, amax, tensors)
+    try:
+        m, switches = switch_model(model, amax, tensors)
+    except ModelError as exc:
+        raise _cannot_run(exc) from exc
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
-    s = ort.InferenceSession(m.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
-    name = model.graph.input[0].name
-    out = s.get_outputs()[0].name
+    info = input_info(m)[0]
+    if info.dtype is not None and batch.dtype != info.dtype:
+        batch = batch.astype(info.dtype)  # e.g. a float16 input: the batch files hold float32
     off, on = np.array(0, np.float32), np.array(1, np.float32)
-    feed = {name: batch, **{sw: off for sw in switches}}
-    ref = s.run([out], feed)[0].astype(np.float64)
-    denom = max(float(np.sum(ref * ref)), 1e-30)
+    feed = {info.name: batch, **{sw: off for sw in switches}}
     scores = []
-    for t, sw in zip(tensors, switches):
-        feed[sw] = on
-        y = s.run([out], feed)[0].astype(np.float64)
-        feed[sw] = off
-        scores.append((t, float(np.sum((y - ref) ** 2)) / denom))
+    try:
+        s = ort.InferenceSession(m.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
+        out = s.get_outputs()[0].name
+        ref = s.run([out], feed)[0].astype(np.float64)
+        denom = max(float(np.sum(ref * ref)), 1e-30)
+        for done, (t, sw) in enumerate(zip(tensors, switches), 1):
+            feed[sw] = on
+            y = s.run([out], feed)[0].astype(np.float64)
+            feed[sw] = off
+            scores.append((t, float(np.sum((y - ref) ** 2)) / denom))
+            if progress:
+                progress(done, len(tensors))
+    except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/RuntimeException types
+        raise _cannot_run(exc) from exc
     scores.sort(key=lambda kv: -kv[1])
     log.info("most sensitive activations: %s", ", ".join(f"{t} ({e:.2e})" for t, e in scores[:5]))
     return scores
+
+
+def _cannot_run(exc):
+    return CalibrationError(
+        f"the sensitivity pass (keep_float, which finds the activations to leave in float) cannot run on this "
+        f"model: {str(exc).strip()[:500]}; calibrate with keep_float=0 (--keep-float 0) to skip it, and "
+        "please report the model", None)

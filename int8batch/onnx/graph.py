@@ -68,17 +68,30 @@ def load_model(path_or_model):
         return path_or_model
     if isinstance(path_or_model, (bytes, bytearray)):
         try:
-            return onnx.load_model_from_string(bytes(path_or_model))
+            model = onnx.load_model_from_string(bytes(path_or_model))
         except Exception as exc:  # protobuf raises DecodeError and friends
             raise ModelError(f"the bytes given are not an ONNX model ({exc})") from exc
+        return _non_empty(model, "the bytes given", None)
     path = os.fspath(path_or_model)
     if not os.path.isfile(path):
+        if os.path.exists(path):
+            raise ModelError(f"{path}: not a regular file (a folder, FIFO or device); give the .onnx file", path)
         raise ModelError(f"{path}: no such ONNX model file; check the path", path)
     try:
-        return onnx.load(path)
+        model = onnx.load(path)
     except Exception as exc:
         raise ModelError(f"{path}: cannot read this file as an ONNX model ({exc}); "
                          "export it again or check that it is not truncated", path) from exc
+    return _non_empty(model, path, path)
+
+
+def _non_empty(model, what, path):
+    # protobuf parses an empty file (and some random bytes) as an empty message without complaint
+    if not model.HasField("graph") or not model.graph.output:
+        size = f"{os.path.getsize(path)} bytes" if path else "bytes"
+        raise ModelError(f"{what}: not an ONNX model ({size} that hold no graph with outputs); "
+                         "export the model again or check that the file is complete", path)
+    return model
 
 
 def _initializer_names(graph):

@@ -20,9 +20,10 @@ import numpy as np
 
 from .._atomic import make_temp
 from .._optional import require
-from ..errors import CacheError, ModelError
+from ..errors import ModelError
 from ..trt import vocab
 from . import graph as G
+from .layers import bias_shift, corrected_bias, layers_of
 from .placement import plan_qdq
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,19 @@ class _Names:
         return name
 
 
+def _refuse_half_precision(m, tensors):
+    """Q/DQ pairs here are float32 (QuantizeLinear-13); a float16/bfloat16 tensor needs another writer."""
+    onnx = require("onnx")
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    types = G.tensor_types(m)
+    bad = [t for t in tensors if types.get(t) in half]
+    if bad:
+        raise ModelError(f"{len(bad)} tensor(s) to quantize are float16/bfloat16 (e.g. {', '.join(bad[:3])}); "
+                         "the Q/DQ model is written for float32 activations. Export the model in float32 "
+                         "(TensorRT chooses FP16 kernels from an FP32 ONNX model itself), or pass --no-qdq to "
+                         "write only the cache and dynamic ranges")
+
+
 def _convert_opset(model, opset):
     onnx = require("onnx")
     current = _opset(model)
@@ -200,8 +214,12 @@ def _convert_opset(model, opset):
 
 def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel_weights=True,
                            opset=None, weight_format="int8", pools="auto", on_missing="raise",
-                           check=True, input_means=None, keep_float=None):
+                           check=True, input_means=None, keep_float=None, log_summary=True):
     """Like :func:`insert_qdq`, returning ``(model, QdqReport)``.
+
+    ``log_summary=False`` leaves the report's summary out of the (debug) log,
+    for callers that build something else from the result
+    (:func:`int8batch.onnx.snap.snap_weights`).
 
     ``keep_float`` (mapping of tensor name -> reason) names tensors that must
     stay float whatever the scales say (e.g. a TensorRT cache entry with an
@@ -226,10 +244,10 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     m = _convert_opset(G.load_model(model), opset)
     g = m.graph
     requests, weights, groups, skipped = plan_qdq(m, pools=pools)
+    _refuse_half_precision(m, requests)
     report = QdqReport(skipped=skipped, opset=_opset(m))
     layers = {}
     if input_means:  # before any rewiring: layers are found by their float input
-        from ..calib.biascorr import layers_of
         layers = {ly.key: ly for ly in layers_of(m, weights) if ly.key in input_means}
     order = G.quantizable_tensors(m)
     rank = {t: k for k, t in enumerate(order)}
@@ -323,7 +341,8 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     _drop_unused_constants(m)
     if check:
         _check(m, model)
-    log.info("Q/DQ: %s", report.summary())
+    if log_summary:  # calibrate prints its own line per artefact; snap_weights logs what it made
+        log.debug("Q/DQ: %s", report.summary())
     return m, report
 
 
@@ -357,8 +376,7 @@ def dequantize_weight(q, s, axis):
 
 
 def _correct_bias(node, layer, w, q, s, axis, mean, values, names, new_inits, report):
-    """Give ``node`` a bias that cancels the mean shift of its int8 weights (calib.biascorr)."""
-    from ..calib.biascorr import bias_shift, corrected_bias
+    """Give ``node`` a bias that cancels the mean shift of its int8 weights (onnx.layers)."""
     numpy_helper = require("onnx.numpy_helper")
     dw = dequantize_weight(q, s, axis).astype(np.float64) - w.astype(np.float64)
     shift = bias_shift(layer, dw, mean)
@@ -540,66 +558,3 @@ def qdq_from_scales(model_path, amax_dict, out_path, **kwargs):
     save_model_atomic(qmodel, out_path)
     return report
 
-
-def _is_trt_cache(path):
-    with open(path, "rb") as f:
-        first = f.readline()
-    return first.lstrip(b"\xef\xbb\xbf").strip().startswith(b"TRT-")
-
-
-def qdq_from_cache(model_path, cache_path, out_path, **kwargs):
-    """Q/DQ model from a TensorRT calibration cache or a dynamic-range file.
-
-    The format is told by content: a first line starting with ``TRT-`` (after
-    an optional BOM) is a calibration cache of any TensorRT version, read by
-    :func:`~int8batch.calib.cache.read_trt_cache` and used bit for bit;
-    anything else is read as ``name:amax`` lines.
-
-    What the cache holds but a Q/DQ model cannot use is reported, not fatal:
-
-    * an infinite or NaN scale (a tensor TensorRT could not calibrate): the
-      tensor stays float; ``report.unusable`` maps every such entry to the
-      reason, and ``report.skipped`` lists the tensors the placement wanted;
-    * a scale (or amax) of 0: quantized with :data:`MIN_SCALE`, listed in
-      ``report.zero_scale``;
-    * a name that is no tensor of the model (``ONNXTRT_*`` and other parser
-      names): listed in ``report.extra``.
-
-    A tensor the placement needs but the file lacks raises
-    :class:`~int8batch.errors.ModelError` unless ``on_missing="skip"``.  A
-    malformed file, or an amax whose ``amax/127`` overflows float32, raises
-    :class:`~int8batch.errors.CacheError` naming the file and line.  Returns
-    the :class:`QdqReport`.
-    """
-    from ..calib import cache as C
-    cache_path = os.fspath(cache_path)
-    try:
-        is_cache = _is_trt_cache(cache_path)
-    except FileNotFoundError:
-        raise CacheError(f"calibration file {cache_path!r} does not exist", path=cache_path) from None
-    except IsADirectoryError:
-        raise CacheError(f"calibration file {cache_path!r} is a directory", path=cache_path) from None
-    if is_cache:
-        data = C.read_trt_cache(cache_path)
-        scales, zero, unusable = data.usable, data.zero, data.unusable
-        scales.update({k: MIN_SCALE for k in zero})   # TensorRT writes 0 for an all-zero tensor
-        keep_float = {k: f"{why}, kept float" for k, why in unusable.items()}
-        report = qdq_from_scales(model_path, None, out_path, act_scales=scales,
-                                 keep_float={**keep_float, **(kwargs.pop("keep_float", None) or {})},
-                                 **kwargs)
-    else:
-        amax = C.read_dynamic_range(cache_path)
-        zero, unusable = [k for k, a in amax.items() if a == 0.0], {}
-        report = qdq_from_scales(model_path, amax, out_path, **kwargs)
-    report.unusable, report.zero_scale = dict(unusable), list(zero)
-    if zero:
-        used = [t for t in zero if t in report.activations]
-        log.warning("%s: %d entr%s with scale 0; %d tensor(s) of the model quantized with scale %g "
-                    "instead: %s%s", cache_path, len(zero), "y" if len(zero) == 1 else "ies", len(used),
-                    MIN_SCALE, ", ".join(used[:5]) or "none", " ..." if len(used) > 5 else "")
-    if unusable:
-        kept = [t for t, _ in report.skipped if t in unusable]
-        log.warning("%s: %d entr%s with an infinite or NaN scale; %d tensor(s) of the model kept float: "
-                    "%s%s", cache_path, len(unusable), "y" if len(unusable) == 1 else "ies", len(kept),
-                    ", ".join(kept[:5]) or "none", " ..." if len(kept) > 5 else "")
-    return report

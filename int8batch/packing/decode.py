@@ -4,9 +4,11 @@
 are BGR (3) or gray (1), already resized according to the recipe, and the
 reduction factor used.  Every failure raises ``ImageDecodeError`` naming the file.
 """
+import os
+
 import numpy as np
 
-from ..errors import ImageDecodeError
+from ..errors import ConfigError, ImageDecodeError
 
 _cv2 = None
 _INTERP = None
@@ -59,23 +61,196 @@ def jpeg_size(buf):
 
 
 def _jpeg_complete(buf):
-    # A JPEG cut short decodes "successfully" with a grey bottom; the end-of-image
-    # marker FFD9 cannot occur inside entropy-coded data, so its absence near the
-    # end means truncation.
-    tail = bytes(buf[-4096:])
-    return b"\xff\xd9" in tail
+    """True when the JPEG in ``buf`` reaches its end-of-image marker (FFD9).
+
+    A JPEG cut short decodes "successfully" with a grey bottom, so truncation
+    must be caught here.  Fast path: FFD9 in the last 4 kB (it cannot occur
+    inside entropy-coded data, where every FF byte is followed by 00 or a
+    restart marker).  Otherwise the file may carry data after its image
+    (phones append the video of a "motion photo", some tools a second
+    image): walk the marker segments and the entropy-coded scans of the
+    primary image to its own FFD9.  An FFD9 inside a header segment (an EXIF
+    thumbnail) is skipped over with its segment, so it never counts.
+    """
+    if b"\xff\xd9" in bytes(buf[-4096:]):
+        return True
+    return _jpeg_end(bytes(buf)) is not None
+
+
+def _jpeg_end(b):
+    """Offset just past the primary image's EOI marker, or None (truncated or not parsable)."""
+    n, i = len(b), 2
+    while i + 1 < n:
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return i + 2
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if i + 4 > n:
+            return None
+        seglen = (b[i + 2] << 8) | b[i + 3]
+        if seglen < 2:
+            return None
+        i += 2 + seglen
+        if marker != 0xDA:
+            continue
+        while True:  # entropy-coded data of this scan, up to the next real marker
+            j = b.find(b"\xff", i)
+            if j < 0 or j + 1 >= n:
+                return None
+            nxt = b[j + 1]
+            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+                i = j + 2
+            elif nxt == 0xFF:
+                i = j + 1
+            else:
+                i = j
+                break
+    return None
+
+
+#: default cap on the pixels of one image (width x height as stored in the file): Pillow's
+#: decompression-bomb limit (2 * 89478485), about 179 megapixels; a 108-megapixel phone photo fits
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+def _be(b, i, k):
+    return int.from_bytes(bytes(b[i:i + k]), "big")
+
+
+def _le(b, i, k, signed=False):
+    return int.from_bytes(bytes(b[i:i + k]), "little", signed=signed)
+
+
+def image_size(buf):
+    """(height, width) read from the file header, or None when the format's header is not parsed here.
+
+    Covers JPEG, PNG, BMP, WebP, TIFF, PNM, Sun raster and JPEG 2000: a few
+    bytes read, nothing decoded, so a decompression bomb is refused before
+    it costs memory.
+    """
+    b = memoryview(np.asarray(buf, dtype=np.uint8).reshape(-1)) if not isinstance(buf, (bytes, bytearray)) \
+        else memoryview(buf)
+    n = len(b)
+    if n < 12:
+        return None
+    head = bytes(b[:32])
+    try:
+        if head[:2] == b"\xff\xd8":
+            return jpeg_size(b)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and n >= 24:
+            return _be(b, 20, 4), _be(b, 16, 4)
+        if head[:2] == b"BM" and n >= 26:
+            if _le(b, 14, 4) == 12:  # BITMAPCOREHEADER
+                return _le(b, 20, 2), _le(b, 18, 2)
+            return abs(_le(b, 22, 4, True)), abs(_le(b, 18, 4, True))
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and n >= 30:
+            kind = head[12:16]
+            if kind == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+                return _le(b, 28, 2) & 0x3FFF, _le(b, 26, 2) & 0x3FFF
+            if kind == b"VP8L" and head[20] == 0x2F:
+                bits = _le(b, 21, 4)
+                return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+            if kind == b"VP8X":
+                return _le(b, 27, 3) + 1, _le(b, 24, 3) + 1
+            return None
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(b, head[:2] == b"II")
+        if head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
+            return _pnm_size(bytes(b[:4096]))
+        if head[:4] == b"\x59\xa6\x6a\x95":  # Sun raster
+            return _be(b, 8, 4), _be(b, 4, 4)
+        if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":  # JP2 container: the ihdr box
+            k = bytes(b[:4096]).find(b"ihdr")
+            return (_be(b, k + 4, 4), _be(b, k + 8, 4)) if k > 0 and k + 12 <= n else None
+        if head[:4] == b"\xff\x4f\xff\x51" and n >= 24:  # raw JPEG 2000 codestream: SIZ
+            return _be(b, 12, 4) - _be(b, 20, 4), _be(b, 8, 4) - _be(b, 16, 4)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _tiff_size(b, little):
+    get = (lambda i, k: _le(b, i, k)) if little else (lambda i, k: _be(b, i, k))
+    ifd = get(4, 4)
+    count = get(ifd, 2)
+    dims = {}
+    for e in range(min(count, 4096)):
+        at = ifd + 2 + 12 * e
+        if at + 12 > len(b):
+            break
+        tag, typ = get(at, 2), get(at + 2, 2)
+        if tag in (256, 257):
+            dims[tag] = get(at + 8, 2) if typ == 3 else get(at + 8, 4)
+    return (dims[257], dims[256]) if len(dims) == 2 else None
+
+
+def _pnm_size(head):
+    tokens, i = [], 2
+    while len(tokens) < 2 and i < len(head):
+        c = head[i:i + 1]
+        if c == b"#":
+            i = head.find(b"\n", i)
+            if i < 0:
+                return None
+        elif c.isspace():
+            i += 1
+        else:
+            j = i
+            while j < len(head) and head[j:j + 1].isdigit():
+                j += 1
+            if j == i:
+                return None
+            tokens.append(int(head[i:j]))
+            i = j
+    return (tokens[1], tokens[0]) if len(tokens) == 2 else None
+
+
+def check_max_pixels(max_pixels):
+    """``max_pixels`` resolved (None: :data:`DEFAULT_MAX_PIXELS`) and checked: an integer >= 1."""
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ConfigError(f"max_pixels (--max-pixels) must be a whole number of pixels >= 1, got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def _too_large(path, h, w, max_pixels, when):
+    return ImageDecodeError(
+        f"{path}: image is {w}x{h} = {h * w / 1e6:.1f} megapixels, more than the limit of "
+        f"{max_pixels / 1e6:.1f} megapixels per image ({when}); decoding it would take about "
+        f"{3 * h * w / 1e9:.1f} GB or more per worker.  Raise the limit (pack(max_pixels=...), "
+        "--max-pixels) if you trust the file, skip it (--skip-bad) or shrink it", path)
 
 
 def read_file(path):
-    """The file's bytes as a uint8 array (works with non-ASCII paths)."""
+    """The file's bytes as a uint8 array (works with non-ASCII paths).
+
+    Only a regular file is read: a FIFO named like an image would block the
+    pack forever, a folder or a device is no image (``ImageDecodeError``).
+    """
+    from ..format import open_regular
+    fd, _ = open_regular(path, "image file", ImageDecodeError)
     try:
-        return np.fromfile(path, dtype=np.uint8)
+        with os.fdopen(fd, "rb") as f:
+            return np.fromfile(f, dtype=np.uint8)
     except OSError as exc:
         raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})", path) from exc
 
 
-def decode_image(path, cfg, data=None):
+def decode_image(path, cfg, data=None, max_pixels=None):
     """Decode and resize one image for recipe ``cfg``.
+
+    ``max_pixels`` (None: :data:`DEFAULT_MAX_PIXELS`) caps width x height as
+    stored in the file: checked from the header before decoding for the
+    formats :func:`image_size` reads, after decoding for the others (OpenCV
+    itself refuses more than 2**30 pixels).
 
     Returns
     -------
@@ -84,17 +259,21 @@ def decode_image(path, cfg, data=None):
     reduction : int
         1, 2, 4 or 8: the JPEG decode reduction used.
     """
+    max_pixels = check_max_pixels(max_pixels)
     cv = cv2()
     if data is None:
         data = read_file(path)
     if data.size == 0:
         raise ImageDecodeError(f"{path}: file is empty", path)
+    size = image_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise _too_large(path, size[0], size[1], max_pixels, "read from its header, nothing decoded")
     gray = cfg.channels == "gray"
     flags = cv.IMREAD_GRAYSCALE if gray else cv.IMREAD_COLOR
     if cfg.exif == "ignore":
         flags |= cv.IMREAD_IGNORE_ORIENTATION
     reduction = 1
-    hw = jpeg_size(data)
+    hw = size if data[:2].tobytes() == b"\xff\xd8" else None
     if hw is not None:
         if not _jpeg_complete(data):
             raise ImageDecodeError(f"{path}: JPEG is truncated (no end-of-image marker)", path)
@@ -114,6 +293,8 @@ def decode_image(path, cfg, data=None):
         raise ImageDecodeError(f"{path}: pixel type {img.dtype} is not supported (8- or 16-bit images only)",
                                path)
     h, w = img.shape[:2]
+    if h * w > max_pixels:  # a format whose header is not read here (or a header that lied)
+        raise _too_large(path, h, w, max_pixels, "found after decoding")
     rh, rw = cfg.resized_shape(h, w)
     if (rh, rw) != (h, w):
         img = cv.resize(img, (rw, rh), interpolation=_INTERP[cfg.interpolation])

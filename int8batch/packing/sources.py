@@ -2,10 +2,12 @@
 import gzip
 import logging
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import format as fmt
 from ..errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def open_source(src, labels=None):
     ``src`` is a folder of images, an IDX image file (``*-images-idx3-ubyte``,
     plain or ``.gz``), or the name of bundled data (``mnist``, ``mnist-test``)
     when no such path exists.  ``labels`` is a label file, ``"folders"``,
-    ``"none"`` or None (auto: class sub-folders when every image lies in one).
+    ``"none"`` or None (auto, see :func:`scan_folder`).
     """
     src = os.fspath(src)
     if not os.path.exists(src):
@@ -70,7 +72,8 @@ def open_source(src, labels=None):
             log.info("packing the bundled %s data (%s)", src, img)
             return read_idx_source(img, lab)
         raise SourceError(f"{src}: no such file or folder (bundled data names: {', '.join(BUNDLED)})", src)
-    if os.path.isfile(src):
+    if not os.path.isdir(src):
+        _require_regular(src, "source")
         if "idx3" in os.path.basename(src) or _is_idx(src):
             return read_idx_source(src, labels if labels not in (None, "folders", "none") else
                                    (None if labels == "none" else _sibling_labels(src)))
@@ -79,42 +82,179 @@ def open_source(src, labels=None):
 
 
 # ------------------------------------------------------------------ folders
-def scan_folder(root, labels=None):
-    """Every image under ``root`` (recursive, sorted by relative path), with labels."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                files.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+def walk_images(root):
+    """Image files under ``root`` and its top-level folders, following symbolic links.
+
+    Symbolic links to folders are followed like folders (a class folder may be
+    a link); a link that leads back into a folder it lies in is refused
+    (it would loop), and so is a folder that cannot be listed or a link that
+    points nowhere (unless it is named like an image: decoding it then fails
+    with the file's name).  Names starting with "." are skipped.
+
+    Returns
+    -------
+    files : list of str
+        Paths relative to ``root`` with "/" separators, sorted.
+    folders : list of str
+        The (non-hidden) folders directly in ``root``, sorted, whether or not
+        they hold images.
+
+    Raises
+    ------
+    SourceError
+        Naming the folder or link and the fix.
+    """
+    root = os.fspath(root)
+    files, folders = [], []
+    # (absolute path, relative path, real paths of the folders leading here)
+    stack = [(root, "", frozenset([os.path.realpath(root)]))]
+    while stack:
+        path, rel, seen = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot list this folder ({exc.strerror or exc}); its images would be "
+                              "left out and the class numbering would shift: fix its permissions or move it away",
+                              path) from exc
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            name = f"{rel}/{e.name}" if rel else e.name
+            try:
+                is_dir = e.is_dir()  # follows symbolic links
+            except OSError as exc:  # e.g. a link loop (ELOOP)
+                raise SourceError(f"{os.path.join(root, name)}: cannot follow this symbolic link "
+                                  f"({exc.strerror or exc}); fix or remove it", name) from exc
+            if is_dir:
+                real = os.path.realpath(e.path)
+                if real in seen:
+                    raise SourceError(f"{os.path.join(root, name)}: symbolic link to {real}, a folder it lies in: "
+                                      "following it would loop forever; remove the link", name)
+                stack.append((e.path, name, seen | {real}))
+                if not rel:
+                    folders.append(e.name)
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                files.append(name)
+            elif e.is_symlink() and not os.path.exists(e.path):
+                raise SourceError(f"{os.path.join(root, name)}: symbolic link to {os.readlink(e.path)}, which does "
+                                  "not exist; if it was a class folder its images would be left out and the "
+                                  "classes renumbered: fix or remove the link", name)
     files.sort()
+    folders.sort()
+    return files, folders
+
+
+def scan_folder(root, labels=None):
+    """Every image under ``root`` (recursive, sorted by relative path), with labels.
+
+    ``labels``: a label file, ``"folders"`` (label = index of the top-level
+    folder in the sorted list of every top-level folder, so a class folder
+    without images keeps its number and shifts no other), ``"none"``, or
+    None: ``"folders"`` when every image lies in a folder, ``"none"`` when
+    none does, and an error when some do and some do not (one stray image
+    must not silently turn every label into the unlabelled value).
+    """
+    files, folders = walk_images(root)
     if not files:
         raise SourceError(f"{root}: no image files found (looked recursively for "
                           f"{', '.join(sorted(IMAGE_EXTENSIONS))})", root)
+    loose = [f for f in files if "/" not in f]
     if labels is None:
-        labels = "folders" if all("/" in f for f in files) else "none"
+        if loose and len(loose) < len(files):
+            raise SourceError(
+                f"{root}: {len(files) - len(loose)} image(s) lie in class folders ({_some(folders)}) but "
+                f"{len(loose)} lie directly in the folder ({_some(loose)}); labels would be ambiguous: move the "
+                "loose image(s) into their class folder (or out of the folder) for labels from class folders, "
+                "or pass labels='none' (--labels none) to pack every image unlabelled", root)
+        labels = "none" if loose else "folders"
     if labels == "none":
         return ImageSource(root, files, None, "none")
     if labels == "folders":
-        tops = [f.split("/", 1)[0] if "/" in f else None for f in files]
-        loose = [f for f, t in zip(files, tops) if t is None]
         if loose:
             raise SourceError(f"{root}: labels from class folders, but {len(loose)} image(s) lie directly in the "
-                              f"folder, e.g. {loose[0]}; move them into a class folder or use --labels none", root)
-        classes = sorted(set(tops))
-        index = {c: i for i, c in enumerate(classes)}
-        return ImageSource(root, files, np.array([index[t] for t in tops], dtype=np.int64), "folders", classes)
+                              f"folder ({_some(loose)}); move them into a class folder or use --labels none", root)
+        index = {c: i for i, c in enumerate(folders)}
+        tops = [f.split("/", 1)[0] for f in files]
+        empty = sorted(set(folders) - set(tops))
+        if empty:
+            log.warning("%s: %d class folder(s) hold no image (%s); they keep their class numbers (labels are "
+                        "the positions in the sorted list of all %d folders)", root, len(empty), _some(empty),
+                        len(folders))
+        _check_labels_exact(len(folders) - 1, root)
+        return ImageSource(root, files, np.array([index[t] for t in tops], dtype=np.int64), "folders", folders)
     return _apply_label_file(root, files, labels)
+
+
+def nothing_packed_error(source, skipped, dropped, batch_size):
+    """The error for a pack that would hold no file: every image skipped, or too few left for one file.
+
+    Parameters
+    ----------
+    source : str
+    skipped : list of (str, str)
+        ``(image, reason)`` of the images skipped as unreadable.
+    dropped : int
+        Images decoded but left over (fewer than one file of ``batch_size``).
+
+    Returns
+    -------
+    SourceError
+        Listing the reasons (most frequent first, with an example image each).
+    """
+    by_reason = {}
+    for name, reason in skipped:
+        key = reason.split(": ", 1)[-1]  # "<path>: <why>" -> "<why>"
+        by_reason.setdefault(key, []).append(name)
+    reasons = "; ".join(f"{len(v)} x {k} (e.g. {v[0]})"
+                        for k, v in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))[:5])
+    if dropped:
+        what = (f"{len(skipped)} image(s) were unreadable and skipped, and the {dropped} readable one(s) do not "
+                f"fill one file of {batch_size}: lower --batch-size or use --pad")
+    else:
+        what = f"every one of the {len(skipped)} image(s) was unreadable and skipped (--skip-bad)"
+    detail = f"; reasons: {reasons}" if reasons else ""
+    return SourceError(f"{source}: nothing to pack: {what}{detail}; an empty pack is never written", source)
+
+
+def _require_regular(path, what):
+    """Refuse anything but a regular file (a FIFO would block the reader forever)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot open the {what} ({exc.strerror or exc})", path) from exc
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device)"
+        raise SourceError(f"{path}: the {what} is {kind}; give a regular file", path)
+
+
+def _some(names, k=3):
+    """``"a, b, c and 4 more"``."""
+    names = list(names)
+    more = f" and {len(names) - k} more" if len(names) > k else ""
+    return ", ".join(names[:k]) + more
+
+
+def _check_labels_exact(largest, where, line="", image=None):
+    if largest > fmt.MAX_EXACT_LABEL:
+        of = f" of {image}" if image else ""
+        raise SourceError(f"{where}{line}: label {largest}{of} is above 2**24 = {fmt.MAX_EXACT_LABEL}; labels are "
+                          f"stored as float32, which holds every integer only up to {fmt.MAX_EXACT_LABEL} "
+                          f"({largest} would be stored as {int(np.float32(largest))}): renumber the classes", where)
 
 
 def read_label_file(path):
     """Parse ``path label`` lines (Caffe ``val.txt`` style) into {path: int label}."""
     table = {}
+    _require_regular(path, "label file")
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read label file ({exc.strerror or exc})", path) from exc
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: label file is not UTF-8 text ({exc.reason} at byte {exc.start}); give a "
+                          "text file of '<image path> <integer label>' lines", path) from None
     for lineno, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -129,6 +269,7 @@ def read_label_file(path):
             raise SourceError(f"{path}:{lineno}: label {lab!r} is not an integer", path) from None
         if value < 0:
             raise SourceError(f"{path}:{lineno}: label {value} is negative", path)
+        _check_labels_exact(value, path, f":{lineno}", name.strip())
         name = name.replace("\\", "/")
         if name.startswith("./"):
             name = name[2:]
@@ -194,6 +335,7 @@ def _sibling_labels(images_path):
 
 def read_idx(path, expect_dims):
     """Read an IDX file of unsigned bytes (magic 0x0000080D with D dims) into an array."""
+    _require_regular(path, "IDX file")
     try:
         with _open_maybe_gz(path) as f:
             raw = f.read()

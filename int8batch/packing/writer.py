@@ -1,37 +1,70 @@
-"""Atomic output: batch files written under temporary names, the manifest last.
+"""Durable output of a pack: the new pack is built aside and swapped in whole, one writer at a time.
 
-Protocol for one pack into ``folder``:
+Protocol for one pack into ``folder`` (``OUT``):
 
-1. refuse if the folder holds batch files or a manifest, unless ``force``;
-   with ``force`` refuse anyway if it holds batch files that no manifest
-   describes (they were not written by int8batch);
-2. each batch file is written under a hidden temporary name: preallocated
-   (so a full disk fails early, not with SIGBUS in the mapping), filled
-   through a memory map and checksummed;
-3. only when every file is complete: the marker ``.int8batch-incomplete`` is
-   created and the old manifest removed (the folder now reads as unfinished),
-   the files are renamed into place, stale files of the old pack are removed,
-   the new manifest is written to a temporary name and renamed, and the
-   marker goes.
+1. **lock**: ``OUT/.int8batch.lock`` is locked (:mod:`int8batch._lock`) for
+   the whole pack; a second writer gets ``OutputLockedError`` naming the
+   folder and the holder's pid.
+2. **recover**: leftovers of earlier runs are dealt with
+   (:func:`int8batch._atomic.clean_leftovers`): an interrupted swap is
+   finished or undone from its journal, and temporaries of dead processes
+   (also the ``.batch3.tmp<pid>`` names of older versions) are removed,
+   with a log line naming them.
+3. **check**: refuse if ``OUT`` holds batch files or a manifest, unless
+   ``force``.  With ``force`` the old manifest is validated first (size,
+   JSON, ``format``, types of ``files``/``prefix``/``suffix``); it is never
+   trusted further than the files it names that exist, and a folder whose
+   manifest is not a valid int8batch manifest, or that holds batch files the
+   manifest does not describe, is refused (int8batch never replaces files it
+   did not write).  The free space must hold the whole new pack (each file
+   rounded up to the file system's block, the manifest, the journal): the
+   old pack stays on the disk until the new one is complete.
+4. **build**: every batch file is written into a hidden staging folder
+   ``OUT/.int8batch-tmp-<host>-<pid>-<random>/`` (preallocated, so a full disk
+   fails early rather than with SIGBUS in the mapping; filled through a
+   memory map or one buffered write; checksummed), then the manifest.
+5. **swap** (:meth:`int8batch._atomic.StagedSet.commit`): a journal is
+   written and fsynced; the unfinished marker ``.int8batch-incomplete`` is
+   created; the old manifest and then the old batch files are renamed into
+   ``OUT/.int8batch-old-.../``; the new batch files are renamed in; the new
+   manifest is renamed in last (the commit point); the marker, the old
+   files, the staging folder and the journal are removed.
 
-On failure before step 3 the temporary files are removed and a previous pack
-in the folder is left exactly as it was.
+So at every instant ``OUT`` holds the complete old pack, or the complete new
+pack, or (only between the first and last rename of step 5) a marked
+mid-swap state that the journal describes exactly: a failure there is undone
+at once, and after a crash the next pack into ``OUT`` (with or without
+``--force``), or :func:`recover`, finishes the swap if the new manifest was
+already in place and otherwise puts the old pack back.  A failure before
+step 5 only removes the staging folder.
+
+Batch files are never rewritten in place: each is a new inode renamed over
+the name, so a reader that has the old file mapped keeps reading the old,
+complete bytes until it closes it (the old inode is freed then).
 """
 import json
 import logging
 import mmap
 import os
 import queue
+import re
 import shutil
+import stat
 
 import numpy as np
 
 from .. import format as fmt
-from .._atomic import write_text_atomic
-from ..errors import DiskSpaceError, OutputExistsError
+from .._atomic import StagedSet, clean_leftovers, unlink_quietly, write_all, write_error
+from .._lock import FolderLock
+from ..errors import DiskSpaceError, Int8BatchError, ManifestError, OutputExistsError
 from ..reader import INCOMPLETE_MARKER, MANIFEST_NAME
 
 log = logging.getLogger(__name__)
+
+#: an old manifest larger than this is not trusted (ImageNet's 1.28 M images make about 70 MB)
+MAX_MANIFEST_BYTES = 512 << 20
+#: files a manifest may claim (the header's k is an int32 in practice)
+MAX_MANIFEST_FILES = 2 ** 31 - 1
 
 
 class BatchFile:
@@ -40,7 +73,10 @@ class BatchFile:
     def __init__(self, tmp_path, final_path, dims):
         self.tmp_path, self.final_path, self.dims = tmp_path, final_path, dims
         size = fmt.file_size(*dims)
-        fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise write_error(exc, final_path, "creating the batch file") from exc
         try:
             try:
                 os.posix_fallocate(fd, 0, size)
@@ -50,8 +86,13 @@ class BatchFile:
                 raise DiskSpaceError(f"{final_path}: cannot reserve {size} bytes ({exc.strerror}); "
                                      "the disk is full", final_path) from exc
             self._mm = mmap.mmap(fd, size)
-        finally:
+        except BaseException as exc:
             os.close(fd)
+            unlink_quietly(tmp_path)
+            if isinstance(exc, OSError) and not isinstance(exc, Int8BatchError):
+                raise write_error(exc, final_path, "reserving the batch file") from exc
+            raise
+        os.close(fd)
         n, c, h, w = dims
         self._mm[:fmt.HEADER_BYTES] = fmt.encode_header(*dims)
         self.data = np.frombuffer(self._mm, dtype=fmt.DATA_DTYPE, count=n * c * h * w,
@@ -72,7 +113,7 @@ class BatchFile:
             self._mm.close()
         except (BufferError, ValueError):
             pass
-        _remove_quietly(self.tmp_path)
+        unlink_quietly(self.tmp_path)
 
 
 class BufferedBatchFile:
@@ -96,13 +137,7 @@ class BufferedBatchFile:
         """Checksum and write the buffer under the temporary name; returns the checksum."""
         try:
             crc = fmt.checksum(self._buf)
-            try:
-                with open(self.tmp_path, "wb") as f:
-                    f.write(self._buf)
-            except OSError as exc:
-                _remove_quietly(self.tmp_path)
-                raise DiskSpaceError(f"{self.final_path}: cannot write ({exc.strerror})", self.final_path) \
-                    from exc
+            _write_new_file(self.tmp_path, self._buf, self.final_path, "writing the batch file")
             return crc
         finally:
             self._release()
@@ -115,56 +150,116 @@ class BufferedBatchFile:
 
     def discard(self):
         self._release()
-        _remove_quietly(self.tmp_path)
+        unlink_quietly(self.tmp_path)
 
 
 class PackWriter:
-    """Owns the output folder for the duration of one pack (see module docstring)."""
+    """Owns the output folder for the duration of one pack (see module docstring).
 
-    def __init__(self, folder, dims, prefix="batch", suffix="", force=False):
+    Use as a context manager around :meth:`prepare` ... :meth:`finish`: an
+    exception aborts (temporaries removed, the previous pack untouched) and
+    the folder lock is always released.
+    """
+
+    def __init__(self, folder, dims, prefix="batch", suffix="", force=False, durable=False):
         self.folder, self.dims, self.prefix, self.suffix = os.fspath(folder), tuple(dims), prefix, suffix
         self.force = force
+        self.durable = durable   # fsync every file before the swap (power-loss safety, slower)
         self._open = []
         self._buffers = None
         self._complete = []
         self._old_files = []
+        self._lock = None
+        self._set = None
         self.checksums = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is not None:
+                self.abort()
+        finally:
+            self.release()
+        return False
 
     def path(self, k):
         return os.path.join(self.folder, fmt.batch_name(k, self.prefix, self.suffix))
 
-    def prepare(self, expected_files):
-        """Check the folder, the disk space, and mark the folder as an unfinished pack."""
-        os.makedirs(self.folder, exist_ok=True)
-        existing = _existing_batch_files(self.folder, self.prefix, self.suffix)
+    def prepare(self, expected_files, manifest_bytes=0):
+        """Lock the folder, recover leftovers, check it and the disk space, open the staging folder.
+
+        ``manifest_bytes`` is an estimate of the manifest's size (for the space check).
+        """
+        if os.path.lexists(self.folder) and not os.path.isdir(self.folder):
+            raise OutputExistsError(f"{self.folder}: exists and is not a folder; give a folder for the batch "
+                                    "files", self.folder)
+        self._lock = FolderLock(self.folder, "pack").acquire()
+        try:
+            clean_leftovers(self.folder, lock_held=True, legacy=_legacy_temp_pattern(self.prefix, self.suffix))
+            self._old_files = self._check_existing()
+            self._check_space(expected_files, manifest_bytes)
+            self._set = StagedSet(self.folder, lock_held=True, durable=self.durable, clean=False)
+        except BaseException:
+            self.release()
+            raise
+
+    def _check_existing(self):
+        """The old pack's batch files to replace (validated); refuse what int8batch may not touch."""
         man_path = os.path.join(self.folder, MANIFEST_NAME)
-        old = _read_old_manifest(man_path)
-        if (existing or old is not None) and not self.force:
+        existing = _batch_names(self.folder, self.prefix, self.suffix)
+        has_manifest = os.path.lexists(man_path)
+        if not existing and not has_manifest:
+            return []
+        if not self.force:
             what = f"{len(existing)} batch file(s)" if existing else "a manifest"
             raise OutputExistsError(f"{self.folder}: already holds {what}; use --force to replace a previous "
                                     "pack, or choose another output folder", self.folder)
-        if existing:
-            described = set()
-            if old is not None:
-                described = {fmt.batch_name(k, old.get("prefix", "batch"), old.get("suffix", ""))
-                             for k in range(int(old.get("files", 0)))}
-            foreign = sorted(set(existing) - described, key=_natural)
-            if foreign:
+        old, reason = read_old_manifest(man_path)
+        if reason is not None:
+            raise OutputExistsError(
+                f"{man_path}: not a valid int8batch manifest ({reason}); int8batch will not replace it or the "
+                "batch files beside it, which it cannot tell it wrote: move them away or choose another output "
+                "folder", man_path)
+        old_files = []
+        if old is not None:
+            described = _batch_names(self.folder, old["prefix"], old["suffix"], below=old["files"])
+            old_files = [n for n, mode in described.items() if stat.S_ISREG(mode)]
+            if len(old_files) != old["files"]:
                 raise OutputExistsError(
-                    f"{self.folder}: holds batch files that no int8batch manifest describes ({', '.join(foreign[:3])}"
-                    f"{'...' if len(foreign) > 3 else ''}); int8batch will not overwrite files it did not "
-                    "write: move them away or choose another output folder", self.folder)
-            self._old_files = sorted(described & set(existing), key=_natural)
-        need = expected_files * fmt.file_size(*self.dims)
+                    f"{man_path}: says the pack has {old['files']} batch files but {len(old_files)} of them are "
+                    "here; it does not describe this folder (changed after packing?), so int8batch will not "
+                    "replace it or the files beside it: move them away or choose another output folder", man_path)
+        foreign = sorted(set(existing) - set(old_files), key=_natural)
+        if foreign:
+            why = "that no int8batch manifest describes" if old is None else \
+                "that the manifest does not describe (or that are not regular files)"
+            hint = (f" (the folder is marked unfinished, {INCOMPLETE_MARKER}: these may be the remains of a pack "
+                    "by an earlier int8batch version that failed; check them and remove them by hand)"
+                    if os.path.lexists(os.path.join(self.folder, INCOMPLETE_MARKER)) else "")
+            raise OutputExistsError(
+                f"{self.folder}: holds batch files {why} ({', '.join(foreign[:3])}"
+                f"{'...' if len(foreign) > 3 else ''}){hint}; int8batch will not overwrite files it did not "
+                "write: move them away or choose another output folder", self.folder)
+        return sorted(old_files, key=_natural)
+
+    def _check_space(self, expected_files, manifest_bytes):
+        block = _block_size(self.folder)
+        rounded = lambda n: -(-int(n) // block) * block  # noqa: E731
+        need = (expected_files * rounded(fmt.file_size(*self.dims)) + rounded(max(int(manifest_bytes), 1))
+                + 4 * block)   # journal, marker, staging and backup folder entries
         free = shutil.disk_usage(self.folder).free
-        reclaim = sum(os.path.getsize(os.path.join(self.folder, f)) for f in self._old_files)
-        if need > free + reclaim:
-            raise DiskSpaceError(f"{self.folder}: the pack needs {need / 1e6:.1f} MB but only "
-                                 f"{(free + reclaim) / 1e6:.1f} MB are free", self.folder)
+        if need > free:
+            keep = (" (the previous pack stays until the new one is complete, so both must fit)"
+                    if self._old_files else "")
+            raise DiskSpaceError(f"{self.folder}: the pack needs {need / 1e6:.1f} MB ({expected_files} files, the "
+                                 f"manifest and block rounding) but only {free / 1e6:.1f} MB are free{keep}",
+                                 self.folder)
 
     def open_file(self, k, buffered=False):
         """A new file ``k``: memory-mapped, or (``buffered``) assembled in one of two reused buffers."""
-        tmp = os.path.join(self.folder, f".{fmt.batch_name(k, self.prefix, self.suffix)}.tmp{os.getpid()}")
+        tmp = self._set.path(fmt.batch_name(k, self.prefix, self.suffix))
         if buffered:
             if self._buffers is None:
                 self._buffers = queue.Queue()
@@ -192,31 +287,85 @@ class PackWriter:
         self._open.remove(bf)
 
     def finish(self, manifest):
-        """Rename the completed files into place, remove stale ones, write the manifest."""
-        marker = os.path.join(self.folder, INCOMPLETE_MARKER)
-        with open(marker, "w") as f:
-            f.write("an int8batch pack is being written here, or one failed; readers refuse this folder\n")
-        _remove_quietly(os.path.join(self.folder, MANIFEST_NAME))
-        for bf in self._complete:
-            os.replace(bf.tmp_path, bf.final_path)
+        """Write the manifest beside the staged files and swap the new pack in (module docstring, step 5)."""
+        man = self._set.path(MANIFEST_NAME)
+        _write_new_file(man, manifest_text(manifest).encode("utf-8"), os.path.join(self.folder, MANIFEST_NAME),
+                        "writing the manifest", fsync=self.durable)
+        if self.durable:
+            for bf in self._complete:
+                _fsync_path(bf.tmp_path)
+        self._set.commit(replace=[MANIFEST_NAME] + self._old_files, marker=INCOMPLETE_MARKER,
+                         commit_name=MANIFEST_NAME)
         self._complete = []
-        keep = {fmt.batch_name(k, self.prefix, self.suffix) for k in range(len(self.checksums))}
-        for name in self._old_files:
-            if name not in keep:
-                _remove_quietly(os.path.join(self.folder, name))
-        write_text_atomic(os.path.join(self.folder, MANIFEST_NAME), manifest_text(manifest))
-        _remove_quietly(marker)
+        self.release()
 
     def abort(self):
-        """Remove every temporary file; the folder's previous contents are untouched."""
+        """Remove every temporary file; the folder's previous contents are untouched (never raises)."""
         for c in self.checksums:
             if hasattr(c, "exception"):
                 c.exception()  # wait: the file must be unmapped before it is removed
         for bf in list(self._open):
-            self.discard_file(bf)
-        for bf in self._complete:
-            _remove_quietly(bf.tmp_path)
+            try:
+                self.discard_file(bf)
+            except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error
+                log.warning("could not discard %s: %s", bf.tmp_path, exc)
         self._complete = []
+        if self._set is not None:
+            self._set.discard()
+
+    def release(self):
+        """Drop the folder lock (idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def recover(folder, prefix="batch", suffix=""):
+    """Finish or undo an interrupted pack in ``folder`` and remove leftovers of dead processes.
+
+    Every pack does this first; call it to make a folder readable again without
+    packing (e.g. after a crash left it marked unfinished).  Returns the names
+    of the journals and temporaries it dealt with.
+    """
+    with FolderLock(folder, "recover"):
+        return clean_leftovers(folder, lock_held=True, legacy=_legacy_temp_pattern(prefix, suffix))
+
+
+def read_old_manifest(path):
+    """``(fields, None)`` for a valid int8batch manifest, ``(None, None)`` when there is none, else ``(None, why)``.
+
+    ``fields`` holds only what replacing a pack needs, validated: ``files``
+    (an int), ``prefix`` and ``suffix`` (plain strings).  Bounded: a manifest
+    over :data:`MAX_MANIFEST_BYTES` is not read.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file"
+    if st.st_size > MAX_MANIFEST_BYTES:
+        return None, f"{st.st_size} bytes, larger than any int8batch manifest ({MAX_MANIFEST_BYTES} bytes)"
+    try:
+        with open(path, "rb") as f:
+            man = json.loads(f.read().decode("utf-8"))
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    except (ValueError, RecursionError) as exc:
+        return None, f"not JSON: {str(exc)[:80]}"
+    if not isinstance(man, dict):
+        return None, f"a JSON {type(man).__name__}, not an object"
+    if man.get("format") != "sampleINT8-batch":
+        return None, "no \"format\": \"sampleINT8-batch\""
+    files, prefix, suffix = man.get("files"), man.get("prefix", "batch"), man.get("suffix", "")
+    if type(files) is not int or not 0 <= files <= MAX_MANIFEST_FILES:
+        return None, f"\"files\" is {json.dumps(files)[:40]}, not a count of files"
+    for key, v in (("prefix", prefix), ("suffix", suffix)):
+        if not isinstance(v, str) or len(v) > 200 or "/" in v or "\0" in v or (os.sep != "/" and os.sep in v):
+            return None, f"\"{key}\" is {json.dumps(v)[:40]}, not a file name part"
+    return {"files": files, "prefix": prefix, "suffix": suffix}, None
 
 
 def manifest_text(manifest, long_lists=("images_list", "padded", "dropped", "skipped")):
@@ -226,9 +375,16 @@ def manifest_text(manifest, long_lists=("images_list", "padded", "dropped", "ski
     encoder and costs more than packing MNIST itself, so the ``[name, label]``
     pairs of ``images_list`` are encoded with the C string encoder directly.
     """
+    try:
+        return _manifest_text(manifest, long_lists)
+    except ValueError as exc:   # NaN or inf: never written (the recipe checks refuse them earlier)
+        raise ManifestError(f"the manifest would hold a value JSON cannot express ({exc}); nothing written")
+
+
+def _manifest_text(manifest, long_lists):
     enc = json.encoder.encode_basestring_ascii
     head = {k: v for k, v in manifest.items() if k not in long_lists}
-    text = json.dumps(head, indent=1)[:-2]
+    text = json.dumps(head, indent=1, allow_nan=False)[:-2]
     for key in long_lists:
         if key not in manifest:
             continue
@@ -236,38 +392,82 @@ def manifest_text(manifest, long_lists=("images_list", "padded", "dropped", "ski
         if key == "images_list":
             lines = [f"[{enc(n)},{'null' if lab is None else int(lab)}]" for n, lab in items]
         else:
-            lines = [json.dumps(v, separators=(",", ":")) for v in items]
+            lines = [json.dumps(v, separators=(",", ":"), allow_nan=False) for v in items]
         body = "[\n  " + ",\n  ".join(lines) + "\n ]" if lines else "[]"
         text += f",\n {json.dumps(key)}: {body}"
     return text + "\n}\n"
 
 
-def _read_old_manifest(path):
+def manifest_size_hint(names, extra_entries=0):
+    """An estimate of the manifest's size in bytes: ``names`` are the images' relative paths."""
+    enc = json.encoder.encode_basestring_ascii
+    return 64 * 1024 + sum(len(enc(n)) + 24 for n in names) + 16 * int(extra_entries)
+
+
+def _write_new_file(path, data, final_path, doing, fsync=False):
+    """Create ``path`` (which must not exist) holding ``data``; typed errors; nothing left on failure."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise write_error(exc, final_path, doing) from exc
+    try:
+        try:
+            write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as exc:
+        unlink_quietly(path)
+        if isinstance(exc, OSError) and not isinstance(exc, Int8BatchError):
+            raise write_error(exc, final_path, doing) from exc
+        raise
+
+
+def _fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _batch_names(folder, prefix, suffix, below=None):
+    """``{name: st_mode}`` of the entries named ``<prefix><k><suffix>`` (k < ``below`` when given).
+
+    One directory listing, whatever a manifest claims: never a loop over ``range(files)``.
+    """
+    pat = re.compile(re.escape(prefix) + r"(0|[1-9][0-9]*)" + re.escape(suffix) + r"\Z", re.S)
+    try:
+        names = os.listdir(folder)
     except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
         return {}
+    except OSError as exc:
+        raise write_error(exc, folder, "listing the output folder") from exc
+    out = {}
+    for n in names:
+        m = pat.match(n)
+        if m and (below is None or int(m.group(1)) < below):
+            try:
+                out[n] = os.lstat(os.path.join(folder, n)).st_mode
+            except FileNotFoundError:
+                pass
+    return out
 
 
-def _existing_batch_files(folder, prefix, suffix):
+def _legacy_temp_pattern(prefix, suffix):
+    """Temporaries of int8batch before 0.2: ``.<prefix><k><suffix>.tmp<pid>``."""
+    return re.compile(r"\." + re.escape(prefix) + r"(0|[1-9][0-9]*)" + re.escape(suffix)
+                      + r"\.tmp(?P<pid>[0-9]{1,10})\Z", re.S)
+
+
+def _block_size(folder):
     try:
-        return [os.path.basename(p) for p in fmt.list_batch_files(folder, prefix, suffix)]
-    except Exception:  # gaps or none: fall back to a plain pattern scan
-        import re
-        pat = re.compile(re.escape(prefix) + r"\d+" + re.escape(suffix) + r"\Z")
-        return sorted((n for n in os.listdir(folder) if pat.match(n)), key=_natural)
+        st = os.statvfs(folder)
+        return max(int(st.f_frsize or st.f_bsize or 4096), 512)
+    except (OSError, AttributeError):
+        return 4096
 
 
 def _natural(name):
-    import re
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

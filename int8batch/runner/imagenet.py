@@ -23,9 +23,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..calib.api import DEFAULT_METHOD, calibrate
 from ..calib.evaluate import evaluate
-from ..errors import ConfigError, SourceError
+from ..errors import ConfigError, ModelError, SourceError
 from ..packing.packer import pack
 from ..reader import BatchSet
 from . import protocol
@@ -92,6 +94,8 @@ def plan(s):
     """
     if s.calib_batch_size <= 0 or s.batch_size <= 0:
         raise ConfigError(f"batch sizes must be > 0 (calibration {s.calib_batch_size}, scoring {s.batch_size})")
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int) or s.seed < 0:
+        raise ConfigError(f"--seed must be a whole number >= 0 (it seeds NumPy's shuffle), got {s.seed!r}")
     if calibration_folder(s.calib_images) is not None:
         limit = None if s.score_batches is None else ((s.first_score_batch or 0) + s.score_batches) * s.batch_size
         return None, s.batch_size, limit
@@ -132,10 +136,10 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
     backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
     model = load_model(s.model)  # a missing or broken model fails now, not after packing
     input_info(model)
-    dims = model.graph.output[0].type.tensor_type.shape.dim
-    outputs = dims[-1].dim_value if dims and dims[-1].dim_value > 0 else None
+    outputs = _static_classes(model)
     cal_folder = calibration_folder(s.calib_images)
     cal_batches, file_size, limit = plan(s)
+    _check_enough_images(s, cal_folder, cal_batches, limit)
     tmp = workdir or tempfile.mkdtemp(prefix="int8batch-imagenet-")
     try:
         score_dir = os.path.join(tmp, "batches")
@@ -150,6 +154,8 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
             cal = protocol.window(cal_set, s.calib_batch_size, 0, cal_batches, "calibration")
             first = 0 if cal_folder else default_first(s, cal.count)
             win = protocol.window(score, s.batch_size, first, s.score_batches, "scoring")
+            if score.manifest["labels"]["source"] != "none":  # before the (long) calibration
+                check_labels_in_range(score.manifest, win, outputs or _classes_by_running(s, score, win), s)
             overlap = 0 if cal_folder else max(0, cal.start_image + cal.images - win.start_image)
             if overlap:
                 log.warning("the scoring window overlaps the calibration images by %d images: the INT8 figures "
@@ -196,6 +202,72 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _static_classes(model):
+    """Scores per image of the first output when its shape says so (``(N, 1000)`` -> 1000), else None."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    sizes = [d.dim_value if d.HasField("dim_value") else 0 for d in dims[1:]]
+    return int(np.prod(sizes)) if sizes and all(v > 0 for v in sizes) else None
+
+
+def _classes_by_running(s, score, win):
+    """Scores per image of the first output, from one FP32 run of the first scoring batch."""
+    from ..calib.ort_exec import ModelRunner
+    y = ModelRunner(s.model, intra_op_threads=s.threads).run(score.images(win.start_image, win.batch_size)[0])
+    return int(np.asarray(y).reshape(win.batch_size, -1).shape[1])
+
+
+def check_labels_in_range(manifest, win, classes, s):
+    """Refuse scoring labels the model has no class for.
+
+    Such an image can never be a top-1 or top-5 hit, and leaving it out
+    would score the run on the rest (with none left, on agreement alone)
+    without a word.
+
+    Raises
+    ------
+    ModelError
+        How many of the scored labels are outside ``0 .. classes-1``, a few
+        of them with their images, the class count, and the fixes.
+    """
+    scored = manifest["images_list"][win.start_image:win.stop_image]
+    bad = [(name, lab) for name, lab in scored if lab is None or not 0 <= lab < classes]
+    if not bad:
+        return
+    source = manifest["labels"]["source"]
+    origin = {"folders": f"{len(manifest['labels'].get('classes') or [])} class folders",
+              "file": f"label file {s.labels}"}.get(source, source)
+    examples = ", ".join(f"{name} ({lab})" for name, lab in bad[:3])
+    raise ModelError(
+        f"{s.images}: {len(bad)} of the {len(scored)} scored images have a label the model has no class for "
+        f"(it gives {classes} scores per image: classes 0..{classes - 1}), e.g. {examples}; labels come from "
+        f"{origin}.  They cannot be scored, and leaving them out would misstate Top-1/Top-5: give --labels FILE "
+        "with the model's class indices (class folders must be the model's classes in sorted order), or "
+        "--labels none to compare FP32 and INT8 without labels", s.model)
+
+
+def _check_enough_images(s, cal_folder, cal_batches, limit):
+    """Refuse, before packing, an image folder too small for the windows (in run imagenet's own options)."""
+    from ..packing.sources import open_source
+    have = len(open_source(s.images, s.labels))
+    if limit is not None:
+        have = min(have, limit)
+    if cal_folder is None:
+        first = default_first(s, cal_batches)
+        need = max(cal_batches * s.calib_batch_size, (first + 1) * s.batch_size)
+        what = (f"calibrating on {cal_batches * s.calib_batch_size} images ({cal_batches} batches of "
+                f"{s.calib_batch_size}: --calib-images, --calib-batch-size) and scoring at least one batch of "
+                f"{s.batch_size} (--batch-size) from batch {first} (--first-score-batch)")
+    else:
+        need, what = s.batch_size, f"scoring at least one batch of {s.batch_size} (--batch-size)"
+        cal_have = len(open_source(cal_folder, "none"))
+        if cal_have < s.calib_batch_size:
+            raise ConfigError(f"--calib-images {cal_folder}: {cal_have} images, fewer than one calibration batch "
+                              f"of {s.calib_batch_size}; lower --calib-batch-size or add images", cal_folder)
+    if have < need:
+        raise ConfigError(f"{s.images}: {have} images, but {what} needs {need}; lower those options or add "
+                          "images", s.images)
 
 
 def _open(folder, same):

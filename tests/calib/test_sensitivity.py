@@ -52,3 +52,73 @@ def test_ranking_and_auto_rule(tmp_path, monkeypatch):
     assert res.kept_float == []  # pure INT8 unless asked for, outside method "auto"
     with pytest.raises(int8batch.errors.ConfigError, match="keep_float"):
         api.calibrate(LENET, out, tmp_path / "bad", batch_size=50, max_batches=2, keep_float="most")
+
+
+# ------------------------------------- issue 12: float16 and old-opset models
+def _convnet(elem, opset):
+    """x (N,1,28,28) -> Conv 4x3x3 -> Relu -> Flatten -> Gemm 10: all in ``elem`` (FLOAT or FLOAT16)."""
+    from onnx import TensorProto, helper, numpy_helper
+    npdt = np.float16 if elem == TensorProto.FLOAT16 else np.float32
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(npdt), "w1"),
+             numpy_helper.from_array(np.full(4, 0.1, npdt), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (10, 4 * 26 * 26)).astype(npdt), "w2"),
+             numpy_helper.from_array(np.zeros(10, npdt), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Flatten", ["r1"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", elem, ["N", 1, 28, 28])],
+                          [helper.make_tensor_value_info("y", elem, ["N", 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7 if opset < 13 else 8
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("kind", ["fp16", "opset7"])
+def test_sensitivity_pass_on_float16_and_opset7_models(kind):
+    # before issue 12 both raised a raw ONNX Runtime exception (QuantizeLinear on float16 / at opset 7)
+    from onnx import TensorProto
+    m = _convnet(TensorProto.FLOAT16, 13) if kind == "fp16" else _convnet(TensorProto.FLOAT, 7)
+    x = np.random.default_rng(2).random((3, 1, 28, 28), dtype=np.float32)   # float32, as the batch files
+    amax = {"x": 0.02, "r1": 50.0}               # the input clipped hard: it must rank first
+    ranked = rank_sensitivity(m, amax, x, list(amax))
+    assert [t for t, _ in ranked] == ["x", "r1"] and ranked[0][1] > 10 * ranked[1][1] > 0
+    sm, switches = switch_model(m, amax, list(amax))
+    feed = {"x": x.astype(np.float16 if kind == "fp16" else np.float32),
+            **{sw: np.array(0, np.float32) for sw in switches}}
+    base = onnx.ModelProto()
+    base.CopyFrom(m)
+    # switches off: the model itself (float16 kernels may round differently inside the If branches)
+    tol = dict(rtol=2e-2, atol=2e-3) if kind == "fp16" else dict(rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_run(sm, feed), _run(base, {"x": feed["x"]}), **tol)
+
+
+def test_calibrate_default_on_an_opset7_model(tmp_path, mnist):
+    from onnx import TensorProto
+    path = tmp_path / "op7.onnx"
+    onnx.save(_convnet(TensorProto.FLOAT, 7), str(path))
+    res = api.calibrate(str(path), mnist, tmp_path / "out", batch_size=50, max_batches=2)
+    assert res.images == 100 and (tmp_path / "out" / "model.qdq.onnx").exists()
+
+
+def test_calibrate_default_on_a_float16_model(tmp_path, mnist):
+    # the sensitivity pass runs; the float32 Q/DQ writer refuses with the fix, and --no-qdq works
+    from onnx import TensorProto
+    from int8batch.errors import ModelError
+    path = tmp_path / "fp16.onnx"
+    onnx.save(_convnet(TensorProto.FLOAT16, 13), str(path))
+    with pytest.raises(ModelError, match="float16.*--no-qdq"):
+        api.calibrate(str(path), mnist, tmp_path / "out", batch_size=50, max_batches=2)
+    res = api.calibrate(str(path), mnist, tmp_path / "out2", batch_size=50, max_batches=2, write_qdq=False)
+    assert res.images == 100 and (tmp_path / "out2" / "calibration.cache").exists()
+
+
+def test_sensitivity_pass_that_cannot_run_is_a_calibration_error(monkeypatch):
+    from int8batch.calib import sensitivity
+    from int8batch.errors import CalibrationError
+    m = onnx.load(LENET)
+    monkeypatch.setattr(sensitivity, "switch_model", lambda *a: (_ for _ in ()).throw(
+        int8batch.errors.ModelError("cannot convert")))
+    with pytest.raises(CalibrationError, match=r"--keep-float 0"):
+        rank_sensitivity(m, {"data": 1.0}, np.zeros((1, 1, 28, 28), np.float32), ["data"])

@@ -89,3 +89,19 @@ def test_load_model(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\xff\xfe not a model" * 3)
     with pytest.raises(ModelError, match="cannot read"):
         load_model(tmp_path / "junk.onnx")
+
+
+def test_empty_or_graphless_model_file_is_a_model_error(tmp_path):
+    # protobuf parses 0 bytes as an empty ModelProto: before issue 12 calibrate then died of an IndexError
+    from int8batch.calib.ort_exec import ModelRunner
+    from int8batch.errors import ModelError
+    from int8batch.onnx.graph import load_model
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    for bad in (str(empty), b""):
+        with pytest.raises(ModelError, match="not an ONNX model"):
+            load_model(bad)
+    with pytest.raises(ModelError, match="0 bytes"):
+        ModelRunner(str(empty))
+    with pytest.raises(ModelError, match="not a regular file"):
+        load_model(str(tmp_path))

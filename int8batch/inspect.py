@@ -3,14 +3,14 @@
 :func:`inspect` reports dims, files, images, the label histogram, per-channel
 statistics of the data (streamed over the mapped files in float64), and whether
 the manifest agrees with the files, checksums included.  :func:`save_grid`
-writes a PNG of the first images de-normalized back to pixels with the
+writes a PNG of images spread evenly over the pack (or the first ones),
+de-normalized back to pixels with the
 manifest's preprocessing, ``pixel = (out * std + mean) / scale``, so a person
 can see what the model will see.
 
 The summary and the grid share the manifest handling, so they stay in one
-module (about 480 lines; the grid is the last section).
+module (about 500 lines; the grid is the last section).
 """
-import json
 import logging
 import math
 import os
@@ -22,7 +22,7 @@ import numpy as np
 from . import format as fmt
 from ._optional import require
 from .errors import ConfigError, ManifestError
-from .reader import MANIFEST_NAME, BatchSet
+from .reader import MANIFEST_NAME, BatchSet, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -200,16 +200,9 @@ def _histogram(bs):
 # ------------------------------------------------------------------ manifest
 def _read_manifest(folder):
     path = os.path.join(folder, MANIFEST_NAME)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            man = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: unreadable manifest ({exc}); pack again or delete it", path) from exc
-    if not isinstance(man, dict):
-        raise ManifestError(f"{path}: manifest is not a JSON object; pack again or delete it", path)
-    return man
+    return read_manifest(path)   # typed errors for a FIFO, a directory, bad JSON, a non-object
 
 
 def _check_manifest(bs, man, report, verify):
@@ -339,6 +332,8 @@ class GridInfo:
         Channel order assumed for the data: ``"rgb"``, ``"bgr"`` or ``"gray"``.
     labels : bool
         Whether a label was drawn under each tile.
+    indices : list of int
+        Position in the pack of each image shown, in grid order.
     """
 
     path: str
@@ -350,6 +345,7 @@ class GridInfo:
     mode: str
     channels: str
     labels: bool
+    indices: list = None
 
 
 def denormalize(data, preprocess=None):
@@ -393,8 +389,8 @@ def _per_channel(value, c, name, default):
     return np.broadcast_to(v, (c,)).copy()
 
 
-def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suffix=None):
-    """Write a PNG grid of the first ``count`` images, de-normalized to pixels.
+def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suffix=None, first=False):
+    """Write a PNG grid of ``count`` images spread evenly over the pack, de-normalized to pixels.
 
     Parameters
     ----------
@@ -411,6 +407,10 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
         exact); default enlarges small images to about 96 pixels.
     prefix, suffix : str or None
         As for :func:`inspect`.
+    first : bool
+        Show the first ``count`` images instead.  The even spread (images
+        ``i * (n - 1) // (count - 1)``, first and last included) shows every
+        class of an unshuffled class-folder pack, not only the first one.
 
     Returns
     -------
@@ -429,7 +429,13 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
         k = min(int(count), bs.num_images)
         if k < count:
             log.warning("%s holds only %d images; showing %d", folder, bs.num_images, k)
-        data, labels = (np.array(a) for a in bs.images(0, k))
+        indices = list(range(k)) if first else spread(bs.num_images, k)
+        if first:
+            data, labels = (np.array(a) for a in bs.images(0, k))
+        else:
+            picked = [bs.images(i, 1) for i in indices]
+            data = np.concatenate([d for d, _ in picked])
+            labels = np.concatenate([lab for _, lab in picked])
     pre = (manifest or {}).get("preprocess")
     if not isinstance(pre, dict):
         pre = None
@@ -477,4 +483,11 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
                           "and is writable", path) from exc
     return GridInfo(path=path, count=k, columns=cols, rows=rows, zoom=zoom, origins=origins,
                     mode="manifest" if pre is not None else "min-max stretch", channels=channels,
-                    labels=draw_labels)
+                    labels=draw_labels, indices=indices)
+
+
+def spread(n, k):
+    """``k`` distinct positions spread evenly over ``0 .. n-1``, first and last included (``k <= n``)."""
+    if k <= 1:
+        return [0][:k]
+    return [i * (n - 1) // (k - 1) for i in range(k)]

@@ -195,6 +195,31 @@ def test_grid_recovers_exact_pixels_color(tmp_path, pre):
         np.testing.assert_array_equal(tile(img, info, i, 5, 9), want)
 
 
+def test_grid_spreads_evenly_over_a_class_sorted_pack(tmp_path, capsys):
+    # 12 images sorted by class (4 per class, files of 4), as an unshuffled class-folder pack
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (12, 3, 4, 5), dtype=np.uint8)
+    labels = np.repeat(np.arange(3), 4).astype(np.float32)
+    folder = write_pack(str(tmp_path / "p"), pixels_to_out(pixels, CAFFE), labels, 4, preprocess=CAFFE)
+    even = save_grid(folder, str(tmp_path / "even.png"), count=3, zoom=1)
+    first = save_grid(folder, str(tmp_path / "first.png"), count=3, zoom=1, first=True)
+    assert even.indices == [0, 5, 11] and first.indices == [0, 1, 2]
+    assert sorted({int(labels[i]) for i in even.indices}) == [0, 1, 2]   # every class, not only the first
+    for info, png in ((even, "even.png"), (first, "first.png")):
+        img = cv2.imread(str(tmp_path / png))
+        for pos, i in enumerate(info.indices):
+            np.testing.assert_array_equal(tile(img, info, pos, 4, 5), pixels[i].transpose(1, 2, 0))
+    assert insp.spread(12, 5) == [0, 2, 5, 8, 11] and insp.spread(3, 3) == [0, 1, 2] and insp.spread(9, 1) == [0]
+    assert all(len(set(insp.spread(n, k))) == k for n in range(1, 40) for k in range(1, n + 1))
+    # the command line: --show spreads, --first keeps the old behaviour, and the output says which
+    assert cli_main(["inspect", folder, "--show", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["grid"]["indices"] == [0, 3, 7, 11]
+    assert cli_main(["inspect", folder, "--show", "4"]) == 0
+    assert "spread evenly over the 12, images 0, 3, 7, 11" in capsys.readouterr().out
+    assert cli_main(["inspect", folder, "--show", "4", "--first", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["grid"]["indices"] == [0, 1, 2, 3]
+
+
 def test_grid_recovers_exact_pixels_gray_auto_zoom(tmp_path):
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)

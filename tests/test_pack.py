@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import int8batch
-from int8batch.errors import (ConfigError, ImageDecodeError, ManifestError, OutputExistsError, SourceError)
+from int8batch.errors import (ConfigError, ImageDecodeError, ManifestError, ModelError, OutputExistsError,
+                              SourceError)
 from int8batch.packing.sources import read_label_file
 from int8batch.preprocess import preset
 from reference import normalize_reference, read_batch_file, short_side_shape
@@ -210,8 +211,8 @@ def test_pad_shuffle_limit_and_thread_independence(folder, tmp_path):
 
 
 def test_small_sources_and_bad_options(folder, tmp_path):
-    with pytest.raises(ConfigError, match="fewer than the 100"):
-        int8batch.pack(folder, tmp_path / "o", preset="imagenet-torch")
+    with pytest.raises(ConfigError, match="fewer than the 100 images per file; use --batch-size 7 or --pad"):
+        int8batch.pack(folder, tmp_path / "o", preset="imagenet-torch", batch_size=100)
     with pytest.raises(ConfigError, match="mean has 2 values"):
         int8batch.pack(folder, tmp_path / "o", preset="imagenet-torch", mean=(1, 2), batch_size=1)
     empty = tmp_path / "empty"
@@ -219,8 +220,6 @@ def test_small_sources_and_bad_options(folder, tmp_path):
     (empty / "notes.txt").write_text("hi")
     with pytest.raises(SourceError, match="no image files"):
         int8batch.pack(empty, tmp_path / "o", preset="imagenet-torch")
-    with pytest.raises(ConfigError, match="no preprocessing"):
-        int8batch.pack(folder, tmp_path / "o", batch_size=1)
 
 
 def _write_idx(path, arr, magic_dims):
@@ -296,3 +295,98 @@ def test_manifest_text_round_trips_awkward_names():
     m = {"dims": [1, 1, 1, 1], "images_list": [['we],[ird\n"na\\me"é.jpg', 3], ["plain.png", None]],
          "padded": [], "dropped": ["d],[.jpg"], "skipped": [{"file": "f},{g", "reason": "bad\tbytes"}]}
     assert json.loads(manifest_text(m)) == m
+
+
+# ------------------------------------------------------------- first contact (issue 15)
+def test_no_options_packs_with_imagenet_caffe_and_says_so(folder, tmp_path, caplog):
+    out = tmp_path / "new" / "deeper" / "batches"          # missing parents are created
+    with caplog.at_level("INFO", logger="int8batch"):
+        res = int8batch.pack(folder, out)
+    said = [r.getMessage() for r in caplog.records if "preset" in r.getMessage()]
+    assert len(said) == 1 and "using preset imagenet-caffe" in said[0] and "--preset NAME" in said[0]
+    assert "imagenet-torch" in said[0] and "\n" not in said[0]
+    # fewer images than the default 100 per file: one file holding all 7, said too
+    assert res.files == 1 and res.dims == (7, 3, 224, 224) and res.dropped == 0
+    assert any("one file of 7" in r.getMessage() for r in caplog.records)
+    pre = res.manifest["preprocess"]
+    assert pre["preset"] == "imagenet-caffe" and pre["preset_defaulted"] is True
+    assert json.loads((out / "manifest.json").read_text())["preprocess"]["preset_defaulted"] is True
+    # every image equals an independent OpenCV/NumPy run of the Caffe recipe: BGR, 256x256 warp,
+    # centre 224 crop at (16, 16), minus 104/117/123 (no image is large enough for a reduced decode)
+    dims, data, labels = read_batch_file(out / "batch0")
+    caffe = preset("imagenet-caffe")
+    assert (caffe.channels, caffe.resize_size, caffe.mean) == ("bgr", (256, 256), (104.0, 117.0, 123.0))
+    for j, (name, label) in enumerate(res.manifest["images_list"]):
+        img = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
+        img = cv2.resize(img, (256, 256), interpolation=cv2.INTER_LINEAR)
+        want = (img[16:240, 16:240].astype(np.float64) - [104.0, 117.0, 123.0]).transpose(2, 0, 1)
+        np.testing.assert_array_equal(data[j], want.astype(np.float32))
+        assert labels[j] == label
+
+
+def test_a_chosen_recipe_is_not_marked_defaulted(folder, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="int8batch"):
+        res = int8batch.pack(folder, tmp_path / "a", preset="imagenet-caffe", batch_size=7)
+        over = int8batch.pack(folder, tmp_path / "b", size=32, resize_size=40, batch_size=7)
+    assert res.manifest["preprocess"]["preset_defaulted"] is False
+    assert over.manifest["preprocess"]["preset_defaulted"] is False and over.manifest["preprocess"]["preset"] is None
+    assert not any("using preset" in r.getMessage() for r in caplog.records)
+    # an explicit imagenet-caffe pack is the defaulted one, byte for byte apart from the manifest
+    int8batch.pack(folder, tmp_path / "d", batch_size=7)
+    assert (tmp_path / "a" / "batch0").read_bytes() == (tmp_path / "d" / "batch0").read_bytes()
+
+
+def test_bundled_mnist_keeps_its_own_preset_silently(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="int8batch"):
+        res = int8batch.pack("mnist-test", tmp_path / "m", limit=200)
+    pre = res.manifest["preprocess"]
+    assert pre["preset"] == "mnist" and pre["preset_defaulted"] is True and res.dims == (100, 1, 28, 28)
+    assert not any("using preset" in r.getMessage() or "bundled data;" in r.getMessage() for r in caplog.records)
+
+
+def test_a_local_folder_shadowing_bundled_data_is_named(folder, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from int8batch.packing.sources import BUNDLED, DATA_DIR
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(folder, tmp_path / "mnist-test")
+    with caplog.at_level("WARNING", logger="int8batch"):
+        res = int8batch.pack("mnist-test", tmp_path / "o", batch_size=7)
+    notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    bundled = os.path.join(DATA_DIR, BUNDLED["mnist-test"][0])
+    assert len(notes) == 1 and "local folder" in notes[0] and "./mnist-test" in notes[0] and bundled in notes[0]
+    assert res.manifest["source"]["kind"] == "folder" and res.dims == (7, 3, 224, 224)   # the path won
+    # the file the note names packs the bundled set (its labels file is found beside it)
+    res = int8batch.pack(bundled, tmp_path / "b", limit=100)
+    assert res.manifest["source"]["kind"] == "idx"
+    assert read_batch_file(tmp_path / "b" / "batch0")[2][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    caplog.clear()
+    int8batch.pack("./mnist-test", tmp_path / "c", batch_size=7)     # an explicit path: no note
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def relu_model(shape, path):
+    """A one-node model whose image input has ``shape`` (ints fixed, strings dynamic)."""
+    from onnx import TensorProto, helper, save
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return str(path)
+
+
+def test_model_input_is_checked_before_packing(folder, tmp_path, caplog):
+    fixed = relu_model([1, 3, 299, 299], tmp_path / "incep.onnx")
+    with pytest.raises(ModelError) as ei:
+        int8batch.pack(folder, tmp_path / "refused", model=fixed)
+    msg = str(ei.value)
+    assert fixed in msg and "[1, 3, 299, 299]" in msg and "preset imagenet-caffe makes ['N', 3, 224, 224]" in msg
+    assert "--preset inception" in msg
+    assert not (tmp_path / "refused").exists()                       # refused before anything was written
+    res = int8batch.pack(folder, tmp_path / "ok", model=fixed, preset="inception", batch_size=7)
+    assert res.dims == (7, 3, 299, 299)
+    with caplog.at_level("INFO", logger="int8batch"):
+        res = int8batch.pack(folder, tmp_path / "dyn", model=relu_model(["N", 3, "H", "W"], tmp_path / "d.onnx"))
+    assert res.dims == (7, 3, 224, 224)
+    assert any("height and width dynamic, so preset imagenet-caffe decides" in r.getMessage()
+               for r in caplog.records)

@@ -17,7 +17,7 @@ import pytest
 
 from int8batch.calib.evaluate import EvalResult
 from int8batch.cli.main import main
-from int8batch.errors import ConfigError, MissingDependencyError
+from int8batch.errors import ConfigError, MissingDependencyError, ModelError
 from int8batch.packing.sources import DATA_DIR
 from int8batch.runner import imagenet
 from int8batch.runner.imagenet import ImagenetSettings, plan, run_imagenet
@@ -216,6 +216,50 @@ def test_separate_calibration_folder(data, tmp_path):
 def test_overlapping_window_is_reported(data, tmp_path):
     r = run_imagenet(settings(data, first_score_batch=0, score_batches=1), out=str(tmp_path))
     assert r.to_dict()["images"]["overlap"] == 4 and "WARNING: 4 overlap" in r.text()
+
+
+# ------------------------------------------- issue 12: labels and image counts
+@pytest.mark.parametrize("shift, count", [(5, r"[1-7]"), (100, "8")])
+def test_labels_the_model_has_no_class_for_are_refused(data, tmp_path, shift, count):
+    # labels 0..6 shifted: some (shift 5) or all (shift 100) beyond the model's 7 classes.  Before issue 12
+    # they were left out of Top-1/Top-5 (PASSED on the rest) or, with none in range, the run silently
+    # switched to the unlabelled rule
+    lf = tmp_path / "shifted.txt"
+    lf.write_text("".join(f"{name} {lab + shift}\n" for name, (_, lab) in sorted(data["flat"].items())))
+    s = settings(data, images=data["val"], labels=str(lf))
+    with pytest.raises(ModelError, match=rf"{count} of the 8 scored images have a label the model has no class for "
+                                         r"\(it gives 7 scores per image: classes 0\.\.6\), e\.g\. ILSVRC"):
+        run_imagenet(s, out=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_class_count_of_a_model_without_a_static_output_shape(data, tmp_path):
+    # the output's class dimension unnamed: the count comes from one FP32 run
+    import onnx
+    m = onnx.load(data["model"])
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
+    path = tmp_path / "dyn.onnx"
+    onnx.save(m, str(path))
+    assert imagenet._static_classes(m) is None
+    lf = tmp_path / "shifted.txt"
+    lf.write_text("".join(f"{name} {lab + 100}\n" for name, (_, lab) in sorted(data["flat"].items())))
+    with pytest.raises(ModelError, match="7 scores per image"):
+        run_imagenet(settings(data, model=str(path), images=data["val"], labels=str(lf)), out=str(tmp_path / "o"))
+
+
+def test_too_few_images_named_in_run_imagenet_options(data, tmp_path):
+    # before issue 12 the packer's message suggested a --pad option run imagenet does not have
+    with pytest.raises(ConfigError, match=r"12 images, but calibrating on 20 images .*--calib-images") as info:
+        run_imagenet(settings(data, calib_images=20, calib_batch_size=2), out=str(tmp_path))
+    assert "--pad" not in str(info.value)
+    with pytest.raises(ConfigError, match="fewer than one calibration batch of 5"):
+        run_imagenet(settings(data, calib_images=data["cal"], calib_batch_size=5), out=str(tmp_path))
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_bad_seed_is_refused(seed):
+    with pytest.raises(ConfigError, match="--seed"):
+        plan(ImagenetSettings(model="m", images="i", seed=seed))
 
 
 # ------------------------------------------------------------------ verdicts
@@ -474,3 +518,46 @@ def test_efficientnet_lite0_agreement_on_real_photos(tmp_path):
     # the issue's bar for run imagenet without labels (96.5 % / KL 0.0038 when written)
     assert r.result.top1_agreement >= 0.95 and r.passed, r.text()
     assert r.result.mean_kl < 0.01
+
+
+# ------------------------------------------------------------- first contact (issue 15)
+def test_cli_run_imagenet_checks_the_model_against_the_preset_first(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["run", "imagenet", "--model", data["model"], "--images", data["folders"], "--preset", "inception",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and data["model"] in err and "['N', 3, 224, 224]" in err
+    assert "preset inception makes ['N', 3, 299, 299]" in err and "--preset imagenet-caffe" in err
+    assert not out.exists()                                         # refused before packing anything
+
+
+def test_run_mnist_reports_every_phase_to_a_phase_aware_progress(tmp_path):
+    from int8batch.runner.mnist import MnistSettings, run_mnist
+    seen, plain = {}, []
+
+    def progress(done, total, phase=None, unit=None):
+        seen.setdefault((phase, unit), []).append((done, total))
+    run_mnist(MnistSettings(calib_batches=2, score_batches=2, threads=1), out=str(tmp_path / "a"),
+              progress=progress)
+    assert list(seen) == [("packing training images", "images"), ("packing test images", "images"),
+                          ("histograms and bias sums", "batches"), ("sensitivity", "tensors"),
+                          ("writing artefacts", "files"), ("scoring FP32 and INT8", "batches")]
+    assert seen[("packing training images", "images")][-1] == (60000, 60000)
+    assert seen[("packing test images", "images")][-1] == (10000, 10000)
+    assert seen[("histograms and bias sums", "batches")] == [(1, 2), (2, 2)]
+    assert seen[("scoring FP32 and INT8", "batches")] == [(1, 2), (2, 2)]
+    # a plain (done, total) callable keeps hearing the scoring batches only, as before
+    run_mnist(MnistSettings(calib_batches=2, score_batches=2, threads=1), out=str(tmp_path / "b"),
+              progress=lambda done, total: plain.append((done, total)))
+    assert plain == [(1, 2), (2, 2)]
+
+
+def test_run_mnist_ignores_a_local_mnist_folder(tmp_path, monkeypatch):
+    from int8batch.runner.mnist import MnistSettings, run_mnist
+    (tmp_path / "mnist").mkdir()
+    write_png(str(tmp_path / "mnist" / "x.png"), (1, 2, 3))
+    monkeypatch.chdir(tmp_path)
+    r = run_mnist(MnistSettings(calib_batches=2, score_batches=1, threads=1), out=str(tmp_path / "o"))
+    d = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r.passed and d["first_predictions"]["labels"][:10] == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert d["calibration"]["window"]["count"] == 2      # (a folder of one image would not even pack)

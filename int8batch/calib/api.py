@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._progress import reporter
 from ..errors import CalibrationError, ConfigError
 from ..reader import BatchSet
 from ..trt import vocab
@@ -65,15 +66,37 @@ class CalibrationResult:
     kept_float: list = field(default_factory=list)
     cache_header: str = ""
     notes: list = field(default_factory=list)
+    corrected_report: object = None   # QdqReport of model.corrected.onnx (weights snapped, biases corrected)
+    dynamic_range_lines: int = 0
 
     def summary(self):
-        written = ", ".join(f"{k}: {v}" for k, v in self.paths.items())
+        """The run in one line, then one line per artefact written, then the notes."""
         lines = [f"calibrated {len(self.amax)} tensors on {self.batches} batches ({self.images} images) in "
-                 f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime); wrote {written}"]
-        if self.cache_header:
-            lines.append(f"cache header: {self.cache_header}")
+                 f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime)"]
+        width = max((len(p) for p in self.paths.values()), default=0)
+        lines += [f"  {p:<{width}}  {self.describe(k)}".rstrip() for k, p in self.paths.items()]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def describe(self, key):
+        """What the artefact ``paths[key]`` holds, in a few words."""
+        q, c = self.qdq_report, self.corrected_report
+        if key == "cache":
+            return f"TensorRT calibration cache: {len(self.amax)} scales, header {self.cache_header}"
+        if key == "dynamic_range":
+            return f"{self.dynamic_range_lines} name:amax lines (ITensor::setDynamicRange)"
+        if key == "json":
+            return "amax, method and saturation per tensor, and the settings"
+        if key == "qdq" and q is not None:
+            return (f"Q/DQ model (TensorRT 11, strongly typed 10): {len(q.activations)} activations and "
+                    f"{len(q.weights)} weights int8, {len(q.skipped)} tensors kept float, {len(q.biases)} biases "
+                    "corrected" + (f", {len(q.missing)} without a scale" if q.missing else ""))
+        if key == "corrected" and c is not None:
+            return (f"FP32 model for TensorRT 10 with the cache: {len(c.weights)} weights on the int8 grid, "
+                    f"{len(c.biases)} biases corrected")
+        if key == "report":
+            return "histograms of the most saturated tensors"
+        return ""
 
 
 def choose_amax(method, stats, bounded=None, config=None):
@@ -183,6 +206,10 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         means, over the first ``BIAS_CORRECTION_IMAGES`` images).  The cache
         and dynamic-range file do not change.
     progress : callable(done, total), optional
+        Called after each calibration batch.  A callable that also takes a
+        ``phase`` keyword (:mod:`int8batch._progress`) hears every pass: "max
+        pass" (``two_pass``), "histograms" (or "histograms and bias sums"),
+        "sensitivity" (tensors) and "writing artefacts" (files).
 
     Returns
     -------
@@ -257,15 +284,16 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         def sweep(collector, label):
             if dynamic and not measured[0]:
                 chunk[0] = 1  # the first image measures the activation size
+            tick = reporter(progress, label, "batches", legacy=True)
             for i, b in enumerate(bs.batches(window=win, release=True)):
                 run_chunks(b.data, collector)
-                if progress:
-                    progress(i + 1, total)
-            log.debug("%s pass over %d batches done (sub-batches of %d)", label, total, chunk[0])
+                if tick:
+                    tick(i + 1, total)
+            log.debug("%s: %d batches done (sub-batches of %d)", label, total, chunk[0])
 
         if two_pass:
             maxes = MaxCollector()
-            sweep(maxes, "max")
+            sweep(maxes, "max pass")
             hist = HistogramCollector(num_bins, mode="fixed", ranges=maxes.ranges())
         elif method == "entropy":
             hist = HistogramCollector(num_bins, mode="trt", ranges=_first_batch_ranges())
@@ -280,7 +308,8 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
         lattice = _LatticeCheck(info.name, step) if step else None
         if lattice is not None:
             collectors.append(lattice)
-        sweep(_Tee(*collectors) if len(collectors) > 1 else hist, "histogram")
+        sweep(_Tee(*collectors) if len(collectors) > 1 else hist,
+              "histograms and bias sums" if means is not None else "histograms")
         runner.close()
         stats = {n: hist.stats(n) for n in names if n in hist.names()}
         amax, used = choose_amax(method, stats, bounded, config)
@@ -295,11 +324,13 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             keep_float = "auto" if method == "auto" else 0
         if keep_float and write_qdq and out is not None:
             result.kept_float = _most_sensitive(m, result.amax, bs, batch_size, win, keep_float, dynamic,
-                                                providers, intra_op_threads)
+                                                providers, intra_op_threads,
+                                                reporter(progress, "sensitivity", "tensors"))
         if out is not None:
             _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq,
                              per_channel_weights, model, bs, batch_size, win,
-                             means.means() if means is not None else None)
+                             means.means() if means is not None else None,
+                             reporter(progress, "writing artefacts", "files"))
         result.seconds = time.perf_counter() - t0
         return result
     finally:
@@ -307,7 +338,7 @@ def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, 
             bs.close()
 
 
-def _most_sensitive(m, amax, bs, batch_size, win, keep, dynamic, providers, intra_op_threads):
+def _most_sensitive(m, amax, bs, batch_size, win, keep, dynamic, providers, intra_op_threads, progress=None):
     from ..onnx.placement import plan_qdq
     from .sensitivity import rank_sensitivity
     if keep != "auto" and (not isinstance(keep, int) or keep < 0):
@@ -315,7 +346,8 @@ def _most_sensitive(m, amax, bs, batch_size, win, keep, dynamic, providers, intr
     candidates = list(plan_qdq(m)[0])
     count = min(SENSITIVITY_IMAGES, batch_size) if dynamic else batch_size
     data = bs.images(win.start_image, count)[0]
-    ranked = rank_sensitivity(m, amax, np.ascontiguousarray(data), candidates, providers, intra_op_threads)
+    ranked = rank_sensitivity(m, amax, np.ascontiguousarray(data), candidates, providers, intra_op_threads,
+                              progress=progress)
     if keep == "auto":
         kept = [t for t, err in ranked[:SENSITIVITY_MAX_KEPT] if err > SENSITIVITY_THRESHOLD]
         if kept:
@@ -326,26 +358,25 @@ def _most_sensitive(m, amax, bs, batch_size, win, keep, dynamic, providers, intr
 
 
 class _Tee:
-    """Feeds one calibration pass to several collectors, one tensor at a time.
+    """Feeds one calibration pass to several collectors, each a whole run's activations at once.
 
-    Tensor by tensor rather than collector by collector: a sub-batch's
-    activations are far larger than the CPU cache, one tensor often is not,
-    so every collector after the first reads it from the cache.
+    Collector by collector rather than tensor by tensor: the histogram collector
+    takes all of a run's tensors in one kernel call (one thread team), which
+    costs far less than the cache misses of the later collectors reading them again.
     """
 
     def __init__(self, *collectors):
         self.collectors = collectors
 
     def collect_many(self, arrays):
-        for name, a in arrays.items():
-            one = {name: a}
-            for c in self.collectors:
-                c.collect_many(one)
+        for c in self.collectors:
+            c.collect_many(arrays)
 
 
 def _mean_collector(m):
     from ..onnx import graph as G
-    from .biascorr import MeanCollector, layers_of
+    from ..onnx.layers import layers_of
+    from .biascorr import MeanCollector
     layers = layers_of(m)
     values = G.constant_values(m)
     return MeanCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers},
@@ -357,17 +388,26 @@ def _finite(v):
 
 
 def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq, per_channel, model, bs,
-                     batch_size, win, input_means=None):
+                     batch_size, win, input_means=None, progress=None):
     from ..onnx import qdq
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
+    todo, done = 3 + (2 if write_qdq and input_means else 1 if write_qdq else 0), [0]
+
+    def wrote():
+        done[0] += 1
+        if progress:
+            progress(done[0], todo)
     header, source = vocab.choose_header(trt_version, cache_algorithm or CACHE_ALGORITHM.get(method, "entropy2"))
     result.cache_header = str(header)
     result.notes += vocab.header_advice(header, source)
     cache_io.write_trt_cache(paths["cache"], result.amax, header.number, header.algorithm)
+    wrote()
     # TensorRT's sampleINT8API splits a dynamic-range line at its first ':', so a tensor named
     # like "conv:0" (TensorFlow exports) cannot go in that file; the cache and Q/DQ model keep it
     dr_skipped = cache_io.write_dynamic_range(paths["dynamic_range"], result.amax, skip_colon_names=True)
+    result.dynamic_range_lines = len(result.amax) - len(dr_skipped)
+    wrote()
     entries = {n: cache_io.calibration_entry(result.stats[n], a, result.methods[n]) for n, a in result.amax.items()}
     meta = {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
             "batches_folder": os.path.abspath(bs.folder), "batch_size": batch_size, "first_batch": win.skipped,
@@ -383,14 +423,18 @@ def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write
                                                     input_means=input_means)
         meta["qdq_bias_corrected"] = sorted(report.biases)
     cache_io.write_calibration_json(paths["json"], entries, meta)
+    wrote()
     if not write_qdq:
         del paths["qdq"]
     else:
         qdq.save_model_atomic(qmodel, paths["qdq"])
         result.qdq_report = report
+        wrote()
         if input_means:
             # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
             from ..onnx.snap import snap_weights
             paths["corrected"] = os.path.join(out, CORRECTED_MODEL)
-            qdq.save_model_atomic(snap_weights(m, input_means, per_channel)[0], paths["corrected"])
+            corrected, result.corrected_report = snap_weights(m, input_means, per_channel)
+            qdq.save_model_atomic(corrected, paths["corrected"])
+            wrote()
     result.paths = paths

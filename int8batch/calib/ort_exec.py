@@ -18,6 +18,7 @@ import numpy as np
 from .._optional import require
 from ..errors import Int8BatchError, ModelError
 from ..onnx import graph as G
+from ..onnx.inputs import check_batch_shape, image_input
 
 log = logging.getLogger(__name__)
 
@@ -55,54 +56,6 @@ def _label(model):
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model>"
 
 
-def _single_input(model, label):
-    infos = G.input_info(model)
-    if len(infos) != 1:
-        raise ModelError(f"{label}: the model has {len(infos)} inputs "
-                         f"({', '.join(i.name for i in infos)}); int8batch feeds models with "
-                         "exactly one image input", label)
-    info = infos[0]
-    if info.dtype is None or info.dtype.kind != "f":
-        raise ModelError(f"{label}: input '{info.name}' is {info.dtype}, not a float tensor; "
-                         "the batch files hold float32 images", label)
-    return info
-
-
-def check_batch_shape(info, dims, label="<model>"):
-    """Check batch dims ``(N, C, H, W)`` against a model input.
-
-    Dynamic dimensions (named, unnamed or <= 0) accept any size.
-
-    Raises
-    ------
-    ModelError
-        Naming the input, both shapes and the fix.
-    """
-    dims = tuple(int(d) for d in dims)
-    shape = info.shape
-    if shape is None:
-        return
-    fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
-    shown = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else "?")
-             for d in shape]
-    if len(fixed) != len(dims):
-        raise ModelError(f"{label}: model input '{info.name}' has shape {shown} (rank {len(shape)}) "
-                         f"but the batches are {list(dims)}; export the model with an NCHW image "
-                         "input or repack the images to match", label)
-    bad = [k for k, (m, b) in enumerate(zip(fixed, dims)) if m is not None and m != b]
-    if not bad:
-        return
-    if bad == [0]:
-        hint = (f"the model has a fixed batch size of {fixed[0]}: pass --batch-size {fixed[0]} "
-                f"to re-batch, repack with {fixed[0]} images per file, or export the model "
-                "with a dynamic batch dimension")
-    else:
-        hint = (f"repack the images at the model's size {shown[1:]} "
-                "(int8batch pack --size/--channels)")
-    raise ModelError(f"{label}: model input '{info.name}' has shape {shown} but the batches "
-                     f"are {list(dims)}; {hint}", label)
-
-
 class ActivationRunner:
     """Run batches and return chosen intermediate tensors.
 
@@ -136,7 +89,7 @@ class ActivationRunner:
         src = G.load_model(model)
         m = onnx.ModelProto()
         m.CopyFrom(src)
-        info = _single_input(m, self._label)
+        info = image_input(m, self._label)
         self.input_name, self.input_shape, self._dtype = info.name, info.shape, info.dtype
         self._info = info
         self.tensor_names = list(dict.fromkeys(tensor_names))
@@ -208,7 +161,7 @@ class ModelRunner:
     def __init__(self, model, providers=None, intra_op_threads=None, output=None):
         self._label = _label(model)
         m = G.load_model(model)
-        self._info = _single_input(m, self._label)
+        self._info = image_input(m, self._label)
         self.input_name = self._info.name
         names = [o.name for o in m.graph.output]
         self.output_name = names[0] if output is None else output

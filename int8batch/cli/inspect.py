@@ -14,8 +14,9 @@ def add_parser(sub):
     p = sub.add_parser("inspect", help=__doc__.splitlines()[0], description=__doc__)
     p.add_argument("out", help="the batch folder (batch0, batch1, ... and manifest.json)")
     p.add_argument("--show", type=int, metavar="K",
-                   help="write a PNG grid of the first K images, de-normalized to pixels "
+                   help="write a PNG grid of K images spread evenly over the pack, de-normalized to pixels "
                         "(to --grid, default OUT/preview.png)")
+    p.add_argument("--first", action="store_true", help="show the first K images instead of an even spread")
     p.add_argument("--grid", metavar="PATH",
                    help=f"where to write the PNG grid (implies --show {DEFAULT_SHOW} when --show is not given)")
     p.add_argument("--columns", type=int, help="tiles per row of the grid (default: about square)")
@@ -33,16 +34,24 @@ def run(args):
     if args.show is not None or args.grid:
         path = args.grid or os.path.join(args.out, "preview.png")
         grid = save_grid(args.out, path, count=args.show or DEFAULT_SHOW, columns=args.columns,
-                         prefix=args.prefix, suffix=args.suffix)
+                         prefix=args.prefix, suffix=args.suffix, first=args.first)
     if args.json:
         doc = report.to_dict()
         if grid is not None:
-            doc["grid"] = {"path": grid.path, "count": grid.count, "mode": grid.mode, "channels": grid.channels}
+            doc["grid"] = {"path": grid.path, "count": grid.count, "mode": grid.mode, "channels": grid.channels,
+                           "indices": grid.indices}
         print(json.dumps(doc, indent=2))
     else:
         print(report.format())
         if grid is not None:
             how = ("de-normalized with the manifest's preprocessing" if grid.mode == "manifest"
                    else "MIN-MAX STRETCHED (no manifest preprocessing; not the true pixels)")
-            print(f"grid          {grid.path}: {grid.count} images, {grid.columns} per row, {how}")
+            which = ("the first ones" if args.first or grid.count == report.images else
+                     f"spread evenly over the {report.images}, images {_ranges(grid.indices)}")
+            print(f"grid          {grid.path}: {grid.count} images ({which}), {grid.columns} per row, {how}")
     return 1 if report.problems else 0
+
+
+def _ranges(indices, limit=8):
+    shown = ", ".join(map(str, indices[:limit]))
+    return shown + (f", ... {indices[-1]}" if len(indices) > limit else "")

@@ -4,7 +4,7 @@ import importlib
 import logging
 import sys
 
-from .. import __version__
+from .._version import __version__
 from ..errors import Int8BatchError
 
 # Each module defines add_parser(subparsers) -> parser and run(args) -> int.
@@ -18,9 +18,38 @@ SUBCOMMANDS = [
     "export",
 ]
 
+# what a command needs, shown instead of argparse's usage error when a required argument is missing
+NEEDS = {
+    "int8batch pack": ("needs a SOURCE (a folder of images, an IDX file, or mnist / mnist-test) and an OUT folder",
+                       "int8batch pack imgs/ out/batches"),
+    "int8batch inspect": ("needs a batch folder (from int8batch pack)", "int8batch inspect out/batches --show 16"),
+    "int8batch calibrate": ("needs an FP32 MODEL.onnx and --batches DIR (batch files from int8batch pack)",
+                            "int8batch calibrate model.onnx --batches out/batches"),
+    "int8batch qdq": ("needs an FP32 MODEL.onnx, --cache FILE (TensorRT cache or dynamic ranges) and -o OUT.onnx",
+                      "int8batch qdq model.onnx --cache calibration.cache -o model.qdq.onnx"),
+    "int8batch eval": ("needs the FP32 and the INT8 (Q/DQ) model and --batches DIR of labelled batch files",
+                       "int8batch eval model.onnx calibration/model.qdq.onnx --batches out/batches"),
+    "int8batch export": ("needs a batch folder and an OUT.npy or OUT.npz",
+                         "int8batch export out/batches calib.npz --input-name input"),
+    "int8batch run": ("needs a sample: mnist (bundled data and model) or imagenet (your model and images)",
+                      "int8batch run mnist"),
+    "int8batch run imagenet": ("needs --model M.onnx (an ImageNet classifier) and --images DIR",
+                               "int8batch run imagenet --model model.onnx --images val/ --labels val.txt"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a missing required argument gets a two-line "what you need" hint (exit status 2)."""
+
+    def error(self, message):
+        need = NEEDS.get(self.prog)
+        if need and message.startswith("the following arguments are required"):
+            self.exit(2, f"{self.prog} {need[0]}; for example (-h lists every option):\n  {need[1]}\n")
+        super().error(message)
+
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="int8batch",
         description="Calibration data and INT8 scales for NVIDIA TensorRT: pack images into "
                     "sampleINT8 batch files, inspect them, calibrate, and reproduce the INT8 samples.")

@@ -1,8 +1,9 @@
 """Option groups shared by several subcommands (preprocessing, progress)."""
 import contextlib
 import logging
+import os
 import sys
-import time
+import threading
 
 from ..preprocess import CHANNEL_MODES, CROP_MODES, INTERPOLATIONS, PRESETS, RESIZE_MODES
 
@@ -25,8 +26,9 @@ def keep_float_value(text):
 def add_preprocess_options(parser):
     """Preprocessing options; each overrides the preset's value when given."""
     g = parser.add_argument_group("preprocessing (each overrides the preset)")
-    g.add_argument("--preset", choices=sorted(PRESETS), help="a complete classic recipe (default for IDX "
-                   "sources: mnist)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="a complete classic recipe (default when no "
+                   "preprocessing option is given: imagenet-caffe, sampleINT8's ImageNet recipe; mnist for IDX "
+                   "sources)")
     g.add_argument("--size", type=_size, metavar="H[xW]", help="output size, e.g. 224 or 224x224")
     g.add_argument("--resize", choices=RESIZE_MODES, help="short side to --resize-size, direct warp, or none")
     g.add_argument("--resize-size", type=_size, metavar="S|HxW", help="short side (short) or HxW (direct)")
@@ -63,49 +65,96 @@ def log_level(level):
 
 
 class ProgressBar:
-    """A one-line progress bar with a rate, on stderr, only when it is a terminal."""
+    """Progress bars with rate and ETA (tqdm) on stderr, one per phase; silent unless stderr is a terminal.
+
+    Call it as ``bar(done, total)`` or, from phase-aware library code
+    (:mod:`int8batch._progress`), ``bar(done, total, phase=..., unit=...)``:
+    each new phase closes the previous bar and starts its own.  While a bar
+    is shown, console log lines are written above it (``tqdm.write``)
+    instead of running into it.  ``tqdm`` is imported only when a bar is
+    actually drawn, so ``-q`` and redirected output cost nothing.
+    """
 
     def __init__(self, unit="images", enabled=None, stream=None):
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.enabled = _is_terminal(self.stream) if enabled is None else enabled
         self.unit = unit
-        self.t0 = time.perf_counter()
-        self._last = 0.0
-        self._filter = None
-        if self.enabled:
-            # log lines (e.g. skipped images) clear the bar's line first instead of running into it
-            self._filter = _ClearLine(self.stream)
-            for h in logging.getLogger().handlers:
-                h.addFilter(self._filter)
+        self._bar = self._phase = self._handlers = None
+        self._lock = threading.Lock()
 
-    def __call__(self, done, total):
+    def __call__(self, done, total, phase=None, unit=None):
         if not self.enabled:
             return
-        now = time.perf_counter()
-        if now - self._last < 0.1 and done < total:
+        with self._lock:
+            if self._bar is None or phase != self._phase or total != self._bar.total or done < self._bar.n:
+                self._start(total, phase, unit)
+                if self._bar is None:
+                    return
+            self._bar.update(done - self._bar.n)
+
+    def _start(self, total, phase, unit):
+        self._close_bar()
+        try:
+            from tqdm import tqdm
+        except ImportError:  # a core dependency; without it the command still runs, without bars
+            logging.getLogger(__name__).warning("no progress bars: tqdm is not installed (pip install tqdm)")
+            self.enabled = False
             return
-        self._last = now
-        rate = done / max(now - self.t0, 1e-9)
-        width = 30
-        filled = int(width * done / max(total, 1))
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit} "
-                          f"{rate:,.0f} {self.unit}/s ")
-        self.stream.flush()
+        if self._handlers is None:
+            # not tqdm.contrib.logging: it imports asyncio and ssl (about 12 ms) for these few lines
+            root = logging.getLogger()
+            self._handlers = list(root.handlers)
+            root.handlers = [_WriteAbove(h, tqdm.write) if _console(h, self.stream) else h for h in root.handlers]
+        # a terminal that reports no size (a bare pty) would hide the bar: assume 80x24
+        width = {} if _columns(self.stream) else {"ncols": 80, "nrows": 24}
+        self._bar = tqdm(total=total, desc=phase, unit=" " + (unit or self.unit), file=self.stream,
+                         dynamic_ncols=not width, mininterval=0.1, smoothing=0.1, leave=True, **width)
+        self._phase = phase
+
+    def _close_bar(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def close(self):
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-            for h in logging.getLogger().handlers:
-                h.removeFilter(self._filter)
+        """Finish the current bar and restore the log handlers (safe to call twice)."""
+        with self._lock:
+            self._close_bar()
+            if self._handlers is not None:
+                logging.getLogger().handlers = self._handlers
+                self._handlers = None
             self.enabled = False
 
 
-class _ClearLine(logging.Filter):
-    def __init__(self, stream):
-        super().__init__()
-        self.stream = stream
+class _WriteAbove(logging.Handler):
+    """Stands in for a console log handler while a bar is shown: each line goes above the bar."""
 
-    def filter(self, record):
-        self.stream.write("\r\033[K")
-        return True
+    def __init__(self, handler, write):
+        super().__init__(handler.level)
+        self.setFormatter(handler.formatter)
+        self.filters = list(handler.filters)
+        self.stream, self._write = handler.stream, write
+
+    def emit(self, record):
+        try:
+            self._write(self.format(record), file=self.stream)
+        except Exception:  # logging's own rule: a failing handler must not break the program
+            self.handleError(record)
+
+
+def _console(handler, stream):
+    return type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.stdout, stream)
+
+
+def _columns(stream):
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def _is_terminal(stream):
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False

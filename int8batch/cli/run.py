@@ -17,6 +17,7 @@ def _common(p, default_out):
     p.add_argument("--out", default=default_out, help=f"artefacts and reports (default ./{default_out})")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     p.add_argument("--plot", action="store_true", help="write predictions.png (needs matplotlib)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="onnxruntime",
                    help="onnxruntime: the Q/DQ model on ONNX Runtime (default); tensorrt: FP32 and INT8 "
                         "(calibrator) engines on TensorRT 8.6-10.x; auto: tensorrt when it imports")
@@ -65,7 +66,7 @@ def add_parser(sub):
 
 
 def run(args):
-    bar = ProgressBar("batches", enabled=None)
+    bar = ProgressBar("batches", enabled=False if args.quiet else None)
     # the report printed below says everything the library would log; -v shows the log too
     try:
         with log_level(None if getattr(args, "verbose", False) else logging.WARNING):
@@ -87,11 +88,16 @@ def _run_sample(args, bar):
                           method=args.method, preset=args.preset, threads=args.threads, backend=args.backend,
                           keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
         return run_mnist(s, out=args.out, progress=bar, plot=args.plot)
+    from ..onnx.inputs import check_recipe
+    from ..preprocess import preset
     from ..runner.imagenet import ImagenetSettings, run_imagenet
+    fit = check_recipe(args.model, preset(args.preset))  # a model the preset does not fit fails before packing
     s = ImagenetSettings(model=args.model, images=args.images, labels=args.labels, preset=args.preset,
                          calib_images=args.calib_images, calib_batch_size=args.calib_batch_size,
                          batch_size=args.batch_size, first_score_batch=args.first_score_batch,
                          score_batches=args.score_batches, method=args.method, seed=args.seed,
                          skip_bad=args.skip_bad, threads=args.threads, backend=args.backend,
                          keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
-    return run_imagenet(s, out=args.out, progress=bar, plot=args.plot)
+    report = run_imagenet(s, out=args.out, progress=bar, plot=args.plot)
+    report.notes.append(fit.describe())
+    return report

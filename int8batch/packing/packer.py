@@ -9,16 +9,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from .. import format as fmt
 from .._kernels_preprocess import hwc_to_chw, lut_map_u8
 from ..errors import ConfigError, ImageDecodeError, SourceError
-from ..preprocess import PreprocessConfig, preset as make_preset
-from .decode import cv2, decode_image, read_file
-from .sources import open_source
-from .writer import PackWriter
+from ..preprocess import PRESETS, PreprocessConfig, preset as make_preset
+from .decode import check_max_pixels, cv2, decode_image, read_file
+from .sources import BUNDLED, DATA_DIR, nothing_packed_error, open_source
+from .writer import PackWriter, manifest_size_hint
 
 log = logging.getLogger(__name__)
+
+#: the recipe when none is given: sampleINT8's ImageNet networks are Caffe models (IDX sources: ``mnist``)
+DEFAULT_PRESET = "imagenet-caffe"
+#: images per file when none is given (fewer images than this: one file holding them all)
+DEFAULT_BATCH_SIZE = 100
 
 
 @dataclass
@@ -55,9 +60,9 @@ def resolve_config(preset=None, config=None, **overrides):
     return PreprocessConfig(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def pack(source, out, preset=None, config=None, batch_size=100, limit=None, shuffle=False, seed=0,
+def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shuffle=False, seed=0,
          workers=None, skip_bad=False, pad=False, force=False, labels=None, prefix="batch", suffix="",
-         unlabelled_value=-1.0, progress=None, **overrides):
+         unlabelled_value=-1.0, progress=None, model=None, max_pixels=None, **overrides):
     """Pack images (or MNIST IDX files) into sampleINT8 batch files with a manifest.
 
     Parameters
@@ -68,18 +73,26 @@ def pack(source, out, preset=None, config=None, batch_size=100, limit=None, shuf
     out : str or PathLike
         Output folder; receives ``<prefix>0<suffix>``... and ``manifest.json``.
     preset : str, optional
-        Name in :data:`int8batch.preprocess.PRESETS`.  Defaults to ``mnist``
-        for IDX sources.
+        Name in :data:`int8batch.preprocess.PRESETS`.  When neither a preset,
+        a config nor any override is given: ``mnist`` for IDX sources,
+        :data:`DEFAULT_PRESET` (``imagenet-caffe``, sampleINT8's ImageNet
+        recipe) otherwise, logged in one line and recorded in the manifest
+        (``preprocess["preset_defaulted"]``).
     config : PreprocessConfig, optional
         A complete recipe (instead of a preset).
-    batch_size : int
-        Images per file (the header's N).
+    batch_size : int, optional
+        Images per file (the header's N).  Default :data:`DEFAULT_BATCH_SIZE`
+        (100), or, when there are fewer images to pack (and no ``pad``), one
+        file holding them all.
     limit : int, optional
         Pack at most this many images (after shuffling).
     shuffle, seed :
         Seeded shuffle of the source order before ``limit``.
     workers : int, optional
-        Threads decoding and preprocessing (default: all cores).
+        Threads decoding and preprocessing (default: all cores; values below 1 are refused).
+    max_pixels : int, optional
+        Refuse images larger than this many pixels, checked from the file's
+        header before decoding (default :data:`int8batch.packing.decode.DEFAULT_MAX_PIXELS`).
     skip_bad : bool
         Skip unreadable images (listed in the manifest) instead of failing.
     pad : bool
@@ -94,6 +107,11 @@ def pack(source, out, preset=None, config=None, batch_size=100, limit=None, shuf
         Label stored for images without one.
     progress : callable(done, total), optional
         Called from the packing thread as images complete.
+    model : str, PathLike or onnx.ModelProto, optional
+        Check the recipe against this model's input before packing
+        (:func:`int8batch.onnx.inputs.check_recipe`): a fixed channel count,
+        height or width that differs raises ``ModelError``; dynamic ones are
+        left to the recipe.
     **overrides
         Any :class:`PreprocessConfig` field, overriding the preset.
 
@@ -102,18 +120,31 @@ def pack(source, out, preset=None, config=None, batch_size=100, limit=None, shuf
     PackResult
     """
     t0 = time.perf_counter()
+    _note_shadowed(source)
     src = open_source(source, labels)
     explicit = any(v is not None for v in overrides.values())
-    if preset is None and config is None and src.kind == "idx" and not explicit:
-        preset = "mnist"
-    if preset is None and config is None and not explicit:
-        raise ConfigError("no preprocessing given: choose a --preset (e.g. imagenet-torch) or give the size, "
-                          "resize, crop, mean/std and scale explicitly")
+    defaulted = preset is None and config is None and not explicit
+    if defaulted:
+        preset = "mnist" if src.kind == "idx" else DEFAULT_PRESET
     cfg = resolve_config(preset, config, **overrides)
-    batch_size = int(batch_size)
+    if defaulted and preset == DEFAULT_PRESET:
+        log.info("no preprocessing options given: using preset %s, sampleINT8's ImageNet recipe (%s); "
+                 "choose another with --preset NAME (%s)", preset, _recipe_text(cfg),
+                 ", ".join(n for n in PRESETS if n != preset))
+    if model is not None:
+        from ..onnx.inputs import check_recipe
+        log.info("%s", check_recipe(model, cfg).describe())
+    auto_size = batch_size is None
+    batch_size = DEFAULT_BATCH_SIZE if auto_size else int(batch_size)
     if batch_size <= 0:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
-    workers = max(1, int(workers or os.cpu_count() or 1))
+    workers = _whole(workers, "workers", 1) if workers is not None else max(1, os.cpu_count() or 1)
+    if shuffle:
+        _whole(seed, "seed", 0)
+    if not fmt.float32_exact(unlabelled_value):
+        raise ConfigError(f"unlabelled value must be a finite number stored exactly as a float32 label "
+                          f"(e.g. -1 or 0), got {unlabelled_value!r}")
+    max_pixels = check_max_pixels(max_pixels)
 
     order = np.arange(len(src))
     if shuffle:
@@ -124,26 +155,32 @@ def pack(source, out, preset=None, config=None, batch_size=100, limit=None, shuf
         order = order[:int(limit)]
     if len(order) == 0:
         raise SourceError(f"{source}: nothing to pack", source)
+    if len(order) < batch_size and not pad and auto_size:
+        log.info("%d images, fewer than the default %d per file: one file of %d (--batch-size N to choose)",
+                 len(order), batch_size, len(order))
+        batch_size = len(order)
     if len(order) < batch_size and not pad:
         raise ConfigError(f"{source}: only {len(order)} images, fewer than the {batch_size} images per file; "
                           f"use --batch-size {len(order)} or --pad")
 
     dims = (batch_size,) + cfg.chw
     expected = (len(order) + (batch_size - 1 if pad else 0)) // batch_size
-    writer = PackWriter(out, dims, prefix, suffix, force)
-    writer.prepare(expected)
-    job = _Job(src, cfg, order, writer, batch_size, workers, skip_bad, pad, unlabelled_value, progress)
-    try:
+    # the writer locks OUT, builds the new pack aside and swaps it in whole (see packing/writer.py);
+    # any exception inside the block removes the temporaries and leaves a previous pack untouched
+    with PackWriter(out, dims, prefix, suffix, force) as writer:
+        writer.prepare(expected, _manifest_size_hint(src, order))
+        job = _Job(src, cfg, order, writer, batch_size, workers, skip_bad, pad, unlabelled_value, progress,
+                   max_pixels)
         job.run()
         writer.wait()
-    except BaseException:
-        writer.abort()
-        raise
-    seconds = time.perf_counter() - t0
-    result = PackResult(os.fspath(out), dims, len(writer.checksums), len(writer.checksums) * batch_size,
-                        job.skipped, len(job.dropped), len(job.padded), seconds)
-    manifest = _manifest(src, cfg, dims, writer, job, shuffle, seed, limit)
-    writer.finish(manifest)
+        if not writer.checksums:
+            raise nothing_packed_error(source, job.skipped, len(job.dropped), batch_size)
+        seconds = time.perf_counter() - t0
+        result = PackResult(os.fspath(out), dims, len(writer.checksums), len(writer.checksums) * batch_size,
+                            job.skipped, len(job.dropped), len(job.padded), seconds)
+        manifest = _manifest(src, cfg, dims, writer, job, shuffle, seed, limit)
+        manifest["preprocess"]["preset_defaulted"] = defaulted
+        writer.finish(manifest)
     result.manifest = manifest
     if job.dropped:
         log.warning("%d image(s) left over after the last full file of %d were dropped (listed in the manifest); "
@@ -151,12 +188,43 @@ def pack(source, out, preset=None, config=None, batch_size=100, limit=None, shuf
     return result
 
 
+def _whole(value, name, low):
+    """``value`` as an int >= ``low``, or a ConfigError naming the option (never a silent substitute)."""
+    try:
+        v = int(value)
+        ok = v == value and v >= low
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return v
+
+
+def _recipe_text(cfg):
+    """E.g. ``3x224x224 BGR, resize direct 256x256, crop center, mean 104/117/123, std 1, scale 1``."""
+    rs = "x".join(map(str, cfg.resize_size)) if isinstance(cfg.resize_size, tuple) else cfg.resize_size
+    nums = lambda v: "/".join(f"{x:g}" for x in dict.fromkeys(v))  # noqa: E731
+    return (f"{'x'.join(map(str, cfg.chw))} {cfg.channels.upper()}, resize {cfg.resize} {rs or ''}".rstrip()
+            + f", crop {cfg.crop}, mean {nums(cfg.mean)}, std {nums(cfg.std)}, scale {cfg.scale:g}")
+
+
+def _note_shadowed(source):
+    """A path wins over bundled data of the same name (``./mnist``): say so, and how to get the other."""
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    if name in BUNDLED and os.path.exists(name):
+        kind = "folder" if os.path.isdir(name) else "file"
+        log.warning("%r is both a local %s and the name of bundled data; packing the %s ./%s. For the bundled "
+                    "%s data give its file instead: %s", name, kind, kind, name, name,
+                    os.path.join(DATA_DIR, BUNDLED[name][0]))
+
+
 class _Job:
     """Fills files one at a time; the order of images never depends on thread timing."""
 
-    def __init__(self, src, cfg, order, writer, n, workers, skip_bad, pad, unlabelled, progress):
+    def __init__(self, src, cfg, order, writer, n, workers, skip_bad, pad, unlabelled, progress, max_pixels=None):
         self.src, self.cfg, self.order, self.writer, self.n = src, cfg, order, writer, n
         self.workers, self.skip_bad, self.pad, self.unlabelled = workers, skip_bad, pad, unlabelled
+        self.max_pixels = max_pixels
         self.progress = progress
         self.packed = []      # source indices, in file order
         self.skipped = []     # (name, reason)
@@ -251,7 +319,7 @@ class _Job:
         if self.src.kind == "idx":
             return self._idx_image(i)
         path = os.path.join(self.src.root, self.src.files[i])
-        return decode_image(path, self.cfg, read_file(path))[0]
+        return decode_image(path, self.cfg, read_file(path), self.max_pixels)[0]
 
     def _place(self, i, img, bf, slot):
         """Crop, reorder and normalize ``img`` into slot ``slot`` of ``bf`` (fused kernel, GIL released)."""
@@ -316,6 +384,14 @@ class _Job:
         self.writer.commit_file(bf, committer)
         self.packed.extend(idx.tolist())
         self._tick(len(idx))
+
+
+def _manifest_size_hint(src, order):
+    """Bytes the manifest will take, about (the space check counts it)."""
+    if src.kind == "folder":
+        return manifest_size_hint(src.files[i] for i in order)
+    base = os.path.basename(src.images_path)
+    return manifest_size_hint(()) + len(order) * (len(base) + len(str(len(src))) + 28)
 
 
 def _images_list(src, job):

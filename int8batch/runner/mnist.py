@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from ..calib.api import DEFAULT_METHOD, calibrate
 from ..calib.evaluate import evaluate
 from ..packing.packer import pack
-from ..packing.sources import DATA_DIR
+from .._progress import accepts, reporter
+from ..packing.sources import BUNDLED, DATA_DIR
 from ..reader import BatchSet
 from . import protocol
 
@@ -68,10 +69,13 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
     tmp = workdir or tempfile.mkdtemp(prefix="int8batch-mnist-")
     try:
         train_dir = os.path.join(tmp, "batches")
-        pack("mnist", train_dir, preset=s.preset, batch_size=100, force=True)
+        # the bundled files by path: a local ./mnist folder must not stand in for them
+        pack(_bundled("mnist"), train_dir, preset=s.preset, batch_size=100, force=True,
+             progress=reporter(progress, "packing training images", "images"))
         if s.score_set == "test":
             score_dir = os.path.join(tmp, "test-batches")
-            pack("mnist-test", score_dir, preset=s.preset, batch_size=100, force=True)
+            pack(_bundled("mnist-test"), score_dir, preset=s.preset, batch_size=100, force=True,
+                 progress=reporter(progress, "packing test images", "images"))
             first = 0 if s.first_score_batch is None else s.first_score_batch
             count = s.score_batches
         elif s.score_set == "train":
@@ -87,13 +91,15 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
             # cal.skipped: the batches the sample's stream really skips (exact from here on)
             result = calibrate(s.model, train, out, method=s.method, batch_size=cal.batch_size,
                                keep_float=s.keep_float, bias_correction=s.bias_correction,
-                               first=cal.skipped, max_batches=cal.count)
+                               first=cal.skipped, max_batches=cal.count,
+                               progress=progress if progress is not None and accepts(progress, "phase") else None)
+            scoring = reporter(progress, "scoring FP32 and INT8", "batches", legacy=True)
             if backend == "tensorrt":
                 scored = trt_evaluate(s.model, train, cal, score, win, os.path.join(out, "tensorrt"),
-                                      algorithm=trt_algorithm(s.method), keep=100, progress=progress)
+                                      algorithm=trt_algorithm(s.method), keep=100, progress=scoring)
             else:
                 scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count,
-                                  first=win.skipped, intra_op_threads=s.threads, keep=100, progress=progress)
+                                  first=win.skipped, intra_op_threads=s.threads, keep=100, progress=scoring)
             report = RunReport("mnist", s, cal, win, result, scored, out, backend=backend,
                                cal_origin=sample)
             if backend == "tensorrt":
@@ -109,3 +115,7 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _bundled(name):
+    """The IDX image file of bundled data ``name`` (its labels file lies beside it)."""
+    return os.path.join(DATA_DIR, BUNDLED[name][0])

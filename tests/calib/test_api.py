@@ -235,3 +235,47 @@ def test_cache_header_choice(mnist, tmp_path, monkeypatch):
     res = api.calibrate(LENET, mnist, tmp_path / "c", method="minmax", max_batches=1, bias_correction=False,
                         write_qdq=False, trt_version="10.13.3", cache_algorithm="entropy2")
     assert open(res.paths["cache"]).readline().strip() == "TRT-101303-EntropyCalibration2"
+
+
+def test_progress_reports_every_pass_and_plain_callables_keep_theirs(mnist, tmp_path):
+    phased, plain = [], []
+    res = api.calibrate(LENET, mnist, tmp_path / "a", batch_size=50, max_batches=3, two_pass=True,
+                        progress=lambda done, total, phase=None, unit=None: phased.append((phase, unit, done, total)))
+    passes = {}
+    for phase, unit, done, total in phased:
+        passes.setdefault((phase, unit), []).append((done, total))
+    n_files = len(res.paths)
+    sens = len(passes[("sensitivity", "tensors")])
+    assert list(passes) == [("max pass", "batches"), ("histograms and bias sums", "batches"),
+                            ("sensitivity", "tensors"), ("writing artefacts", "files")]
+    assert passes[("max pass", "batches")] == [(1, 3), (2, 3), (3, 3)]
+    assert passes[("histograms and bias sums", "batches")] == [(1, 3), (2, 3), (3, 3)]
+    assert passes[("sensitivity", "tensors")] == [(k, sens) for k in range(1, sens + 1)] and sens >= 4
+    assert passes[("writing artefacts", "files")] == [(k, n_files) for k in range(1, n_files + 1)]
+    assert n_files == 5 and "corrected" in res.paths
+    # a (done, total) callable hears the batch loops only, as before phases existed
+    api.calibrate(LENET, mnist, tmp_path / "b", batch_size=50, max_batches=3,
+                  progress=lambda done, total: plain.append((done, total)))
+    assert plain == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_summary_has_one_clear_line_per_artefact(mnist, tmp_path, capsys):
+    assert main(["calibrate", LENET, "--batches", str(mnist), "--out", str(tmp_path), "--max-batches", "2",
+                 "--batch-size", "50"]) == 0
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert lines[0].startswith("calibrated 10 tensors on 2 batches (100 images)") and "wrote" not in lines[0]
+    rows = {os.path.basename(line.split()[0]): line for line in lines[1:] if line.startswith("  ")}
+    assert list(rows) == ["calibration.cache", "dynamic_range.txt", "calibration.json", "model.qdq.onnx",
+                          "model.corrected.onnx"]
+    assert "10 scales, header TRT-" in rows["calibration.cache"]
+    assert "10 name:amax lines" in rows["dynamic_range.txt"]
+    assert "Q/DQ model" in rows["model.qdq.onnx"] and "5 activations and 4 weights int8" in rows["model.qdq.onnx"]
+    corrected = rows["model.corrected.onnx"]
+    assert corrected.split(None, 1)[1].startswith("FP32 model for TensorRT 10 with the cache: 4 weights on the "
+                                                  "int8 grid, 4 biases corrected")
+    assert "missing" not in cap.out + cap.err and "Q/DQ:" not in cap.out + cap.err   # no failure-like log line
+    # the numbers match the artefacts themselves
+    assert len(read_dynamic_range(str(tmp_path / "dynamic_range.txt"))) == 10
+    q = onnx.load(str(tmp_path / "model.corrected.onnx"))
+    assert not [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]

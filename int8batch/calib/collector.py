@@ -2,7 +2,9 @@
 
 A collector never keeps the arrays it is given: each tensor's state is one
 histogram of ``num_bins`` int64 counts plus a few scalars, whatever the number
-of batches.  The thresholds (:mod:`int8batch.calib.thresholds`) are computed
+of batches.  ``collect_many`` takes all the activations of one inference run
+in a single kernel call (one thread team for all of them); ``collect`` takes
+one tensor, with the same result.  The thresholds (:mod:`int8batch.calib.thresholds`) are computed
 afterwards from :class:`TensorStats` snapshots.
 
 Histogram range rule (``mode="grow"``, the default)
@@ -63,7 +65,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .._kernels_calib import abs_histogram, abs_max
+from .._kernels_calib import abs_histogram, abs_histogram_many, abs_max, abs_max_many
 from ..errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,13 +84,23 @@ def default_num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _threads(num_threads):
+    nt = default_num_threads() if num_threads is None else int(num_threads)
+    if nt < 1:
+        raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
+    return nt
+
+
 def _as_float32(name: str, array) -> np.ndarray:
+    """``array`` as a C-contiguous float32 array of its shape (itself when it already is one)."""
     a = np.asarray(array)
-    if a.dtype.kind not in "fiub":
-        raise CalibrationError(
-            f"tensor {name!r}: cannot histogram an array of dtype {a.dtype}; "
-            "only numeric (float) tensors are calibrated")
-    return np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        if a.dtype.kind not in "fiub":
+            raise CalibrationError(
+                f"tensor {name!r}: cannot histogram an array of dtype {a.dtype}; "
+                "only numeric (float) tensors are calibrated")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+    return a
 
 
 def _pow2_above(m: float) -> float:
@@ -159,34 +171,110 @@ class TensorStats:
                    **extra)
 
 
-class _State:
-    __slots__ = ("hist", "hist_max", "amax", "count", "nan", "inf", "over", "vmin", "vmax")
+class _Rows:
+    """Every tensor's state as one row of a few arrays (row i: the i-th tensor seen).
 
-    def __init__(self, num_bins, hist_max=0.0):
-        self.hist = np.zeros(num_bins, dtype=np.int64)
-        self.hist_max = float(hist_max)
-        self.amax = 0.0
-        self.count = 0
-        self.nan = self.inf = self.over = 0
-        self.vmin, self.vmax = math.inf, -math.inf
+    A calibration run hands the collector all of a run's activations at once;
+    with the state in arrays, that batch updates every tensor with a handful of
+    array operations instead of Python work per tensor.
+    """
 
-    def add_scalars(self, amax, vmin, vmax, nan, inf, over, count):
-        self.amax = max(self.amax, amax)
-        self.vmin = min(self.vmin, vmin)
-        self.vmax = max(self.vmax, vmax)
-        self.nan += nan
-        self.inf += inf
-        self.over += over
-        self.count += count
+    def __init__(self, num_bins):
+        self.num_bins = num_bins
+        self.index: dict[str, int] = {}
+        self._alloc(0)
 
-    def grow_to(self, m, strict=True):
-        """Double ``hist_max`` (merging pairs of bins) until it is > m (``strict``) or >= m."""
-        n = self.hist.shape[0]
-        while m >= self.hist_max if strict else m > self.hist_max:
-            merged = self.hist.reshape(-1, 2).sum(axis=1)
-            self.hist[: n // 2] = merged
-            self.hist[n // 2:] = 0
-            self.hist_max *= 2.0
+    def _alloc(self, cap):
+        old = getattr(self, "hist", None)
+        n = len(self.index)
+        new = {"hist": np.zeros((cap, self.num_bins), np.int64), "hist_max": np.zeros(cap),
+               "amax": np.zeros(cap), "vmin": np.full(cap, math.inf), "vmax": np.full(cap, -math.inf),
+               "count": np.zeros(cap, np.int64), "nan": np.zeros(cap, np.int64),
+               "inf": np.zeros(cap, np.int64), "over": np.zeros(cap, np.int64)}
+        for key, arr in new.items():
+            if old is not None:
+                arr[:n] = getattr(self, key)[:n]
+            setattr(self, key, arr)
+
+    def add(self, name, hist_max):
+        r = len(self.index)
+        if r == self.hist.shape[0]:
+            self._alloc(max(8, 2 * r))
+        self.index[name] = r
+        self.hist_max[r] = hist_max
+        return r
+
+    def clear(self):
+        self.index.clear()
+        self._alloc(0)
+
+    def add_scalars(self, r, amax, vmin, vmax, nan, inf, over, count):
+        """Fold one batch's scalars into row(s) ``r`` (an int, a slice or unique rows).
+
+        A min/max changes only when strictly passed, so a zero min/max keeps the
+        sign of the first batch's.
+        """
+        if isinstance(r, (int, np.integer)):  # one tensor: Python beats NumPy on scalars
+            if amax > self.amax[r]:
+                self.amax[r] = amax
+            if vmin < self.vmin[r]:
+                self.vmin[r] = vmin
+            if vmax > self.vmax[r]:
+                self.vmax[r] = vmax
+        else:
+            self.amax[r] = np.where(amax > self.amax[r], amax, self.amax[r])
+            self.vmin[r] = np.where(vmin < self.vmin[r], vmin, self.vmin[r])
+            self.vmax[r] = np.where(vmax > self.vmax[r], vmax, self.vmax[r])
+        self.nan[r] += nan
+        self.inf[r] += inf
+        self.over[r] += over
+        self.count[r] += count
+
+    def grow_to(self, r, m, strict=True):
+        """Double row ``r``'s ``hist_max`` (merging pairs of bins) until it is > m (``strict``) or >= m."""
+        self.hist_max[r] = _grow(self.hist[r], float(self.hist_max[r]), m, strict)
+
+    def warn_nonfinite(self, names, r, nan, inf):
+        # Once per tensor: the first batch that holds NaN or inf.
+        if not (nan.any() or inf.any()):
+            return
+        first = ((nan > 0) | (inf > 0)) & (self.nan[r] == 0) & (self.inf[r] == 0)
+        for i in np.flatnonzero(first):
+            log.warning("tensor %r: ignoring %d NaN and %d inf values (and any in later batches); "
+                        "they are counted in TensorStats.nan_count/inf_count", names[i], nan[i], inf[i])
+
+    def stats(self, name, hist, width):
+        r = self.index[name]
+        hist.setflags(write=False)
+        return TensorStats(name=name, hist=hist, width=width, amax=float(self.amax[r]),
+                           count=int(self.count[r]), nan_count=int(self.nan[r]), inf_count=int(self.inf[r]),
+                           over_count=int(self.over[r]), min=float(self.vmin[r]), max=float(self.vmax[r]))
+
+
+def _grow(h, hist_max, m, strict=True):
+    """Double ``hist_max`` (merging pairs of bins of ``h`` in place) until it is > m (``strict``) or >= m."""
+    n = h.shape[0]
+    while m >= hist_max if strict else m > hist_max:
+        h[: n // 2] = h.reshape(-1, 2).sum(axis=1)
+        h[n // 2:] = 0
+        hist_max *= 2.0
+    return hist_max
+
+
+def _rows_key(rows):
+    """A slice when ``rows`` are consecutive (NumPy then updates views, not gathered copies)."""
+    rows = np.asarray(rows, dtype=np.intp)
+    if rows.size and (rows == np.arange(rows[0], rows[0] + rows.size)).all():
+        return slice(int(rows[0]), int(rows[0]) + rows.size)
+    return rows
+
+
+def _sizes(xs):
+    return np.fromiter((x.size for x in xs), np.int64, len(xs))
+
+
+def _row_array(r):
+    return np.arange(r.start, r.stop) if isinstance(r, slice) else r
 
 
 class HistogramCollector:
@@ -206,13 +294,17 @@ class HistogramCollector:
         the initial ``hist_max`` per tensor (the first calibration batch's
         maxima); optional.
     num_threads : int, optional
-        Threads for the histogram kernel (None: :func:`default_num_threads`).
-        Results are identical for any value.
+        Most threads for the histogram kernels (None: :func:`default_num_threads`);
+        the kernels use fewer on small inputs.  Results are identical for any value.
 
     Notes
     -----
-    The kernels release the GIL, but one collector is not thread-safe: give
-    each thread its own collector and :meth:`merge` them (exact, see above).
+    :meth:`collect_many` (all the activations of one inference run) is the
+    fast path: one kernel call, and one thread team, for every tensor, and the
+    state of all of them updated by array operations.  The result is the same
+    as :meth:`collect` on each tensor in turn.  The kernels release the GIL,
+    but one collector is not thread-safe: give each thread its own collector
+    and :meth:`merge` them (exact, see above).
     """
 
     def __init__(self, num_bins: int = 2048, mode: str = "grow",
@@ -238,72 +330,130 @@ class HistogramCollector:
                     raise ConfigError(
                         f"fixed range of tensor {k!r} must be finite and >= 0, got {v}")
                 self.ranges[str(k)] = v
-        self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
-        if self.num_threads < 1:
-            raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
-        self._states: dict[str, _State] = {}
-        self._tmp = np.empty(num_bins, dtype=np.int64)  # one batch's counts, reused
+        self.num_threads = _threads(num_threads)
+        self._rows = _Rows(num_bins)
+        self._plans: dict[tuple, object] = {}   # names of a collect_many call -> their rows
+        self._tmp = np.empty((1, num_bins), dtype=np.int64)  # one batch's counts, reused
 
     # -- collection ------------------------------------------------------
-    def _state(self, name):
-        st = self._states.get(name)
-        if st is None:
+    def _row(self, name):
+        r = self._rows.index.get(name)
+        if r is None:
             if self.mode == "fixed":
                 if name not in self.ranges:
                     raise CalibrationError(
                         f"tensor {name!r} has no fixed histogram range; run the max pass over it "
                         "first or use mode='grow'")
-                st = _State(self.num_bins, self.ranges[name])
+                r = self._rows.add(name, self.ranges[name])
             elif self.ranges is not None:  # trt mode with the first batch's maxima
-                st = _State(self.num_bins, self.ranges.get(name, 0.0))
+                r = self._rows.add(name, self.ranges.get(name, 0.0))
             else:
-                st = _State(self.num_bins)
-            self._states[name] = st
-        return st
+                r = self._rows.add(name, 0.0)
+        return r
+
+    def _first_range(self, name, amax):
+        """``hist_max`` of a tensor's first batch with ``amax > 0``."""
+        if self.mode == "fixed":
+            raise CalibrationError(
+                f"tensor {name!r} has a fixed histogram range of 0 (all zeros in the max pass) "
+                f"but now holds |x| up to {amax:g}; the two passes saw different data")
+        return amax if self.mode == "trt" else _pow2_above(amax)
+
+    def _grows(self, amax, hist_max):
+        """Whether a batch with max ``amax`` grows the range ``hist_max`` (arrays or floats)."""
+        if self.mode == "grow":
+            return amax >= hist_max
+        return amax > hist_max if self.mode == "trt" else amax != amax  # fixed: never
 
     def collect(self, name: str, array) -> None:
         """Add the values of ``array`` (any shape) to the histogram of ``name``."""
-        x = _as_float32(name, array)
-        st = self._state(name)
-        nt = self.num_threads
-        if st.hist_max == 0.0:
+        x = _as_float32(name, array).reshape(-1)
+        rows, r, nt = self._rows, self._row(name), self.num_threads
+        if rows.hist_max[r] == 0.0:
             amax, vmin, vmax, nan, inf, _ = abs_max(x, nt)
             finite = x.size - nan - inf
             if amax == 0.0:
-                st.hist[0] += finite
-                self._warn_nonfinite(name, st, nan, inf)
-                st.add_scalars(amax, vmin, vmax, nan, inf, 0, finite)
+                rows.hist[r, 0] += finite
+                if nan or inf:
+                    rows.warn_nonfinite([name], [r], np.array([nan]), np.array([inf]))
+                rows.add_scalars(r, amax, vmin, vmax, nan, inf, 0, finite)
                 return
-            if self.mode == "fixed":
-                raise CalibrationError(
-                    f"tensor {name!r} has a fixed histogram range of 0 (all zeros in the max pass) "
-                    f"but now holds |x| up to {amax:g}; the two passes saw different data")
-            st.hist_max = amax if self.mode == "trt" else _pow2_above(amax)
+            rows.hist_max[r] = self._first_range(name, amax)
         # One histogram pass per batch.  Checking the max first (abs_max, a cheap
         # SIMD pass) would cost ~20% of a histogram pass on every batch; the
         # re-binning below costs one pass, and only on the few batches that grow
         # the range (the first batch pays the max pass above instead).
-        tmp = self._tmp
-        amax, vmin, vmax, nan, inf, over = abs_histogram(x, st.hist_max, tmp, nt)
-        if (self.mode == "grow" and amax >= st.hist_max) or (self.mode == "trt" and amax > st.hist_max):
+        tmp = self._tmp[0]
+        amax, vmin, vmax, nan, inf, over = abs_histogram(x, rows.hist_max[r], tmp, nt)
+        if self._grows(amax, rows.hist_max[r]):
             # Rare (only when the range grows): re-bin this batch at the new range.
-            st.grow_to(amax, strict=self.mode == "grow")
-            amax, vmin, vmax, nan, inf, over = abs_histogram(x, st.hist_max, tmp, nt)
-        st.hist += tmp
-        self._warn_nonfinite(name, st, nan, inf)
-        st.add_scalars(amax, vmin, vmax, nan, inf, over, x.size - nan - inf)
+            rows.grow_to(r, amax, strict=self.mode == "grow")
+            amax, vmin, vmax, nan, inf, over = abs_histogram(x, rows.hist_max[r], tmp, nt)
+        rows.hist[r] += tmp
+        if nan or inf:
+            rows.warn_nonfinite([name], [r], np.array([nan]), np.array([inf]))
+        rows.add_scalars(r, amax, vmin, vmax, nan, inf, over, x.size - nan - inf)
 
     def collect_many(self, arrays: Mapping[str, object]) -> None:
-        """``collect`` every ``name: array`` of a mapping, in its order."""
-        for name, array in arrays.items():
-            self.collect(name, array)
+        """``collect`` every ``name: array`` of a mapping, with one kernel call for all.
 
-    @staticmethod
-    def _warn_nonfinite(name, st, nan, inf):
-        # Once per tensor: the first batch that holds NaN or inf.
-        if (nan or inf) and not (st.nan or st.inf):
-            log.warning("tensor %r: ignoring %d NaN and %d inf values (and any in later batches); "
-                        "they are counted in TensorStats.nan_count/inf_count", name, nan, inf)
+        The same result as :meth:`collect` on each in turn: a tensor's first
+        non-zero batch sets its range (one max pass over those tensors), and a
+        batch that grows a range is re-binned at the new range, tensor by tensor.
+        """
+        if not arrays:
+            return
+        names = tuple(arrays)
+        xs = [_as_float32(n, a) for n, a in arrays.items()]
+        r = self._plans.get(names)
+        if r is None:
+            if self.mode == "fixed":
+                missing = [n for n in names if n not in self._rows.index and n not in self.ranges]
+                if missing:
+                    self._row(missing[0])  # raises
+            r = self._plans[names] = _rows_key([self._row(n) for n in names])
+        rows, nt = self._rows, self.num_threads
+        sizes = _sizes(xs)
+        unset = np.flatnonzero(rows.hist_max[r] == 0.0)
+        if unset.size:
+            todo = self._first_batches(names, xs, _row_array(r), unset, sizes)
+            if not todo.size:
+                return
+            names = [names[i] for i in todo]
+            xs = [xs[i] for i in todo]
+            r, sizes = _row_array(r)[todo], sizes[todo]
+        k = len(xs)
+        if self._tmp.shape[0] < k:
+            self._tmp = np.empty((k, self.num_bins), dtype=np.int64)
+        tmp = self._tmp[:k]
+        hist_max = rows.hist_max[r].copy()
+        amax, vmin, vmax, nan, inf, over = abs_histogram_many(xs, hist_max, tmp, nt)
+        for i in np.flatnonzero(self._grows(amax, hist_max)):
+            # Rare (only when a range grows): re-bin that tensor at its new range.
+            ri = _row_array(r)[i]
+            rows.grow_to(ri, amax[i], strict=self.mode == "grow")
+            res = abs_histogram(xs[i].reshape(-1), rows.hist_max[ri], tmp[i], nt)
+            amax[i], vmin[i], vmax[i], nan[i], inf[i], over[i] = res
+        rows.hist[r] += tmp
+        rows.warn_nonfinite(names, r, nan, inf)
+        rows.add_scalars(r, amax, vmin, vmax, nan, inf, over, sizes - nan - inf)
+
+    def _first_batches(self, names, xs, r, unset, sizes):
+        """Tensors without a range yet: the max first, as :meth:`collect` does; returns what to histogram."""
+        rows = self._rows
+        ru = r[unset]
+        amax, vmin, vmax, nan, inf, _ = abs_max_many([xs[i] for i in unset], self.num_threads)
+        zero = amax == 0.0
+        rz = ru[zero]
+        finite = (sizes[unset] - nan - inf)[zero]
+        rows.hist[rz, 0] += finite
+        rows.warn_nonfinite([names[i] for i in unset[zero]], rz, nan[zero], inf[zero])
+        rows.add_scalars(rz, amax[zero], vmin[zero], vmax[zero], nan[zero], inf[zero], 0, finite)
+        for i, m in zip(unset[~zero], amax[~zero]):
+            rows.hist_max[r[i]] = self._first_range(names[i], float(m))
+        keep = np.ones(len(names), dtype=bool)
+        keep[unset[zero]] = False
+        return np.flatnonzero(keep)
 
     # -- bookkeeping -----------------------------------------------------
     def merge(self, other: "HistogramCollector") -> "HistogramCollector":
@@ -315,62 +465,60 @@ class HistogramCollector:
                 "cannot merge collectors with different settings "
                 f"({self.num_bins} bins/{self.mode} "
                 f"vs {other.num_bins} bins/{other.mode})")
-        for name, src in other._states.items():
-            dst = self._state(name)
-            hist = src.hist.copy()
+        src, dst = other._rows, self._rows
+        for name, s in src.index.items():
+            d = self._row(name)
+            hist = src.hist[s].copy()
+            s_max, d_max = src.hist_max[s], dst.hist_max[d]
             if self.mode == "fixed":
-                if src.hist_max != dst.hist_max:
+                if s_max != d_max:
                     raise CalibrationError(
-                        f"tensor {name!r}: fixed ranges differ ({dst.hist_max} vs {src.hist_max})")
-            elif src.hist_max != 0.0:
-                if self.mode == "trt" and dst.hist_max != 0.0:
-                    ratio = math.frexp(max(src.hist_max, dst.hist_max) / min(src.hist_max, dst.hist_max))[0]
+                        f"tensor {name!r}: fixed ranges differ ({d_max} vs {s_max})")
+            elif s_max != 0.0:
+                if self.mode == "trt" and d_max != 0.0:
+                    ratio = math.frexp(max(s_max, d_max) / min(s_max, d_max))[0]
                     if ratio != 0.5:
                         raise CalibrationError(
                             f"tensor {name!r}: cannot merge TensorRT-rule histograms whose ranges "
-                            f"({dst.hist_max} and {src.hist_max}) are not a power of two apart; "
+                            f"({d_max} and {s_max}) are not a power of two apart; "
                             "give both collectors the same first-batch ranges")
-                if dst.hist_max == 0.0:
-                    dst.hist_max = src.hist_max
-                elif src.hist_max > dst.hist_max:
-                    dst.grow_to(src.hist_max / 2.0)
-                elif src.hist_max < dst.hist_max:
-                    tmp = _State(self.num_bins, src.hist_max)
-                    tmp.hist = hist
-                    tmp.grow_to(dst.hist_max / 2.0)
-                    hist = tmp.hist
-            dst.hist += hist
-            dst.add_scalars(src.amax, src.vmin, src.vmax, src.nan, src.inf, src.over, src.count)
+                if d_max == 0.0:
+                    dst.hist_max[d] = s_max
+                elif s_max > d_max:
+                    dst.grow_to(d, s_max / 2.0)
+                elif s_max < d_max:
+                    _grow(hist, s_max, d_max / 2.0)
+            dst.hist[d] += hist
+            dst.add_scalars(d, src.amax[s], src.vmin[s], src.vmax[s], src.nan[s], src.inf[s],
+                            src.over[s], src.count[s])
         return self
 
     def reset(self) -> None:
         """Forget every tensor (the fixed ranges, if any, are kept)."""
-        self._states.clear()
+        self._rows.clear()
+        self._plans.clear()
 
     def names(self) -> list[str]:
         """Tensor names in first-collected order."""
-        return list(self._states)
+        return list(self._rows.index)
 
     def __contains__(self, name) -> bool:
-        return name in self._states
+        return name in self._rows.index
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._rows.index)
 
     def stats(self, name: str) -> TensorStats:
         """Snapshot of one tensor (copies; later collection does not change it)."""
-        st = self._states.get(name)
-        if st is None:
+        r = self._rows.index.get(name)
+        if r is None:
             raise KeyError(f"no statistics collected for tensor {name!r}")
-        hist = st.hist.copy()
-        hist.setflags(write=False)
-        return TensorStats(name=name, hist=hist, width=st.hist_max / self.num_bins,
-                           amax=st.amax, count=st.count, nan_count=st.nan, inf_count=st.inf,
-                           over_count=st.over, min=st.vmin, max=st.vmax)
+        return self._rows.stats(name, self._rows.hist[r].copy(),
+                                float(self._rows.hist_max[r]) / self.num_bins)
 
     def all_stats(self) -> dict[str, TensorStats]:
         """``{name: stats(name)}`` in first-collected order."""
-        return {name: self.stats(name) for name in self._states}
+        return {name: self.stats(name) for name in self._rows.index}
 
 
 class MaxCollector:
@@ -385,55 +533,59 @@ class MaxCollector:
     """
 
     def __init__(self, num_threads: int | None = None):
-        self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
-        if self.num_threads < 1:
-            raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
-        self._states: dict[str, _State] = {}
+        self.num_threads = _threads(num_threads)
+        self._rows = _Rows(0)
+        self._plans: dict[tuple, object] = {}
+
+    def _row(self, name):
+        r = self._rows.index.get(name)
+        return self._rows.add(name, 0.0) if r is None else r
 
     def collect(self, name: str, array) -> None:
-        x = _as_float32(name, array)
-        st = self._states.get(name)
-        if st is None:
-            st = self._states[name] = _State(0)
+        x = _as_float32(name, array).reshape(-1)
         amax, vmin, vmax, nan, inf, _ = abs_max(x, self.num_threads)
-        st.add_scalars(amax, vmin, vmax, nan, inf, 0, x.size - nan - inf)
+        self._rows.add_scalars(self._row(name), amax, vmin, vmax, nan, inf, 0, x.size - nan - inf)
 
     def collect_many(self, arrays: Mapping[str, object]) -> None:
-        for name, array in arrays.items():
-            self.collect(name, array)
+        """``collect`` every ``name: array`` of a mapping, with one kernel call for all."""
+        if not arrays:
+            return
+        names = tuple(arrays)
+        xs = [_as_float32(n, a) for n, a in arrays.items()]
+        r = self._plans.get(names)
+        if r is None:
+            r = self._plans[names] = _rows_key([self._row(n) for n in names])
+        amax, vmin, vmax, nan, inf, _ = abs_max_many(xs, self.num_threads)
+        self._rows.add_scalars(r, amax, vmin, vmax, nan, inf, 0, _sizes(xs) - nan - inf)
 
     def merge(self, other: "MaxCollector") -> "MaxCollector":
         if not isinstance(other, MaxCollector):
             raise TypeError(f"can only merge a MaxCollector, not {type(other).__name__}")
-        for name, src in other._states.items():
-            dst = self._states.get(name)
-            if dst is None:
-                dst = self._states[name] = _State(0)
-            dst.add_scalars(src.amax, src.vmin, src.vmax, src.nan, src.inf, 0, src.count)
+        src = other._rows
+        for name, s in src.index.items():
+            self._rows.add_scalars(self._row(name), src.amax[s], src.vmin[s], src.vmax[s], src.nan[s],
+                                   src.inf[s], 0, src.count[s])
         return self
 
     def reset(self) -> None:
-        self._states.clear()
+        self._rows.clear()
+        self._plans.clear()
 
     def names(self) -> list[str]:
-        return list(self._states)
+        return list(self._rows.index)
 
     def amax(self, name: str) -> float:
         """Max ``|x|`` over the finite values of ``name``."""
-        if name not in self._states:
+        if name not in self._rows.index:
             raise KeyError(f"no statistics collected for tensor {name!r}")
-        return self._states[name].amax
+        return float(self._rows.amax[self._rows.index[name]])
 
     def ranges(self) -> dict[str, float]:
         """``{name: max|x|}``, ready for ``HistogramCollector(mode="fixed", ranges=...)``."""
-        return {name: st.amax for name, st in self._states.items()}
+        return {name: float(self._rows.amax[r]) for name, r in self._rows.index.items()}
 
     def stats(self, name: str) -> TensorStats:
         """Stats with an empty one-bin histogram (only the scalars are meaningful)."""
-        st = self._states.get(name)
-        if st is None:
+        if name not in self._rows.index:
             raise KeyError(f"no statistics collected for tensor {name!r}")
-        hist = np.zeros(1, dtype=np.int64)
-        hist.setflags(write=False)
-        return TensorStats(name=name, hist=hist, width=0.0, amax=st.amax, count=st.count,
-                           nan_count=st.nan, inf_count=st.inf, min=st.vmin, max=st.vmax)
+        return self._rows.stats(name, np.zeros(1, dtype=np.int64), 0.0)

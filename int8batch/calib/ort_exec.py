@@ -30,6 +30,9 @@ def _session(model, providers, intra_op_threads, label):
     ort = require("onnxruntime")
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # Stop the pool's threads spinning when a run returns (they still spin inside a
+    # run): the collector's threads work on the same cores between runs.
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
     providers = list(providers) if providers else ["CPUExecutionProvider"]

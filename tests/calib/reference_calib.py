@@ -39,6 +39,11 @@ def abs_histogram(x, hist_max, nbins):
     return hist, (amax, vmin, vmax, nan, inf, over)
 
 
+def abs_histogram_many(xs, hist_max, nbins):
+    """Twin of ``abs_histogram_many``: one :func:`abs_histogram` per array."""
+    return [abs_histogram(x, h, nbins) for x, h in zip(xs, hist_max)]
+
+
 def kl_divergence(p, q):
     """KL(p || q) of two count vectors, normalised; +inf if q is 0 where p is not."""
     p = np.asarray(p, dtype=np.float64)

@@ -234,3 +234,149 @@ def test_max_collector():
     st = a.stats("t")
     assert st.count == fin.size and st.nan_count == 1 and st.inf_count == 1
     assert st.min == float(fin.min()) and not math.isnan(st.max)
+
+
+# -- collect_many: one kernel call per batch of tensors ----------------------
+def _stream(seed=0, steps=7):
+    """Batches of {name: array} as a model's runs give them, with the collector's hard cases.
+
+    'zero' stays all zeros, 'late' is zeros then data (its range is set late),
+    'grow' and 'big' grow their range in later batches, 'nan' holds NaN/inf, 'odd'
+    comes in float64 and strided, 'some' is missing from some batches and the
+    order of the names changes (other row layouts); sizes cross the kernels'
+    pieces when the chunk is small.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(steps):
+        b = {"zero": np.zeros((2, 3, 5), np.float32),
+             "late": (np.zeros(40, np.float32) if s < 2 else rng.standard_normal(40).astype(np.float32)),
+             "grow": (rng.standard_normal((3, 700)) * 1.7 ** s).astype(np.float32),
+             "big": np.maximum(rng.standard_normal(30_001) * (1 + 4 * (s == 3)), 0).astype(np.float32),
+             "nan": rng.standard_normal(513).astype(np.float32),
+             "odd": rng.standard_normal((64, 9))[:, ::2],
+             "empty": np.zeros((0, 4), np.float32)}
+        b["nan"][s % 5] = [np.nan, np.inf, -np.inf, np.nan, 0.0][s % 5]
+        b["big"][7] = -0.0
+        if s % 3 == 1:
+            b["some"] = (rng.standard_normal(9) * 3).astype(np.float32)
+        if s % 2:
+            b = dict(reversed(list(b.items())))
+        out.append(b)
+    return out
+
+
+def _assert_same_collectors(a, b):
+    assert a.names() == b.names()
+    for name in a.names():
+        x, y = a.stats(name), b.stats(name)
+        np.testing.assert_array_equal(x.hist, y.hist, err_msg=name)
+        for f in ("width", "amax", "count", "nan_count", "inf_count", "over_count", "min", "max"):
+            u, v = getattr(x, f), getattr(y, f)
+            assert u == v and type(u) is type(v), (name, f, u, v)
+            if isinstance(u, float):
+                assert math.copysign(1.0, u) == math.copysign(1.0, v), (name, f)
+
+
+def _modes(stream):
+    maxima = MaxCollector()
+    for b in stream:
+        maxima.collect_many(b)
+    first = {k: float(np.abs(np.nan_to_num(np.asarray(v, np.float32), posinf=0, neginf=0)).max(initial=0))
+             for k, v in stream[0].items()}
+    return [dict(mode="grow"), dict(mode="trt"), dict(mode="trt", ranges=first),
+            dict(mode="fixed", ranges=maxima.ranges())]
+
+
+@pytest.mark.parametrize("num_bins", [2048, 6])
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+def test_collect_many_equals_sequential_collect(num_bins, num_threads, caplog):
+    from int8batch import _kernels_calib as K
+    stream = _stream(num_bins + num_threads)
+    old = K._set_min_chunk(1000)   # many pieces per tensor, so the threads really split them
+    try:
+        for kw in _modes(stream):
+            one = HistogramCollector(num_bins, num_threads=1, **kw)
+            many = HistogramCollector(num_bins, num_threads=num_threads, **kw)
+            caplog.clear()
+            with caplog.at_level("WARNING"):
+                for b in stream:
+                    for name, x in b.items():
+                        one.collect(name, x)
+                seq_log = [r.getMessage() for r in caplog.records]
+                caplog.clear()
+                for b in stream:
+                    many.collect_many(b)
+                many_log = [r.getMessage() for r in caplog.records]
+            _assert_same_collectors(one, many)
+            assert sorted(seq_log) == sorted(many_log) and len(seq_log) == 1, kw   # once, for 'nan'
+    finally:
+        K._set_min_chunk(old)
+
+
+def test_collect_many_growth_and_first_range_by_hand():
+    c = HistogramCollector(num_bins=4)
+    c.collect_many({"a": np.zeros(3, np.float32), "b": np.array([3.0], np.float32)})
+    assert c.stats("a").width == 0.0 and list(c.stats("a").hist) == [3, 0, 0, 0]
+    assert c.stats("b").hist_max == 4.0 and list(c.stats("b").hist) == [0, 0, 0, 1]
+    c.collect_many({"a": np.array([1.0], np.float32), "b": np.array([0.5, 100.0], np.float32)})
+    assert c.stats("a").hist_max == 2.0 and list(c.stats("a").hist) == [3, 0, 1, 0]
+    assert c.stats("b").hist_max == 128.0 and list(c.stats("b").hist) == [2, 0, 0, 1]
+    t = HistogramCollector(num_bins=4, mode="trt", ranges={"b": 3.0})
+    t.collect_many({"b": np.array([3.0, 5.0], np.float32)})     # 5 > 3: range 6
+    assert t.stats("b").hist_max == 6.0 and list(t.stats("b").hist) == [0, 0, 1, 1]
+
+
+def test_collect_many_then_merge_and_collect():
+    stream = _stream(4)
+    a, b, whole = HistogramCollector(), HistogramCollector(), HistogramCollector()
+    for i, batch in enumerate(stream):
+        (a if i < 3 else b).collect_many(batch)
+        for name, x in batch.items():
+            whole.collect(name, x)
+    _assert_same_collectors(a.merge(b), whole)
+    a.reset()
+    assert a.names() == [] and len(a) == 0
+    a.collect_many(stream[0])           # plans are rebuilt after reset
+    a.collect("grow", stream[1]["grow"])
+    assert a.stats("grow").count == stream[0]["grow"].size + stream[1]["grow"].size
+
+
+def test_collect_many_fixed_range_missing_leaves_no_state():
+    hc = HistogramCollector(num_bins=4, mode="fixed", ranges={"a": 2.0})
+    with pytest.raises(CalibrationError, match="'b'"):
+        hc.collect_many({"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)})
+    assert hc.names() == []
+    hc.collect_many({"a": np.array([1.0, 3.0], np.float32)})
+    assert hc.stats("a").over_count == 1
+    with pytest.raises(CalibrationError, match="dtype"):
+        hc.collect_many({"a": np.array(["x"])})
+    hc.collect_many({})
+    assert hc.names() == ["a"]
+
+
+@pytest.mark.parametrize("num_threads", [1, 3])
+def test_max_collector_collect_many_equals_collect(num_threads):
+    stream = _stream(8)
+    one, many = MaxCollector(num_threads=1), MaxCollector(num_threads=num_threads)
+    for b in stream:
+        many.collect_many(b)
+        for name, x in b.items():
+            one.collect(name, x)
+    assert one.names() == many.names() and one.ranges() == many.ranges()
+    for name in one.names():
+        x, y = one.stats(name), many.stats(name)
+        assert (x.amax, x.count, x.nan_count, x.inf_count, x.min, x.max) == \
+            (y.amax, y.count, y.nan_count, y.inf_count, y.min, y.max)
+        assert math.copysign(1.0, x.max) == math.copysign(1.0, y.max)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_zero_min_max_keeps_the_first_sign(many):
+    # a later batch's zero of the other sign does not replace the min/max (strictly passed only)
+    c = HistogramCollector(num_bins=4)
+    for x in ([0.0, 1.0], [-0.0, 2.0], [-0.0], [3.0, 0.0]):
+        a = np.array(x, np.float32)
+        c.collect_many({"t": a, "n": -a}) if many else (c.collect("t", a), c.collect("n", -a))
+    assert c.stats("t").min == 0.0 and math.copysign(1.0, c.stats("t").min) == 1.0
+    assert c.stats("n").max == 0.0 and math.copysign(1.0, c.stats("n").max) == -1.0

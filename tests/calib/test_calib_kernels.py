@@ -88,18 +88,28 @@ def test_abs_max_matches_twin(n):
 
 def _check_against_twin(x, hist_max, nbins, threads=(1, 2, 3)):
     want_hist, want = ref.abs_histogram(x, hist_max, nbins)
-    for nt in threads:
-        out = np.full(nbins, -5, dtype=np.int64)
-        got = K.abs_histogram(x, hist_max, out, nt)
-        np.testing.assert_array_equal(out, want_hist, err_msg=f"{nt} threads")
-        assert got == want, nt
+    for min_chunk in (None, 1000):   # the default split, then chunks of >= 1000 values
+        old = K._set_min_chunk(min_chunk) if min_chunk else None
+        try:
+            for nt in threads:
+                out = np.full(nbins, -5, dtype=np.int64)
+                got = K.abs_histogram(x, hist_max, out, nt)
+                np.testing.assert_array_equal(out, want_hist, err_msg=f"{nt} threads, {min_chunk}")
+                assert got == want, (nt, min_chunk)
+                many = np.full((2, nbins), -5, dtype=np.int64)
+                got = K.abs_histogram_many([x, x[::-1].copy()], [hist_max] * 2, many, nt)
+                np.testing.assert_array_equal(many[0], want_hist, err_msg=f"many, {nt} threads")
+                assert tuple(a[0] for a in got) == want, ("many", nt, min_chunk)
+        finally:
+            if old:
+                K._set_min_chunk(old)
 
 
 # Sizes around the kernel's internals: its blocks of 512 values, the 4 * nbins
 # size from which 4 interleaved sub-histograms are used (and summed), the
-# 16-block cadence at which bin-0 dropping is re-decided, and the 64 Ki-value
+# 16-block cadence at which bin-0 dropping is re-decided, and the 128 Ki-value
 # minimum thread chunk.
-_SIZES = [1023, 1024, 1025, 4 * 2048 - 1, 4 * 2048, 16 * 1024 + 5, 3 * 65536 + 17]
+_SIZES = [1023, 1024, 1025, 4 * 2048 - 1, 4 * 2048, 16 * 1024 + 5, 2 * 131072 + 17]
 
 
 @pytest.mark.parametrize("n", _SIZES)
@@ -147,11 +157,13 @@ def test_abs_histogram_nonfinite_and_over_in_some_blocks():
 def test_abs_histogram_zero_min_max_sign_is_first_zero(nt):
     # min (or max) 0: -0.0 and 0.0 compare equal, the result carries the sign of
     # the first zero in x, whatever the split into blocks and chunks.
-    n = 200_000
+    n = 400_000
+    if nt > 1:
+        assert n // 131072 >= nt   # really split into nt chunks (default minimum chunk)
     for first in (-0.0, 0.0):
         x = np.abs(np.random.default_rng(2).standard_normal(n)).astype(np.float32) + 1
-        x[150_001] = first               # in the last thread chunk, after a block start
-        x[150_002:] = np.float32(-first)  # the other zero, many times
+        x[300_001] = first               # in the last thread chunk, after a block start
+        x[300_002:] = np.float32(-first)  # the other zero, many times
         out = np.zeros(64, dtype=np.int64)
         amax, vmin, vmax, *_ = K.abs_histogram(x, 8.0, out, nt)
         assert vmin == 0.0 and math.copysign(1.0, vmin) == math.copysign(1.0, first)
@@ -173,6 +185,130 @@ def test_abs_histogram_extreme_ranges():
             _check_against_twin(x, hist_max, nbins, threads=(1,))
     with pytest.raises(ValueError):  # nbins / hist_max overflows
         K.abs_histogram(x, 5e-324, np.zeros(4, np.int64), 1)
+
+
+# -- many tensors in one call -------------------------------------------------
+@pytest.fixture
+def small_chunks():
+    """Threads get pieces of 1000 values: the many-piece split on small arrays."""
+    old = K._set_min_chunk(1000)
+    yield
+    K._set_min_chunk(old)
+
+
+def _same_stats(a, b):
+    """Equal tuples of stats, the sign of a zero included."""
+    return len(a) == len(b) and all(
+        x == y and math.copysign(1.0, x) == math.copysign(1.0, y) for x, y in zip(a, b))
+
+
+def _many_inputs(seed=0):
+    """Arrays of odd sizes (around blocks, sub-histograms and pieces) and edge values, with ranges."""
+    rng = np.random.default_rng(seed)
+    xs, ranges = [], []
+    for k, n in enumerate([0, 1, 7, 511, 512, 513, 1001, 4 * 333 + 1, 8191, 8192, 70_001, 0, 3,
+                           200_003, 2 * 65536 + 9]):
+        x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+        if n > 5 and k % 3 == 0:
+            x[rng.integers(0, n, 3)] = [np.nan, np.inf, -np.inf]
+        if n > 5 and k % 4 == 1:
+            x[rng.random(n) < 0.6] = 0.0          # ReLU-like zero spike
+            x[n // 2] = -0.0
+        m = float(np.nanmax(np.abs(x[np.isfinite(x)]), initial=0.0)) or 1.0
+        # power-of-two ranges (float32 index path), arbitrary ones, and some below the max
+        ranges.append([2.0 ** math.ceil(math.log2(m) + 1e-9), m, 0.37 * m, 3.0][k % 4])
+        xs.append(x)
+    xs[4] = xs[4].reshape(7, 73) if xs[4].size == 511 else xs[4]   # any shape
+    return xs, np.array(ranges)
+
+
+@pytest.mark.parametrize("nbins", [2048, 333, 2, 1])
+def test_abs_histogram_many_matches_single_and_twin(nbins):
+    xs, ranges = _many_inputs(nbins)
+    out = np.full((len(xs), nbins), 99, dtype=np.int64)   # overwritten, not accumulated
+    got = K.abs_histogram_many(xs, ranges, out, 1)
+    assert all(a.shape == (len(xs),) for a in got)
+    assert got[0].dtype == np.float64 and got[3].dtype == np.int64
+    twins = ref.abs_histogram_many(xs, ranges, nbins)
+    for i, (x, h) in enumerate(zip(xs, ranges)):
+        one = np.zeros(nbins, dtype=np.int64)
+        single = K.abs_histogram(x.reshape(-1), h, one, 1)
+        row = tuple(a[i].item() for a in got)
+        np.testing.assert_array_equal(out[i], one, err_msg=f"array {i}")
+        np.testing.assert_array_equal(out[i], twins[i][0], err_msg=f"array {i}")
+        assert _same_stats(row, single), i
+        assert row == twins[i][1], i
+
+
+@pytest.mark.parametrize("chunks", ["default", "small"])
+def test_abs_histogram_many_thread_counts_identical(chunks, request):
+    if chunks == "small":
+        request.getfixturevalue("small_chunks")
+    xs, ranges = _many_inputs(5)
+    results = []
+    for nt in (1, 2, 3, 4):
+        out = np.zeros((len(xs), 2048), dtype=np.int64)
+        results.append((out, K.abs_histogram_many(xs, ranges, out, nt)))
+    for out, stats in results[1:]:
+        np.testing.assert_array_equal(out, results[0][0])
+        for a, b in zip(stats, results[0][1]):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+
+
+@pytest.mark.parametrize("nt", [1, 2, 3])
+def test_abs_histogram_many_zero_sign_across_pieces(nt, small_chunks):
+    # the first zero of a tensor lies in its last piece, the other zero many times after it
+    for first in (-0.0, 0.0):
+        x = np.abs(np.random.default_rng(2).standard_normal(20_000)).astype(np.float32) + 1
+        x[15_001] = first
+        x[15_002:] = np.float32(-first)
+        xs = [np.ones(3000, np.float32), x, -x, np.full(10, -0.0, np.float32)]
+        out = np.zeros((4, 64), dtype=np.int64)
+        amax, vmin, vmax, *_ = K.abs_histogram_many(xs, [8.0] * 4, out, nt)
+        assert math.copysign(1.0, vmin[1]) == math.copysign(1.0, first)
+        assert math.copysign(1.0, vmax[2]) == -math.copysign(1.0, first)
+        assert np.signbit(vmin[3]) and not np.signbit(amax).any()
+        for i, y in enumerate(xs):
+            single = K.abs_histogram(y, 8.0, np.zeros(64, np.int64), nt)
+            assert _same_stats((amax[i], vmin[i], vmax[i]), single[:3])
+
+
+@pytest.mark.parametrize("nt", [1, 3])
+def test_abs_max_many_matches_abs_max(nt, small_chunks):
+    xs, _ = _many_inputs(9)
+    got = K.abs_max_many(xs, nt)
+    for i, x in enumerate(xs):
+        row = tuple(a[i].item() for a in got)
+        assert _same_stats(row, K.abs_max(x.reshape(-1), 1)), i
+        assert row == ref.abs_histogram(x, 1.0, 2)[1][:5] + (0,)
+
+
+def test_abs_histogram_many_empty_and_checks():
+    out = np.zeros((0, 8), dtype=np.int64)
+    assert all(a.size == 0 for a in K.abs_histogram_many([], [], out, 2))
+    assert all(a.size == 0 for a in K.abs_max_many([], 2))
+    x = np.ones(4, np.float32)
+    good = np.zeros((1, 8), np.int64)
+    with pytest.raises(ValueError, match="float32"):
+        K.abs_histogram_many([np.ones(4)], [1.0], good, 1)            # float64
+    with pytest.raises(ValueError):
+        K.abs_histogram_many([np.ones((4, 4), np.float32)[:, 1]], [1.0], good, 1)   # strided
+    with pytest.raises(TypeError):
+        K.abs_max_many([[1.0, 2.0]], 1)                              # not a buffer
+    with pytest.raises(ValueError, match="hist_max"):
+        K.abs_histogram_many([x], [1.0, 2.0], good, 1)
+    with pytest.raises(ValueError, match="rows"):
+        K.abs_histogram_many([x, x], [1.0, 2.0], good, 1)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError):
+            K.abs_histogram_many([x], [bad], good, 1)
+    with pytest.raises(ValueError):
+        K.abs_histogram_many([x], [1.0], np.zeros((1, 0), np.int64), 1)
+    with pytest.raises(ValueError):
+        K.abs_histogram_many([x], [1.0], good, 0)
+    with pytest.raises(ValueError):
+        K._set_min_chunk(0)
 
 
 # -- KL search ---------------------------------------------------------------

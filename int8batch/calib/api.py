@@ -2,101 +2,209 @@
 
 One streaming pass of ONNX Runtime over the batches feeds per-tensor |x|
 histograms (O(bins) memory per tensor, never the activations themselves);
-the thresholds are then computed per tensor and written as
+the thresholds are then computed per tensor and written as one set of
+artefacts (:mod:`int8batch.calib.artefacts`): a TensorRT calibration cache,
+a sampleINT8API dynamic-range file, a JSON summary, the Q/DQ model for
+TensorRT 11 and the bias-corrected FP32 model for TensorRT 10.
 
-- ``calibration.cache``: TensorRT calibration cache (TensorRT 10 ``--calib``),
-- ``dynamic_range.txt``: ``name:amax`` lines (sampleINT8API format),
-- ``calibration.json``: amax, observed max, method and saturation per tensor,
-- ``model.qdq.onnx``: explicit Q/DQ model for TensorRT 11 / strongly typed 10.
+The settings and their defaults live in :mod:`int8batch.calib.settings`;
+the model is analysed once (:class:`int8batch.onnx.graph.ModelFacts`).
 """
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._lock import FolderLock
 from .._progress import reporter
 from ..errors import CalibrationError, ConfigError
+from ..onnx.graph import ModelFacts
 from ..reader import BatchSet
-from ..trt import vocab
-from . import cache as cache_io
 from . import thresholds as th
+from .artefacts import ARTEFACTS, CORRECTED_MODEL, CalibrationResult, write_artefacts  # noqa: F401
 from .collector import HistogramCollector, MaxCollector
+from .ort_exec import ActivationRunner
+from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, METHODS,  # noqa: F401
+                       SENSITIVITY_IMAGES, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD, CalibrationConfig)
 
 log = logging.getLogger(__name__)
 
-#: "auto" (the default): observed max for tensors whose op bounds them (ReLU6/Clip,
-#: Sigmoid, Tanh, Softmax: clipping them only loses signal), the smallest expected
-#: quantization error (MSE) for every other tensor, and for the network input, when
-#: the batch files hold normalized 8-bit pixels that 127 steps cover, the pixel step
-#: itself (:func:`pixel_step`: the input then quantizes exactly); the Q/DQ model
-#: leaves the rare activation that INT8 alone damages in float (see ``keep_float``).
-METHODS = ("auto",) + th.METHODS
-DEFAULT_METHOD = "auto"
-# the TensorRT calibrator whose cache header a method's scales are written under (vocab names)
-CACHE_ALGORITHM = {"minmax": "minmax"}  # every other method: entropy2
-ACTIVATION_BUDGET = 256 << 20  # bytes of activations per ONNX Runtime call
-# keep_float="auto": an activation whose quantization ALONE changes the output by more than this
-# fraction of its energy (||y_q - y||^2 / ||y||^2, measured on SENSITIVITY_IMAGES images) stays float.
-SENSITIVITY_THRESHOLD = 2.5e-4
-SENSITIVITY_IMAGES = 4
-SENSITIVITY_MAX_KEPT = 3
-# bias correction: input means from the first calibration images only (they settle fast)
-BIAS_CORRECTION_IMAGES = 256
-ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
-             "json": "calibration.json", "qdq": "model.qdq.onnx"}
-# with bias correction: the FP32 model with int8-grid weights and corrected biases (int8batch.onnx.snap)
-CORRECTED_MODEL = "model.corrected.onnx"
+
+def calibrate(model, batches, out=None, config=None, *, progress=None, **options):
+    """Compute INT8 scales for ``model`` from batch files and write the artefacts.
+
+    Parameters
+    ----------
+    model : str, PathLike or onnx.ModelProto
+        FP32 ONNX model with one float input matching the batch files.
+    batches : str, PathLike or BatchSet
+        The calibration batch folder.
+    out : str or PathLike, optional
+        Output folder for the artefacts (created; locked against a second
+        writer while the run lasts); None writes nothing.
+    config : CalibrationConfig, optional
+        Every setting (:class:`~int8batch.calib.settings.CalibrationConfig`);
+        keyword ``options`` override its fields (``method="entropy"``,
+        ``batch_size=50``, ...; None values are ignored).  In short:
+        ``method`` (:data:`METHODS`; "entropy" is TensorRT's Entropy2,
+        "auto" the default); ``batch_size``/``first``/``max_batches``, the
+        window as TensorRT's BatchStream serves it (:meth:`BatchSet.window`,
+        ``skip="batchstream"``); ``two_pass``; ``num_bins``; ``percentile``;
+        ``trt_version``/``cache_algorithm`` (the cache header, see
+        :mod:`int8batch.trt.vocab`); ``keep_float`` (activations left float
+        in the Q/DQ model after a sensitivity pass); ``bias_correction``;
+        ``write_qdq``; ``per_channel_weights``; ``providers`` and
+        ``intra_op_threads`` for ONNX Runtime.
+    progress : callable(done, total), optional
+        Called after each calibration batch.  A callable that also takes a
+        ``phase`` keyword (:mod:`int8batch._progress`) hears every pass: "max
+        pass" (``two_pass``), "histograms" (or "histograms and bias sums"),
+        "sensitivity" (tensors) and "writing artefacts" (files).
+
+    Returns
+    -------
+    CalibrationResult
+    """
+    cfg = (config or CalibrationConfig()).replace(**options)
+    t0 = time.perf_counter()
+    bs, owned = (batches, False) if isinstance(batches, BatchSet) else (BatchSet(batches), True)
+    lock = FolderLock(out, "calibrate").acquire() if out is not None else None
+    try:
+        facts = ModelFacts.of(model)
+        win = _window(bs, facts, cfg)
+        with _Pass(facts, bs, win, cfg, model) as sweep:
+            hist, means, lattice = _collect(sweep, facts, bs, cfg, out, progress)
+        result = _result(hist, lattice, facts, cfg, win, sweep.seconds)
+        if cfg.resolved_keep_float and cfg.write_qdq and out is not None:
+            result.kept_float = _most_sensitive(facts, result.amax, bs, win, cfg, sweep.dynamic,
+                                                reporter(progress, "sensitivity", "tensors"))
+        if out is not None:
+            write_artefacts(result, model, facts, out, cfg, bs, win, means.means() if means else None,
+                            reporter(progress, "writing artefacts", "files"))
+        result.seconds = time.perf_counter() - t0
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+        if owned:
+            bs.close()
 
 
-@dataclass
-class CalibrationResult:
-    """What :func:`calibrate` computed and wrote."""
+def _window(bs, facts, cfg):
+    """The calibration window: BatchStream's skip semantics, as TensorRT's calibrators read the files."""
+    shape = facts.input.shape
+    fixed = shape[0] if shape and isinstance(shape[0], int) else None
+    batch_size = cfg.batch_size or fixed or bs.per_file
+    try:
+        win = bs.window(batch_size, cfg.first, cfg.max_batches, skip="batchstream")
+    except ConfigError as exc:
+        raise CalibrationError(str(exc), bs.folder) from exc
+    if win.skipped != win.first:
+        log.warning("%s: TensorRT's BatchStream skips only %d of the %d batches asked for when the batch "
+                    "size (%d) is not a multiple of the files' N (%d) and first > max_batches; "
+                    "calibrating on %s as TensorRT would", bs.folder, win.skipped, win.first, batch_size,
+                    bs.per_file, win.span())
+    return win
 
-    amax: dict
-    methods: dict
-    stats: dict
-    paths: dict = field(default_factory=dict)
-    batches: int = 0
-    images: int = 0
-    seconds: float = 0.0
-    inference_seconds: float = 0.0
-    qdq_report: object = None
-    kept_float: list = field(default_factory=list)
-    cache_header: str = ""
-    notes: list = field(default_factory=list)
-    corrected_report: object = None   # QdqReport of model.corrected.onnx (weights snapped, biases corrected)
-    dynamic_range_lines: int = 0
 
-    def summary(self):
-        """The run in one line, then one line per artefact written, then the notes."""
-        lines = [f"calibrated {len(self.amax)} tensors on {self.batches} batches ({self.images} images) in "
-                 f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime)"]
-        width = max((len(p) for p in self.paths.values()), default=0)
-        lines += [f"  {p:<{width}}  {self.describe(k)}".rstrip() for k, p in self.paths.items()]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
+class _Pass:
+    """Runs the model over the window's batches, in sub-batches, feeding collectors.
 
-    def describe(self, key):
-        """What the artefact ``paths[key]`` holds, in a few words."""
-        q, c = self.qdq_report, self.corrected_report
-        if key == "cache":
-            return f"TensorRT calibration cache: {len(self.amax)} scales, header {self.cache_header}"
-        if key == "dynamic_range":
-            return f"{self.dynamic_range_lines} name:amax lines (ITensor::setDynamicRange)"
-        if key == "json":
-            return "amax, method and saturation per tensor, and the settings"
-        if key == "qdq" and q is not None:
-            return (f"Q/DQ model (TensorRT 11, strongly typed 10): {len(q.activations)} activations and "
-                    f"{len(q.weights)} weights int8, {len(q.skipped)} tensors kept float, {len(q.biases)} biases "
-                    "corrected" + (f", {len(q.missing)} without a scale" if q.missing else ""))
-        if key == "corrected" and c is not None:
-            return (f"FP32 model for TensorRT 10 with the cache: {len(c.weights)} weights on the int8 grid, "
-                    f"{len(c.biases)} biases corrected")
-        if key == "report":
-            return "histograms of the most saturated tensors"
-        return ""
+    A dynamic-batch model runs on sub-batches sized so that one sub-batch's
+    activations stay under ``ACTIVATION_BUDGET`` bytes (its first image
+    measures them): peak memory does not grow with the batch size, and the
+    histograms are the same (they do not depend on how the data is split).
+    """
+
+    def __init__(self, facts, bs, win, cfg, model):
+        self.bs, self.win = bs, win
+        shape = facts.input.shape
+        self.dynamic = not isinstance(shape[0] if shape else None, int)
+        self.chunk = 1 if self.dynamic else win.batch_size
+        self.measured = not self.dynamic
+        self.seconds = 0.0
+        label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+        self.runner = ActivationRunner(facts.model, facts.quantizable, providers=cfg.providers,
+                                       intra_op_threads=cfg.intra_op_threads,
+                                       batch_dims=(win.batch_size,) + tuple(bs.image_shape), label=label,
+                                       types=facts.types)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.runner.close()
+
+    def feed(self, data, collector):
+        """Run one batch's images and hand every activation of each sub-batch to ``collector``."""
+        s = 0
+        while s < len(data):
+            n = self.chunk
+            t = time.perf_counter()
+            outs = self.runner.run(data[s:s + n])
+            self.seconds += time.perf_counter() - t
+            if not self.measured:
+                per_image = sum(a.nbytes for a in outs.values())
+                self.chunk = int(max(1, min(self.win.batch_size, ACTIVATION_BUDGET // max(per_image, 1))))
+                self.measured = True
+            collector.collect_many(outs)
+            del outs
+            s += n
+
+    def first_batch(self, collector):
+        self.feed(next(iter(self.bs.batches(window=self.win))).data, collector)
+
+    def sweep(self, collector, label, progress):
+        tick = reporter(progress, label, "batches", legacy=True)
+        for i, b in enumerate(self.bs.batches(window=self.win, release=True)):
+            self.feed(b.data, collector)
+            if tick:
+                tick(i + 1, self.win.count)
+        log.debug("%s: %d batches done (sub-batches of %d)", label, self.win.count, self.chunk)
+
+
+def _collect(sweep, facts, bs, cfg, out, progress):
+    """The statistics pass (and the max pass it needs): ``(histograms, input means, lattice check)``."""
+    if cfg.two_pass:
+        maxes = MaxCollector()
+        sweep.sweep(maxes, "max pass", progress)
+        hist = HistogramCollector(cfg.num_bins, mode="fixed", ranges=maxes.ranges())
+    elif cfg.method == "entropy":
+        # TensorRT's range starts at the first calibration batch's max: a model that runs a batch
+        # in one call sets it itself, a sub-batched one needs that batch's maxima first
+        ranges = None
+        if sweep.dynamic:
+            maxes = MaxCollector()
+            sweep.first_batch(maxes)
+            ranges = maxes.ranges()
+        hist = HistogramCollector(cfg.num_bins, mode="trt", ranges=ranges)
+    else:
+        hist = HistogramCollector(cfg.num_bins)
+    collectors = [hist]
+    means = _mean_collector(facts) if cfg.bias_correction and cfg.write_qdq and out is not None else None
+    if means is not None:
+        collectors.append(means)
+    step = pixel_step(bs.manifest) if cfg.method == "auto" else None
+    lattice = _LatticeCheck(facts.input.name, step) if step else None
+    if lattice is not None:
+        collectors.append(lattice)
+    sweep.sweep(_Tee(*collectors) if len(collectors) > 1 else hist,
+                "histograms and bias sums" if means is not None else "histograms", progress)
+    return hist, means, lattice
+
+
+def _result(hist, lattice, facts, cfg, win, seconds):
+    """Thresholds per tensor (and the exact pixel-step input scale where it applies)."""
+    stats = {n: hist.stats(n) for n in facts.quantizable if n in hist}
+    amax, used = choose_amax(cfg.method, stats, facts.bounded, cfg.thresholds)
+    name = facts.input.name
+    if lattice is not None and lattice.holds and name in stats:
+        # 127 pixel steps cover the input (at most the top level clips): quantizing it is exact
+        if stats[name].amax <= 128 * lattice.step * (1 + 1e-6):
+            amax[name], used[name] = 127 * lattice.step, "pixel-step"
+            log.debug("input %s: amax 127 pixel steps (%g), exact int8", name, 127 * lattice.step)
+    return CalibrationResult(amax, used, stats, batches=win.count, images=win.images, inference_seconds=seconds)
 
 
 def choose_amax(method, stats, bounded=None, config=None):
@@ -151,203 +259,20 @@ class _LatticeCheck:
         return self.worst <= 1e-3
 
 
-def _open_batches(batches):
-    return (batches, False) if isinstance(batches, BatchSet) else (BatchSet(batches), True)
-
-
-def calibrate(model, batches, out=None, method=DEFAULT_METHOD, batch_size=None, first=0, max_batches=None,
-              two_pass=False, num_bins=2048, percentile=None, trt_version=None,
-              cache_algorithm=None, providers=None, intra_op_threads=None, write_qdq=True,
-              per_channel_weights=True, keep_float=None, bias_correction=True, progress=None):
-    """Compute INT8 scales for ``model`` from batch files and write the artefacts.
-
-    Parameters
-    ----------
-    model : str or PathLike
-        FP32 ONNX model with one float input matching the batch files.
-    batches : str, PathLike or BatchSet
-        The calibration batch folder.
-    out : str or PathLike, optional
-        Output folder for the artefacts (created); None writes nothing.
-    method : {"auto", "entropy", "minmax", "percentile", "mse"}
-        "entropy" is TensorRT's KL-divergence recipe; "auto" (default) is
-        documented in :data:`METHODS`.
-    batch_size, first, max_batches :
-        Calibration batches as sampleINT8's BatchStream serves them
-        (:meth:`BatchSet.window` with ``skip="batchstream"``: when the batch
-        size is not a multiple of the files' N, BatchStream skips at most
-        ``max_batches`` batches, and so does this); batch size defaults to the
-        model's fixed batch dimension, else the files' N.
-    two_pass : bool
-        Exact histograms: a first pass finds each tensor's max, the second
-        histograms over a fixed range (twice the inference, no range growth).
-    num_bins, percentile :
-        Histogram resolution and the percentile of ``method="percentile"``.
-    trt_version, cache_algorithm :
-        Header of the TensorRT cache: the TensorRT version that will read it
-        (None: the installed TensorRT, else the vocabulary's default, with a
-        note in the result) and the calibrator whose header it carries (None:
-        ``minmax`` for method minmax, ``entropy2`` otherwise; short or header
-        names, see :mod:`int8batch.trt.vocab`).
-    keep_float : int, "auto" or None
-        Activations left without Q/DQ in the Q/DQ model, so TensorRT runs their
-        consumers in higher precision (the cache and dynamic-range file still
-        hold every tensor).  A sensitivity pass (:mod:`int8batch.calib.sensitivity`,
-        on the first few calibration images) measures each quantized
-        activation alone.  An int K keeps the K most sensitive; "auto" keeps
-        those whose quantization alone costs more than
-        ``SENSITIVITY_THRESHOLD`` of the output's energy (at most
-        ``SENSITIVITY_MAX_KEPT``); None (default) means "auto" for
-        ``method="auto"`` and 0 (pure INT8) for the other methods.
-    bias_correction : bool
-        Give each Conv / Gemm of the Q/DQ model a float bias that cancels the
-        mean output shift its int8 weights cause on the calibration data
-        (:mod:`int8batch.calib.biascorr`; the same pass collects the input
-        means, over the first ``BIAS_CORRECTION_IMAGES`` images).  The cache
-        and dynamic-range file do not change.
-    progress : callable(done, total), optional
-        Called after each calibration batch.  A callable that also takes a
-        ``phase`` keyword (:mod:`int8batch._progress`) hears every pass: "max
-        pass" (``two_pass``), "histograms" (or "histograms and bias sums"),
-        "sensitivity" (tensors) and "writing artefacts" (files).
-
-    Returns
-    -------
-    CalibrationResult
-    """
-    from ..onnx import graph as G
-    from .ort_exec import ActivationRunner
-
-    t0 = time.perf_counter()
-    if method not in METHODS:
-        raise ConfigError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    config = th.DEFAULTS.replace(percentile=percentile)
-    bs, owned = _open_batches(batches)
-    try:
-        m = G.load_model(model)
-        names = G.quantizable_tensors(m)
-        bounded = G.bounded_tensors(m)
-        bounded = {k: v for k, v in bounded.items() if all(map(_finite, v))}
-        info = G.input_info(m)[0]
-        fixed = info.shape[0] if info.shape and isinstance(info.shape[0], int) else None
-        batch_size = int(batch_size or fixed or bs.per_file)
-        # BatchStream's skip semantics, as TensorRT's calibrators serve the same files
-        try:
-            win = bs.window(batch_size, first, max_batches, skip="batchstream")
-        except ConfigError as exc:
-            raise CalibrationError(str(exc), bs.folder) from exc
-        total = win.count
-        if win.skipped != win.first:
-            log.warning("%s: TensorRT's BatchStream skips only %d of the %d batches asked for when the batch "
-                        "size (%d) is not a multiple of the files' N (%d) and first > max_batches; "
-                        "calibrating on %s as TensorRT would", bs.folder, win.skipped, win.first, batch_size,
-                        bs.per_file, win.span())
-        runner = ActivationRunner(m, names, providers=providers, intra_op_threads=intra_op_threads,
-                                  batch_dims=(batch_size,) + tuple(bs.image_shape),
-                                  label=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
-        infer = [0.0]
-
-        dynamic = not isinstance(info.shape[0] if info.shape else None, int)
-        chunk = [batch_size]
-
-        def run_chunks(data, collector):
-            # A dynamic-batch model runs on sub-batches sized so that all of one
-            # sub-batch's activations stay under ``ACTIVATION_BUDGET`` bytes: peak
-            # memory then no longer grows with the batch size, and the histograms
-            # are the same (they do not depend on how the data is split).
-            s = 0
-            while s < len(data):
-                n = chunk[0]
-                t = time.perf_counter()
-                outs = runner.run(data[s:s + n])
-                infer[0] += time.perf_counter() - t
-                if dynamic and n == 1 and not measured[0]:
-                    per_image = sum(a.nbytes for a in outs.values())
-                    chunk[0] = int(max(1, min(batch_size, ACTIVATION_BUDGET // max(per_image, 1))))
-                    measured[0] = True
-                collector.collect_many(outs)
-                del outs
-                s += n
-
-        measured = [False]
-
-        def _first_batch_ranges():
-            # TensorRT's histogram range starts at the first calibration batch's max.  A model
-            # that runs a batch in one call sets it itself; a sub-batched one needs that batch's
-            # maxima first (one extra inference of one batch).
-            if not dynamic:
-                return None
-            maxes = MaxCollector()
-            run_chunks(next(iter(bs.batches(window=win))).data, maxes)
-            return maxes.ranges()
-
-        def sweep(collector, label):
-            if dynamic and not measured[0]:
-                chunk[0] = 1  # the first image measures the activation size
-            tick = reporter(progress, label, "batches", legacy=True)
-            for i, b in enumerate(bs.batches(window=win, release=True)):
-                run_chunks(b.data, collector)
-                if tick:
-                    tick(i + 1, total)
-            log.debug("%s: %d batches done (sub-batches of %d)", label, total, chunk[0])
-
-        if two_pass:
-            maxes = MaxCollector()
-            sweep(maxes, "max pass")
-            hist = HistogramCollector(num_bins, mode="fixed", ranges=maxes.ranges())
-        elif method == "entropy":
-            hist = HistogramCollector(num_bins, mode="trt", ranges=_first_batch_ranges())
-        else:
-            hist = HistogramCollector(num_bins)
-        collectors = [hist]
-        means = None
-        if bias_correction and write_qdq and out is not None:
-            means = _mean_collector(m)
-            collectors.append(means)
-        step = pixel_step(bs.manifest) if method == "auto" else None
-        lattice = _LatticeCheck(info.name, step) if step else None
-        if lattice is not None:
-            collectors.append(lattice)
-        sweep(_Tee(*collectors) if len(collectors) > 1 else hist,
-              "histograms and bias sums" if means is not None else "histograms")
-        runner.close()
-        stats = {n: hist.stats(n) for n in names if n in hist.names()}
-        amax, used = choose_amax(method, stats, bounded, config)
-        if lattice is not None and lattice.holds and info.name in stats:
-            # 127 pixel steps cover the input (at most the top level clips): quantizing it is exact
-            if stats[info.name].amax <= 128 * step * (1 + 1e-6):
-                amax[info.name], used[info.name] = 127 * step, "pixel-step"
-                log.debug("input %s: amax 127 pixel steps (%g), exact int8", info.name, 127 * step)
-        result = CalibrationResult(amax, used, stats, batches=total, images=total * batch_size,
-                                   inference_seconds=infer[0])
-        if keep_float is None:
-            keep_float = "auto" if method == "auto" else 0
-        if keep_float and write_qdq and out is not None:
-            result.kept_float = _most_sensitive(m, result.amax, bs, batch_size, win, keep_float, dynamic,
-                                                providers, intra_op_threads,
-                                                reporter(progress, "sensitivity", "tensors"))
-        if out is not None:
-            _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq,
-                             per_channel_weights, model, bs, batch_size, win,
-                             means.means() if means is not None else None,
-                             reporter(progress, "writing artefacts", "files"))
-        result.seconds = time.perf_counter() - t0
-        return result
-    finally:
-        if owned:
-            bs.close()
-
-
-def _most_sensitive(m, amax, bs, batch_size, win, keep, dynamic, providers, intra_op_threads, progress=None):
-    from ..onnx.placement import plan_qdq
+def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None):
     from .sensitivity import rank_sensitivity
-    if keep != "auto" and (not isinstance(keep, int) or keep < 0):
-        raise ConfigError(f"keep_float must be a number >= 0 or 'auto', got {keep!r}")
-    candidates = list(plan_qdq(m)[0])
-    count = min(SENSITIVITY_IMAGES, batch_size) if dynamic else batch_size
+    keep = cfg.resolved_keep_float
+    candidates = list(facts.plan().requests)
+    count = min(SENSITIVITY_IMAGES, win.batch_size) if dynamic else win.batch_size
     data = bs.images(win.start_image, count)[0]
-    ranked = rank_sensitivity(m, amax, np.ascontiguousarray(data), candidates, providers, intra_op_threads,
-                              progress=progress)
+    try:
+        ranked = rank_sensitivity(facts.model, amax, np.ascontiguousarray(data), candidates, cfg.providers,
+                                  cfg.intra_op_threads, progress=progress)
+    except CalibrationError as exc:
+        if keep != "auto":
+            raise
+        log.warning("the sensitivity pass cannot run on this model, so no activation is kept float (%s)", exc)
+        return []
     if keep == "auto":
         kept = [t for t, err in ranked[:SENSITIVITY_MAX_KEPT] if err > SENSITIVITY_THRESHOLD]
         if kept:
@@ -373,68 +298,11 @@ class _Tee:
             c.collect_many(arrays)
 
 
-def _mean_collector(m):
+def _mean_collector(facts):
     from ..onnx import graph as G
     from ..onnx.layers import layers_of
     from .biascorr import MeanCollector
-    layers = layers_of(m)
-    values = G.constant_values(m)
+    layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
+    values = G.constant_values(facts.model)
     return MeanCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers},
                          max_images=BIAS_CORRECTION_IMAGES)
-
-
-def _finite(v):
-    return v is not None and abs(float(v)) != float("inf")
-
-
-def _write_artefacts(result, m, out, method, trt_version, cache_algorithm, write_qdq, per_channel, model, bs,
-                     batch_size, win, input_means=None, progress=None):
-    from ..onnx import qdq
-    os.makedirs(out, exist_ok=True)
-    paths = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
-    todo, done = 3 + (2 if write_qdq and input_means else 1 if write_qdq else 0), [0]
-
-    def wrote():
-        done[0] += 1
-        if progress:
-            progress(done[0], todo)
-    header, source = vocab.choose_header(trt_version, cache_algorithm or CACHE_ALGORITHM.get(method, "entropy2"))
-    result.cache_header = str(header)
-    result.notes += vocab.header_advice(header, source)
-    cache_io.write_trt_cache(paths["cache"], result.amax, header.number, header.algorithm)
-    wrote()
-    # TensorRT's sampleINT8API splits a dynamic-range line at its first ':', so a tensor named
-    # like "conv:0" (TensorFlow exports) cannot go in that file; the cache and Q/DQ model keep it
-    dr_skipped = cache_io.write_dynamic_range(paths["dynamic_range"], result.amax, skip_colon_names=True)
-    result.dynamic_range_lines = len(result.amax) - len(dr_skipped)
-    wrote()
-    entries = {n: cache_io.calibration_entry(result.stats[n], a, result.methods[n]) for n, a in result.amax.items()}
-    meta = {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
-            "batches_folder": os.path.abspath(bs.folder), "batch_size": batch_size, "first_batch": win.skipped,
-            "first_image": win.start_image,
-            "batches": result.batches, "images": result.images, "method": method,
-            "cache_header": str(header), "trt_version": ".".join(map(str, header.version)),
-            "trt_version_source": source, "cache_algorithm": header.algorithm,
-            "qdq_kept_float": list(result.kept_float), "dynamic_range_left_out": list(dr_skipped)}
-    if write_qdq:
-        act = {k: v for k, v in result.amax.items() if k not in set(result.kept_float)}
-        qmodel, report = qdq.insert_qdq_with_report(m, act, per_channel_weights=per_channel,
-                                                    on_missing="skip" if result.kept_float else "raise",
-                                                    input_means=input_means)
-        meta["qdq_bias_corrected"] = sorted(report.biases)
-    cache_io.write_calibration_json(paths["json"], entries, meta)
-    wrote()
-    if not write_qdq:
-        del paths["qdq"]
-    else:
-        qdq.save_model_atomic(qmodel, paths["qdq"])
-        result.qdq_report = report
-        wrote()
-        if input_means:
-            # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
-            from ..onnx.snap import snap_weights
-            paths["corrected"] = os.path.join(out, CORRECTED_MODEL)
-            corrected, result.corrected_report = snap_weights(m, input_means, per_channel)
-            qdq.save_model_atomic(corrected, paths["corrected"])
-            wrote()
-    result.paths = paths

@@ -77,6 +77,8 @@ class ActivationRunner:
         ``(N, C, H, W)`` of the batches, checked at once when given.
     label : str or None
         How errors name the model (default: its path, or ``<model>``).
+    types : dict, optional
+        :func:`int8batch.onnx.graph.tensor_types` of the model, when known.
 
     Attributes
     ----------
@@ -86,7 +88,7 @@ class ActivationRunner:
     """
 
     def __init__(self, model, tensor_names, providers=None, intra_op_threads=None,
-                 batch_dims=None, label=None):
+                 batch_dims=None, label=None, types=None):
         onnx = require("onnx")
         self._label = label or _label(model)
         src = G.load_model(model)
@@ -96,7 +98,7 @@ class ActivationRunner:
         self.input_name, self.input_shape, self._dtype = info.name, info.shape, info.dtype
         self._info = info
         self.tensor_names = list(dict.fromkeys(tensor_names))
-        types = G.tensor_types(m)
+        types = G.tensor_types(m) if types is None else types
         inits = {t.name for t in m.graph.initializer}
         outputs = {o.name for o in m.graph.output}
         unknown = [t for t in self.tensor_names if t not in types or t in inits]

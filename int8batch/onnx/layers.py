@@ -42,7 +42,7 @@ class Layer:
     beta: float = 1.0
 
 
-def layers_of(model, weights=None):
+def layers_of(model, weights=None, act=None):
     """The Conv / Gemm nodes of ``model`` that bias correction handles.
 
     Parameters
@@ -51,6 +51,8 @@ def layers_of(model, weights=None):
     weights : list of (node index, input index, axis), optional
         The weights that get quantized (:func:`int8batch.onnx.placement.plan_qdq`);
         default: computed.
+    act : set of str, optional
+        The quantizable tensors (default: computed).
 
     Returns
     -------
@@ -58,8 +60,8 @@ def layers_of(model, weights=None):
     """
     nodes = list(model.graph.node)
     if weights is None:
-        weights = plan_qdq(model)[1]
-    act = set(G.quantizable_tensors(model))
+        weights = plan_qdq(model, act=act).weights
+    act = set(G.quantizable_tensors(model)) if act is None else act
     layers = []
     for i, k, _ in weights:
         n = nodes[i]

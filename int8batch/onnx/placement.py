@@ -27,6 +27,8 @@ Rules (``../shared/docs/trt-int8-reference.md`` section 5.3), applied by
 One Q/DQ pair per tensor, shared by all its quantized consumers; consumers
 that are not quantized keep reading the float tensor.
 """
+from typing import NamedTuple
+
 from ..errors import ModelError
 from . import graph as G
 
@@ -49,7 +51,16 @@ def _fused_weighted_op(t, producer, consumers, nodes):
         t = nodes[p].input[0]
 
 
-def plan_qdq(model, *, pools="auto"):
+class QdqPlan(NamedTuple):
+    """Where the Q/DQ pairs go (:func:`plan_qdq`); a tuple, so it also unpacks."""
+
+    requests: dict
+    weights: list
+    groups: list
+    skipped: list
+
+
+def plan_qdq(model, *, pools="auto", act=None):
     """Decide where Q/DQ pairs go, without scales (see the module docstring).
 
     Parameters
@@ -58,9 +69,13 @@ def plan_qdq(model, *, pools="auto"):
         Already at the target opset; nodes are referenced by position in
         ``model.graph.node``.
     pools : {"auto", "always", "never"}
+    act : set of str, optional
+        The quantizable tensors, when already known
+        (:attr:`int8batch.onnx.graph.ModelFacts.quantizable`).
 
     Returns
     -------
+    QdqPlan, a named tuple of:
     requests : dict of str -> list of (int, int, str)
         Activation tensor -> (node index, input index, reason) slots to rewire.
     weights : list of (int, int, int or None)
@@ -73,7 +88,7 @@ def plan_qdq(model, *, pools="auto"):
         raise ModelError(f"pools must be 'auto', 'always' or 'never', got {pools!r}")
     g = model.graph
     nodes = list(g.node)
-    act = set(G.quantizable_tensors(model))
+    act = set(G.quantizable_tensors(model)) if act is None else act
     values = G.constant_values(model)
     producer, consumers = {}, {}
     for i, n in enumerate(nodes):
@@ -164,7 +179,7 @@ def plan_qdq(model, *, pools="auto"):
         if p is not None and nodes[p].op_type == "Softmax":
             skipped.append((t, "Softmax output kept in high precision"))
             del requests[t]
-    return requests, weights, groups, skipped
+    return QdqPlan(requests, weights, groups, skipped)
 
 
 def _weight_axis(node, k, w):

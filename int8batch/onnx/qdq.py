@@ -180,11 +180,10 @@ class _Names:
         return name
 
 
-def _refuse_half_precision(m, tensors):
+def _refuse_half_precision(types, tensors):
     """Q/DQ pairs here are float32 (QuantizeLinear-13); a float16/bfloat16 tensor needs another writer."""
     onnx = require("onnx")
     half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-    types = G.tensor_types(m)
     bad = [t for t in tensors if types.get(t) in half]
     if bad:
         raise ModelError(f"{len(bad)} tensor(s) to quantize are float16/bfloat16 (e.g. {', '.join(bad[:3])}); "
@@ -214,8 +213,12 @@ def _convert_opset(model, opset):
 
 def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel_weights=True,
                            opset=None, weight_format="int8", pools="auto", on_missing="raise",
-                           check=True, input_means=None, keep_float=None, log_summary=True):
+                           check=True, input_means=None, keep_float=None, log_summary=True, facts=None):
     """Like :func:`insert_qdq`, returning ``(model, QdqReport)``.
+
+    ``facts`` (:class:`int8batch.onnx.graph.ModelFacts` of ``model``) saves
+    analysing the model again when it is the very model they describe and no
+    opset conversion is needed.
 
     ``log_summary=False`` leaves the report's summary out of the (debug) log,
     for callers that build something else from the result
@@ -241,15 +244,23 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
         if not (v > 0 and _finite_f32(v)):
             raise ModelError(f"tensor {k!r}: scale must be finite (in float32) and > 0, got {v}")
     scales_in = {k: v for k, v in scales_in.items() if k not in keep_float}
-    m = _convert_opset(G.load_model(model), opset)
+    src = G.load_model(model)
+    m = _convert_opset(src, opset)
     g = m.graph
-    requests, weights, groups, skipped = plan_qdq(m, pools=pools)
-    _refuse_half_precision(m, requests)
+    if facts is not None and facts.describes(src) and _opset(m) == _opset(src):
+        # the same graph (a copy): the analyses of the source hold, node positions included
+        types, order = facts.types, facts.quantizable
+        requests, weights, groups, skipped = facts.plan(pools)
+        requests, skipped = {k: list(v) for k, v in requests.items()}, list(skipped)
+    else:
+        types = G.tensor_types(m)
+        order = G.quantizable_tensors(m, types=types)
+        requests, weights, groups, skipped = plan_qdq(m, pools=pools, act=set(order))
+    _refuse_half_precision(types, requests)
     report = QdqReport(skipped=skipped, opset=_opset(m))
     layers = {}
     if input_means:  # before any rewiring: layers are found by their float input
-        layers = {ly.key: ly for ly in layers_of(m, weights) if ly.key in input_means}
-    order = G.quantizable_tensors(m)
+        layers = {ly.key: ly for ly in layers_of(m, weights, act=set(order)) if ly.key in input_means}
     rank = {t: k for k, t in enumerate(order)}
     wanted = sorted(requests, key=lambda t: rank.get(t, len(rank)))
     report.missing = [t for t in wanted if t not in scales_in and t not in keep_float]
@@ -267,7 +278,6 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
             for t in present:
                 scale[t] = s
             report.groups.append(grp)
-    types = G.tensor_types(m)
     names = _Names(m)
     nodes = list(g.node)
     topo = G.topological_order(g)

@@ -23,7 +23,7 @@ from .qdq import _copy, _drop_unused_constants, dequantize_weight, insert_qdq_wi
 log = logging.getLogger(__name__)
 
 
-def snap_weights(model, input_means=None, per_channel_weights=True):
+def snap_weights(model, input_means=None, per_channel_weights=True, facts=None):
     """Return ``(model, QdqReport)``: a copy with int8-grid weights and corrected biases.
 
     Parameters
@@ -36,12 +36,14 @@ def snap_weights(model, input_means=None, per_channel_weights=True):
         without them the weights are snapped and the biases kept.
     per_channel_weights : bool
         As in :func:`~int8batch.onnx.qdq.insert_qdq`.
+    facts : ModelFacts, optional
+        The model's analysis, reused (:func:`~int8batch.onnx.qdq.insert_qdq_with_report`).
 
     The report lists the snapped weights (``weights``) and corrected layers (``biases``).
     """
     numpy_helper = require("onnx.numpy_helper")
     m, report = insert_qdq_with_report(model, {}, per_channel_weights=per_channel_weights, on_missing="skip",
-                                       input_means=input_means, check=False, log_summary=False)
+                                       input_means=input_means, check=False, log_summary=False, facts=facts)
     g = m.graph
     inits = {t.name: t for t in g.initializer}
     nodes, folded = [], []

@@ -279,3 +279,57 @@ def test_summary_has_one_clear_line_per_artefact(mnist, tmp_path, capsys):
     assert len(read_dynamic_range(str(tmp_path / "dynamic_range.txt"))) == 10
     q = onnx.load(str(tmp_path / "model.corrected.onnx"))
     assert not [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def test_config_refuses_what_it_cannot_use(mnist, tmp_path):
+    from int8batch.calib.settings import CalibrationConfig
+    for bad in ({"batch_size": 0}, {"keep_float": -1}, {"method": "kl"}, {"num_bins": 7}, {"first": -1},
+                {"max_batches": 0}, {"percentile": 120.0}):
+        with pytest.raises(ConfigError):
+            api.calibrate(LENET, mnist, None, **bad)
+    with pytest.raises(ConfigError, match="unknown calibration option"):
+        CalibrationConfig().replace(batchsize=5)
+    cfg = CalibrationConfig(method="minmax")
+    assert (cfg.resolved_keep_float, cfg.cache_calibrator) == (0, "minmax")
+    assert CalibrationConfig().resolved_keep_float == "auto"
+
+
+def test_second_writer_of_an_output_folder_is_refused(mnist, tmp_path):
+    from int8batch._lock import FolderLock
+    from int8batch.errors import OutputLockedError
+    out = tmp_path / "cal"
+    with FolderLock(out, "calibrate"):
+        with pytest.raises(OutputLockedError, match=str(out.name)):
+            api.calibrate(LENET, mnist, out, method="minmax", max_batches=1)
+    api.calibrate(LENET, mnist, out, method="minmax", max_batches=1)   # released: works
+
+
+def test_artefacts_appear_as_one_set(mnist, tmp_path, monkeypatch):
+    out = tmp_path / "cal"
+    api.calibrate(LENET, mnist, out, method="mse", max_batches=2)
+    names = sorted(os.listdir(out))
+    assert "model.corrected.onnx" in names and "model.qdq.onnx" in names
+    before = {n: (out / n).read_bytes() for n in names}
+    # a failure while writing the set leaves the previous run's files exactly as they were
+    from int8batch.calib import cache as cache_io
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(cache_io, "write_calibration_json", boom)
+    with pytest.raises(OSError):
+        api.calibrate(LENET, mnist, out, method="minmax", max_batches=2)
+    monkeypatch.undo()
+    assert sorted(os.listdir(out)) == names and all((out / n).read_bytes() == b for n, b in before.items())
+    # a run that writes fewer artefacts removes the earlier run's others (no mixed set)
+    api.calibrate(LENET, mnist, out, method="minmax", max_batches=2, write_qdq=False)
+    assert sorted(os.listdir(out)) == ["calibration.cache", "calibration.json", "dynamic_range.txt"]
+
+
+def test_model_is_analysed_once(mnist, tmp_path, monkeypatch):
+    import onnx.shape_inference as si
+    calls = []
+    real = si.infer_shapes
+    monkeypatch.setattr(si, "infer_shapes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    api.calibrate(LENET, mnist, tmp_path / "a", method="mse", max_batches=1)
+    # one analysis for the whole run (ModelFacts), one for the Q/DQ model's own check
+    assert len(calls) <= 2

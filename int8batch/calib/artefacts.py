@@ -1,0 +1,137 @@
+"""The artefacts of a calibration, written as one set, and the result that names them.
+
+``calibration.cache`` (TensorRT), ``dynamic_range.txt`` (sampleINT8API),
+``calibration.json`` (people and scripts), ``model.qdq.onnx`` (TensorRT 11 /
+strongly typed 10) and, with bias correction, ``model.corrected.onnx`` (the
+FP32 model with int8-grid weights and corrected biases, for TensorRT 10 with
+the cache).  They are staged in a hidden folder inside ``out`` and swapped in
+together (:func:`int8batch._atomic.atomic_output_set`): a failure leaves the
+previous run's set as it was, and no file of an earlier run stays beside new
+ones.
+"""
+import os
+from dataclasses import dataclass, field
+
+from .._atomic import atomic_output_set
+from ..trt import vocab
+from . import cache as cache_io
+
+ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
+             "json": "calibration.json", "qdq": "model.qdq.onnx"}
+CORRECTED_MODEL = "model.corrected.onnx"
+#: every name a calibration may write (replaced or removed as a set)
+SET_NAMES = (*ARTEFACTS.values(), CORRECTED_MODEL, ARTEFACTS["qdq"] + ".data", CORRECTED_MODEL + ".data")
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` computed and wrote."""
+
+    amax: dict
+    methods: dict
+    stats: dict
+    paths: dict = field(default_factory=dict)
+    batches: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    inference_seconds: float = 0.0
+    qdq_report: object = None
+    kept_float: list = field(default_factory=list)
+    cache_header: str = ""
+    notes: list = field(default_factory=list)
+    corrected_report: object = None   # QdqReport of model.corrected.onnx (weights snapped, biases corrected)
+    dynamic_range_lines: int = 0
+
+    def summary(self):
+        """The run in one line, then one line per artefact written, then the notes."""
+        lines = [f"calibrated {len(self.amax)} tensors on {self.batches} batches ({self.images} images) in "
+                 f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime)"]
+        width = max((len(p) for p in self.paths.values()), default=0)
+        lines += [f"  {p:<{width}}  {self.describe(k)}".rstrip() for k, p in self.paths.items()]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def describe(self, key):
+        """What the artefact ``paths[key]`` holds, in a few words."""
+        q, c = self.qdq_report, self.corrected_report
+        if key == "cache":
+            return f"TensorRT calibration cache: {len(self.amax)} scales, header {self.cache_header}"
+        if key == "dynamic_range":
+            return f"{self.dynamic_range_lines} name:amax lines (ITensor::setDynamicRange)"
+        if key == "json":
+            return "amax, method and saturation per tensor, and the settings"
+        if key == "qdq" and q is not None:
+            return (f"Q/DQ model (TensorRT 11, strongly typed 10): {len(q.activations)} activations and "
+                    f"{len(q.weights)} weights int8, {len(q.skipped)} tensors kept float, {len(q.biases)} biases "
+                    "corrected" + (f", {len(q.missing)} without a scale" if q.missing else ""))
+        if key == "corrected" and c is not None:
+            return (f"FP32 model for TensorRT 10 with the cache: {len(c.weights)} weights on the int8 grid, "
+                    f"{len(c.biases)} biases corrected")
+        if key == "report":
+            return "histograms of the most saturated tensors"
+        return ""
+
+
+
+def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, progress=None):
+    """Write every artefact of ``result`` into ``out`` as one set; fills ``result.paths``.
+
+    The caller holds ``out``'s folder lock.
+    """
+    from ..onnx import qdq
+    final = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
+    todo = 3 + (2 if cfg.write_qdq and input_means else 1 if cfg.write_qdq else 0)
+    done = 0
+
+    def wrote():
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, todo)
+
+    header, source = vocab.choose_header(cfg.trt_version, cfg.cache_calibrator)
+    result.cache_header = str(header)
+    result.notes += vocab.header_advice(header, source)
+    m = facts.model
+    with atomic_output_set(out, stale=SET_NAMES, lock_held=True) as staged:
+        path = {k: staged.path(v) for k, v in ARTEFACTS.items()}
+        cache_io.write_trt_cache(path["cache"], result.amax, header.number, header.algorithm)
+        wrote()
+        # TensorRT's sampleINT8API splits a dynamic-range line at its first ':', so a tensor named
+        # like "conv:0" (TensorFlow exports) cannot go in that file; the cache and Q/DQ model keep it
+        dr_skipped = cache_io.write_dynamic_range(path["dynamic_range"], result.amax, skip_colon_names=True)
+        result.dynamic_range_lines = len(result.amax) - len(dr_skipped)
+        wrote()
+        entries = {n: cache_io.calibration_entry(result.stats[n], a, result.methods[n])
+                   for n, a in result.amax.items()}
+        meta = {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
+                "batches_folder": os.path.abspath(bs.folder), "batch_size": win.batch_size,
+                "first_batch": win.skipped, "first_image": win.start_image,
+                "batches": result.batches, "images": result.images, "method": cfg.method,
+                "cache_header": str(header), "trt_version": ".".join(map(str, header.version)),
+                "trt_version_source": source, "cache_algorithm": header.algorithm,
+                "qdq_kept_float": list(result.kept_float), "dynamic_range_left_out": list(dr_skipped)}
+        if cfg.write_qdq:
+            kept = set(result.kept_float)
+            act = {k: v for k, v in result.amax.items() if k not in kept}
+            qmodel, report = qdq.insert_qdq_with_report(m, act, per_channel_weights=cfg.per_channel_weights,
+                                                        on_missing="skip" if kept else "raise",
+                                                        input_means=input_means, facts=facts)
+            meta["qdq_bias_corrected"] = sorted(report.biases)
+        cache_io.write_calibration_json(path["json"], entries, meta)
+        wrote()
+        if not cfg.write_qdq:
+            del final["qdq"]
+        else:
+            qdq.save_model_atomic(qmodel, path["qdq"])
+            result.qdq_report = report
+            wrote()
+            if input_means:
+                # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
+                from ..onnx.snap import snap_weights
+                final["corrected"] = os.path.join(out, CORRECTED_MODEL)
+                corrected, result.corrected_report = snap_weights(m, input_means, cfg.per_channel_weights,
+                                                                  facts=facts)
+                qdq.save_model_atomic(corrected, staged.path(CORRECTED_MODEL))
+                wrote()
+    result.paths = final

@@ -1,0 +1,123 @@
+"""Every setting of a calibration and its default, in one frozen config.
+
+The command line, the runners and the Python API all build a
+:class:`CalibrationConfig`; ``None`` for a field means "the default here"
+(resolved by the config itself, never repeated elsewhere).
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, fields, replace
+
+from ..errors import ConfigError
+from . import thresholds as th
+
+#: "auto" (the default): observed max for tensors whose op bounds them (ReLU6/Clip,
+#: Sigmoid, Tanh, Softmax: clipping them only loses signal), the smallest expected
+#: quantization error (MSE) for every other tensor, and for the network input, when
+#: the batch files hold normalized 8-bit pixels that 127 steps cover, the pixel step
+#: itself (the input then quantizes exactly); the Q/DQ model leaves the rare
+#: activation that INT8 alone damages in float (see ``keep_float``).
+METHODS = ("auto",) + th.METHODS
+DEFAULT_METHOD = "auto"
+#: the TensorRT calibrator whose cache header a method's scales are written under (vocab names)
+CACHE_ALGORITHM = {"minmax": "minmax"}  # every other method: entropy2
+#: bytes of activations per ONNX Runtime call (sub-batch size of dynamic-batch models)
+ACTIVATION_BUDGET = 256 << 20
+#: keep_float="auto": an activation whose quantization ALONE changes the output by more than
+#: this fraction of its energy (||y_q - y||^2 / ||y||^2, on SENSITIVITY_IMAGES images) stays float
+SENSITIVITY_THRESHOLD = 2.5e-4
+SENSITIVITY_IMAGES = 4
+SENSITIVITY_MAX_KEPT = 3
+#: bias correction: input means from the first calibration images only (they settle fast)
+BIAS_CORRECTION_IMAGES = 256
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How to calibrate (see :func:`int8batch.calib.api.calibrate` for each field's meaning).
+
+    Attributes
+    ----------
+    method : str
+        One of :data:`METHODS`.
+    batch_size, first, max_batches :
+        The calibration window, served as TensorRT's BatchStream serves it
+        (``batch_size`` None: the model's fixed batch, else the files' N).
+    two_pass : bool
+        A max pass, then fixed-range histograms.
+    num_bins : int
+        Histogram bins.
+    percentile : float or None
+        Percentile of ``method="percentile"`` (None: the threshold default).
+    trt_version, cache_algorithm :
+        The cache header (None: installed TensorRT / by method).
+    providers, intra_op_threads :
+        ONNX Runtime settings.
+    write_qdq, per_channel_weights :
+        The Q/DQ model and its weight granularity.
+    keep_float : int, "auto" or None
+        Activations left float in the Q/DQ model (None: "auto" for method
+        auto, 0 otherwise).
+    bias_correction : bool
+        Correct each Conv/Gemm bias for its int8 weights.
+    """
+
+    method: str = DEFAULT_METHOD
+    batch_size: int | None = None
+    first: int = 0
+    max_batches: int | None = None
+    two_pass: bool = False
+    num_bins: int = 2048
+    percentile: float | None = None
+    trt_version: str | None = None
+    cache_algorithm: str | None = None
+    providers: tuple | None = None
+    intra_op_threads: int | None = None
+    write_qdq: bool = True
+    per_channel_weights: bool = True
+    keep_float: object = None
+    bias_correction: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.batch_size is not None and (not _whole(self.batch_size) or self.batch_size < 1):
+            raise ConfigError(f"calibration batch size must be a whole number >= 1, got {self.batch_size!r}")
+        if not _whole(self.first) or self.first < 0:
+            raise ConfigError(f"first batch must be a whole number >= 0, got {self.first!r}")
+        if self.max_batches is not None and (not _whole(self.max_batches) or self.max_batches < 1):
+            raise ConfigError(f"max batches must be a whole number >= 1, got {self.max_batches!r}")
+        if not _whole(self.num_bins) or self.num_bins < 2 or self.num_bins % 2:
+            raise ConfigError(f"histogram bins must be an even number >= 2, got {self.num_bins!r}")
+        k = self.keep_float
+        if k is not None and k != "auto" and (not _whole(k) or k < 0):
+            raise ConfigError(f"keep_float must be a number >= 0 or 'auto', got {k!r}")
+        th.DEFAULTS.replace(percentile=self.percentile)   # validates the percentile
+
+    def replace(self, **changes) -> "CalibrationConfig":
+        """A copy with some fields changed; ``None`` values leave a field as it is."""
+        known = {f.name for f in fields(self)}
+        bad = sorted(set(changes) - known)
+        if bad:
+            raise ConfigError(f"unknown calibration option(s) {bad}; valid: {sorted(known)}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def thresholds(self) -> th.ThresholdConfig:
+        return th.DEFAULTS.replace(percentile=self.percentile)
+
+    @property
+    def resolved_keep_float(self):
+        """``keep_float`` resolved: "auto" for method auto, 0 for the others, unless given."""
+        if self.keep_float is None:
+            return "auto" if self.method == "auto" else 0
+        return self.keep_float
+
+    @property
+    def cache_calibrator(self) -> str:
+        return self.cache_algorithm or CACHE_ALGORITHM.get(self.method, "entropy2")
+
+
+def _whole(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)

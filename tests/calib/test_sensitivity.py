@@ -122,3 +122,34 @@ def test_sensitivity_pass_that_cannot_run_is_a_calibration_error(monkeypatch):
         int8batch.errors.ModelError("cannot convert")))
     with pytest.raises(CalibrationError, match=r"--keep-float 0"):
         rank_sensitivity(m, {"data": 1.0}, np.zeros((1, 1, 28, 28), np.float32), ["data"])
+
+
+def test_group_search_finds_the_top_tensors_of_an_additive_error():
+    # errors of separate tensors add up in the output (to first order): the beam search must find
+    # the largest ones with far fewer measurements than one per tensor
+    from int8batch.calib import sensitivity as S
+    rng = np.random.default_rng(3)
+    for n in (49, 121, 373):
+        w = rng.pareto(1.5, n) * 1e-5
+        calls = []
+
+        def error(group):
+            calls.append(len(group))
+            return float(w[group].sum())
+        found = S._group_search(n, error, beam=6)
+        top = list(np.argsort(-w)[:3])
+        assert [k for k, _ in found[:3]] == top
+        assert all(e == w[k] for k, e in found)        # singletons carry individual errors
+        assert len(calls) < n and (n < 100 or len(calls) < n / 2)
+
+
+def test_group_search_agrees_with_exhaustive_on_a_real_model(mnist):
+    from int8batch.calib import sensitivity as S
+    res = api.calibrate(LENET, mnist, None, method="mse", max_batches=1, keep_float=0)
+    m = onnx.load(LENET)
+    cands = list(res.amax)
+    data = int8batch.BatchSet(mnist).images(0, 4)[0]
+    full = S.rank_sensitivity(m, res.amax, np.ascontiguousarray(data), cands)
+    grouped = S.rank_sensitivity(m, res.amax, np.ascontiguousarray(data), cands, exhaustive_max=0, beam=3)
+    assert [t for t, _ in grouped[:3]] == [t for t, _ in full[:3]]
+    assert dict(grouped)[full[0][0]] == pytest.approx(full[0][1], rel=1e-12)

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._version import __version__
 from .. import format as fmt
 from .._kernels_preprocess import hwc_to_chw, lut_map_u8
 from ..errors import ConfigError, ImageDecodeError, SourceError
+from ..manifest import build_manifest, manifest_size_hint
 from ..preprocess import PRESETS, PreprocessConfig, preset as make_preset
 from .decode import check_max_pixels, cv2, decode_image, read_file
 from .sources import BUNDLED, DATA_DIR, nothing_packed_error, open_source
-from .writer import PackWriter, manifest_size_hint
+from .writer import PackWriter
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,13 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
         order = order[:int(limit)]
     if len(order) == 0:
         raise SourceError(f"{source}: nothing to pack", source)
+    pre_skipped = []
     if len(order) < batch_size and not pad and auto_size:
+        if skip_bad and src.kind != "idx":
+            # one file holding every readable image: find the readable ones first (< 100 images)
+            order, pre_skipped = _readable(src, cfg, order, workers, max_pixels)
+            if not len(order):
+                raise nothing_packed_error(source, pre_skipped, 0, DEFAULT_BATCH_SIZE)
         log.info("%d images, fewer than the default %d per file: one file of %d (--batch-size N to choose)",
                  len(order), batch_size, len(order))
         batch_size = len(order)
@@ -171,6 +177,7 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
         writer.prepare(expected, _manifest_size_hint(src, order))
         job = _Job(src, cfg, order, writer, batch_size, workers, skip_bad, pad, unlabelled_value, progress,
                    max_pixels)
+        job.skipped += pre_skipped
         job.run()
         writer.wait()
         if not writer.checksums:
@@ -178,14 +185,30 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
         seconds = time.perf_counter() - t0
         result = PackResult(os.fspath(out), dims, len(writer.checksums), len(writer.checksums) * batch_size,
                             job.skipped, len(job.dropped), len(job.padded), seconds)
-        manifest = _manifest(src, cfg, dims, writer, job, shuffle, seed, limit)
-        manifest["preprocess"]["preset_defaulted"] = defaulted
+        manifest = _manifest(src, cfg, dims, writer, job, shuffle, seed, limit, defaulted)
         writer.finish(manifest)
     result.manifest = manifest
     if job.dropped:
         log.warning("%d image(s) left over after the last full file of %d were dropped (listed in the manifest); "
                     "use --pad to keep them", len(job.dropped), batch_size)
     return result
+
+
+def _readable(src, cfg, order, workers, max_pixels):
+    """``(order of the images that decode, [(name, reason)] of those that do not)``, with warnings."""
+    def check(i):
+        path = os.path.join(src.root, src.files[i])
+        try:
+            decode_image(path, cfg, read_file(path), max_pixels)
+            return None
+        except ImageDecodeError as err:
+            return str(err)
+    with ThreadPoolExecutor(workers) as pool:
+        reasons = list(pool.map(check, order))
+    bad = [(src.files[i], why) for i, why in zip(order, reasons) if why is not None]
+    for name, why in bad:
+        log.warning("skipping %s", why)
+    return np.array([i for i, why in zip(order, reasons) if why is None], dtype=np.int64), bad
 
 
 def _whole(value, name, low):
@@ -401,11 +424,10 @@ def _images_list(src, job):
         base = os.path.basename(src.images_path)
         names = [f"{base}#{i}" for i in job.packed]
     labels = src.labels[job.packed].tolist() if src.labels is not None else [None] * len(names)
-    return [list(pair) for pair in zip(names, labels)]
+    return list(zip(names, labels))
 
 
-def _manifest(src, cfg, dims, writer, job, shuffle, seed, limit):
-    n = dims[0]
+def _manifest(src, cfg, dims, writer, job, shuffle, seed, limit, defaulted):
     if src.kind == "folder":
         source = {"kind": "folder", "root": os.path.abspath(src.root)}
     else:
@@ -413,27 +435,8 @@ def _manifest(src, cfg, dims, writer, job, shuffle, seed, limit):
                   "labels": src.labels_path and os.path.abspath(src.labels_path)}
     source.update(shuffle=bool(shuffle), seed=int(seed) if shuffle else None,
                   limit=None if limit is None else int(limit))
-    labelled = src.labels is not None
-    return {
-        "format": "sampleINT8-batch",
-        "manifest_version": 1,
-        "int8batch_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "dims": list(dims),
-        "files": len(writer.checksums),
-        "images": len(writer.checksums) * n,
-        "prefix": writer.prefix,
-        "suffix": writer.suffix,
-        "dtype": "float32",
-        "byte_order": "little",
-        "layout": "NCHW",
-        "labels": {"source": src.label_source, "classes": src.classes,
-                   "unlabelled_value": None if labelled else float(job.unlabelled)},
-        "preprocess": cfg.to_dict(),
-        "source": source,
-        "images_list": _images_list(src, job),
-        "padded": job.padded,
-        "dropped": [job.name(i) for i in job.dropped],
-        "skipped": [{"file": f, "reason": r} for f, r in job.skipped],
-        "checksums": {"algorithm": fmt.CHECKSUM_ALGO, "files": list(writer.checksums)},
-    }
+    return build_manifest(dims, writer.prefix, writer.suffix, writer.checksums, recipe=cfg,
+                          preset_defaulted=defaulted, label_source=src.label_source, classes=src.classes,
+                          unlabelled_value=None if src.labels is not None else float(job.unlabelled),
+                          source=source, images_list=_images_list(src, job), padded=job.padded,
+                          dropped=[job.name(i) for i in job.dropped], skipped=job.skipped)

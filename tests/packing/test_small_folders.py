@@ -1,0 +1,42 @@
+"""A folder of fewer than 100 images: every readable image in one file, bad ones skipped on request."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+import int8batch
+from int8batch.errors import ImageDecodeError, SourceError
+
+
+def _folder(tmp_path, good=7):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(good):
+        cv2.imwrite(str(d / f"img{k}.jpg"), rng.integers(0, 255, (40 + k, 50, 3), dtype=np.uint8))
+    (d / "broken.jpg").write_bytes(b"not an image")
+    return d
+
+
+def test_skip_bad_keeps_every_readable_image_in_one_file(tmp_path):
+    d = _folder(tmp_path)
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        int8batch.pack(d, tmp_path / "a", preset="imagenet-torch")
+    res = int8batch.pack(d, tmp_path / "b", preset="imagenet-torch", skip_bad=True)
+    assert res.dims[0] == 7 and res.images == 7
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert [s["file"] for s in man["skipped"]] == ["broken.jpg"]
+    assert [p for p, _ in man["images_list"]] == [f"img{k}.jpg" for k in range(7)]
+    with int8batch.BatchSet(tmp_path / "b") as bs:
+        assert bs.num_images == 7
+
+
+def test_all_bad_small_folder_is_refused(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(b"x")
+    (d / "b.png").write_bytes(b"y")
+    with pytest.raises(SourceError, match="nothing to pack"):
+        int8batch.pack(d, tmp_path / "o", preset="imagenet-torch", skip_bad=True)
+    assert not (tmp_path / "o" / "manifest.json").exists()

@@ -61,9 +61,18 @@ class CalibrationResult:
         if key == "json":
             return "amax, method and saturation per tensor, and the settings"
         if key == "qdq" and q is not None:
-            return (f"Q/DQ model (TensorRT 11, strongly typed 10): {len(q.activations)} activations and "
-                    f"{len(q.weights)} weights int8, {len(q.skipped)} tensors kept float, {len(q.biases)} biases "
-                    "corrected" + (f", {len(q.missing)} without a scale" if q.missing else ""))
+            fused = sum("fused by TensorRT" in why for _, why in q.skipped)
+            kept = [t for t in self.kept_float if t in {s for s, _ in q.skipped}]
+            other = sum(not why.startswith("bias of") for _, why in q.skipped) - fused - len(kept)
+            parts = [f"{len(q.activations)} activations and {len(q.weights)} weights int8"]
+            if fused:
+                parts.append(f"{fused} residual branches left to TensorRT's Conv+Add fusion")
+            if kept:
+                parts.append(f"{len(kept)} kept float by the sensitivity pass ({', '.join(kept)})")
+            if other:
+                parts.append(f"{other} other tensors float (Softmax outputs, non-float tensors; see the JSON)")
+            parts.append(f"{len(q.biases)} biases corrected")
+            return "Q/DQ model (TensorRT 11, strongly typed 10): " + ", ".join(parts)
         if key == "corrected" and c is not None:
             return (f"FP32 model for TensorRT 10 with the cache: {len(c.weights)} weights on the int8 grid, "
                     f"{len(c.biases)} biases corrected")

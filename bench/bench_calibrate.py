@@ -42,12 +42,65 @@ Expected duration of the full run alone on 2 cores: about 17-22 minutes
     python bench/bench_calibrate.py --json bench_calibrate.json        # full (lead only)
     python bench/bench_calibrate.py --quick                           # smoke run
     python bench/bench_calibrate.py --skip-ort-entropy                # no ORT Entropy/Percentile on EfficientNet
+
+Zoo mode (issue 10, item 2): ``--zoo [NAMES...]`` runs every model of
+``tools/make_zoo.py``'s index (``.work/zoo/zoo.json``; default all of them)
+instead of the two models above.  Per model, the calibration photos (the
+``make_corpus.py --split calib`` corpus, or ``--corpus DIR``) are packed once
+with the model's own ``pack_args`` (YOLO at 640x640) into
+``.work/bench_calibrate/zoo_<name>_<n>`` (reused while the corpus, recipe and
+count are unchanged, also across models with the same recipe), and so are
+``--eval-images`` (128) held-out photos of the ``--split eval`` corpus.  Rows,
+each in a fresh subprocess as above:
+
+- ``fp32``: the fastest plain inference over the same images (the baseline);
+- ``int8batch/mse``, ``minmax``, ``percentile``, ``entropy``: the "pure
+  methods" (pure INT8: ``keep_float=0, bias_correction=False``);
+- ``int8batch/auto``: the defaults (sensitivity pass and bias correction);
+  its sensitivity pass is timed on its own and shown as the row
+  ``int8batch/auto:sensitivity``;
+- ``ort/minmax-sym``: ``quantize_static`` MinMax, symmetric QInt8 activations,
+  QDQ, per-channel QInt8 weights (TensorRT-deployable); ``ort/entropy`` and
+  ``ort/percentile`` at their defaults when the activations they keep
+  (one image's activation bytes, measured by a probe child with int8batch's
+  ``ActivationRunner``, x images) stay under ``--ort-mem-gb`` (12), else a
+  row saying why it was skipped;
+- ``modelopt/max``: NVIDIA ModelOpt's ONNX PTQ (``modelopt.onnx.quantization
+  .quantize``, int8, ``calibration_method="max"``, CPU, FP32 kept as the high
+  precision) when ``import modelopt.onnx.quantization`` works, else a note.
+
+Each row: seconds, x FP32, seconds in ONNX Runtime (int8batch), peak RSS
+(VmHWM), and top-1 agreement / mean softmax KL / mean |difference| of the
+INT8 model vs FP32 on the held-out photos (``int8batch.calib.evaluate``; the
+first output, flattened: for the YOLO detector the argmax over the whole
+p3 map).  The zoo models other than EfficientNet-Lite have random weights:
+these figures measure numerical fidelity only, not accuracy.  ``--rss-check
+MODEL...`` (default densenet121 and yolo_csp, when selected) also runs FP32 and
+the five int8batch rows on ``--rss-images`` (1024) photos, without evaluation.
+Targets, PASS/FAIL per model: pure methods <= 3x FP32; auto <= 6x FP32;
+every int8batch row faster than ORT MinMax; ORT Entropy/Percentile >= 10x
+the time of int8batch auto where they ran; int8batch peak RSS < 2 GB; peak RSS
+at 1024 within 10 % of 256 images (--rss-check models).  Then one summary
+table over the models.  ``--threads N`` sets ONNX Runtime's intra-op threads
+of every tool (int8batch, FP32, evaluation, quantize_static and ModelOpt,
+whose sessions are opened with N threads) and OMP_NUM_THREADS of the
+children.  Needs numpy, onnx, onnxruntime, opencv and int8batch only (and the
+JPEG folders: ``make_corpus.py`` needs scikit-image/scikit-learn, so pass
+``--corpus``/``--eval-corpus`` where they are missing); the JSON is rewritten
+after every row.
+
+    python bench/bench_calibrate.py --zoo --json zoo.json                # every zoo model (lead only)
+    python bench/bench_calibrate.py --zoo resnet50 yolo_csp --zoo-images 16 --quick   # smoke run
+    python bench/bench_calibrate.py --zoo densenet121 --threads 16 --corpus JPEGS --eval-corpus EVAL_JPEGS
 """
 import argparse
+import glob
+import hashlib
 import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -90,12 +143,41 @@ def _peak_rss():
 
 
 def _evaluate(cfg, int8_model):
+    if not cfg.get("eval"):
+        return {}
     from int8batch.calib.evaluate import evaluate
     t = time.perf_counter()
     r = evaluate(cfg["model"], int8_model, cfg["eval"], max_batches=cfg.get("eval_batches"),
                  intra_op_threads=cfg.get("threads"))
     return {"agreement": r.top1_agreement, "kl": r.mean_kl, "top1_fp32": r.top1_fp32, "top1_int8": r.top1_int8,
-            "eval_images": r.images, "eval_seconds": time.perf_counter() - t}
+            "mean_abs_diff": r.mean_abs_diff, "eval_images": r.images, "eval_seconds": time.perf_counter() - t}
+
+
+def _ort_threads(n):
+    """Open every ONNX Runtime session of this process with ``n`` intra-op threads.
+
+    quantize_static and ModelOpt create their sessions themselves, with no thread
+    option: their ``InferenceSession`` gets ``n`` unless the caller set a count.
+    Returns a function that undoes the patch.
+    """
+    if not n:
+        return lambda: None
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_inference_collection as C
+    cls = C.InferenceSession
+    original = cls.__init__
+
+    def init(self, path_or_bytes, sess_options=None, providers=None, provider_options=None, **kw):
+        if sess_options is None:
+            sess_options = ort.SessionOptions()
+        if not sess_options.intra_op_num_threads:
+            sess_options.intra_op_num_threads = int(n)
+        original(self, path_or_bytes, sess_options, providers, provider_options, **kw)
+    cls.__init__ = init
+
+    def undo():
+        cls.__init__ = original
+    return undo
 
 
 def _fp32(cfg):
@@ -130,14 +212,28 @@ def _int8batch(cfg):
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
 
+    from int8batch.calib import api
     from int8batch.calib.api import calibrate
+    # the sensitivity pass (keep_float="auto") timed on its own: api's private step, when it exists
+    sens = []
+    step = getattr(api, "_most_sensitive", None)
+    if step is not None:
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return step(*a, **kw)
+            finally:
+                sens.append(time.perf_counter() - t0)
+        api._most_sensitive = timed
+    extra = {"keep_float": cfg["keep_float"]} if "keep_float" in cfg else {}
     t = time.perf_counter()
     res = calibrate(cfg["model"], cfg["calib"], out=cfg["out"], method=cfg["method"],
                     batch_size=cfg["batch_size"], max_batches=cfg["batches"], intra_op_threads=cfg.get("threads"),
-                    bias_correction=cfg.get("bias_correction", True))
+                    bias_correction=cfg.get("bias_correction", True), **extra)
     seconds = time.perf_counter() - t
     rec = {"seconds": seconds, "inference_seconds": res.inference_seconds, "images": res.images,
-           "tensors": len(res.amax), **_peak_rss()}
+           "tensors": len(res.amax), "sensitivity_seconds": sum(sens) if sens else None,
+           "kept_float": list(getattr(res, "kept_float", None) or []), **_peak_rss()}
     rec.update(_evaluate(cfg, res.paths["qdq"]))
     return rec
 
@@ -148,6 +244,7 @@ def _ort(cfg):
     from int8batch.onnx import graph as G
     from int8batch.reader import BatchSet
     method, act, extra, bins = ORT_CONFIGS[cfg["ort"]]
+    _ort_threads(cfg.get("threads"))
     if bins is not None:
         original = oqq.create_calibrator
 
@@ -185,22 +282,83 @@ def _ort(cfg):
     return rec
 
 
+def _modelopt(cfg):
+    """NVIDIA ModelOpt's ONNX PTQ: int8, max calibration, on the CPU, FP32 kept as the high precision."""
+    import onnxruntime.quantization as oq
+    import modelopt.onnx.quantization as moq   # imports torch: before the clock, as the others' imports
+    from int8batch.onnx import graph as G
+    from int8batch.reader import BatchSet
+    _ort_threads(cfg.get("threads"))
+    input_name = G.input_info(G.load_model(cfg["model"]))[0].name
+
+    class Reader(oq.CalibrationDataReader):
+        """Streams the batch files; ModelOpt also asks for the first batch and rewinds."""
+
+        def __init__(self, bs):
+            self.bs, self.images, self._first = bs, 0, None
+            self.rewind()
+
+        def rewind(self):
+            self._it = self.bs.batches(cfg["batch_size"], max_batches=cfg["batches"])
+
+        def get_first(self):
+            if self._first is None:
+                self._first = {input_name: next(iter(self.bs.batches(cfg["batch_size"], max_batches=1))).data}
+            return self._first
+
+        def get_next(self):
+            b = next(self._it, None)
+            if b is None:
+                return None
+            self.images += b.data.shape[0]
+            return {input_name: b.data}
+
+    os.makedirs(cfg["out"], exist_ok=True)
+    out_model = os.path.join(cfg["out"], "model.qdq.onnx")
+    with BatchSet(cfg["calib"]) as bs:
+        reader = Reader(bs)
+        t = time.perf_counter()
+        moq.quantize(cfg["model"], quantize_mode="int8", calibration_method="max",
+                     calibration_data_reader=reader, calibration_eps=["cpu"], high_precision_dtype="fp32",
+                     output_path=out_model, log_level="WARNING")
+        seconds = time.perf_counter() - t
+        rec = {"seconds": seconds, "images": reader.images, **_peak_rss()}
+    rec.update(_evaluate(cfg, out_model))
+    return rec
+
+
+def _probe(cfg):
+    """One image's activation bytes (every tensor int8batch calibrates), for the ORT memory estimate."""
+    import numpy as np
+    from int8batch.calib.ort_exec import ActivationRunner
+    from int8batch.onnx import graph as G
+    from int8batch.reader import BatchSet
+    model = G.load_model(cfg["model"])
+    names = G.quantizable_tensors(model)
+    runner = ActivationRunner(model, names, intra_op_threads=cfg.get("threads"))
+    with BatchSet(cfg["calib"]) as bs:
+        first = np.ascontiguousarray(bs.images(0, 1)[0])
+    outs = runner.run(first)
+    return {"activation_bytes_per_image": int(sum(a.nbytes for a in outs.values())), "tensors": len(outs)}
+
+
 def run_one(cfg):
     """Child entry point: run one configuration, print one JSON line."""
     import logging
     logging.basicConfig(level=logging.WARNING)
-    fn = {"fp32": _fp32, "int8batch": _int8batch, "ort": _ort}[cfg["kind"]]
+    fn = {"fp32": _fp32, "int8batch": _int8batch, "ort": _ort, "modelopt": _modelopt, "probe": _probe}[cfg["kind"]]
     rec = fn(cfg)
     print(MARK + json.dumps(rec), flush=True)
 
 
 # ----------------------------------------------------------------------------- parent side
-def spawn(cfg, timeout):
+def spawn(cfg, timeout, env=None):
     """Run ``cfg`` in a fresh interpreter; return its record (with ``error`` on failure)."""
     t = time.perf_counter()
     cmd = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(cfg)]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                           env=dict(os.environ, **env) if env else None)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s", "child_seconds": time.perf_counter() - t}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith(MARK)]
@@ -344,27 +502,448 @@ def summarize_mnist(rows, checks):
                   f"{r['seconds'] / fp['seconds']:.0f}x (fixed costs dominate on this tiny model)")
 
 
+# ----------------------------------------------------------------------------- zoo mode (parent side)
+ZOO_DIR = os.path.join(ROOT, ".work", "zoo")
+WORK_DIR = os.path.join(ROOT, ".work", "bench_calibrate")
+PURE_METHODS = ("mse", "minmax", "percentile", "entropy")
+ZOO_INT8BATCH = PURE_METHODS + ("auto",)
+ZOO_ORT = ("minmax-sym", "entropy", "percentile")   # ORT_CONFIGS keys; entropy and percentile at their defaults
+DEFAULT_RSS_CHECK = ("densenet121", "yolo_csp")
+ZOO_TARGETS = {"pure_x_fp32": 3.0, "auto_x_fp32": 6.0, "x_faster_than_ort_hist": 10.0, "rss_mb": 2000.0,
+               "rss_growth": 0.10}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_zoo_index(zoo_dir, names=None):
+    """The entries of ``zoo_dir/zoo.json`` (``make_zoo.py``'s index), in its order, or those of ``names``.
+
+    Each entry gets ``path`` (its .onnx file).  Raises SystemExit naming the
+    models it holds when the index is missing or a name is not in it.
+    """
+    index = os.path.join(zoo_dir, "zoo.json")
+    if not os.path.exists(index):
+        raise SystemExit(f"{index} not found: export the zoo first (python tools/make_zoo.py -o {zoo_dir})")
+    with open(index) as fh:
+        entries = json.load(fh)["models"]
+    for e in entries:
+        e["path"] = os.path.join(zoo_dir, e["onnx"])
+    if not names:
+        return entries
+    by_name = {e["name"]: e for e in entries}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"not in {index}: {', '.join(unknown)} (it holds: {', '.join(by_name)})")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def ort_histogram_fit(bytes_per_image, images, limit_gb):
+    """ORT Entropy/Percentile keep every activation of every batch: ``(fits, estimated GB)``."""
+    est = bytes_per_image * images / 1e9
+    return est <= limit_gb, est
+
+
+def list_images(folder):
+    """Image files under ``folder`` (recursive), as sorted relative paths."""
+    out = []
+    for d, _, files in os.walk(folder):
+        out += [os.path.relpath(os.path.join(d, f), folder) for f in files if f.lower().endswith(IMAGE_EXTS)]
+    return sorted(out)
+
+
+def pack_stamp(folder, files, images, pack_args, per_file):
+    """What a packed folder was made from: the source's first ``images`` files (names and sizes), recipe, N."""
+    h = hashlib.sha256()
+    for f in files[:images]:
+        h.update(f"{f}\0{os.path.getsize(os.path.join(folder, f))}\n".encode())
+    return {"source": os.path.realpath(folder), "files_sha256": h.hexdigest(), "images": images,
+            "pack_args": pack_args, "per_file": per_file}
+
+
+def _valid_pack(folder, images, chw):
+    from int8batch.reader import BatchSet
+    try:
+        with BatchSet(folder) as bs:
+            return bs.num_images == images and tuple(bs.image_shape) == tuple(chw)
+    except Exception:  # noqa: BLE001 - missing or unreadable: repack
+        return False
+
+
+def ensure_zoo_pack(entry, split, corpus, images, per_file, work):
+    """``work/zoo_<name>_<images>`` (``..._eval<images>`` for ``split="eval"``): the corpus's first
+    ``images`` photos packed with the model's own recipe.  Reuses a folder packed earlier from the
+    same files with the same recipe and N, by any model; returns ``(folder, seconds spent packing)``."""
+    tag = f"{images}" if split == "calib" else f"eval{images}"
+    chw = tuple(entry["input_shape"][1:])
+    stamp = pack_stamp(corpus, list_images(corpus), images, entry["pack_args"], per_file)
+    own = os.path.join(work, f"zoo_{entry['name']}_{tag}")
+    for candidate in [own] + sorted(glob.glob(os.path.join(work, f"zoo_*_{tag}"))):
+        try:
+            with open(candidate + ".stamp.json") as fh:
+                if json.load(fh) == stamp and _valid_pack(candidate, images, chw):
+                    return candidate, 0.0
+        except (OSError, ValueError):
+            continue
+    t = time.perf_counter()
+    print(f"  packing {images} {split} photos of {corpus} for {entry['name']} ({entry['pack_args']}) "
+          f"into {own} ...", flush=True)
+    cmd = [sys.executable, "-m", "int8batch.cli.main", "pack", corpus, own, *shlex.split(entry["pack_args"]),
+           "-n", str(per_file), "--limit", str(images), "--labels", "none", "--force", "-q"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    if not _valid_pack(own, images, chw):
+        raise SystemExit(f"{own}: the pack does not hold {images} images of {chw}")
+    with open(own + ".stamp.json", "w") as fh:
+        json.dump(stamp, fh, indent=1)
+    return own, time.perf_counter() - t
+
+
+def ensure_corpus(folder, need, split, seed, default, work):
+    """A folder of at least ``need`` JPEGs: ``folder`` when given, else ``work/corpus_<split><count>``,
+    made by tools/make_corpus.py (needs scikit-image and scikit-learn) when missing or short."""
+    if folder:
+        have = len(list_images(folder))
+        if have < need:
+            raise SystemExit(f"{folder} holds {have} images, {need} are needed (--zoo-images, --rss-images of "
+                             "the --rss-check models, --eval-images; --rss-check with no name: no RSS check)")
+        return folder
+    count = max(default, need)
+    folder = os.path.join(work, f"corpus_{split}{count}")
+    if len(list_images(folder)) < count:
+        print(f"making {count} {split} photos in {folder} (tools/make_corpus.py) ...", flush=True)
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_corpus.py"), folder, "--count",
+                            str(count), "--split", split, "--seed", str(seed), "--force"])
+        if r.returncode != 0:
+            raise SystemExit("tools/make_corpus.py failed (it needs scikit-image and scikit-learn): pass "
+                             "--corpus/--eval-corpus with folders of JPEGs instead")
+    return folder
+
+
+def modelopt_status(timeout=300):
+    """``(available, reason)``: whether ``import modelopt.onnx.quantization`` works in a fresh interpreter."""
+    try:
+        p = subprocess.run([sys.executable, "-c", "import modelopt, modelopt.onnx.quantization; "
+                            "print(modelopt.__version__)"], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"import took over {timeout} s"
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()
+        return False, tail[-1] if tail else f"exit status {p.returncode}"
+    return True, p.stdout.strip()
+
+
+def _row(rows, name, n):
+    for r in rows:
+        if r["name"] == name and r["images_requested"] == n and "error" not in r and "skipped" not in r:
+            return r
+    return None
+
+
+def zoo_checks(rows, size, rss_size=None, targets=ZOO_TARGETS):
+    """The targets of one zoo model from its rows: ``[(target, passed, detail)]``.
+
+    ``rows`` hold ``name`` (``fp32``, ``int8batch/<method>``, ``ort/<config>``),
+    ``images_requested``, ``seconds``, ``rss_mb``; rows with ``error`` or
+    ``skipped`` are left out.  ``size`` is the main image count, ``rss_size``
+    the larger one of the RSS check (None: no RSS check).  A target whose rows
+    are missing is not listed.
+    """
+    out = []
+    fp = _row(rows, "fp32", size)
+    if fp:
+        for m in ZOO_INT8BATCH:
+            r = _row(rows, f"int8batch/{m}", size)
+            if r:
+                limit = targets["auto_x_fp32" if m == "auto" else "pure_x_fp32"]
+                x = r["seconds"] / fp["seconds"]
+                out.append((f"int8batch/{m} <= {limit:g}x FP32 ({size} images)", x <= limit,
+                            f"{r['seconds']:.2f} s / {fp['seconds']:.2f} s = {x:.1f}x"))
+    ours = [r for m in ZOO_INT8BATCH for r in [_row(rows, f"int8batch/{m}", size)] if r]
+    ort_mm = _row(rows, "ort/minmax-sym", size)
+    if ours and ort_mm:
+        slow = max(ours, key=lambda r: r["seconds"])
+        out.append((f"every int8batch row faster than ort/minmax-sym ({size} images)",
+                    slow["seconds"] < ort_mm["seconds"],
+                    f"slowest {slow['name']} {slow['seconds']:.2f} s vs {ort_mm['seconds']:.2f} s "
+                    f"({ort_mm['seconds'] / slow['seconds']:.1f}x)"))
+    auto = _row(rows, "int8batch/auto", size)
+    for o in ("entropy", "percentile"):
+        r = _row(rows, f"ort/{o}", size)
+        if r and auto:
+            x = r["seconds"] / auto["seconds"]
+            same = _row(rows, f"int8batch/{o}", size)
+            extra = f"; vs int8batch/{o}: {r['seconds'] / same['seconds']:.1f}x" if same else ""
+            out.append((f"ort/{o} >= {targets['x_faster_than_ort_hist']:g}x int8batch/auto ({size} images)",
+                        x >= targets["x_faster_than_ort_hist"],
+                        f"{r['seconds']:.2f} s / {auto['seconds']:.2f} s = {x:.1f}x{extra}"))
+    mine = [r for r in rows if r["name"].startswith("int8batch/") and "error" not in r and "skipped" not in r
+            and r.get("rss_mb") is not None]
+    if mine:
+        top = max(mine, key=lambda r: r["rss_mb"])
+        out.append((f"int8batch peak RSS < {targets['rss_mb']:.0f} MB", top["rss_mb"] < targets["rss_mb"],
+                    f"largest {top['rss_mb']:.0f} MB ({top['name']} at {top['images_requested']} images)"))
+    if rss_size:
+        growth = []
+        for m in ZOO_INT8BATCH:
+            a, b = _row(rows, f"int8batch/{m}", size), _row(rows, f"int8batch/{m}", rss_size)
+            if a and b and a.get("rss_mb") and b.get("rss_mb"):
+                growth.append((m, b["rss_mb"] / a["rss_mb"] - 1.0))
+        if growth:
+            worst = max(growth, key=lambda g: abs(g[1]))
+            out.append((f"int8batch peak RSS at {rss_size} within {100 * targets['rss_growth']:.0f} % of {size} "
+                        f"images", abs(worst[1]) <= targets["rss_growth"],
+                        ", ".join(f"{m} {100 * g:+.1f} %" for m, g in growth) + f" (worst {worst[0]})"))
+    return out
+
+
+def print_zoo_table(title, rows):
+    print(f"\n== {title} ==")
+    head = ["config", "images", "seconds", "x FP32", "in ORT s", "peak RSS MB", "agree %", "KL", "mean |d|"]
+    table = [head]
+    fp32 = {r["images_requested"]: r for r in rows if r["name"] == "fp32" and "seconds" in r}
+    for r in rows:
+        n = r["images_requested"]
+        if "error" in r or "skipped" in r:
+            table.append([r["name"], str(n), ("ERROR: " + r["error"][:110]) if "error" in r
+                          else "skipped: " + r["skipped"]])
+            continue
+        fp = fp32.get(n, {}).get("seconds")
+        x = r["seconds"] / fp if fp and r["name"] != "fp32" else None
+        table.append([r["name"], str(n), _fmt(r["seconds"], "s"), _fmt(x, "x"), _fmt(r.get("inference_seconds"), "s"),
+                      _fmt(r.get("rss_mb"), "mb"), _fmt(r.get("agreement"), "pct"), _fmt(r.get("kl"), "kl"),
+                      "-" if r.get("mean_abs_diff") is None else f"{r['mean_abs_diff']:.3g}"])
+        if r.get("sensitivity_seconds") is not None and r["name"] == "int8batch/auto":
+            s = r["sensitivity_seconds"]
+            table.append([f"{r['name']}:sensitivity", str(n), _fmt(s, "s"), _fmt(s / fp if fp else None, "x"),
+                          "", "", "", "", f"kept float: {len(r.get('kept_float') or [])}"])
+    widths = [max(len(t[i]) for t in table if i < len(t) and len(t) > 3) for i in range(len(head))]
+    for t in table:
+        print("  ".join(c.ljust(widths[i]) if i < len(widths) and len(t) > 3 else c
+                        for i, c in enumerate(t)).rstrip())
+
+
+def print_zoo_summary(zoo, size):
+    """One line per model: each row's time as a multiple of FP32 inference at ``size`` images."""
+    cols = [("mse", "int8batch/mse"), ("minmax", "int8batch/minmax"), ("pct", "int8batch/percentile"),
+            ("entropy", "int8batch/entropy"), ("auto", "int8batch/auto"), ("ORT MinMax", "ort/minmax-sym"),
+            ("ORT Entropy", "ort/entropy"), ("ORT Pct", "ort/percentile"), ("ModelOpt", "modelopt/max")]
+    head = ["model", "act.", "MB/img", "FP32 s"] + [c for c, _ in cols] + ["sens. s", "max RSS MB", "targets"]
+    table = [head]
+    for name, z in zoo.items():
+        rows = z["rows"]
+        fp = _row(rows, "fp32", size)
+        line = [name, str(z["info"].get("tensors") or z["info"].get("activations") or "-"),
+                _fmt((z["info"].get("activation_bytes_per_image") or 0) / 1e6 or None, "mb"),
+                _fmt(fp["seconds"] if fp else None, "s")]
+        for _, key in cols:
+            r = _row(rows, key, size)
+            line.append(_fmt(r["seconds"] / fp["seconds"], "x") if r and fp else "-")
+        auto = _row(rows, "int8batch/auto", size)
+        line.append(_fmt(auto.get("sensitivity_seconds") if auto else None, "s"))
+        rss = [r["rss_mb"] for r in rows if r["name"].startswith("int8batch/") and r.get("rss_mb") is not None]
+        line.append(_fmt(max(rss) if rss else None, "mb"))
+        line.append(f"{sum(c['pass'] for c in z['checks'])}/{len(z['checks'])}")
+        table.append(line)
+    widths = [max(len(t[i]) for t in table) for i in range(len(head))]
+    print(f"\n== zoo summary: time as a multiple of FP32 inference at {size} images ==")
+    for t in table:
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(t)).rstrip())
+
+
+def run_zoo(args, ap):
+    t_start = time.perf_counter()
+    entries = load_zoo_index(args.zoo_dir, args.zoo)
+    n = args.zoo_images
+    n_rss = args.rss_images or (2 * n if args.quick else 1024)
+    n_eval = args.eval_images if args.eval_images is not None else (16 if args.quick else 128)
+    bsz = min(args.batch_size or 32, n)
+    if n % bsz or n_rss % bsz:
+        ap.error(f"--batch-size {bsz} must divide --zoo-images {n} and the RSS-check size {n_rss}")
+    # images per held-out file: the largest divisor of the count up to the batch size (no image dropped)
+    eval_n = next((d for d in range(min(bsz, n_eval), 0, -1) if n_eval % d == 0), 1) if n_eval else None
+    selected = [e["name"] for e in entries]
+    rss_models = [m for m in (DEFAULT_RSS_CHECK if args.rss_check is None else args.rss_check) if m in selected]
+    if args.rss_check and set(args.rss_check) - set(selected):
+        ap.error(f"--rss-check {' '.join(sorted(set(args.rss_check) - set(selected)))}: not among --zoo models")
+    work = args.work
+    os.makedirs(work, exist_ok=True)
+    calib_dir, eval_dir = args.corpus, args.eval_corpus
+    if calib_dir and not eval_dir and all(os.path.isdir(os.path.join(calib_dir, d)) for d in ("calib", "eval")):
+        calib_dir, eval_dir = os.path.join(calib_dir, "calib"), os.path.join(calib_dir, "eval")
+    calib_dir = ensure_corpus(calib_dir, max([n] + ([n_rss] if rss_models else [])), "calib", 1, 1024, work)
+    eval_dir = ensure_corpus(eval_dir, n_eval, "eval", 2, 512, work) if n_eval else None
+    mo_ok, mo_why = (False, None) if args.no_modelopt else modelopt_status()
+    mo_note = "--no-modelopt" if args.no_modelopt else f"ModelOpt: not installable here ({mo_why})"
+    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+    results = {"meta": {"argv": sys.argv[1:], "mode": "zoo", "python": platform.python_version(),
+                        "machine": platform.machine(), "cpus": os.cpu_count(),
+                        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                        "images": n, "rss_images": n_rss, "rss_check": rss_models, "eval_images": n_eval,
+                        "batch_size": bsz, "threads": args.threads, "ort_mem_gb": args.ort_mem_gb,
+                        "corpus": os.path.realpath(calib_dir),
+                        "eval_corpus": os.path.realpath(eval_dir) if eval_dir else None,
+                        "modelopt": mo_why if mo_ok else mo_note, "targets": ZOO_TARGETS,
+                        "load_average_start": os.getloadavg()[0]},
+               "zoo": {}, "checks": []}
+    try:
+        import onnxruntime
+        results["meta"]["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+
+    def save():
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=1)
+
+    print(f"bench_calibrate --zoo: {', '.join(selected)}; {n} calibration images (RSS check at {n_rss}: "
+          f"{', '.join(rss_models) or 'none'}), {n_eval} held-out images, batch {bsz}, threads "
+          f"{args.threads or 'ORT default'}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+          flush=True)
+    print(f"  corpus {calib_dir}, held-out {eval_dir}")
+    print("  ModelOpt: " + (f"{mo_why}" if mo_ok else mo_note), flush=True)
+    for e in entries:
+        name = e["name"]
+        z = results["zoo"][name] = {"info": {k: e.get(k) for k in ("family", "input_shape", "activations", "params",
+                                                                    "real_weights", "pack_args", "sha256")},
+                                    "rows": [], "checks": []}
+        print(f"\n{name} ({e.get('activations')} activations, input {'x'.join(map(str, e['input_shape'][1:]))}, "
+              f"{'real' if e.get('real_weights') else 'random'} weights)", flush=True)
+        if not os.path.exists(e["path"]):
+            z["rows"].append({"name": "fp32", "images_requested": n, "kind": "fp32",
+                              "error": f"{e['path']} missing: python tools/make_zoo.py --only {name}"})
+            print("  " + z["rows"][-1]["error"])
+            save()
+            continue
+        calib, t_pack = ensure_zoo_pack(e, "calib", calib_dir, n, bsz, work)
+        ev = ensure_zoo_pack(e, "eval", eval_dir, n_eval, eval_n, work)[0] if n_eval else None
+        z["info"].update(calib=calib, eval=ev, pack_seconds=t_pack)
+        probe = spawn({"kind": "probe", "model": e["path"], "calib": calib, "threads": args.threads},
+                      args.child_timeout, env)
+        z["info"].update({k: v for k, v in probe.items() if k != "child_seconds"})
+        per_image = probe.get("activation_bytes_per_image")
+        if per_image:
+            print(f"  {probe['tensors']} activations, {per_image / 1e6:.1f} MB per image", flush=True)
+        common = {"model": e["path"], "eval": ev, "batch_size": bsz, "eval_batches": None, "threads": args.threads}
+
+        def go(row, images, cfg):
+            print(f"  {row} @ {images} images ...", end=" ", flush=True)
+            rec = spawn(cfg, args.child_timeout, env)
+            rec.update(name=row, kind=cfg["kind"], images_requested=images)
+            z["rows"].append(rec)
+            print("ERROR " + rec["error"] if "error" in rec else
+                  f"{rec['seconds']:.2f} s, {rec.get('rss_mb', 0):.0f} MB ({rec['child_seconds']:.0f} s in all)",
+                  flush=True)
+            save()
+
+        def skip(row, images, why):
+            z["rows"].append({"name": row, "kind": row.split("/")[0], "images_requested": images, "skipped": why})
+            print(f"  {row} @ {images} images: skipped ({why})", flush=True)
+            save()
+
+        sizes = [(n, calib, ev)]
+        if name in rss_models:
+            sizes.append((n_rss, None, None))
+        for images, folder, evf in sizes:
+            if folder is None:
+                folder = ensure_zoo_pack(e, "calib", calib_dir, images, bsz, work)[0]
+            nb = images // bsz
+            base = dict(common, calib=folder, batches=nb, eval=evf)
+            go("fp32", images, dict(base, kind="fp32"))
+            for m in ZOO_INT8BATCH:
+                pure = {} if m == "auto" else {"keep_float": 0, "bias_correction": False}
+                go(f"int8batch/{m}", images, dict(base, kind="int8batch", method=m,
+                                                  out=os.path.join(work, f"zoo_out_{name}_i8_{m}_{images}"), **pure))
+            if images != n:
+                continue
+            for o in ZOO_ORT:
+                if o in ORT_HISTOGRAM:
+                    if args.skip_ort_entropy:
+                        skip(f"ort/{o}", images, "--skip-ort-entropy")
+                        continue
+                    if not per_image:
+                        skip(f"ort/{o}", images, "activation size unknown (the probe failed: "
+                             f"{probe.get('error', '?')[:80]})")
+                        continue
+                    fits, est = ort_histogram_fit(per_image, images, args.ort_mem_gb)
+                    if not fits:
+                        skip(f"ort/{o}", images, f"it keeps every activation: ~{est:.1f} GB ({per_image / 1e6:.0f} "
+                             f"MB/image x {images}) > --ort-mem-gb {args.ort_mem_gb:g}")
+                        continue
+                go(f"ort/{o}", images, dict(base, kind="ort", ort=o,
+                                            out=os.path.join(work, f"zoo_out_{name}_ort_{o}_{images}")))
+            if mo_ok:
+                go("modelopt/max", images, dict(base, kind="modelopt",
+                                                out=os.path.join(work, f"zoo_out_{name}_modelopt_{images}")))
+            else:
+                skip("modelopt/max", images, mo_note)
+        print_zoo_table(f"{name}: calibration on {n} photos" + (f" (and {n_rss})" if name in rss_models else "")
+                        + (f", INT8 vs FP32 on {n_eval} held-out photos" if n_eval else "")
+                        + (f" (first output {e['outputs'][0]}, flattened)" if len(e.get("outputs") or []) > 1 else "")
+                        + ("" if e.get("real_weights") else " (random weights: numerical fidelity only)"),
+                        z["rows"])
+        print(f"targets ({name}):")
+        for label, ok, detail in zoo_checks(z["rows"], n, n_rss if name in rss_models else None):
+            check(z["checks"], f"{name}: {label}", ok, detail)
+        results["checks"] += z["checks"]
+        save()
+
+    print_zoo_summary(results["zoo"], n)
+    total = time.perf_counter() - t_start
+    results["meta"]["total_seconds"] = total
+    results["meta"]["load_average_end"] = os.getloadavg()[0]
+    passed = sum(c["pass"] for c in results["checks"])
+    print(f"\n{passed}/{len(results['checks'])} targets met; total {total:.0f} s")
+    save()
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 32/64 calibration, 64 eval images")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 32/64 calibration, 64 eval images (--zoo: "
+                                                          "16 held-out images, RSS check at 2x --zoo-images)")
     ap.add_argument("--skip-ort-entropy", action="store_true",
-                    help="skip ORT Entropy (128 and 2048 bins) and Percentile on EfficientNet (16 GB, minutes each)")
+                    help="skip ORT Entropy (128 and 2048 bins) and Percentile on EfficientNet (16 GB, minutes each); "
+                         "--zoo: ORT Entropy and Percentile on every model")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--model", default=os.path.join(ROOT, ".work", "models", "efficientnet_lite0.onnx"))
     ap.add_argument("--calib", default=os.path.join(ROOT, ".work", "b_calib"), help="1024 calib photos, packed")
     ap.add_argument("--eval", default=os.path.join(ROOT, ".work", "b_eval"), help="512 eval photos, packed")
-    ap.add_argument("--work", default=os.path.join(ROOT, ".work", "bench_calibrate"), help="outputs, MNIST packs")
-    ap.add_argument("--batch-size", type=int, default=64, help="images per inference batch (every tool)")
+    ap.add_argument("--work", default=WORK_DIR, help="outputs, packed photos, corpora")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="images per inference batch and per packed file, every tool (default 64; --zoo: 32)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="ORT intra-op threads of int8batch, FP32 and evaluation sessions (quantize_static has "
-                         "no such option: leave unset for a fair comparison)")
+                    help="ONNX Runtime intra-op threads of every tool (int8batch, FP32, evaluation, and the "
+                         "sessions quantize_static and ModelOpt open) and the children's OMP_NUM_THREADS "
+                         "(default: ONNX Runtime's own choice)")
     ap.add_argument("--only", choices=("efficientnet", "mnist"), help="one model only")
     ap.add_argument("--child-timeout", type=int, default=1800)
+    z = ap.add_argument_group("zoo mode")
+    z.add_argument("--zoo", nargs="*", metavar="NAME",
+                   help="run the model zoo instead (tools/make_zoo.py; no name: every model of zoo.json)")
+    z.add_argument("--zoo-dir", default=ZOO_DIR, help="the zoo's folder, with zoo.json (default .work/zoo)")
+    z.add_argument("--zoo-images", type=int, default=256, help="calibration photos per model (256)")
+    z.add_argument("--rss-check", nargs="*", metavar="MODEL",
+                   help="models also run on --rss-images photos for the RSS-flatness target (default: "
+                        f"{' '.join(DEFAULT_RSS_CHECK)} when selected; no name: none)")
+    z.add_argument("--rss-images", type=int, default=None,
+                   help="photos of the RSS check (1024; --quick: 2x --zoo-images)")
+    z.add_argument("--eval-images", type=int, default=None,
+                   help="held-out photos of the agreement/KL columns (128; --quick: 16; 0: no evaluation)")
+    z.add_argument("--corpus", help="folder of calibration JPEGs (or with calib/ and eval/ sub-folders); "
+                                    "default: made by tools/make_corpus.py --split calib")
+    z.add_argument("--eval-corpus", help="folder of held-out JPEGs (default: make_corpus.py --split eval)")
+    z.add_argument("--ort-mem-gb", type=float, default=12.0,
+                   help="skip ORT Entropy/Percentile when one image's activations x images exceed this (12)")
+    z.add_argument("--no-modelopt", action="store_true", help="skip the ModelOpt rows")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         run_one(json.loads(args.one))
         return 0
+    if args.zoo is not None:
+        return run_zoo(args, ap)
+    args.batch_size = args.batch_size or 64
 
     t_start = time.perf_counter()
     sizes = (32, 64) if args.quick else (256, 1024)

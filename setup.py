@@ -4,6 +4,7 @@ Metadata lives in pyproject.toml; this file only declares the extensions.
 Set ``INT8BATCH_NO_OPENMP=1`` to build the kernels without OpenMP (they then run
 serially inside one call, still releasing the GIL).
 """
+import glob
 import os
 import sys
 
@@ -11,7 +12,8 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# (module name, source) -- one row per kernel file.
+# (module name, source) -- one row per kernel module.  A source may include files named
+# after it (csrc/_calib.pyx includes csrc/_calib_*.pxi, which use csrc/_calib_*.h).
 KERNELS = [
     ("int8batch._kernels_preprocess", "csrc/_preprocess.pyx"),
     ("int8batch._kernels_calib", "csrc/_calib.pyx"),
@@ -26,6 +28,12 @@ def _openmp_flags():
     return ["-fopenmp"], ["-fopenmp"]
 
 
+def _depends(src):
+    """The files ``src`` includes (``<stem>_*.pxi``, ``<stem>_*.h``): rebuilt on change, shipped in the sdist."""
+    stem = os.path.splitext(src)[0]
+    return sorted(glob.glob(stem + "_*.pxi") + glob.glob(stem + "_*.h"))
+
+
 def extensions():
     # INT8BATCH_ONLY=_calib builds just the kernels whose source path contains it
     # (handy while one kernel is being edited); the default builds all.
@@ -37,6 +45,7 @@ def extensions():
         Extension(
             name,
             [src],
+            depends=_depends(src),
             include_dirs=[np.get_include(), "csrc"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_21_API_VERSION")],
             extra_compile_args=cflags,

@@ -10,8 +10,21 @@ pixel value -- bit-identical to a float64 reference cast to float32.
 
 ``lut_map_u8``: the same table lookup over a flat uint8 array (MNIST IDX
 images, which need no resize), parallel over chunks.
+
+``crc32``: ``zlib.crc32`` with PCLMULQDQ folding (csrc/_preprocess_crc32.h) for
+the batch files' checksums: same values, 2-3x faster than zlib 1.2's
+table-driven loop, GIL released.
 """
+import zlib
+
 from cython.parallel cimport prange
+
+cdef extern from "_preprocess_crc32.h" nogil:
+    int i8b_crc32_simd_ok()
+    unsigned int i8b_crc32_prefix(const unsigned char *buf, size_t n, unsigned int crc, size_t *done)
+
+#: True when this CPU runs the folded CRC (else ``crc32`` is zlib's)
+CRC32_SIMD = bool(i8b_crc32_simd_ok())
 
 ctypedef unsigned char uchar
 ctypedef unsigned short ushort
@@ -87,3 +100,16 @@ def lut_map_u8(const unsigned char[::1] src, const float[::1] lut, float[::1] ou
         raise ValueError(f"lut needs 256 entries, has {lut.shape[0]}")
     with nogil:
         _lut_map_u8(src, lut, out, num_threads)
+
+
+def crc32(buf, unsigned int value=0):
+    """``zlib.crc32(buf, value)`` of a C-contiguous buffer (bytes, NumPy array, mmap), folded with PCLMULQDQ."""
+    cdef const unsigned char[::1] v = memoryview(buf).cast("B")
+    cdef size_t n = v.shape[0], done = 0
+    cdef unsigned int crc = value
+    if CRC32_SIMD and n >= 64:
+        with nogil:
+            crc = i8b_crc32_prefix(&v[0], n, crc, &done)
+    if done < n:
+        crc = zlib.crc32(v[done:], crc)
+    return crc

@@ -7,7 +7,11 @@ One file::
     float32 labels[N]           (class k stored as float k)
 
 A set of files is ``<prefix><k><suffix>`` for k = 0, 1, 2, ... without gaps.
-See ``shared/docs/batch-format.md`` in the project for the whole story.
+The layout has no version field and says nothing about the images: int8batch
+records that in a manifest beside the files (:mod:`int8batch.manifest`).
+TensorRT's C++ samples read the files with their ``BatchStream`` helper
+(``tools/batchstream_reader.cpp`` reproduces it; :mod:`int8batch.reader`
+serves the same batches).
 """
 import os
 import re
@@ -159,7 +163,7 @@ def list_batch_files(folder, prefix="batch", suffix=""):
 
 
 def write_batch_file(path, data, labels):
-    """Write one complete batch file (not atomically; see ``pack.writer`` for that).
+    """Write one complete batch file (not atomically; :mod:`int8batch.packing.writer` does that).
 
     ``data`` is float32 ``(N, C, H, W)``, ``labels`` has N entries.
     """
@@ -176,7 +180,22 @@ def write_batch_file(path, data, labels):
 
 def checksum(buf, value=0):
     """Running checksum (CRC-32) of a bytes-like object, as recorded in manifests."""
-    return zlib.crc32(buf, value) & 0xFFFFFFFF
+    return _crc32(buf, value) & 0xFFFFFFFF
+
+
+def _crc32(buf, value):
+    """zlib.crc32, or the same CRC folded with PCLMULQDQ by the packing kernels when they are built
+    with it (2.3x faster, issue 11); bit-identical values."""
+    try:
+        return _fast_crc32(buf, value)
+    except (TypeError, ValueError, BufferError):  # a non-contiguous buffer: zlib takes what it takes
+        return zlib.crc32(buf, value)
+
+
+try:
+    from ._kernels_preprocess import crc32 as _fast_crc32
+except ImportError:  # kernels not built, or built before crc32 existed
+    _fast_crc32 = zlib.crc32
 
 
 def file_checksum(path, chunk=1 << 24):

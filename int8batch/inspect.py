@@ -4,30 +4,29 @@
 statistics of the data (streamed over the mapped files in float64), and whether
 the manifest agrees with the files, checksums included.  :func:`save_grid`
 writes a PNG of images spread evenly over the pack (or the first ones),
-de-normalized back to pixels with the
-manifest's preprocessing, ``pixel = (out * std + mean) / scale``, so a person
-can see what the model will see.
-
-The summary and the grid share the manifest handling, so they stay in one
-module (about 500 lines; the grid is the last section).
+de-normalized back to pixels with the manifest's recipe
+(:func:`int8batch.preprocess.denormalize`: ``pixel = (out * std + mean) / scale``),
+so a person can see what the model will see.  What is checked in the manifest
+is :func:`int8batch.manifest.audit_manifest`'s.
 """
 import logging
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from . import format as fmt
 from ._optional import require
-from .errors import ConfigError, ManifestError
-from .reader import MANIFEST_NAME, BatchSet, read_manifest
+from .errors import ConfigError
+from .manifest import (MANIFEST_NAME, audit_manifest, labels as manifest_labels, pack_naming, read_pack_manifest,
+                       recipe)
+from .preprocess import PreprocessConfig, denormalize
+from .reader import BatchSet
 
 log = logging.getLogger(__name__)
 
 _CHUNK_VALUES = 1 << 21   # float values per statistics chunk (16 MiB as float64)
-_HEX8 = re.compile(r"[0-9a-f]{8}\Z")
 _SHOWN_LABELS = 20        # histogram entries printed by InspectReport.format()
 
 
@@ -48,6 +47,8 @@ class InspectReport:
     nonfinite : int
         NaN or infinite values in the data.
     manifest : dict or None
+    recipe : PreprocessConfig or None
+        The manifest's preprocessing recipe, when it has a valid one.
     checksums : str
         ``"ok"``, ``"mismatch"``, ``"not verified"`` or ``"absent"``.
     problems, notes : list of str
@@ -69,15 +70,17 @@ class InspectReport:
     checksums: str = "absent"
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    recipe: PreprocessConfig = None
 
     @property
     def ok(self):
         return not self.problems
 
     def to_dict(self):
-        """JSON-ready form (histogram keys become label strings; the manifest is left out)."""
+        """JSON-ready form (histogram keys become label strings; the manifest and the recipe are left out)."""
         d = asdict(self)
         d.pop("manifest")
+        d.pop("recipe")
         d["dims"] = list(self.dims)
         d["label_histogram"] = {_label_text(k): v for k, v in self.label_histogram.items()}
         d["has_manifest"] = self.manifest is not None
@@ -87,8 +90,8 @@ class InspectReport:
     def format(self):
         """A human-readable multi-line summary."""
         n, c, h, w = self.dims
-        names = _channel_names(self.manifest, c)
-        classes = ((self.manifest or {}).get("labels") or {}).get("classes") or []
+        names = _channel_names(self.recipe, c)
+        classes = manifest_labels(self.manifest)
         lines = [f"batch folder  {self.folder}",
                  f"files         {self.files} ({fmt.batch_name(0, self.prefix, self.suffix)} .. "
                  f"{fmt.batch_name(self.files - 1, self.prefix, self.suffix)}), "
@@ -99,7 +102,7 @@ class InspectReport:
             if k == _SHOWN_LABELS:
                 lines.append(f"  ... {len(self.label_histogram) - _SHOWN_LABELS} more")
                 break
-            name = _class_name(label, classes)
+            name = classes.class_name(label)
             lines.append(f"  {_label_text(label):>8} {count:>8}" + (f"  {name}" if name else ""))
         lines.append(f"data          {'channel':>8} {'mean':>12} {'std':>12} {'min':>12} {'max':>12}")
         for i in range(c):
@@ -140,11 +143,8 @@ def inspect(folder, verify=True, prefix=None, suffix=None):
         For an unfinished pack or an unreadable manifest.
     """
     folder = os.fspath(folder)
-    manifest = _read_manifest(folder)
-    if prefix is None:
-        prefix = (manifest or {}).get("prefix", "batch")
-    if suffix is None:
-        suffix = (manifest or {}).get("suffix", "")
+    manifest = read_pack_manifest(folder)
+    prefix, suffix = _naming(manifest, prefix, suffix)
     with BatchSet(folder, prefix=prefix, suffix=suffix, manifest="ignore") as bs:
         stats = _data_stats(bs)
         report = InspectReport(folder=folder, dims=tuple(bs.dims), files=bs.num_files, images=bs.num_images,
@@ -198,101 +198,22 @@ def _histogram(bs):
 
 
 # ------------------------------------------------------------------ manifest
-def _read_manifest(folder):
-    path = os.path.join(folder, MANIFEST_NAME)
-    if not os.path.lexists(path):
-        return None
-    return read_manifest(path)   # typed errors for a FIFO, a directory, bad JSON, a non-object
-
-
 def _check_manifest(bs, man, report, verify):
-    problems = report.problems
-    n, c, h, w = bs.dims
-    expect = {"format": "sampleINT8-batch", "dtype": "float32", "byte_order": "little", "layout": "NCHW"}
-    for key, want in expect.items():
-        if key in man and man[key] != want:
-            problems.append(f"manifest {key} is {man[key]!r}, expected {want!r}")
-    if list(man.get("dims") or []) != [n, c, h, w]:
-        problems.append(f"manifest dims {man.get('dims')} but the files hold {[n, c, h, w]}")
-    if man.get("files") != bs.num_files:
-        problems.append(f"manifest says {man.get('files')} files but the folder holds {bs.num_files}")
-    if man.get("images") != bs.num_images:
-        problems.append(f"manifest says {man.get('images')} images but the files hold {bs.num_images}")
-    _check_labels(bs, man, report)
-    _check_preprocess(man, c, problems)
-    for key in ("padded", "dropped", "skipped"):
-        if man.get(key):
-            report.notes.append(f"{len(man[key])} image(s) {key} (listed in the manifest)")
-    _check_checksums(bs, man, report, verify)
+    """The manifest's findings (:func:`int8batch.manifest.audit_manifest`) into ``report``."""
+    labels = np.concatenate([bs.file_arrays(k)[1] for k in range(bs.num_files)])
+    audit = audit_manifest(man, bs.dims, bs.num_files, labels=labels,
+                           file_names=[os.path.basename(p) for p in bs.paths],
+                           checksum=(lambda k: fmt.file_checksum(bs.paths[k])) if verify else None)
+    report.problems += audit.problems
+    report.notes += audit.notes
+    report.checksums = audit.checksums
+    report.recipe = audit.recipe
 
 
-def _check_labels(bs, man, report):
-    listing = man.get("images_list")
-    if listing is None:
-        return
-    if not isinstance(listing, list) or not all(isinstance(e, list) and len(e) == 2 for e in listing):
-        report.problems.append("manifest images_list is malformed (want [[path, label], ...])")
-        return
-    if len(listing) != bs.num_images:
-        report.problems.append(f"manifest images_list has {len(listing)} entries for {bs.num_images} images")
-        return
-    fallback = (man.get("labels") or {}).get("unlabelled_value")
-    values = [e[1] if e[1] is not None else fallback for e in listing]
-    want = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    got = np.concatenate([bs.file_arrays(k)[1] for k in range(bs.num_files)]).astype(np.float64)
-    known = ~np.isnan(want)
-    bad = np.flatnonzero(known & (want != got))
-    if bad.size:
-        i = int(bad[0])
-        report.problems.append(f"{bad.size} label(s) in the files differ from the manifest's images_list; first: "
-                               f"image {i} ({listing[i][0]}) has {got[i]:g} in "
-                               f"{os.path.basename(bs.paths[i // bs.per_file])}, manifest says {want[i]:g}")
-
-
-def _check_preprocess(man, c, problems):
-    pre = man.get("preprocess")
-    if not isinstance(pre, dict):
-        return
-    channels = pre.get("channels")
-    if channels is not None and (channels == "gray") != (c == 1):
-        problems.append(f"manifest preprocess channels {channels!r} does not fit C={c}")
-    for key in ("mean", "std"):
-        v = pre.get(key)
-        if isinstance(v, list) and len(v) not in (1, c):
-            problems.append(f"manifest preprocess {key} has {len(v)} values for C={c}")
-
-
-def _check_checksums(bs, man, report, verify):
-    sums = man.get("checksums")
-    if not isinstance(sums, dict) or not sums:
-        report.checksums = "absent"
-        report.notes.append("manifest records no checksums")
-        return
-    if sums.get("algorithm") != fmt.CHECKSUM_ALGO:
-        report.checksums = "absent"
-        report.problems.append(f"manifest checksum algorithm {sums.get('algorithm')!r} is not "
-                               f"{fmt.CHECKSUM_ALGO!r}; cannot verify")
-        return
-    recorded = sums.get("files") or []
-    if len(recorded) != bs.num_files:
-        report.problems.append(f"manifest has {len(recorded)} checksums for {bs.num_files} files")
-    malformed = [r for r in recorded if not (isinstance(r, str) and _HEX8.match(r))]
-    if malformed:
-        report.problems.append(f"manifest checksums must be 8 lowercase hex digits; got {malformed[0]!r}")
-    if not verify:
-        report.checksums = "not verified"
-        return
-    bad = []
-    for path, want in zip(bs.paths, recorded):
-        got = f"{fmt.file_checksum(path):08x}"
-        if not isinstance(want, str) or got != want.lower():
-            bad.append(f"{os.path.basename(path)} (crc32 {got}, manifest {want})")
-    if bad:
-        report.checksums = "mismatch"
-        report.problems.append(f"checksum mismatch in {len(bad)} file(s): {', '.join(bad[:5])}"
-                               f"{' ...' if len(bad) > 5 else ''}; the files changed after packing")
-    else:
-        report.checksums = "ok" if len(recorded) == bs.num_files and not malformed else "mismatch"
+def _naming(manifest, prefix, suffix):
+    """File name parts: the caller's, else the manifest's, else ``batch`` and ``""``."""
+    named = pack_naming(manifest)
+    return named[0] if prefix is None else prefix, named[1] if suffix is None else suffix
 
 
 # -------------------------------------------------------------------- labels
@@ -300,14 +221,8 @@ def _label_text(v):
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-def _class_name(label, classes):
-    if classes and float(label).is_integer() and 0 <= int(label) < len(classes):
-        return str(classes[int(label)])
-    return ""
-
-
-def _channel_names(manifest, c):
-    channels = ((manifest or {}).get("preprocess") or {}).get("channels")
+def _channel_names(recipe, c):
+    channels = recipe.channels if recipe is not None else None
     if channels in ("rgb", "bgr") and c == 3:
         return list(channels.upper())
     if channels == "gray" and c == 1:
@@ -348,47 +263,6 @@ class GridInfo:
     indices: list = None
 
 
-def denormalize(data, preprocess=None):
-    """Packed values back to 8-bit pixels.
-
-    Parameters
-    ----------
-    data : ndarray, float32, shape (K, C, H, W)
-    preprocess : dict or None
-        The manifest's ``preprocess`` (``mean``, ``std``, ``scale``); pixels are
-        ``(out * std + mean) / scale`` per channel.  None stretches the range of
-        all values to 0..255 instead.
-
-    Returns
-    -------
-    ndarray, uint8, shape (K, C, H, W)
-        Rounded to the nearest integer and clipped to 0..255; NaN becomes 0.
-    """
-    x = np.asarray(data, dtype=np.float64)
-    c = x.shape[1]
-    if preprocess is None:
-        finite = x[np.isfinite(x)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        pix = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
-    else:
-        mean = _per_channel(preprocess.get("mean"), c, "mean", 0.0)
-        std = _per_channel(preprocess.get("std"), c, "std", 1.0)
-        scale = preprocess.get("scale", 1.0)
-        scale = 1.0 if scale is None else float(scale)
-        if scale == 0 or np.any(std == 0):
-            raise ManifestError(f"manifest preprocess has scale {scale} and std {std.tolist()}; "
-                                "a zero cannot be undone")
-        pix = (x * std[:, None, None] + mean[:, None, None]) / scale
-    return np.clip(np.rint(np.nan_to_num(pix, nan=0.0)), 0, 255).astype(np.uint8)
-
-
-def _per_channel(value, c, name, default):
-    v = np.atleast_1d(np.asarray(default if value is None else value, dtype=np.float64))
-    if v.size not in (1, c):
-        raise ManifestError(f"manifest preprocess {name} has {v.size} values for {c} channels")
-    return np.broadcast_to(v, (c,)).copy()
-
-
 def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suffix=None, first=False):
     """Write a PNG grid of ``count`` images spread evenly over the pack, de-normalized to pixels.
 
@@ -422,9 +296,8 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
     if int(count) <= 0:
         raise ConfigError(f"the grid needs at least one image, got count={count}")
     folder, path = os.fspath(folder), os.fspath(path)
-    manifest = _read_manifest(folder)
-    prefix = (manifest or {}).get("prefix", "batch") if prefix is None else prefix
-    suffix = (manifest or {}).get("suffix", "") if suffix is None else suffix
+    manifest = read_pack_manifest(folder)
+    prefix, suffix = _naming(manifest, prefix, suffix)
     with BatchSet(folder, prefix=prefix, suffix=suffix, manifest="ignore") as bs:
         k = min(int(count), bs.num_images)
         if k < count:
@@ -436,13 +309,12 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
             picked = [bs.images(i, 1) for i in indices]
             data = np.concatenate([d for d, _ in picked])
             labels = np.concatenate([lab for _, lab in picked])
-    pre = (manifest or {}).get("preprocess")
-    if not isinstance(pre, dict):
-        pre = None
+    rec = recipe(manifest, os.path.join(folder, MANIFEST_NAME))
+    if rec is None:
         log.warning("%s: no manifest preprocessing; values are min-max stretched, not true pixels", folder)
-    pix = denormalize(data, pre)
+    pix = denormalize(data, rec)
     _, c, h, w = pix.shape
-    channels = (pre or {}).get("channels") or ("gray" if c == 1 else "bgr")
+    channels = rec.channels if rec is not None else ("gray" if c == 1 else "bgr")
     if c == 3 and channels in ("rgb", "bgr"):
         tiles = pix.transpose(0, 2, 3, 1)
         tiles = tiles[..., ::-1] if channels == "rgb" else tiles  # OpenCV writes BGR
@@ -451,8 +323,8 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
             log.warning("%d channels: showing channel 0 as gray", c)
         channels = "gray"
         tiles = np.repeat(pix[:, :1].transpose(0, 2, 3, 1), 3, axis=3)
-    draw_labels = ((manifest or {}).get("labels") or {}).get("source") != "none"
-    classes = ((manifest or {}).get("labels") or {}).get("classes") or []
+    classes = manifest_labels(manifest)
+    draw_labels = classes.labelled
 
     zoom = int(zoom) if zoom else max(1, min(8, math.ceil(96 / max(h, w))))
     cols = int(columns) if columns else math.ceil(math.sqrt(k))
@@ -467,7 +339,7 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
         origins.append((y, x))
         if draw_labels:
             canvas[y + th:y + th + band, x:x + tw] = (90, 50, 20)  # dark blue band, white text
-            text = " ".join(filter(None, (_label_text(labels[i]), _class_name(labels[i], classes))))
+            text = " ".join(filter(None, (_label_text(labels[i]), classes.class_name(labels[i]))))
             while len(text) > 1 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0] > tw - 2:
                 text = text[:-1]
             cv2.putText(canvas, text, (x + 1, y + th + band - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
@@ -482,7 +354,7 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
         raise ConfigError(f"{path}: cannot write the grid PNG ({exc}); check that its folder exists "
                           "and is writable", path) from exc
     return GridInfo(path=path, count=k, columns=cols, rows=rows, zoom=zoom, origins=origins,
-                    mode="manifest" if pre is not None else "min-max stretch", channels=channels,
+                    mode="manifest" if rec is not None else "min-max stretch", channels=channels,
                     labels=draw_labels, indices=indices)
 
 

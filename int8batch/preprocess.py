@@ -196,6 +196,43 @@ class PreprocessConfig:
         return np.array([2, 1, 0] if self.channels == "rgb" else [0, 1, 2], dtype=np.int32)
 
 
+def denormalize(data, recipe=None):
+    """Packed values back to 8-bit pixels: the inverse of the recipe's formula.
+
+    Parameters
+    ----------
+    data : ndarray, float32, shape (K, C, H, W)
+    recipe : PreprocessConfig or None
+        Pixels are ``(out * std + mean) / scale`` per channel (a recipe of one
+        channel applies to every channel of ``data``).  None stretches the
+        range of all values to 0..255 instead.
+
+    Returns
+    -------
+    ndarray, uint8, shape (K, C, H, W)
+        Rounded to the nearest integer and clipped to 0..255; NaN becomes 0.
+
+    Raises
+    ------
+    ConfigError
+        The recipe has more than one channel and ``data`` another number.
+    """
+    x = np.asarray(data, dtype=np.float64)
+    c = x.shape[1]
+    if recipe is None:
+        finite = x[np.isfinite(x)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        pix = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
+    else:
+        if recipe.num_channels not in (1, c):
+            raise ConfigError(f"the recipe ({recipe.channels}) has {recipe.num_channels} channels but the data "
+                              f"has {c}; they cannot be de-normalized with it")
+        mean = np.broadcast_to(np.asarray(recipe.mean, np.float64), (c,))
+        std = np.broadcast_to(np.asarray(recipe.std, np.float64), (c,))
+        pix = (x * std[:, None, None] + mean[:, None, None]) / recipe.scale
+    return np.clip(np.rint(np.nan_to_num(pix, nan=0.0)), 0, 255).astype(np.uint8)
+
+
 #: the largest finite float32
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

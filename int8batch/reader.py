@@ -10,7 +10,6 @@ Which batches are served is decided in one place, :meth:`BatchSet.window`
 (:func:`plan_window` for a bare image count): it returns a :class:`Window`,
 validated once, that :meth:`BatchSet.batches` then serves.
 """
-import json
 import logging
 import mmap
 import os
@@ -20,11 +19,9 @@ import numpy as np
 
 from . import format as fmt
 from .errors import BatchFormatError, ConfigError, ManifestError
+from .manifest import INCOMPLETE_MARKER, MANIFEST_NAME, check_manifest, expected_labels, read_manifest, recipe
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-INCOMPLETE_MARKER = ".int8batch-incomplete"
 
 
 @dataclass(frozen=True)
@@ -187,156 +184,6 @@ def plan_window(num_images, per_file, batch_size, first=0, max_batches=None, ski
     return Window(batch_size, first, skipped, count, skipped * batch_size, count * batch_size, skip, max_batches)
 
 
-#: the manifest version this reader understands (written by the packer as ``manifest_version``)
-MANIFEST_VERSION = 1
-#: a manifest larger than this is refused before it is read (ImageNet's 1.28 M training images
-#: make about 80 MB); ``read_manifest(max_bytes=...)`` overrides it
-MAX_MANIFEST_BYTES = 1 << 30
-_FIXED_FIELDS = {"format": "sampleINT8-batch", "dtype": "float32", "byte_order": "little", "layout": "NCHW"}
-
-
-def read_manifest(path, max_bytes=None):
-    """Read a manifest file: a JSON object, strictly parsed.
-
-    Refused with :class:`ManifestError` naming the path: anything but a
-    regular file (a FIFO is never opened for a blocking read), a file over
-    ``max_bytes`` (default :data:`MAX_MANIFEST_BYTES`), bytes that are not
-    UTF-8 JSON, the non-standard constants ``NaN``/``Infinity`` (a manifest
-    never holds them), nesting too deep to parse, and any JSON value that is
-    not an object.  A leading UTF-8 byte order mark is accepted.
-
-    Returns
-    -------
-    dict
-    """
-    path = os.fspath(path)
-    limit = MAX_MANIFEST_BYTES if max_bytes is None else int(max_bytes)
-    fd, st = fmt.open_regular(path, "manifest", ManifestError)
-    try:
-        if st.st_size > limit:
-            raise ManifestError(f"{path}: manifest is {st.st_size} bytes, more than the {limit}-byte limit; "
-                                "it is not an int8batch manifest, or raise the limit (read_manifest(max_bytes=...))",
-                                path)
-        chunks, total = [], 0
-        while True:
-            block = os.read(fd, 1 << 20)
-            if not block:
-                break
-            total += len(block)
-            if total > limit:
-                raise ManifestError(f"{path}: manifest grew past the {limit}-byte limit while being read", path)
-            chunks.append(block)
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})", path) from exc
-    finally:
-        os.close(fd)
-    try:
-        man = json.loads(b"".join(chunks).decode("utf-8-sig"), parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ManifestError(f"{path}: unreadable manifest ({type(exc).__name__}: {str(exc)[:200]}); "
-                            "pack again, or delete it to read the batch files as foreign files", path) from None
-    if not isinstance(man, dict):
-        raise ManifestError(f"{path}: the manifest is a JSON {_json_type(man)}, not an object; "
-                            "pack again, or delete it to read the batch files as foreign files", path)
-    return man
-
-
-def _json_type(v):
-    """The JSON name of a parsed value's type: object, array, string, number, boolean or null."""
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(v), "number")
-
-
-def _no_constant(name):
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def check_manifest(man, dims, files, prefix="batch", suffix="", path="manifest"):
-    """Check a manifest against the batch files it describes; raise :class:`ManifestError` if they disagree.
-
-    Checked: ``files``, ``dims`` and (when present) ``images`` against the
-    files; ``format``, ``dtype``, ``byte_order``, ``layout``, ``prefix``,
-    ``suffix`` and ``manifest_version``; and the types of the lists a reader
-    relies on (``images_list`` one ``[path, label]`` pair per image,
-    ``checksums`` one 8-digit hex string per file, ``labels``,
-    ``preprocess``).  Checksums themselves are compared only by
-    :meth:`BatchSet.verify`.
-    """
-    n, c, h, w = (int(d) for d in dims)
-    images = files * n
-
-    def bad(what):
-        return ManifestError(f"{path}: {what}; the folder or the manifest was changed after packing: pack again "
-                             "(or open with manifest='ignore' to read the batch files alone)", path)
-
-    if man.get("files") != files or not _is_int(man.get("files")) or man.get("dims") != [n, c, h, w]:
-        raise bad(f"manifest says {man.get('files')!r} files of dims {man.get('dims')!r} but the folder holds "
-                  f"{files} files of dims {[n, c, h, w]}")
-    if "images" in man and (man["images"] != images or not _is_int(man["images"])):
-        raise bad(f"manifest says {man['images']!r} images but {files} files of {n} hold {images}")
-    version = man.get("manifest_version", MANIFEST_VERSION)
-    if not _is_int(version) or version < 1:
-        raise bad(f"manifest_version {version!r} is not a version number")
-    if version > MANIFEST_VERSION:
-        raise ManifestError(f"{path}: manifest_version {version} was written by a newer int8batch (this one "
-                            f"reads up to {MANIFEST_VERSION}); upgrade int8batch", path)
-    for key, want in dict(_FIXED_FIELDS, prefix=prefix, suffix=suffix).items():
-        if key in man and man[key] != want:
-            raise bad(f"manifest {key} is {man[key]!r}, expected {want!r}")
-    listing = man.get("images_list")
-    if listing is not None:
-        if not isinstance(listing, list) or len(listing) != images:
-            got = f"{len(listing)} entries" if isinstance(listing, list) else f"a JSON {_json_type(listing)}"
-            raise bad(f"manifest images_list is {got}, expected one [path, label] pair per image ({images})")
-        for i, e in enumerate(listing):
-            if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
-                    and (e[1] is None or _is_int(e[1]))):
-                raise bad(f"manifest images_list entry {i} is {str(e)[:80]}, expected [path, integer label or null]")
-    sums = man.get("checksums")
-    if sums is not None:
-        hexes = sums.get("files") if isinstance(sums, dict) else None
-        if (not isinstance(sums, dict) or sums.get("algorithm") != fmt.CHECKSUM_ALGO or not isinstance(hexes, list)
-                or len(hexes) != files or not all(isinstance(x, str) and len(x) == 8 and _is_hex(x) for x in hexes)):
-            raise bad(f"manifest checksums are malformed (want algorithm {fmt.CHECKSUM_ALGO!r} and one 8-digit hex "
-                      f"string per file, {files})")
-    labels = man.get("labels")
-    if labels is not None:
-        classes = labels.get("classes") if isinstance(labels, dict) else None
-        value = labels.get("unlabelled_value") if isinstance(labels, dict) else None
-        if (not isinstance(labels, dict) or not (classes is None or (isinstance(classes, list)
-                                                                     and all(isinstance(x, str) for x in classes)))
-                or not (value is None or _is_number(value))):
-            raise bad("manifest labels are malformed (want source, classes: list of names or null, "
-                      "unlabelled_value: a number or null)")
-    pre = man.get("preprocess")
-    if pre is not None:
-        ok = isinstance(pre, dict) and _is_number(pre.get("scale", 1.0)) and all(
-            isinstance(pre.get(k, [1.0]), list) and pre.get(k, [1.0]) and all(_is_number(v) for v in pre.get(k, [1.0]))
-            for k in ("mean", "std"))
-        if not ok:
-            raise bad("manifest preprocess is malformed (want an object with a number scale and lists of numbers "
-                      "mean and std)")
-    for key in ("padded", "dropped", "skipped"):
-        if key in man and not isinstance(man[key], list):
-            raise bad(f"manifest {key} is a JSON {_json_type(man[key])}, expected an array")
-
-
-def _is_hex(text):
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return text.strip() == text and "_" not in text
-
-
 def _identity(st):
     """What tells a rewritten file: (device, inode, size, modification time in ns)."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
@@ -360,7 +207,8 @@ class BatchSet:
         (reads every byte once; see :meth:`verify`).
 
     Every header and file size is validated on open and the files are mapped
-    read-only; a manifest must agree with them (:func:`check_manifest`).
+    read-only; a manifest must agree with them
+    (:func:`int8batch.manifest.check_manifest`).
     Anything but a regular file where a batch file or the manifest should be
     (a FIFO, a folder, a link loop, no permission) raises
     :class:`BatchFormatError` / :class:`ManifestError`; nothing blocks.  Use
@@ -492,12 +340,10 @@ class BatchSet:
                 if got != sums[k].lower():
                     raise BatchFormatError(f"{path}: CRC-32 is {got} but the manifest says {sums[k]}; the file "
                                            "was changed or corrupted after packing: pack again", path)
-        listing = man.get("images_list")
-        if listing is None:
+        want = expected_labels(man)
+        if want is None:
             return
-        fallback = (man.get("labels") or {}).get("unlabelled_value")
-        want = np.array([np.nan if (e[1] is None and fallback is None) else (fallback if e[1] is None else e[1])
-                         for e in listing], dtype=np.float64)
+        listing = man["images_list"]
         n = self.per_file
         for k, path in enumerate(self.paths):
             got = self._arrays[k][1].astype(np.float64)
@@ -511,6 +357,15 @@ class BatchSet:
                     "pack again", path)
 
     # ------------------------------------------------------------ properties
+    @property
+    def recipe(self):
+        """The manifest's preprocessing recipe (:func:`int8batch.manifest.recipe`), or None.
+
+        None without a manifest or without a recipe in it; a recipe that is
+        not valid raises :class:`ManifestError`.
+        """
+        return recipe(self.manifest, os.path.join(self.folder, MANIFEST_NAME))
+
     @property
     def per_file(self):
         """Images per file (N of the header)."""

@@ -78,7 +78,7 @@ def test_training_set_shape_and_labels():
 
 
 def test_lenet_onnx_signature_and_accuracy(test_set):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     images, labels = test_set
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

@@ -8,16 +8,17 @@ import json
 import os
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-
-import int8batch.inspect as insp  # noqa: E402
-from int8batch.cli.main import main as cli_main  # noqa: E402
-from int8batch.errors import ConfigError, ManifestError  # noqa: E402
-from int8batch.format import write_batch_file  # noqa: E402
-from int8batch.inspect import denormalize, inspect, save_grid  # noqa: E402
+import int8batch.inspect as insp
+from int8batch.cli.main import main as cli_main
+from int8batch.errors import ConfigError, ManifestError
+from int8batch.format import write_batch_file
+from int8batch.inspect import inspect, save_grid
+from int8batch.manifest import recipe
+from int8batch.preprocess import PreprocessConfig, denormalize
 
 TORCH = {"channels": "rgb", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 CAFFE = {"channels": "bgr", "scale": 1.0, "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0]}
@@ -246,12 +247,20 @@ def test_grid_without_manifest_is_min_max_stretched(tmp_path):
 
 def test_denormalize_and_errors(tmp_path):
     out = np.array([[[[0.5]], [[-1.0]], [[2.0]]]], np.float32)
-    got = denormalize(out, {"scale": 0.5, "mean": [1.0], "std": [2.0]})  # one value for all channels
+    got = denormalize(out, PreprocessConfig(scale=0.5, mean=1.0, std=2.0))  # one value for all channels
     np.testing.assert_array_equal(got.ravel(), [4, 0, 10])  # (0.5*2+1)/.5, clipped, (2*2+1)/.5
-    with pytest.raises(ManifestError):
-        denormalize(out, {"scale": 1.0, "mean": [0.0, 0.0], "std": [1.0]})
-    with pytest.raises(ManifestError):
-        denormalize(out, {"scale": 0.0})
+    gray = denormalize(out, PreprocessConfig(channels="gray", resize="direct", scale=0.5, mean=1.0, std=2.0))
+    np.testing.assert_array_equal(gray, got)                # a one-channel recipe applies to every channel
+    with pytest.raises(ConfigError, match="3 channels but the data has 2"):
+        denormalize(out[:, :2], PreprocessConfig(scale=0.5, mean=1.0, std=2.0))
+    # the manifest's recipe: typed, and refused (naming the manifest) when it cannot be undone
+    assert recipe({"preprocess": TORCH}).mean == tuple(TORCH["mean"])
+    assert recipe(None) is None and recipe({"preprocess": 3}) is None
+    with pytest.raises(ManifestError, match="std"):
+        recipe({"preprocess": {"scale": 1.0, "mean": [0.0], "std": [0.0]}})
+    with pytest.raises(ManifestError, match="lacks scale, std"):
+        recipe({"preprocess": {"mean": [0.0]}})
+    assert recipe({"preprocess": {"scale": 0.0, "mean": [0.0], "std": [1.0]}}, strict=False) is None
     folder = str(tmp_path / "p")
     random_pack(folder)
     with pytest.raises(ConfigError):

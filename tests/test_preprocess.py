@@ -143,3 +143,30 @@ def test_extreme_but_finite_normalization_is_accepted_and_every_table_value_fini
     cfg = PreprocessConfig(**kwargs)
     for depth in (8, 16):
         assert np.all(np.isfinite(cfg.lut(depth)))
+
+
+def test_crc32_kernel_equals_zlib():
+    """The folded CRC-32 (csrc/_crc32_simd.h) gives zlib's values: every length 0-300 and around the
+    64-byte blocks, odd offsets, a running value, mmap / bytes / NumPy buffers; checksum() uses it."""
+    import mmap
+    import zlib
+
+    from int8batch import format as fmt
+    from int8batch._kernels_preprocess import crc32
+
+    rng = np.random.default_rng(11)
+    big = rng.integers(0, 256, 20000, dtype=np.uint8)
+    for n in list(range(0, 300)) + [1023, 1024, 1025, 4096 + 17, 19000]:
+        for off in (0, 1, 7):
+            b = big[off:off + n]
+            for v in (0, 0xDEADBEEF):
+                assert crc32(b, v) == zlib.crc32(b, v), (n, off, v)
+    data = rng.random(3 * 224 * 224).astype(np.float32)
+    mm = mmap.mmap(-1, data.nbytes)
+    mm[:] = data.tobytes()
+    assert crc32(mm) == zlib.crc32(mm) == fmt.checksum(data) == crc32(data.tobytes())
+    # running over pieces equals the whole
+    assert crc32(big[5000:], crc32(big[:5000])) == zlib.crc32(big)
+    with pytest.raises(ValueError):  # non-contiguous: refused, as zlib.crc32 refuses it
+        fmt.checksum(data[::2])
+    mm.close()

@@ -13,7 +13,8 @@ import pytest
 
 from int8batch.errors import BatchFormatError, ConfigError, Int8BatchError, ManifestError
 from int8batch.format import write_batch_file
-from int8batch.reader import INCOMPLETE_MARKER, MANIFEST_NAME, BatchSet
+from int8batch.manifest import INCOMPLETE_MARKER, MANIFEST_NAME
+from int8batch.reader import BatchSet
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "batches")
 
@@ -636,7 +637,7 @@ def test_manifest_fields_disagreeing_or_malformed(folder, fields, needle):
 
 
 def test_manifest_size_cap_and_bom(folder, monkeypatch):
-    from int8batch import reader
+    from int8batch import manifest
     make_set(folder)
     write_manifest(folder)
     path = os.path.join(folder, MANIFEST_NAME)
@@ -645,9 +646,9 @@ def test_manifest_size_cap_and_bom(folder, monkeypatch):
         f.write(b"\xef\xbb\xbf" + raw)           # a byte order mark, as some editors save
     with BatchSet(folder) as bs:
         assert bs.manifest["files"] == 3
-    monkeypatch.setattr(reader, "MAX_MANIFEST_BYTES", 50)
+    monkeypatch.setattr(manifest, "MAX_MANIFEST_BYTES", 50)
     _expect(folder, ManifestError, "limit")
-    assert reader.read_manifest(path, max_bytes=10 ** 6)["files"] == 3
+    assert manifest.read_manifest(path, max_bytes=10 ** 6)["files"] == 3
 
 
 def test_complete_manifest_and_verify(folder):
@@ -715,16 +716,6 @@ def test_file_replaced_by_rename_keeps_serving_the_opened_data(folder):
         np.testing.assert_array_equal(bs.images(8, 4)[0], ref_data[8:12])
         os.remove(os.path.join(folder, "batch1"))
         np.testing.assert_array_equal(bs.images(4, 4)[0], ref_data[4:8])
-
-
-def test_open_regular_and_float32_exact():
-    from int8batch import format as fmt
-    assert fmt.float32_exact(2 ** 24) and fmt.float32_exact(-1.0) and fmt.float32_exact(3)
-    assert not any(fmt.float32_exact(v) for v in (2 ** 24 + 1, 0.1, float("nan"), float("inf"), 1e39, "x", None))
-    with pytest.raises(BatchFormatError, match="a device"):
-        fmt.open_regular("/dev/null")
-    with pytest.raises(ManifestError, match="cannot open the manifest"):
-        fmt.open_regular("/no/such/file", "manifest", ManifestError)
 
 
 def test_far_numbered_stray_file_costs_nothing(folder):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from int8batch.errors import Int8BatchError
-from int8batch.reader import MANIFEST_NAME, BatchSet, read_manifest
+from int8batch.manifest import MANIFEST_NAME, read_manifest
+from int8batch.reader import BatchSet
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip install .[test])")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402

@@ -2,9 +2,9 @@
 // samples (the BatchStream helper of sampleINT8, TensorRT 5 to 8) read them,
 // and dump every served batch as raw float32.
 //
-// Written for int8batch from the documented behaviour (see
-// shared/docs/trt-int8-reference.md, section 1); no TensorRT headers and no
-// NVIDIA code.  Build:
+// Written for int8batch from the documented behaviour of that BatchStream
+// helper (the file layout is the one int8batch/format.py describes); no
+// TensorRT headers and no NVIDIA code.  Build:
 //
 //     g++ -std=c++17 -O2 -o batchstream_reader tools/batchstream_reader.cpp
 //

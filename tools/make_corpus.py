@@ -17,9 +17,38 @@ write the same files (with the same OpenCV/libjpeg).
 photos (``all``, the default, uses every photo): calibrate on one and
 evaluate on the other, or the figures flatter every method.
 
+``--recipe`` picks how each image is cut from its photo (``bench/bench_quality.py``
+scores INT8 on sets made with each, so no default is tuned to one recipe):
+
+- ``default``: the recipe above (the one the project's defaults were chosen on).
+- ``strong``: another augmentation: torchvision-RandomResizedCrop-like crops
+  (8-100 % of the photo's area, the crop's own aspect 3/4-4/3, then resized to
+  the output size: aspect changes), rotation (50 %, +-20 degrees), flip (50 %),
+  brightness / contrast 0.6-1.4, saturation 0.4-1.6 and hue +-0.06 turn
+  (colour photos), gamma 0.7-1.4, Gaussian blur (25 %, sigma 0.5-1.5), noise
+  (50 %, sigma 2-8), JPEG quality 50-95.  Own random stream: the same seed
+  draws other crops than ``default``.
+- ``plain``: no augmentation: centre crops of the photos at several scales
+  (35-100 % of the largest centred crop of the output's aspect ratio, side
+  ratio; aspect 4:3, 3:4, 3:2, 1:1 or 2:3), resized to a long side of 500
+  (INTER_AREA down, INTER_CUBIC up), JPEG quality 90; no rotation, flip,
+  colour change or noise.  Images come in rounds: one round holds every
+  colour photo 3 times and every gray photo once (as ``default``'s weights),
+  in an order shuffled by the seed; a photo's k-th crop has scale
+  ``0.35 ** frac(k * 0.618...)`` (k = 0 is the whole centred crop) and the
+  k-th aspect of the list above, so scales never repeat.
+
+``--mix`` shapes the corpus like a folder of users' photos (issue 11's packing
+benchmark): every image a baseline JPEG of quality 90 with 4:2:0 chroma
+subsampling; 4 in 5 "small" (500x375 or 500x333, 75 % landscape) and 1 in 5
+"large" (long side 1000-2000 px, aspect 1.2-1.5), which hold about 70 % of the
+pixels.  The crops and colour jitter are ``default``'s, drawn from their own
+random stream (the sizes differ, so the files do too).
+
 Usage::
 
     python tools/make_corpus.py OUT [--count 1000] [--seed 0] [--split all|calib|eval]
+                                    [--recipe default|strong|plain] [--mix]
                                     [--classes] [--labels] [--mixed] [--workers 2] [--force]
 
 Output: ``OUT/corpus_00000.jpg ...`` (or ``OUT/<source>/corpus_00000.jpg``
@@ -58,6 +87,18 @@ GRAY = {
 }
 COLOUR_WEIGHT, GRAY_WEIGHT = 3.0, 1.0
 SPLIT_CODES = {"all": 0, "calib": 1, "eval": 2}
+# Augmentation recipes; the code is appended to the random stream's key (None: the
+# original key, so ``default`` writes exactly the files it always wrote).
+RECIPES = {"default": None, "strong": 1, "plain": 2}
+PLAIN_ASPECTS = (4 / 3, 3 / 4, 3 / 2, 1.0, 2 / 3)
+PLAIN_MIN_SCALE = 0.35
+PLAIN_LONG_SIDE = 500
+PLAIN_QUALITY = 90
+GOLDEN = 0.6180339887498949
+# --mix: the photo-folder shape of issue 11 (random stream key suffix, quality, large share)
+MIX_KEY = 3
+MIX_QUALITY = 90
+MIX_LARGE_EVERY = 5
 
 
 def load_source(name: str) -> np.ndarray:
@@ -103,6 +144,17 @@ def output_size(rng: np.random.Generator) -> tuple:
     return (long_side, short_side) if landscape else (short_side, long_side)
 
 
+def mix_size(index: int, rng: np.random.Generator) -> tuple:
+    """For ``--mix``: (width, height) of image ``index``; every 5th is large (long side 1000-2000)."""
+    if index % MIX_LARGE_EVERY == MIX_LARGE_EVERY - 1:
+        long_side = int(rng.integers(1000, 2001))
+        short_side = int(round(long_side / rng.uniform(1.2, 1.5)))
+    else:
+        long_side, short_side = 500, (375 if rng.random() < 0.7 else 333)
+    landscape = rng.random() < 0.75
+    return (long_side, short_side) if landscape else (short_side, long_side)
+
+
 def augment(src: np.ndarray, rng: np.random.Generator, size: tuple, colour: bool) -> tuple:
     """Rotate, crop, resize, flip and jitter ``src``; return (RGB image, parameters)."""
     import cv2
@@ -144,6 +196,96 @@ def augment(src: np.ndarray, rng: np.random.Generator, size: tuple, colour: bool
     return out, params
 
 
+def augment_strong(src: np.ndarray, rng: np.random.Generator, size: tuple, colour: bool) -> tuple:
+    """The ``strong`` recipe: RandomResizedCrop-like crop, rotation, flip, colour, gamma, blur, noise."""
+    import cv2
+
+    h, w = src.shape[:2]
+    out_w, out_h = size
+    angle = float(rng.uniform(-20, 20)) if rng.random() < 0.5 else 0.0
+    img = src
+    if angle:
+        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
+        img = cv2.warpAffine(src, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    # torchvision's RandomResizedCrop: area 8-100 %, log-uniform aspect 3/4-4/3, 10 tries,
+    # then the whole photo; the crop is resized to the output size whatever its aspect.
+    cw, ch = w, h
+    for _ in range(10):
+        area = float(rng.uniform(0.08, 1.0)) * w * h
+        aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+        tw, th = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 8 <= tw <= w and 8 <= th <= h:
+            cw, ch = tw, th
+            break
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    crop = img[y0:y0 + ch, x0:x0 + cw]
+    interp = cv2.INTER_AREA if out_w * out_h < cw * ch else cv2.INTER_CUBIC
+    out = cv2.resize(crop, (out_w, out_h), interpolation=interp)
+    flip = bool(rng.random() < 0.5)
+    if flip:
+        out = out[:, ::-1]
+    bright, contrast = float(rng.uniform(0.6, 1.4)), float(rng.uniform(0.6, 1.4))
+    sat = float(rng.uniform(0.4, 1.6)) if colour else 1.0
+    hue = float(rng.uniform(-0.06, 0.06)) if colour else 0.0
+    gamma = float(rng.uniform(0.7, 1.4))
+    blur = float(rng.uniform(0.5, 1.5)) if rng.random() < 0.25 else 0.0
+    noise = float(rng.uniform(2.0, 8.0)) if rng.random() < 0.5 else 0.0
+    if hue:
+        hsv = cv2.cvtColor(np.ascontiguousarray(out), cv2.COLOR_RGB2HSV_FULL)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(hue * 256))) % 256
+        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+    f = out.astype(np.float32)
+    gray = f @ np.array([0.299, 0.587, 0.114], np.float32)
+    f = gray[..., None] + sat * (f - gray[..., None])
+    f = (f - gray.mean()) * contrast + gray.mean()
+    f *= bright
+    f = 255.0 * (np.clip(f, 0, 255) / 255.0) ** gamma
+    if blur:
+        f = cv2.GaussianBlur(f, (0, 0), blur)
+    if noise:
+        f += rng.normal(0.0, noise, f.shape).astype(np.float32)
+    out = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    params = {"angle": round(angle, 2), "crop": [x0, y0, cw, ch], "flip": flip,
+              "brightness": round(bright, 3), "contrast": round(contrast, 3), "saturation": round(sat, 3),
+              "hue": round(hue, 3), "gamma": round(gamma, 3), "blur": round(blur, 2), "noise": round(noise, 2)}
+    return out, params
+
+
+def plain_plan(index: int, seed: int, split: str, names: list) -> tuple:
+    """For ``--recipe plain``: (photo name, crop number k) of image ``index``.
+
+    Round r = index // R holds R slots: every colour photo 3 times, every gray one once,
+    shuffled by (seed, split, r); a photo's k counts its crops over all rounds.
+    """
+    slots = [(n, j) for n in names for j in range(int(COLOUR_WEIGHT if n in COLOUR else GRAY_WEIGHT))]
+    r, pos = divmod(index, len(slots))
+    order = np.random.default_rng([seed, SPLIT_CODES[split], r, RECIPES["plain"]]).permutation(len(slots))
+    name, j = slots[int(order[pos])]
+    per_round = int(COLOUR_WEIGHT if name in COLOUR else GRAY_WEIGHT)
+    return name, r * per_round + j
+
+
+def plain_crop(src: np.ndarray, k: int) -> tuple:
+    """The ``plain`` recipe: photo ``src``'s k-th centred crop, resized, nothing else; (image, size, params)."""
+    import cv2
+
+    h, w = src.shape[:2]
+    aspect = PLAIN_ASPECTS[k % len(PLAIN_ASPECTS)]
+    scale = float(PLAIN_MIN_SCALE ** ((k * GOLDEN) % 1.0))
+    cw_max, ch_max = (w, w / aspect) if w / aspect <= h else (h * aspect, h)
+    cw, ch = max(8, int(round(cw_max * scale))), max(8, int(round(ch_max * scale)))
+    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    crop = src[y0:y0 + ch, x0:x0 + cw]
+    if aspect >= 1:
+        size = (PLAIN_LONG_SIDE, int(round(PLAIN_LONG_SIDE / aspect)))
+    else:
+        size = (int(round(PLAIN_LONG_SIDE * aspect)), PLAIN_LONG_SIDE)
+    interp = cv2.INTER_AREA if size[0] * size[1] < cw * ch else cv2.INTER_CUBIC
+    out = cv2.resize(np.ascontiguousarray(crop), size, interpolation=interp)
+    return out, size, {"crop_number": k, "scale": round(scale, 4), "aspect": round(aspect, 4),
+                       "crop": [x0, y0, cw, ch]}
+
+
 MIXED_KINDS = {3: "gray-jpeg", 7: "png", 11: "gray-png", 15: "rgba-png", 19: "png16"}
 
 
@@ -156,12 +298,31 @@ def make_one(index: int, args, names: list, weights: np.ndarray, photos: dict) -
     """Write image ``index``; return its record for corpus.json."""
     import cv2
 
-    rng = np.random.default_rng([args.seed, SPLIT_CODES[args.split], index])
-    name = names[int(rng.choice(len(names), p=weights))]
-    size = output_size(rng)
-    rgb, params = augment(photos[name], rng, size, name in COLOUR)
-    quality = int(rng.integers(75, 96))
-    progressive = bool(rng.random() < 0.1)
+    recipe = getattr(args, "recipe", "default")
+    if getattr(args, "mix", False):
+        rng = np.random.default_rng([args.seed, SPLIT_CODES[args.split], index, MIX_KEY])
+        name = names[int(rng.choice(len(names), p=weights))]
+        size = mix_size(index, rng)
+        rgb, params = augment(photos[name], rng, size, name in COLOUR)
+        quality, progressive = MIX_QUALITY, False
+    elif recipe == "plain":
+        name, k = plain_plan(index, args.seed, args.split, names)
+        rgb, size, params = plain_crop(photos[name], k)
+        quality, progressive = PLAIN_QUALITY, False
+    else:
+        key = [args.seed, SPLIT_CODES[args.split], index]
+        if RECIPES[recipe] is not None:
+            key.append(RECIPES[recipe])
+        rng = np.random.default_rng(key)
+        name = names[int(rng.choice(len(names), p=weights))]
+        size = output_size(rng)
+        if recipe == "strong":
+            rgb, params = augment_strong(photos[name], rng, size, name in COLOUR)
+            quality = int(rng.integers(50, 96))
+        else:
+            rgb, params = augment(photos[name], rng, size, name in COLOUR)
+            quality = int(rng.integers(75, 96))
+        progressive = bool(rng.random() < 0.1)
     kind = mixed_kind(index) if args.mixed else "jpeg"
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     stem = f"corpus_{index:05d}"
@@ -169,8 +330,10 @@ def make_one(index: int, args, names: list, weights: np.ndarray, photos: dict) -
     if kind in ("jpeg", "gray-jpeg"):
         fname = stem + ".jpg"
         data = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if kind == "gray-jpeg" else bgr
-        ok, buf = cv2.imencode(".jpg", data, [cv2.IMWRITE_JPEG_QUALITY, quality,
-                                              cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+        opts = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)]
+        if getattr(args, "mix", False) and kind == "jpeg":
+            opts += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+        ok, buf = cv2.imencode(".jpg", data, opts)
     else:
         fname = stem + ".png"
         if kind == "gray-png":
@@ -202,6 +365,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", choices=sorted(SPLIT_CODES), default="all",
                     help="source photos: all, or the disjoint calib / eval halves")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                    help="how images are cut from the photos: default (augmented, the original recipe), "
+                         "strong (another augmentation) or plain (centre crops at several scales, no augmentation)")
+    ap.add_argument("--mix", action="store_true",
+                    help="photo-folder mix (issue 11): quality 90, 4:2:0, 4/5 about 500x375, 1/5 long side "
+                         "1000-2000 px; crops as --recipe default")
     ap.add_argument("--classes", action="store_true", help="one sub-folder per source photo")
     ap.add_argument("--labels", action="store_true", help="also write OUT/labels.txt")
     ap.add_argument("--mixed", action="store_true", help="include gray JPEGs and PNGs (8/16-bit, RGBA)")
@@ -227,8 +396,8 @@ def main(argv=None) -> int:
         records = list(pool.map(lambda i: make_one(i, args, names, weights, photos), range(args.count)))
     seconds = time.perf_counter() - t0
 
-    info = {"made_by": "tools/make_corpus.py", "seed": args.seed, "split": args.split,
-            "count": args.count, "classes": names, "class_folders": args.classes, "mixed": args.mixed,
+    info = {"made_by": "tools/make_corpus.py", "seed": args.seed, "split": args.split, "recipe": args.recipe,
+            "mix": args.mix, "count": args.count, "classes": names, "class_folders": args.classes, "mixed": args.mixed,
             "sources": {n: {"shape": list(photos[n].shape), "colour": n in COLOUR,
                             "split": COLOUR.get(n) or GRAY.get(n)} for n in names},
             "images": records}
@@ -240,7 +409,7 @@ def main(argv=None) -> int:
             fh.writelines(f"{r['file']} {r['label']}\n" for r in records)
     total = sum(os.path.getsize(os.path.join(args.out, r["file"])) for r in records)
     print(f"wrote {args.count} images ({total / 1e6:.1f} MB) from {len(names)} photos "
-          f"(split {args.split}) to {args.out} in {seconds:.1f} s")
+          f"(split {args.split}, recipe {args.recipe}) to {args.out} in {seconds:.1f} s")
     return 0
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._lock import FolderLock
 from .._progress import reporter
+from ..manifest import recipe as manifest_recipe
 from ..errors import CalibrationError, ConfigError
 from ..onnx.graph import ModelFacts
 from ..reader import BatchSet
@@ -185,7 +186,7 @@ def _collect(sweep, facts, bs, cfg, out, progress):
     means = _mean_collector(facts) if cfg.bias_correction and cfg.write_qdq and out is not None else None
     if means is not None:
         collectors.append(means)
-    step = pixel_step(bs.manifest) if cfg.method == "auto" else None
+    step = pixel_step(manifest_recipe(bs.manifest, strict=False)) if cfg.method == "auto" else None
     lattice = _LatticeCheck(facts.input.name, step) if step else None
     if lattice is not None:
         collectors.append(lattice)
@@ -222,19 +223,19 @@ def choose_amax(method, stats, bounded=None, config=None):
     return amax, used
 
 
-def pixel_step(manifest):
+def pixel_step(recipe):
     """Step between the values 8-bit pixels take after the pack's normalization, or None.
 
     The packer writes ``(pixel * scale - mean_c) / std_c``.  With one ``std``
     for every channel and every ``mean_c / scale`` a whole number, each value is
     a whole multiple of ``scale / std``: the network input lies on that
     lattice, and an int8 scale equal to it quantizes the input exactly.
+    ``recipe`` is the pack's :class:`~int8batch.preprocess.PreprocessConfig`
+    (:func:`int8batch.manifest.recipe`), or None.
     """
-    pre = (manifest or {}).get("preprocess") or {}
-    try:
-        scale, mean, std = float(pre["scale"]), [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
-    except (KeyError, TypeError, ValueError):
+    if recipe is None:
         return None
+    scale, mean, std = float(recipe.scale), [float(v) for v in recipe.mean], [float(v) for v in recipe.std]
     if scale <= 0 or not std or any(v != std[0] for v in std) or std[0] <= 0:
         return None
     if any(abs(m / scale - round(m / scale)) > 1e-9 for m in mean):

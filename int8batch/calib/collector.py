@@ -38,7 +38,7 @@ pairs of bins) until it covers it; a value equal to ``hist_max`` goes into the
 last bin.  TensorRT's documentation says the range grows "by a power of two"
 as larger values arrive, and the cache values TensorRT published for its MNIST
 sample are reproduced bit for bit with the first batch's max as the range
-(reference notes 4.2b); the power-of-two ranges of ``"grow"`` give other
+(``tests/calib/test_trt_fidelity.py``); the power-of-two ranges of ``"grow"`` give other
 values.  The first batch is the first *calibration* batch: when a model runs
 one calibration batch in several sub-batches, pass that batch's maxima as
 ``ranges`` (the initial ``hist_max`` per tensor; tensors without one take the

@@ -218,7 +218,7 @@ class Comparison:
 
     Any backend that produces the two models' outputs batch by batch (ONNX
     Runtime in :func:`evaluate`, TensorRT engines in
-    :mod:`int8batch.runner.trt_backend`) feeds them to :meth:`add` and gets
+    :func:`int8batch.trt.engine.evaluate_engines`) feeds them to :meth:`add` and gets
     the same :class:`EvalResult` from :meth:`finish`.  Times are the caller's:
     add them to ``result.seconds_fp32`` / ``result.seconds_int8``.
 

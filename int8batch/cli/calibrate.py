@@ -1,5 +1,6 @@
 """Compute INT8 scales from batch files: TensorRT cache, dynamic ranges, Q/DQ ONNX model."""
 import logging
+import os
 
 from .options import ProgressBar, keep_float_value, log_level
 
@@ -61,7 +62,6 @@ def _backend(choice):
 
 
 def run(args):
-    import os
     backend = _backend(args.backend)
     if backend == "tensorrt":
         from ..trt.build import build_int8_engine
@@ -70,7 +70,7 @@ def run(args):
         res = build_int8_engine(args.model, args.batches, os.path.join(args.out, "model.int8.engine"), cache,
                                 algorithm=args.algorithm, batch_size=args.batch_size,
                                 max_batches=args.max_batches, first=args.first)
-        print(res.summary() if hasattr(res, "summary") else res)
+        print(res)   # the BuildResult: engine, cache, batches served, shape, TensorRT version
         return 0
     from ..calib.api import calibrate
     bar = ProgressBar("batches", enabled=False if args.quiet else None)

@@ -1,6 +1,6 @@
 """Where Q/DQ pairs go so that TensorRT builds INT8 kernels.
 
-Rules (``../shared/docs/trt-int8-reference.md`` section 5.3), applied by
+Rules (the Q/DQ placement recommendations of TensorRT's developer guide; tests/onnx/test_qdq_placement.py checks each), applied by
 :func:`plan_qdq` without looking at any scale:
 
 * **Weighted ops** (Conv, ConvTranspose, Gemm, MatMul): every activation input

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 #: the recipe when none is given: sampleINT8's ImageNet networks are Caffe models (IDX sources: ``mnist``)
 DEFAULT_PRESET = "imagenet-caffe"
+#: image packs: largest batch file assembled in one of two reused buffers and written in one call
+#: instead of through a memory map.  0 (off): measured on 2 cores (issue 11) it saved 0-10 % of the
+#: pack's CPU on one machine and cost 0-30 % on a busy one (page-cache writes under load), so the
+#: map stays the default; ``64 << 20`` turns it on for A/B runs.  IDX packs always use the buffers.
+BUFFERED_MAX_BYTES = 0
+#: IDX files smaller than this many pixels are mapped through the table by one thread
+LUT_THREADS_MIN = 1 << 22
 #: images per file when none is given (fewer images than this: one file holding them all)
 DEFAULT_BATCH_SIZE = 100
 
@@ -89,7 +96,8 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     shuffle, seed :
         Seeded shuffle of the source order before ``limit``.
     workers : int, optional
-        Threads decoding and preprocessing (default: all cores; values below 1 are refused).
+        Threads decoding and preprocessing (default: the cores this process may run on, e.g. under
+        ``taskset``; values below 1 are refused).
     max_pixels : int, optional
         Refuse images larger than this many pixels, checked from the file's
         header before decoding (default :data:`int8batch.packing.decode.DEFAULT_MAX_PIXELS`).
@@ -138,7 +146,7 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     batch_size = DEFAULT_BATCH_SIZE if auto_size else int(batch_size)
     if batch_size <= 0:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
-    workers = _whole(workers, "workers", 1) if workers is not None else max(1, os.cpu_count() or 1)
+    workers = _whole(workers, "workers", 1) if workers is not None else _usable_cores()
     if shuffle:
         _whole(seed, "seed", 0)
     if not fmt.float32_exact(unlabelled_value):
@@ -209,6 +217,15 @@ def _readable(src, cfg, order, workers, max_pixels):
     for name, why in bad:
         log.warning("skipping %s", why)
     return np.array([i for i, why in zip(order, reasons) if why is None], dtype=np.int64), bad
+
+
+def _usable_cores():
+    """Cores this process may run on (``taskset``, cgroup cpusets), not every core of the machine:
+    16 decode threads on 2 allowed cores only contend (issue 11)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _whole(value, name, low):
@@ -302,25 +319,28 @@ class _Job:
             while inflight or queue:
                 i, fut = inflight.popleft()
                 refill()
+                placed = False
                 try:
                     img = fut.result()
                     if bf is None:
-                        bf = self.writer.open_file(k)
+                        bf = self.writer.open_file(k, buffered=self._buffered())
                     self._place(i, img, bf, len(slots))
+                    placed = True
                 except ImageDecodeError as err:
                     if not self.skip_bad:
                         raise
                     log.warning("skipping %s", err)
                     self.skipped.append((self.name(i), str(err)))
-                    continue
                 finally:
                     self._tick()
-                slots.append(i)
-                if len(slots) == self.n:
-                    bf.labels[:] = [self.label(j) for j in slots]
-                    self.writer.commit_file(bf, committer)
-                    self.packed.extend(slots)
-                    k, bf, slots = k + 1, None, []
+                if placed:
+                    slots.append(i)
+                    if len(slots) == self.n:
+                        bf.labels[:] = [self.label(j) for j in slots]
+                        self.writer.commit_file(bf, committer)
+                        self.packed.extend(slots)
+                        k, bf, slots = k + 1, None, []
+                # (also after a skipped last image: --pad must not drop the remainder because of it)
                 if not inflight and not queue and slots and self.pad:
                     # pad: repeat images already packed, from the start, wrapping around
                     pool_src = self.packed + slots
@@ -336,6 +356,11 @@ class _Job:
         if bf is not None:
             self.writer.discard_file(bf)
         self.dropped = slots
+
+    def _buffered(self):
+        """Assemble files in two reused buffers written with one ``write`` each when a file is at most
+        :data:`BUFFERED_MAX_BYTES` (off by default, see there); otherwise through a memory map."""
+        return fmt.file_size(*((self.n,) + self.cfg.chw)) <= BUFFERED_MAX_BYTES
 
     def _decode(self, i):
         """Decode and resize image ``i`` (runs on a worker thread)."""
@@ -384,7 +409,8 @@ class _Job:
         full = len(self.order) // self.n
         contiguous = bool(np.all(np.diff(self.order) == 1)) if len(self.order) > 1 else True
         files = full + (1 if self.pad and len(self.order) % self.n else 0)
-        with ThreadPoolExecutor(1) as committer:
+        # two committers: checksum + write of one file overlaps the next (the write is most of the cost)
+        with ThreadPoolExecutor(min(2, self.workers)) as committer:
             for k in range(files):
                 self._idx_file(k, imgs, lut, contiguous, committer)
         self.dropped = [int(i) for i in self.order[files * self.n:]]
@@ -399,7 +425,11 @@ class _Job:
         bf = self.writer.open_file(k, buffered=True)
         src = imgs[idx[0]:idx[0] + self.n] if contiguous and len(idx) == self.n and not self.padded \
             else imgs[idx]
-        lut_map_u8(np.ascontiguousarray(src).reshape(-1), lut, bf.data.reshape(-1), self.workers)
+        flat = np.ascontiguousarray(src).reshape(-1)
+        # one thread for a small file: an OpenMP team per 78 kB MNIST file costs more than the lookups
+        # (and on a busy machine waits for a core; 600 files took 5 s instead of 0.2 s, issue 11)
+        threads = self.workers if flat.size >= LUT_THREADS_MIN else 1
+        lut_map_u8(flat, lut, bf.data.reshape(-1), threads)
         if self.src.labels is not None:
             bf.labels[:] = self.src.labels[idx]
         else:

@@ -11,8 +11,9 @@ Protocol for one pack into ``folder`` (``OUT``):
    (also the ``.batch3.tmp<pid>`` names of older versions) are removed,
    with a log line naming them.
 3. **check**: refuse if ``OUT`` holds batch files or a manifest, unless
-   ``force``.  With ``force`` the old manifest is validated first (size,
-   JSON, ``format``, types of ``files``/``prefix``/``suffix``); it is never
+   ``force``.  With ``force`` the old manifest is validated first
+   (:func:`int8batch.manifest.replaceable_manifest`: size, JSON, ``format``,
+   types of ``files``/``prefix``/``suffix``); it is never
    trusted further than the files it names that exist, and a folder whose
    manifest is not a valid int8batch manifest, or that holds batch files the
    manifest does not describe, is refused (int8batch never replaces files it
@@ -42,7 +43,6 @@ Batch files are never rewritten in place: each is a new inode renamed over
 the name, so a reader that has the old file mapped keeps reading the old,
 complete bytes until it closes it (the old inode is freed then).
 """
-import json
 import logging
 import mmap
 import os
@@ -56,15 +56,10 @@ import numpy as np
 from .. import format as fmt
 from .._atomic import StagedSet, clean_leftovers, unlink_quietly, write_all, write_error
 from .._lock import FolderLock
-from ..errors import DiskSpaceError, Int8BatchError, ManifestError, OutputExistsError
-from ..reader import INCOMPLETE_MARKER, MANIFEST_NAME
+from ..errors import DiskSpaceError, Int8BatchError, OutputExistsError
+from ..manifest import INCOMPLETE_MARKER, MANIFEST_NAME, manifest_text, replaceable_manifest
 
 log = logging.getLogger(__name__)
-
-#: an old manifest larger than this is not trusted (ImageNet's 1.28 M images make about 70 MB)
-MAX_MANIFEST_BYTES = 512 << 20
-#: files a manifest may claim (the header's k is an int32 in practice)
-MAX_MANIFEST_FILES = 2 ** 31 - 1
 
 
 class BatchFile:
@@ -216,7 +211,7 @@ class PackWriter:
             what = f"{len(existing)} batch file(s)" if existing else "a manifest"
             raise OutputExistsError(f"{self.folder}: already holds {what}; use --force to replace a previous "
                                     "pack, or choose another output folder", self.folder)
-        old, reason = read_old_manifest(man_path)
+        old, reason = replaceable_manifest(man_path)
         if reason is not None:
             raise OutputExistsError(
                 f"{man_path}: not a valid int8batch manifest ({reason}); int8batch will not replace it or the "
@@ -329,79 +324,6 @@ def recover(folder, prefix="batch", suffix=""):
     """
     with FolderLock(folder, "recover"):
         return clean_leftovers(folder, lock_held=True, legacy=_legacy_temp_pattern(prefix, suffix))
-
-
-def read_old_manifest(path):
-    """``(fields, None)`` for a valid int8batch manifest, ``(None, None)`` when there is none, else ``(None, why)``.
-
-    ``fields`` holds only what replacing a pack needs, validated: ``files``
-    (an int), ``prefix`` and ``suffix`` (plain strings).  Bounded: a manifest
-    over :data:`MAX_MANIFEST_BYTES` is not read.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}"
-    if not stat.S_ISREG(st.st_mode):
-        return None, "not a regular file"
-    if st.st_size > MAX_MANIFEST_BYTES:
-        return None, f"{st.st_size} bytes, larger than any int8batch manifest ({MAX_MANIFEST_BYTES} bytes)"
-    try:
-        with open(path, "rb") as f:
-            man = json.loads(f.read().decode("utf-8"))
-    except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}"
-    except (ValueError, RecursionError) as exc:
-        return None, f"not JSON: {str(exc)[:80]}"
-    if not isinstance(man, dict):
-        return None, f"a JSON {type(man).__name__}, not an object"
-    if man.get("format") != "sampleINT8-batch":
-        return None, "no \"format\": \"sampleINT8-batch\""
-    files, prefix, suffix = man.get("files"), man.get("prefix", "batch"), man.get("suffix", "")
-    if type(files) is not int or not 0 <= files <= MAX_MANIFEST_FILES:
-        return None, f"\"files\" is {json.dumps(files)[:40]}, not a count of files"
-    for key, v in (("prefix", prefix), ("suffix", suffix)):
-        if not isinstance(v, str) or len(v) > 200 or "/" in v or "\0" in v or (os.sep != "/" and os.sep in v):
-            return None, f"\"{key}\" is {json.dumps(v)[:40]}, not a file name part"
-    return {"files": files, "prefix": prefix, "suffix": suffix}, None
-
-
-def manifest_text(manifest, long_lists=("images_list", "padded", "dropped", "skipped")):
-    """The manifest as indented JSON, with its per-image lists one entry per line.
-
-    An indented ``json.dumps`` of 60000 entries goes through the pure-Python
-    encoder and costs more than packing MNIST itself, so the ``[name, label]``
-    pairs of ``images_list`` are encoded with the C string encoder directly.
-    """
-    try:
-        return _manifest_text(manifest, long_lists)
-    except ValueError as exc:   # NaN or inf: never written (the recipe checks refuse them earlier)
-        raise ManifestError(f"the manifest would hold a value JSON cannot express ({exc}); nothing written")
-
-
-def _manifest_text(manifest, long_lists):
-    enc = json.encoder.encode_basestring_ascii
-    head = {k: v for k, v in manifest.items() if k not in long_lists}
-    text = json.dumps(head, indent=1, allow_nan=False)[:-2]
-    for key in long_lists:
-        if key not in manifest:
-            continue
-        items = manifest[key]
-        if key == "images_list":
-            lines = [f"[{enc(n)},{'null' if lab is None else int(lab)}]" for n, lab in items]
-        else:
-            lines = [json.dumps(v, separators=(",", ":"), allow_nan=False) for v in items]
-        body = "[\n  " + ",\n  ".join(lines) + "\n ]" if lines else "[]"
-        text += f",\n {json.dumps(key)}: {body}"
-    return text + "\n}\n"
-
-
-def manifest_size_hint(names, extra_entries=0):
-    """An estimate of the manifest's size in bytes: ``names`` are the images' relative paths."""
-    enc = json.encoder.encode_basestring_ascii
-    return 64 * 1024 + sum(len(enc(n)) + 24 for n in names) + 16 * int(extra_entries)
 
 
 def _write_new_file(path, data, final_path, doing, fsync=False):

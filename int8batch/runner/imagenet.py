@@ -14,23 +14,28 @@
 
 ``images.txt`` in the output folder lists every packed image with its role
 (``calibration``, ``scoring`` or ``unused``), so the split can be audited.
+The steps are :func:`int8batch.runner.run.run`'s; :class:`ImagenetSample`
+fills in the checks, the packing, the windows and the report's additions.
 """
 import contextlib
 import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..calib.api import DEFAULT_METHOD, calibrate
-from ..calib.evaluate import evaluate
+from ..calib.api import DEFAULT_METHOD
+from ..calib.ort_exec import ModelRunner
 from ..errors import ConfigError, ModelError, SourceError
+from ..manifest import labels as manifest_labels
+from ..onnx.graph import input_info, load_model
 from ..packing.packer import pack
+from ..packing.sources import open_source
 from ..reader import BatchSet
 from . import protocol
+from .report import RunReport
+from .run import Sample, Windows, run
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,83 @@ def default_first(s, cal_batches):
     return -(-cal_batches * s.calib_batch_size // s.batch_size)
 
 
+class ImagenetSample(Sample):
+    """The ImageNet protocol's steps for :func:`int8batch.runner.run.run`."""
+
+    name = "imagenet"
+    tmp_prefix = "int8batch-imagenet-"
+
+    def check(self):
+        s = self.settings
+        model = load_model(s.model)  # a missing or broken model fails now, not after packing
+        input_info(model)
+        self.outputs = _static_classes(model)
+        self.cal_folder = calibration_folder(s.calib_images)
+        self.cal_batches, self.file_size, self.limit = plan(s)
+        _check_enough_images(s, self.cal_folder, self.cal_batches, self.limit)
+
+    def prepare(self, tmp, stack):
+        s, cal_folder = self.settings, self.cal_folder
+        score_dir = os.path.join(tmp, "batches")
+        self.packed = pack(s.images, score_dir, preset=s.preset, batch_size=self.file_size, labels=s.labels,
+                           limit=self.limit, shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
+        cal_dir = score_dir
+        if cal_folder is not None:
+            cal_dir = os.path.join(tmp, "calibration-batches")
+            pack(cal_folder, cal_dir, preset=s.preset, batch_size=s.calib_batch_size, labels="none",
+                 shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
+        score = stack.enter_context(BatchSet(score_dir))
+        cal_set = stack.enter_context(_open(cal_dir, score))
+        cal = protocol.window(cal_set, s.calib_batch_size, 0, self.cal_batches, "calibration")
+        first = 0 if cal_folder else default_first(s, cal.count)
+        win = protocol.window(score, s.batch_size, first, s.score_batches, "scoring")
+        return Windows(cal_set, cal, score, win)
+
+    def before_calibration(self, w):
+        s = self.settings
+        self.labels = manifest_labels(w.score_set.manifest)
+        if self.labels.labelled:
+            check_labels_in_range(w.score_set.manifest, w.win,
+                                  self.outputs or _classes_by_running(s, w.score_set, w.win), s)
+        cal, win = w.cal, w.win
+        self.overlap = 0 if self.cal_folder else max(0, cal.start_image + cal.images - win.start_image)
+        if self.overlap:
+            log.warning("the scoring window overlaps the calibration images by %d images: the INT8 figures "
+                        "flatter the calibration", self.overlap)
+
+    def calibrate_options(self):
+        return {"intra_op_threads": self.settings.threads}
+
+    def report(self, w, calibration, scored, backend, out):
+        s, cal, win = self.settings, w.cal, w.win
+        names = [p for p, _ in w.score_set.manifest["images_list"]]
+        self.cal_names = [p for p, _ in w.cal_set.manifest["images_list"]][cal.start_image:cal.start_image + cal.images]
+        report = RunReport("imagenet", s, cal, win, calibration, scored, out, tolerance=s.tolerance,
+                           min_agreement=s.min_agreement, backend=backend)
+        report.calib_files = self.cal_names
+        report.score_files = names[win.start_image:win.start_image + win.images]
+        report.notes = _notes(s, self.packed, self.labels.source, self.cal_folder, cal, win, self.overlap)
+        return report
+
+    def annotate(self, report, w, out):
+        s, source, classes, outputs = self.settings, self.labels.source, self.labels.classes, self.outputs
+        if source == "folders" and classes and outputs and len(classes) != outputs:
+            warning = (f"WARNING: labels come from {len(classes)} class folders but the model has {outputs} "
+                       "outputs; class folders must be the model's classes in sorted order (e.g. the 1000 "
+                       "ImageNet synsets), otherwise give --labels FILE or --labels none")
+            report.notes.append(warning)  # printed with the report
+        report.extra = {"images": {"folder": os.path.abspath(s.images), "packed": self.packed.images,
+                                   "labels": source, "seed": s.seed,
+                                   "calibration_folder": self.cal_folder and os.path.abspath(self.cal_folder),
+                                   "overlap": self.overlap, "list": "images.txt"}}
+        os.makedirs(out, exist_ok=True)
+        report.paths["images"] = _write_roles(os.path.join(out, "images.txt"), w.score_set.manifest,
+                                              self.cal_folder, w.cal, w.win, self.cal_names)
+
+    def plot_title(self):
+        return f"int8batch run imagenet: {os.path.basename(self.settings.model)}"
+
+
 def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=None, plot=False):
     """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`.
 
@@ -129,79 +211,7 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
     relative to their folder) of each window, in order.  The batch files live
     in ``workdir`` (a temporary folder, removed, when None).
     """
-    from ..onnx.graph import input_info, load_model
-    from .report import RunReport
-    from .trt_backend import describe, pick_backend, trt_algorithm, trt_evaluate
-    s = settings
-    backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
-    model = load_model(s.model)  # a missing or broken model fails now, not after packing
-    input_info(model)
-    outputs = _static_classes(model)
-    cal_folder = calibration_folder(s.calib_images)
-    cal_batches, file_size, limit = plan(s)
-    _check_enough_images(s, cal_folder, cal_batches, limit)
-    tmp = workdir or tempfile.mkdtemp(prefix="int8batch-imagenet-")
-    try:
-        score_dir = os.path.join(tmp, "batches")
-        packed = pack(s.images, score_dir, preset=s.preset, batch_size=file_size, labels=s.labels,
-                      limit=limit, shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
-        cal_dir = score_dir
-        if cal_folder is not None:
-            cal_dir = os.path.join(tmp, "calibration-batches")
-            pack(cal_folder, cal_dir, preset=s.preset, batch_size=s.calib_batch_size, labels="none",
-                 shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
-        with BatchSet(score_dir) as score, _open(cal_dir, score) as cal_set:
-            cal = protocol.window(cal_set, s.calib_batch_size, 0, cal_batches, "calibration")
-            first = 0 if cal_folder else default_first(s, cal.count)
-            win = protocol.window(score, s.batch_size, first, s.score_batches, "scoring")
-            if score.manifest["labels"]["source"] != "none":  # before the (long) calibration
-                check_labels_in_range(score.manifest, win, outputs or _classes_by_running(s, score, win), s)
-            overlap = 0 if cal_folder else max(0, cal.start_image + cal.images - win.start_image)
-            if overlap:
-                log.warning("the scoring window overlaps the calibration images by %d images: the INT8 figures "
-                            "flatter the calibration", overlap)
-            result = calibrate(s.model, cal_set, out, method=s.method, batch_size=cal.batch_size,
-                               keep_float=s.keep_float, bias_correction=s.bias_correction,
-                               first=cal.skipped, max_batches=cal.count, intra_op_threads=s.threads)
-            if backend == "tensorrt":
-                scored = trt_evaluate(s.model, cal_set, cal, score, win, os.path.join(out, "tensorrt"),
-                                      algorithm=trt_algorithm(s.method), keep=100, progress=progress)
-            else:
-                scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count,
-                                  first=win.skipped, intra_op_threads=s.threads, keep=100, progress=progress)
-            names = [p for p, _ in score.manifest["images_list"]]
-            cal_names = [p for p, _ in cal_set.manifest["images_list"]][cal.start_image:cal.start_image + cal.images]
-            source = score.manifest["labels"]["source"]
-            report = RunReport("imagenet", s, cal, win, result, scored, out, tolerance=s.tolerance,
-                               min_agreement=s.min_agreement, backend=backend)
-            report.calib_files = cal_names
-            report.score_files = names[win.start_image:win.start_image + win.images]
-            report.notes = _notes(s, packed, source, cal_folder, cal, win, overlap)
-            if backend == "tensorrt":
-                report.notes.append(describe(scored))
-            classes = score.manifest["labels"].get("classes")
-            if source == "folders" and classes and outputs and len(classes) != outputs:
-                warning = (f"WARNING: labels come from {len(classes)} class folders but the model has {outputs} "
-                           "outputs; class folders must be the model's classes in sorted order (e.g. the 1000 "
-                           "ImageNet synsets), otherwise give --labels FILE or --labels none")
-                report.notes.append(warning)  # printed with the report
-            report.extra = {"images": {"folder": os.path.abspath(s.images), "packed": packed.images,
-                                       "labels": source, "seed": s.seed,
-                                       "calibration_folder": cal_folder and os.path.abspath(cal_folder),
-                                       "overlap": overlap, "list": "images.txt"}}
-            os.makedirs(out, exist_ok=True)
-            report.paths["images"] = _write_roles(os.path.join(out, "images.txt"), score.manifest, cal_folder,
-                                                  cal, win, cal_names)
-            if plot:
-                from .plot import plot_predictions
-                report.paths["plot"] = plot_predictions(score, win.start_image, scored,
-                                                        os.path.join(out, "predictions.png"),
-                                                        title=f"int8batch run imagenet: {os.path.basename(s.model)}")
-        report.write()
-        return report
-    finally:
-        if workdir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run(ImagenetSample(settings, progress), out, workdir, plot)
 
 
 def _static_classes(model):
@@ -213,7 +223,6 @@ def _static_classes(model):
 
 def _classes_by_running(s, score, win):
     """Scores per image of the first output, from one FP32 run of the first scoring batch."""
-    from ..calib.ort_exec import ModelRunner
     y = ModelRunner(s.model, intra_op_threads=s.threads).run(score.images(win.start_image, win.batch_size)[0])
     return int(np.asarray(y).reshape(win.batch_size, -1).shape[1])
 
@@ -235,8 +244,9 @@ def check_labels_in_range(manifest, win, classes, s):
     bad = [(name, lab) for name, lab in scored if lab is None or not 0 <= lab < classes]
     if not bad:
         return
-    source = manifest["labels"]["source"]
-    origin = {"folders": f"{len(manifest['labels'].get('classes') or [])} class folders",
+    labels = manifest_labels(manifest)
+    source = labels.source
+    origin = {"folders": f"{len(labels.classes or [])} class folders",
               "file": f"label file {s.labels}"}.get(source, source)
     examples = ", ".join(f"{name} ({lab})" for name, lab in bad[:3])
     raise ModelError(
@@ -249,7 +259,6 @@ def check_labels_in_range(manifest, win, classes, s):
 
 def _check_enough_images(s, cal_folder, cal_batches, limit):
     """Refuse, before packing, an image folder too small for the windows (in run imagenet's own options)."""
-    from ..packing.sources import open_source
     have = len(open_source(s.images, s.labels))
     if limit is not None:
         have = min(have, limit)

@@ -18,20 +18,22 @@ The protocol of sampleINT8 and the Python ``int8_caffe_mnist`` sample:
 
 The INT8 model is the Q/DQ ONNX model written by the calibration, executed by
 ONNX Runtime's int8 kernels.  Both models are scored by
-:func:`int8batch.calib.evaluate.evaluate`.
+:func:`int8batch.calib.evaluate.evaluate` (or, with ``backend="tensorrt"``, as
+TensorRT engines).  The steps are :func:`int8batch.runner.run.run`'s;
+:class:`MnistSample` fills in the packing and the windows.
 """
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
-from ..calib.api import DEFAULT_METHOD, calibrate
-from ..calib.evaluate import evaluate
-from ..packing.packer import pack
 from .._progress import accepts, reporter
+from ..calib.api import DEFAULT_METHOD
+from ..errors import ConfigError
+from ..packing.packer import pack
 from ..packing.sources import BUNDLED, DATA_DIR
 from ..reader import BatchSet
 from . import protocol
+from .report import RunReport
+from .run import Sample, Windows, run
 
 MODEL = os.path.join(DATA_DIR, "lenet.onnx")
 
@@ -56,18 +58,17 @@ class MnistSettings:
     backend: str = "onnxruntime"  # "onnxruntime", "tensorrt" or "auto" (TensorRT 8.6-10.x if importable)
 
 
-def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=None, plot=False):
-    """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`.
+class MnistSample(Sample):
+    """The MNIST protocol's steps for :func:`int8batch.runner.run.run`."""
 
-    ``plot=True`` also writes ``predictions.png`` into ``out`` (needs matplotlib).
-    """
-    from .report import RunReport
-    from .trt_backend import describe, pick_backend, trt_algorithm, trt_evaluate
-    s = settings or MnistSettings()
-    backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
-    protocol.sample_window(s.window)   # an unknown window name fails now, not after packing
-    tmp = workdir or tempfile.mkdtemp(prefix="int8batch-mnist-")
-    try:
+    name = "mnist"
+    tmp_prefix = "int8batch-mnist-"
+
+    def check(self):
+        protocol.sample_window(self.settings.window)   # an unknown window name fails now, not after packing
+
+    def prepare(self, tmp, stack):
+        s, progress = self.settings, self.progress
         train_dir = os.path.join(tmp, "batches")
         # the bundled files by path: a local ./mnist folder must not stand in for them
         pack(_bundled("mnist"), train_dir, preset=s.preset, batch_size=100, force=True,
@@ -83,37 +84,31 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
             first = 100 if s.first_score_batch is None else s.first_score_batch
             count = 400 if s.score_batches is None else s.score_batches
         else:
-            from ..errors import ConfigError
             raise ConfigError(f"score set must be 'test' or 'train', got {s.score_set!r}")
-        with BatchSet(train_dir) as train, BatchSet(score_dir) as score:
-            sample, cal = protocol.calibration_window(train, s.window, s.calib_batch_size, s.calib_batches)
-            win = protocol.window(score, s.batch_size, first, count, "scoring")
-            # cal.skipped: the batches the sample's stream really skips (exact from here on)
-            result = calibrate(s.model, train, out, method=s.method, batch_size=cal.batch_size,
-                               keep_float=s.keep_float, bias_correction=s.bias_correction,
-                               first=cal.skipped, max_batches=cal.count,
-                               progress=progress if progress is not None and accepts(progress, "phase") else None)
-            scoring = reporter(progress, "scoring FP32 and INT8", "batches", legacy=True)
-            if backend == "tensorrt":
-                scored = trt_evaluate(s.model, train, cal, score, win, os.path.join(out, "tensorrt"),
-                                      algorithm=trt_algorithm(s.method), keep=100, progress=scoring)
-            else:
-                scored = evaluate(s.model, result.paths["qdq"], score, win.batch_size, win.count,
-                                  first=win.skipped, intra_op_threads=s.threads, keep=100, progress=scoring)
-            report = RunReport("mnist", s, cal, win, result, scored, out, backend=backend,
-                               cal_origin=sample)
-            if backend == "tensorrt":
-                report.notes.append(describe(scored))
-            if plot:
-                from .plot import plot_predictions
-                report.paths["plot"] = plot_predictions(score, win.start_image, scored,
-                                                        os.path.join(out, "predictions.png"),
-                                                        title="int8batch run mnist: FP32 vs INT8")
-        report.write()
-        return report
-    finally:
-        if workdir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        train = stack.enter_context(BatchSet(train_dir))
+        score = stack.enter_context(BatchSet(score_dir))
+        self.origin, cal = protocol.calibration_window(train, s.window, s.calib_batch_size, s.calib_batches)
+        win = protocol.window(score, s.batch_size, first, count, "scoring")
+        return Windows(train, cal, score, win)
+
+    def calibrate_options(self):
+        progress = self.progress
+        return {"progress": progress if progress is not None and accepts(progress, "phase") else None}
+
+    def score_progress(self):
+        return reporter(self.progress, "scoring FP32 and INT8", "batches", legacy=True)
+
+    def report(self, w, calibration, scored, backend, out):
+        return RunReport("mnist", self.settings, w.cal, w.win, calibration, scored, out, backend=backend,
+                         cal_origin=self.origin)
+
+
+def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=None, plot=False):
+    """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`.
+
+    ``plot=True`` also writes ``predictions.png`` into ``out`` (needs matplotlib).
+    """
+    return run(MnistSample(settings or MnistSettings(), progress), out, workdir, plot)
 
 
 def _bundled(name):

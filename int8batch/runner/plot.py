@@ -1,7 +1,8 @@
 """``--plot``: a PNG grid of scored images captioned with the FP32 and INT8 predictions.
 
 The images are read back from the batch files and de-normalized with the
-manifest's preprocessing (``pixel = (out * std + mean) / scale``); a tile
+manifest's recipe (:func:`int8batch.preprocess.denormalize`:
+``pixel = (out * std + mean) / scale``); a tile
 whose FP32 and INT8 top-1 differ gets a red caption and border.  matplotlib
 is imported inside :func:`plot_predictions` (Agg, no display needed).
 """
@@ -11,7 +12,7 @@ import numpy as np
 
 from .._optional import require
 from ..errors import ConfigError
-from ..inspect import denormalize
+from ..preprocess import denormalize
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def plot_predictions(batchset, start, result, path, count=32, columns=8, title=N
     Parameters
     ----------
     batchset : BatchSet
-        The scored batch files (its manifest gives the preprocessing).
+        The scored batch files (its manifest's recipe, ``batchset.recipe``, de-normalizes them).
     start : int
         Index in ``batchset`` of the first scored image (image 0 of ``result``).
     result : EvalResult
@@ -78,17 +79,16 @@ def plot_predictions(batchset, start, result, path, count=32, columns=8, title=N
     tiles = choose_tiles(result, count)
     if not tiles:
         raise ConfigError("no predictions to plot: score with keep > 0 (evaluate(..., keep=N))")
-    manifest = batchset.manifest or {}
-    pre = manifest.get("preprocess") if isinstance(manifest.get("preprocess"), dict) else None
-    if pre is None:
+    recipe = batchset.recipe
+    if recipe is None:
         log.warning("%s: no manifest preprocessing; the plot stretches values to 0..255", batchset.folder)
-    channels = (pre or {}).get("channels", "gray")
+    channels = recipe.channels if recipe is not None else "gray"
     cols = max(1, min(int(columns), len(tiles)))
     rows = -(-len(tiles) // cols)
     fig = figure.Figure(figsize=(1.6 * cols, 1.9 * rows + (0.4 if title else 0)), dpi=100)
     for k, (i, label, p32, p8) in enumerate(tiles):
         data, _ = batchset.images(start + i, 1)
-        pix = denormalize(np.array(data), pre)[0]
+        pix = denormalize(np.array(data), recipe)[0]
         ax = fig.add_subplot(rows, cols, k + 1)
         if pix.shape[0] == 3:
             img = pix.transpose(1, 2, 0)

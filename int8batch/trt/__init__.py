@@ -1,4 +1,4 @@
-"""TensorRT 8.6-10.x: INT8 calibrators fed from batch files and the INT8 engine build.
+"""TensorRT 8.6-10.x: INT8 calibrators fed from batch files, the INT8 engine build, and engines run.
 
 Importing this package imports neither tensorrt nor the engine code: the names
 below load their module on first use, so :mod:`int8batch.trt.vocab` (TensorRT's
@@ -11,6 +11,7 @@ _EXPORTS = {
     "make_calibrator": "calibrator", "check_implicit_int8": "calibrator",
     "parse_cache_header": "calibrator", "ALGORITHMS": "calibrator",
     "build_int8_engine": "build", "BuildResult": "build",
+    "build_fp32_engine": "engine", "EngineRunner": "engine", "evaluate_engines": "engine",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -54,7 +54,8 @@ class BuildResult:
     seconds: float
 
 
-def _parse(trt, builder, logger, onnx_path):
+def parse_onnx(trt, builder, logger, onnx_path):
+    """The TensorRT network of ``onnx_path`` (explicit batch) and its parser; ModelError when it does not parse."""
     major = trt_version(trt)[0]
     flags = 0
     if major < 10:  # explicit batch is the only mode from 10 on (the flag is deprecated there)
@@ -160,7 +161,7 @@ def build_int8_engine(onnx_path, batchset, engine_path, cache_path=None, algorit
 
         logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
         builder = trt.Builder(logger)
-        network, parser = _parse(trt, builder, logger, onnx_path)
+        network, parser = parse_onnx(trt, builder, logger, onnx_path)
         inp, calib_shape, dynamic = _calibration_shape(network, bs, batch_size, onnx_path)
         if inp.dtype != trt.float32:
             raise ModelError(f"{onnx_path}: input {inp.name!r} is {inp.dtype}; batch files hold float32", onnx_path)

@@ -21,7 +21,8 @@ Evidence (``TRT@<tag>:<path>`` is a file of the NVIDIA/TensorRT repository):
 * **Scale rule**: an entry is the float32 ``amax / 127`` printed as the
   lowercase hex of its IEEE-754 bits, most significant digit first, *without*
   leading zeros: TensorRT 10 caches hold a zero scale as a bare ``0``
-  (``reference notes, 4.2b``).  For every scale above about 2.5e-29 this is
+  (``trt9200_lenet_entropy2.cache`` and ``trt100300_lenet_entropy2.cache`` in
+  ``tests/fixtures/trt_caches`` have that shape).  For every scale above about 2.5e-29 this is
   the usual 8 digits.  Infinite scales (``7f800000``) also occur in caches
   TensorRT wrote: they mark tensors it could not calibrate.
 """

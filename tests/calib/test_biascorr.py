@@ -2,7 +2,6 @@
 import itertools
 import json
 import os
-import sys
 
 import numpy as np
 import onnx
@@ -21,9 +20,8 @@ from int8batch.onnx import insert_qdq_with_report
 from int8batch.onnx.qdq import dequantize_weight, quantize_weight
 from int8batch.packing.sources import DATA_DIR
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "onnx"))
-import qdq_models as Q  # noqa: E402
-from reference_calib import sum_rows as ref_sum_rows  # noqa: E402
+import qdq_models as Q
+from reference_calib import sum_rows as ref_sum_rows
 
 F = TensorProto.FLOAT
 

@@ -114,7 +114,6 @@ def test_empty_tensor_panel_and_empty_result(tmp_path):
 def test_report_from_real_calibration(tmp_path):
     """LeNet on 100 bundled MNIST test images: the report shows the ranking's tensors."""
     pytest.importorskip("matplotlib")
-    pytest.importorskip("onnxruntime")
     import os
 
     import int8batch

@@ -1,7 +1,7 @@
 """int8batch.trt.vocab: TensorRT's version numbers, calibrator names, cache headers, scale rule.
 
 Every expected value is TensorRT's, not int8batch's: header numbers seen in caches TensorRT
-wrote (reference notes 3.2), the sampleINT8 README tables, and IEEE-754 bits worked by hand.
+wrote (tests/fixtures/trt_caches), the sampleINT8 README tables, and IEEE-754 bits worked by hand.
 """
 import math
 import struct

@@ -1,25 +1,26 @@
-"""The TensorRT 10 backend of ``int8batch run``: FP32 and INT8 engines scored on the same window.
+"""FP32 and INT8 TensorRT engines (8.6-10.x) of one ONNX model, built and run on batch files.
 
 sampleINT8 builds two engines from one network: an FP32 one and an INT8 one
 calibrated with an ``IInt8EntropyCalibrator2`` on the calibration batches, then
-runs both over the scoring batches.  :func:`trt_evaluate` does that with an
+runs both over the scoring batches.  :func:`evaluate_engines` does that with an
 ONNX model and int8batch batch files:
 
-* the FP32 engine has no INT8 flag; a dynamic batch axis gets an optimization
-  profile fixed at the scoring batch size;
+* the FP32 engine (:func:`build_fp32_engine`) has no INT8 flag; a dynamic
+  batch axis gets an optimization profile fixed at the scoring batch size;
 * the INT8 engine comes from :func:`int8batch.trt.build.build_int8_engine`
   (calibrated on the calibration window); its profile is fixed at the
   calibration batch size, so scoring batches run through it in chunks of that
   size (the last chunk zero-padded; only the real rows are scored);
-* both run with the TensorRT 10 API (``set_input_shape``,
-  ``set_tensor_address``, ``execute_async_v3``) on device buffers from
-  :mod:`int8batch.cuda.runtime`; the time of each includes its copies;
+* both run (:class:`EngineRunner`) with the TensorRT 10 API
+  (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) on device
+  buffers from :mod:`int8batch.cuda.runtime`; the time of each includes its copies;
 * the outputs go through :class:`int8batch.calib.evaluate.Comparison`, the
-  arithmetic of :func:`~int8batch.calib.evaluate.evaluate`, so both backends
-  report the same figures in the same :class:`~int8batch.calib.evaluate.EvalResult`.
+  arithmetic of :func:`~int8batch.calib.evaluate.evaluate`, so the ONNX Runtime
+  and the TensorRT scoring report the same figures in the same
+  :class:`~int8batch.calib.evaluate.EvalResult`.
 
-TensorRT 8.6-10.x is needed (implicit INT8 calibration); TensorRT 11 and a
-missing TensorRT raise a typed error saying what to do instead.
+``tensorrt`` is imported lazily (:func:`int8batch.trt.calibrator.load_tensorrt`):
+TensorRT 11 and a missing TensorRT raise a typed error saying what to do instead.
 """
 import logging
 import os
@@ -27,51 +28,14 @@ import time
 
 import numpy as np
 
+from .._atomic import write_bytes_atomic
 from ..calib.evaluate import Comparison
-from ..trt import vocab
-from ..errors import ConfigError, Int8BatchError, ModelError
+from ..cuda import runtime
+from ..errors import ModelError
+from .build import build_int8_engine, parse_onnx
+from .calibrator import load_tensorrt
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
-# int8batch method -> the TensorRT calibrator that computes the same thing (int8batch's
-# "entropy" is TensorRT's Entropy2; methods TensorRT has no calibrator for get Entropy2)
-TRT_CALIBRATOR_OF = {"entropy": "entropy2", "minmax": "minmax"}
-
-
-def pick_backend(name):
-    """The backend that will run: ``"onnxruntime"`` or ``"tensorrt"``.
-
-    ``"auto"`` is TensorRT when a TensorRT with implicit INT8 calibration
-    (8.6-10.x) imports, else ONNX Runtime.  ``"tensorrt"`` without one raises.
-
-    Raises
-    ------
-    ConfigError
-        An unknown name.
-    MissingDependencyError, CalibrationError
-        ``"tensorrt"`` asked for but TensorRT is missing or is 11+.
-    """
-    from ..trt.calibrator import load_tensorrt
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "onnxruntime":
-        return name
-    try:
-        load_tensorrt()
-    except Int8BatchError as exc:
-        if name == "tensorrt":
-            raise
-        log.info("backend auto: ONNX Runtime (%s)", str(exc).split(";")[0])
-        return "onnxruntime"
-    return "tensorrt"
-
-
-def trt_algorithm(method):
-    """The TensorRT calibrator for an int8batch calibration method (entropy2 unless it names one)."""
-    if method in vocab.CALIBRATORS:
-        return method
-    return TRT_CALIBRATOR_OF.get(method, "entropy2")
 
 
 def build_fp32_engine(onnx_path, engine_path, batch_size):
@@ -80,12 +44,10 @@ def build_fp32_engine(onnx_path, engine_path, batch_size):
     A dynamic batch axis gets a profile fixed at ``batch_size``; a fixed one
     must equal it.
     """
-    from ..trt.build import _parse
-    from ..trt.calibrator import _atomic_write, load_tensorrt
     trt = load_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, logger, onnx_path)
+    network, _parser = parse_onnx(trt, builder, logger, onnx_path)
     if network.num_inputs != 1:
         raise ModelError(f"{onnx_path}: the network has {network.num_inputs} inputs; batch files feed exactly one",
                          onnx_path)
@@ -109,7 +71,7 @@ def build_fp32_engine(onnx_path, engine_path, batch_size):
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ModelError(f"{onnx_path}: TensorRT could not build the FP32 engine; see its log above", onnx_path)
-    _atomic_write(engine_path, memoryview(serialized))
+    write_bytes_atomic(engine_path, memoryview(serialized))
     return int(batch_size)
 
 
@@ -126,8 +88,6 @@ class EngineRunner:
     """
 
     def __init__(self, engine_path, batch):
-        from ..cuda import runtime
-        from ..trt.calibrator import load_tensorrt
         trt = load_tensorrt()
         self._rt, self.batch, self._buffers = runtime, int(batch), []
         runtime.ensure_context()
@@ -222,7 +182,7 @@ class EngineRunner:
         self.close()
 
 
-def trt_evaluate(onnx_path, calib_batchset, calib_window, score_batchset, score_window, workdir, cache_path=None,
+def evaluate_engines(onnx_path, calib_batchset, calib_window, score_batchset, score_window, workdir, cache_path=None,
                  algorithm="entropy2", *, keep=100, keep_largest=5, outputs="auto", progress=None):
     """Build FP32 and INT8 engines from ``onnx_path`` and score both on the scoring window.
 
@@ -232,7 +192,7 @@ def trt_evaluate(onnx_path, calib_batchset, calib_window, score_batchset, score_
         The FP32 ONNX model (one NCHW float32 input).
     calib_batchset, score_batchset : BatchSet
     calib_window, score_window : int8batch.reader.Window
-        From :meth:`BatchSet.window` (or :func:`int8batch.runner.protocol.window`);
+        From :meth:`BatchSet.window <int8batch.reader.BatchSet.window>`;
         the calibrator skips ``calib_window.skipped`` batches.
     workdir : path
         Where ``fp32.engine``, ``int8.engine`` (and by default ``int8.cache``) go.
@@ -247,7 +207,6 @@ def trt_evaluate(onnx_path, calib_batchset, calib_window, score_batchset, score_
     EvalResult
         With ``engines`` (a dict: paths, batches, TensorRT version) set as an attribute.
     """
-    from ..trt.build import build_int8_engine
     os.makedirs(workdir, exist_ok=True)
     fp32_path = os.path.join(workdir, "fp32.engine")
     int8_path = os.path.join(workdir, "int8.engine")
@@ -277,13 +236,3 @@ def trt_evaluate(onnx_path, calib_batchset, calib_window, score_batchset, score_
     log.info("TensorRT %s: FP32 engine batch %d, INT8 engine batch %d (%s)", built.tensorrt_version, fp32_batch,
              built.input_shape[0], algorithm)
     return res
-
-
-def describe(res):
-    """A report note line about the engines :func:`trt_evaluate` ran."""
-    e = getattr(res, "engines", None) or {}
-    if not e:
-        return None
-    chunked = "" if e["int8_batch"] == e["fp32_batch"] else f", scoring batches run in chunks of {e['int8_batch']}"
-    return (f"TensorRT {e['tensorrt']} engines: FP32 (batch {e['fp32_batch']}) and INT8 ({e['algorithm']} calibrator"
-            f"{'' if e['calibrated'] else ', scales from the cache'}{chunked}): {e['fp32']}, {e['int8']}")

@@ -290,13 +290,6 @@ def test_output_that_does_not_fit_is_refused_before_writing(folder, tmp_path, mo
     assert not any((tmp_path / "o").iterdir())
 
 
-def test_manifest_text_round_trips_awkward_names():
-    from int8batch.packing.writer import manifest_text
-    m = {"dims": [1, 1, 1, 1], "images_list": [['we],[ird\n"na\\me"é.jpg', 3], ["plain.png", None]],
-         "padded": [], "dropped": ["d],[.jpg"], "skipped": [{"file": "f},{g", "reason": "bad\tbytes"}]}
-    assert json.loads(manifest_text(m)) == m
-
-
 # ------------------------------------------------------------- first contact (issue 15)
 def test_no_options_packs_with_imagenet_caffe_and_says_so(folder, tmp_path, caplog):
     out = tmp_path / "new" / "deeper" / "batches"          # missing parents are created

@@ -1,4 +1,4 @@
-"""The TensorRT backend of ``int8batch run``, on the CPU: fake TensorRT engines that run ONNX Runtime.
+"""TensorRT engines (trt/engine.py) and the TensorRT backend of ``int8batch run``, on the CPU: fake engines.
 
 The fake engine reads its input from the fake cudart's "device" memory, runs
 the ONNX model with ONNX Runtime and writes the output back there, in stream
@@ -12,17 +12,13 @@ import sys
 import types
 
 import numpy as np
+import onnx
 import pytest
 
+import fake_cudart
+import trt_fakes
 from int8batch import format as fmt
 from int8batch.runner import protocol
-
-pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "cuda"))
-trt_fakes = pytest.importorskip("trt_fakes")
-fake_cudart = pytest.importorskip("fake_cudart")
 
 C, H, W, CLASSES = 1, 6, 6, 10
 
@@ -149,12 +145,13 @@ def setup(tmp_path, monkeypatch):
 def test_trt_scores_match_evaluate(setup):
     from int8batch.calib.evaluate import evaluate
     from int8batch.reader import BatchSet
-    from int8batch.runner.trt_backend import describe, trt_evaluate
+    from int8batch.runner.run import describe
+    from int8batch.trt.engine import evaluate_engines
     folder, fp32, int8, cuda, tmp = setup
     with BatchSet(folder) as bs:
         cal = protocol.window(bs.num_images, 4, 0, 2, "calibration")    # INT8 engine batch 4
         win = protocol.window(bs.num_images, 10, 1, 3, "scoring")       # FP32 batch 10; INT8 in chunks 4+4+2
-        got = trt_evaluate(fp32, bs, cal, bs, win, tmp / "engines", keep=12)
+        got = evaluate_engines(fp32, bs, cal, bs, win, tmp / "engines", keep=12)
         want = evaluate(fp32, int8, bs, 10, 3, first=1, keep=12, intra_op_threads=1)
     assert got.images == want.images == 30 and got.labelled == want.labelled > 0
     for k in ("top1_hits_fp32", "top5_hits_fp32", "top1_hits_int8", "top5_hits_int8", "agreed",
@@ -172,7 +169,7 @@ def test_trt_scores_match_evaluate(setup):
 
 def test_pick_backend(setup, monkeypatch):
     from int8batch.errors import CalibrationError
-    from int8batch.runner.trt_backend import pick_backend
+    from int8batch.runner.run import pick_backend
     assert pick_backend("auto") == "tensorrt" and pick_backend("onnxruntime") == "onnxruntime"
     monkeypatch.setitem(sys.modules, "tensorrt", trt_fakes.fake_tensorrt("11.0.0", with_int8=False))
     assert pick_backend("auto") == "onnxruntime"

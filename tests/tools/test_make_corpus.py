@@ -106,3 +106,31 @@ def test_plain_scales_do_not_repeat():
     scales = [tool.plain_crop(np.zeros((300, 400, 3), np.uint8), k)[2]["scale"] for k in range(40)]
     assert len(set(scales)) == 40 and scales[0] == 1.0
     assert min(scales) >= tool.PLAIN_MIN_SCALE
+
+
+def _sof_sampling(data):
+    """The JPEG's (height, width, [(h, v) sampling per component]) from its SOF0 marker."""
+    i = 2
+    while data[i] == 0xFF and data[i + 1] != 0xC0:
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    assert data[i + 1] == 0xC0  # baseline
+    h, w, n = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big"), data[i + 9]
+    return h, w, [(data[i + 11 + 3 * c] >> 4, data[i + 11 + 3 * c] & 15) for c in range(n)]
+
+
+def test_mix_is_the_photo_folder_shape_of_issue_11(tmp_path):
+    out = tmp_path / "m"
+    info = _make(_tool(), out, "--count", "10", "--mix", "--seed", "0")
+    assert info["mix"] is True and len(info["images"]) == 10
+    for k, rec in enumerate(info["images"]):
+        assert rec["quality"] == 90 and rec["progressive"] is False and rec["kind"] == "jpeg"
+        h, w, sampling = _sof_sampling(_bytes(out, rec))
+        assert [w, h] == rec["size"]
+        assert sampling == [(2, 2), (1, 1), (1, 1)]  # 4:2:0
+        if k % 5 == 4:   # 1 in 5 large
+            assert 1000 <= max(w, h) <= 2000 and 1.15 <= max(w, h) / min(w, h) <= 1.55
+        else:            # about 500x375
+            assert max(w, h) == 500 and min(w, h) in (333, 375)
+    # deterministic, and its own stream: not the default recipe's files
+    again = _make(_tool(), tmp_path / "m2", "--count", "10", "--mix", "--seed", "0")
+    assert [_bytes(out, r) for r in info["images"]] == [_bytes(tmp_path / "m2", r) for r in again["images"]]

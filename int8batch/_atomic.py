@@ -159,25 +159,37 @@ def make_temp(path):
     raise OutputWriteError(f"{path}: could not find a free temporary name beside it", path)
 
 
-def write_bytes_atomic(path, data, fsync=False):
-    """Write ``data`` to ``path`` atomically (the folder is created); OS errors become typed errors."""
+@contextmanager
+def atomic_file(path, doing="writing", fsync=False):
+    """``with atomic_file(path) as f:`` write a binary file object; ``path`` appears whole or not at all.
+
+    The data goes to a temporary file beside ``path`` (the folder is created),
+    renamed over ``path`` when the block ends; any failure removes the
+    temporary and leaves an existing ``path`` as it was.  OS errors become
+    typed errors naming ``path`` and what was being done.
+    """
     path = os.fspath(path)
     fd, tmp = make_temp(path)
     try:
-        try:
-            write_all(fd, data)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         unlink_quietly(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, Int8BatchError):
-            raise write_error(exc, path, "writing") from exc
+            raise write_error(exc, path, doing) from exc
         raise
     finally:
         _temp_done(tmp)
+
+
+def write_bytes_atomic(path, data, fsync=False):
+    """Write ``data`` to ``path`` atomically (the folder is created); OS errors become typed errors."""
+    with atomic_file(path, fsync=fsync) as f:
+        write_all(f.fileno(), data)   # straight to the descriptor: no copy into the file's buffer
 
 
 def _temp_done(tmp):

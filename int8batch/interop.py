@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from ._atomic import make_temp, unlink_quietly, write_error
-from .errors import ConfigError, Int8BatchError
+from ._atomic import atomic_file
+from .errors import ConfigError
 from .reader import BatchSet
 
 
@@ -48,17 +48,9 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0):
             bs.close()
     # through a file object: np.save/np.savez append ".npy"/".npz" to a name that lacks it, so a
     # temporary *name* would not be the file written; the temporary is removed on any failure
-    fd, tmp = make_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if ext == ".npz":
-                np.savez(f, **{input_name: data})
-            else:
-                np.save(f, data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        unlink_quietly(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, Int8BatchError):
-            raise write_error(exc, path, "writing the export") from exc
-        raise
+    with atomic_file(path, "writing the export") as f:
+        if ext == ".npz":
+            np.savez(f, **{input_name: data})
+        else:
+            np.save(f, data)
     return count

@@ -8,7 +8,7 @@ a sampleINT8API dynamic-range file, a JSON summary, the Q/DQ model for
 TensorRT 11 and the bias-corrected FP32 model for TensorRT 10.
 
 The settings and their defaults live in :mod:`int8batch.calib.settings`;
-the model is analysed once (:class:`int8batch.onnx.graph.ModelFacts`).
+the model is analysed once (:class:`int8batch.onnx.facts.ModelFacts`).
 """
 import logging
 import os
@@ -20,12 +20,16 @@ from .._lock import FolderLock
 from .._progress import reporter
 from ..manifest import recipe as manifest_recipe
 from ..errors import CalibrationError, ConfigError
-from ..onnx.graph import ModelFacts
+from ..onnx import graph as G
+from ..onnx.facts import ModelFacts
+from ..onnx.layers import layers_of
 from ..reader import BatchSet
 from . import thresholds as th
+from .biascorr import MeanCollector
 from .artefacts import ARTEFACTS, CORRECTED_MODEL, CalibrationResult, write_artefacts  # noqa: F401
 from .collector import HistogramCollector, MaxCollector
 from .ort_exec import ActivationRunner
+from .sensitivity import rank_sensitivity
 from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, METHODS,  # noqa: F401
                        SENSITIVITY_IMAGES, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD, CalibrationConfig)
 
@@ -261,7 +265,6 @@ class _LatticeCheck:
 
 
 def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None):
-    from .sensitivity import rank_sensitivity
     keep = cfg.resolved_keep_float
     candidates = list(facts.plan().requests)
     count = min(SENSITIVITY_IMAGES, win.batch_size) if dynamic else win.batch_size
@@ -300,9 +303,6 @@ class _Tee:
 
 
 def _mean_collector(facts):
-    from ..onnx import graph as G
-    from ..onnx.layers import layers_of
-    from .biascorr import MeanCollector
     layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
     values = G.constant_values(facts.model)
     return MeanCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers},

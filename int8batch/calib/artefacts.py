@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 
 from .._atomic import atomic_output_set
+from ..onnx import qdq
+from ..onnx.snap import snap_weights
 from ..trt import vocab
 from . import cache as cache_io
 
@@ -87,7 +89,6 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
 
     The caller holds ``out``'s folder lock.
     """
-    from ..onnx import qdq
     final = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
     todo = 3 + (2 if cfg.write_qdq and input_means else 1 if cfg.write_qdq else 0)
     done = 0
@@ -137,7 +138,6 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
             wrote()
             if input_means:
                 # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
-                from ..onnx.snap import snap_weights
                 final["corrected"] = os.path.join(out, CORRECTED_MODEL)
                 corrected, result.corrected_report = snap_weights(m, input_means, cfg.per_channel_weights,
                                                                   facts=facts)

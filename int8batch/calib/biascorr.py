@@ -32,6 +32,7 @@ import numpy as np
 from .._kernels_calib import sum_rows
 from ..errors import CalibrationError
 from ..onnx.layers import conv_geometry
+from .collector import default_num_threads
 
 
 def patch_sums(x, layer, w_shape):
@@ -103,7 +104,6 @@ class MeanCollector:
     """
 
     def __init__(self, layers, weight_shapes, num_threads=None, max_images=None):
-        from .collector import default_num_threads
         self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
         self.max_images = max_images
         self.layers = list(layers)

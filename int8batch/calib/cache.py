@@ -38,6 +38,7 @@ import numpy as np
 from .._atomic import write_bytes_atomic
 from ..errors import CacheError
 from ..trt import vocab
+from .thresholds import saturation
 
 log = logging.getLogger(__name__)
 
@@ -481,7 +482,6 @@ def read_calibration_json(path) -> dict:
 
 def calibration_entry(stats, amax: float, method: str) -> dict:
     """One JSON entry for a tensor: amax, observed max, method, saturation and counts."""
-    from .thresholds import saturation
 
     return {
         "amax": float(amax),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..reader import BatchSet
 from .ort_exec import ModelRunner
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,6 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     if outputs not in ("auto", "logits", "probs"):
         raise ConfigError(f"outputs must be 'auto', 'logits' or 'probs', got {outputs!r}")
     if isinstance(batchset, (str, os.PathLike)):
-        from ..reader import BatchSet
         with BatchSet(batchset) as bs:
             return evaluate(fp32_model, int8_model, bs, batch_size, max_batches, first=first, outputs=outputs,
                             providers=providers, intra_op_threads=intra_op_threads,

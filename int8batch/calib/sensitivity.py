@@ -21,6 +21,8 @@ import numpy as np
 
 from .._optional import require
 from ..errors import CalibrationError, ModelError
+from ..onnx.graph import FLOAT_TYPES, input_info, tensor_types, topological_nodes
+from ..onnx.qdq import MIN_QDQ_OPSET, _convert_opset, _opset
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ def switch_model(model, amax, tensors):
     onnx = require("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..onnx.graph import FLOAT_TYPES, tensor_types, topological_nodes
-    from ..onnx.qdq import MIN_QDQ_OPSET, _convert_opset, _opset
     if _opset(model) < MIN_QDQ_OPSET:
         m = _convert_opset(model, None)  # a converted copy
     else:
@@ -145,7 +145,6 @@ def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threa
         out (``keep_float=0``).
     """
     ort = require("onnxruntime")
-    from ..onnx.graph import input_info
     tensors = [t for t in tensors if t in amax and np.isfinite(amax[t])]
     if not tensors:
         return []

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ModelError
+from ..preprocess import PRESETS, preset
 from . import graph as G
 
 
@@ -165,7 +166,6 @@ def check_recipe(model, cfg, label=None):
 
 
 def _recipe_hint(shape, cfg):
-    from ..preprocess import PRESETS, preset
     c, h, w = (_fixed(d) for d in shape[1:])
     if c and c not in (1, 3):
         return f"the model takes {c} channels; int8batch packs images of 1 (gray) or 3 (rgb, bgr) channels"

@@ -71,7 +71,7 @@ def plan_qdq(model, *, pools="auto", act=None):
     pools : {"auto", "always", "never"}
     act : set of str, optional
         The quantizable tensors, when already known
-        (:attr:`int8batch.onnx.graph.ModelFacts.quantizable`).
+        (:attr:`int8batch.onnx.facts.ModelFacts.quantizable`).
 
     Returns
     -------

@@ -216,7 +216,7 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
                            check=True, input_means=None, keep_float=None, log_summary=True, facts=None):
     """Like :func:`insert_qdq`, returning ``(model, QdqReport)``.
 
-    ``facts`` (:class:`int8batch.onnx.graph.ModelFacts` of ``model``) saves
+    ``facts`` (:class:`int8batch.onnx.facts.ModelFacts` of ``model``) saves
     analysing the model again when it is the very model they describe and no
     opset conversion is needed.
 

@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from ..errors import ConfigError, ImageDecodeError
+from ..format import open_regular
 
 _cv2 = None
 _INTERP = None
@@ -235,7 +236,6 @@ def read_file(path):
     Only a regular file is read: a FIFO named like an image would block the
     pack forever, a folder or a device is no image (``ImageDecodeError``).
     """
-    from ..format import open_regular
     fd, _ = open_regular(path, "image file", ImageDecodeError)
     try:
         with os.fdopen(fd, "rb") as f:

@@ -14,6 +14,8 @@ from .._kernels_preprocess import hwc_to_chw, lut_map_u8
 from ..errors import ConfigError, ImageDecodeError, SourceError
 from ..manifest import build_manifest, manifest_size_hint
 from ..preprocess import PRESETS, PreprocessConfig, preset as make_preset
+from ..onnx.inputs import check_recipe
+from . import decode
 from .decode import check_max_pixels, cv2, decode_image, read_file
 from .sources import BUNDLED, DATA_DIR, nothing_packed_error, open_source
 from .writer import PackWriter
@@ -140,7 +142,6 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
                  "choose another with --preset NAME (%s)", preset, _recipe_text(cfg),
                  ", ".join(n for n in PRESETS if n != preset))
     if model is not None:
-        from ..onnx.inputs import check_recipe
         log.info("%s", check_recipe(model, cfg).describe())
     auto_size = batch_size is None
     batch_size = DEFAULT_BATCH_SIZE if auto_size else int(batch_size)
@@ -380,12 +381,11 @@ class _Job:
                    bf.data[slot])
 
     def _idx_image(self, i):
-        from .decode import _INTERP
         img = self.src.images[i]
         h, w = img.shape
         rh, rw = self.cfg.resized_shape(h, w)
         if (rh, rw) != (h, w):
-            img = cv2().resize(img, (rw, rh), interpolation=_INTERP[self.cfg.interpolation])
+            img = cv2().resize(img, (rw, rh), interpolation=decode._INTERP[self.cfg.interpolation])  # set by cv2()
         return np.ascontiguousarray(img)[:, :, None]
 
     def _lut(self, dtype):

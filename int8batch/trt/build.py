@@ -9,7 +9,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from ..errors import CalibrationError, ConfigError, ModelError
+from ..errors import CalibrationError, ModelError
+from ..reader import BatchSet
 from .calibrator import _atomic_write, check_cache_header, load_tensorrt, make_calibrator, trt_version
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,6 @@ def build_int8_engine(onnx_path, batchset, engine_path, cache_path=None, algorit
     CacheError
         ``cache_path`` exists but is not a TensorRT calibration cache.
     """
-    from ..reader import BatchSet
 
     t0 = time.perf_counter()
     trt = load_tensorrt()

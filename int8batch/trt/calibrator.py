@@ -25,6 +25,7 @@ import re
 
 from .._atomic import write_bytes_atomic
 from .._optional import require
+from ..cuda.feeder import DeviceFeeder
 from ..errors import CacheError, CalibrationError, ConfigError
 from . import vocab
 
@@ -158,7 +159,6 @@ class _CalibratorMixin:
     @property
     def feeder(self):
         if self._feeder is None:
-            from ..cuda.feeder import DeviceFeeder
             self._feeder = DeviceFeeder(self.batchset, self.batch_size, first=self.first,
                                         max_batches=self.max_batches, strategy=self.strategy,
                                         copy_threads=self.copy_threads)

@@ -163,7 +163,7 @@ def test_default_feeder_is_made_lazily_and_closed(trt, batch_dir, monkeypatch):
     def factory(*args, **kw):
         made.append(HostFeeder(*args, **kw))
         return made[-1]
-    monkeypatch.setattr("int8batch.cuda.feeder.DeviceFeeder", factory)
+    monkeypatch.setattr("int8batch.trt.calibrator.DeviceFeeder", factory)
     with BatchSet(batch_dir) as bs:
         with make_calibrator(bs, "data", batch_size=2) as cal:
             assert made == []                      # nothing allocated before TensorRT asks

@@ -138,7 +138,7 @@ def setup(tmp_path, monkeypatch):
     cuda = fake_cudart.FakeCuda().install(monkeypatch)
     trt = add_engines(trt_fakes.fake_tensorrt("10.3.0"), cuda, int8)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr("int8batch.cuda.feeder.DeviceFeeder", trt_fakes.HostFeeder)
+    monkeypatch.setattr("int8batch.trt.calibrator.DeviceFeeder", trt_fakes.HostFeeder)
     return folder, fp32, int8, cuda, tmp_path
 
 

@@ -49,7 +49,7 @@ def batch_dir(tmp_path):
 def trt(monkeypatch):
     fake = fake_tensorrt("10.3.0")
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr("int8batch.cuda.feeder.DeviceFeeder", HostFeeder)
+    monkeypatch.setattr("int8batch.trt.calibrator.DeviceFeeder", HostFeeder)
     return fake
 
 

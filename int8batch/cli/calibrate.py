@@ -53,16 +53,9 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     return p
 
 
-def _backend(choice):
-    if choice != "auto":
-        return choice
-    from ..trt import vocab
-    installed = vocab.installed_version()
-    return "tensorrt" if installed and vocab.has_implicit_int8(installed) else "onnxruntime"
-
-
 def run(args):
-    backend = _backend(args.backend)
+    from ..runner.run import pick_backend
+    backend = pick_backend(args.backend)   # the one rule: auto is TensorRT 8.6-10.x when it imports
     if backend == "tensorrt":
         from ..trt.build import build_int8_engine
         os.makedirs(args.out, exist_ok=True)

@@ -25,13 +25,15 @@ from ..onnx.facts import ModelFacts
 from ..onnx.layers import layers_of
 from ..reader import BatchSet
 from . import thresholds as th
-from .biascorr import MeanCollector
+from ..cuda.feeder import DeviceFeeder
+from ..cuda.kernels import DeviceKernels, DeviceTensor
+from .biascorr import DeviceMeanCollector, MeanCollector
 from .artefacts import ARTEFACTS, CORRECTED_MODEL, CalibrationResult, write_artefacts  # noqa: F401
-from .collector import HistogramCollector, MaxCollector
-from .ort_exec import ActivationRunner
+from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
+from .ort_exec import ActivationRunner, DeviceActivationRunner, providers_for, resolve_device
 from .sensitivity import rank_sensitivity
-from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, METHODS,  # noqa: F401
-                       SENSITIVITY_IMAGES, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD, CalibrationConfig)
+from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, DEVICE_BUDGET,  # noqa: F401
+                       METHODS, SENSITIVITY_IMAGES, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD, CalibrationConfig)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,10 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, **options
         ``trt_version``/``cache_algorithm`` (the cache header, see
         :mod:`int8batch.trt.vocab`); ``keep_float`` (activations left float
         in the Q/DQ model after a sensitivity pass); ``bias_correction``;
-        ``write_qdq``; ``per_channel_weights``; ``providers`` and
-        ``intra_op_threads`` for ONNX Runtime.
+        ``write_qdq``; ``per_channel_weights``; ``device`` ("auto", "cpu",
+        "cuda": where ONNX Runtime runs the model and the statistics are
+        computed, :class:`_DevicePass`) and ``device_budget``; ``providers``
+        and ``intra_op_threads`` for ONNX Runtime.
     progress : callable(done, total), optional
         Called after each calibration batch.  A callable that also takes a
         ``phase`` keyword (:mod:`int8batch._progress`) hears every pass: "max
@@ -78,14 +82,20 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, **options
     try:
         facts = ModelFacts.of(model)
         win = _window(bs, facts, cfg)
-        with _Pass(facts, bs, win, cfg, model) as sweep:
+        device = resolve_device(cfg.device)
+        with (_DevicePass if device == "cuda" else _Pass)(facts, bs, win, cfg, model) as sweep:
+            t_pass = time.perf_counter()
             hist, means, lattice = _collect(sweep, facts, bs, cfg, out, progress)
+            means = means.means() if means is not None else None
+            t_pass = time.perf_counter() - t_pass
         result = _result(hist, lattice, facts, cfg, win, sweep.seconds)
+        result.pass_seconds = t_pass
+        result.device, result.executed_by = device, sweep.executed_by
         if cfg.resolved_keep_float and cfg.write_qdq and out is not None:
             result.kept_float = _most_sensitive(facts, result.amax, bs, win, cfg, sweep.dynamic,
-                                                reporter(progress, "sensitivity", "tensors"))
+                                                reporter(progress, "sensitivity", "tensors"), device)
         if out is not None:
-            write_artefacts(result, model, facts, out, cfg, bs, win, means.means() if means else None,
+            write_artefacts(result, model, facts, out, cfg, bs, win, means,
                             reporter(progress, "writing artefacts", "files"))
         result.seconds = time.perf_counter() - t0
         return result
@@ -122,18 +132,28 @@ class _Pass:
     histograms are the same (they do not depend on how the data is split).
     """
 
+    kernels = HOST_KERNELS
+    budget = ACTIVATION_BUDGET
+
     def __init__(self, facts, bs, win, cfg, model):
         self.bs, self.win = bs, win
+        self.owned = []     # collectors holding resources, closed on exit
         shape = facts.input.shape
         self.dynamic = not isinstance(shape[0] if shape else None, int)
         self.chunk = 1 if self.dynamic else win.batch_size
         self.measured = not self.dynamic
         self.seconds = 0.0
-        label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
-        self.runner = ActivationRunner(facts.model, facts.quantizable, providers=cfg.providers,
-                                       intra_op_threads=cfg.intra_op_threads,
-                                       batch_dims=(win.batch_size,) + tuple(bs.image_shape), label=label,
-                                       types=facts.types)
+        self.runner = self._runner(facts, cfg, os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
+
+    def _runner(self, facts, cfg, label):
+        return ActivationRunner(facts.model, facts.quantizable, providers=cfg.providers,
+                                intra_op_threads=cfg.intra_op_threads,
+                                batch_dims=(self.win.batch_size,) + tuple(self.bs.image_shape), label=label,
+                                types=facts.types)
+
+    @property
+    def executed_by(self):
+        return self.runner.executed_by
 
     def __enter__(self):
         return self
@@ -141,17 +161,20 @@ class _Pass:
     def __exit__(self, *exc):
         self.runner.close()
 
+    def _run(self, data):
+        return self.runner.run(data)
+
     def feed(self, data, collector):
         """Run one batch's images and hand every activation of each sub-batch to ``collector``."""
         s = 0
         while s < len(data):
             n = self.chunk
             t = time.perf_counter()
-            outs = self.runner.run(data[s:s + n])
+            outs = self._run(data[s:s + n])
             self.seconds += time.perf_counter() - t
             if not self.measured:
                 per_image = sum(a.nbytes for a in outs.values())
-                self.chunk = int(max(1, min(self.win.batch_size, ACTIVATION_BUDGET // max(per_image, 1))))
+                self.chunk = int(max(1, min(self.win.batch_size, self.budget // max(per_image, 1))))
                 self.measured = True
             collector.collect_many(outs)
             del outs
@@ -169,29 +192,97 @@ class _Pass:
         log.debug("%s: %d batches done (sub-batches of %d)", label, self.win.count, self.chunk)
 
 
+class _DevicePass(_Pass):
+    """:class:`_Pass` on the GPU: batch files -> device -> ONNX Runtime CUDA -> statistics on the device.
+
+    The batches reach the device through :class:`~int8batch.cuda.DeviceFeeder`
+    (registered memory-mapped files, no host staging), are bound to the
+    session with IOBinding, every activation stays in device memory, and the
+    collectors compute their statistics there with
+    :class:`~int8batch.cuda.kernels.DeviceKernels` (the CPU kernels'
+    arithmetic; only histogram rows and scalars come back).  A sub-batch's
+    activations stay under ``cfg.device_budget`` bytes (default
+    :data:`DEVICE_BUDGET`), whatever the number of images.  Everything is freed
+    on exit, also after an exception.
+    """
+
+    def __init__(self, facts, bs, win, cfg, model):
+        self.kernels, self.owned = None, []
+        self.budget = int(cfg.device_budget or DEVICE_BUDGET)
+        try:
+            self.kernels = DeviceKernels()
+            super().__init__(facts, bs, win, cfg, model)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _runner(self, facts, cfg, label):
+        return DeviceActivationRunner(facts.model, facts.quantizable, intra_op_threads=cfg.intra_op_threads,
+                                      batch_dims=(self.win.batch_size,) + tuple(self.bs.image_shape),
+                                      label=label, types=facts.types)
+
+    def __exit__(self, *exc):
+        try:
+            for c in self.owned:
+                c.close()
+            self.owned = []
+            if getattr(self, "runner", None) is not None:
+                self.runner.close()
+        finally:
+            if self.kernels is not None:
+                self.kernels.close()
+                self.kernels = None
+
+    def _run(self, data):
+        # the collectors' last launches read the previous run's activations, which ONNX Runtime
+        # may reuse for this run's: they finish first
+        self.kernels.synchronize()
+        return self.runner.run_device(data)
+
+    def _batches(self):
+        with DeviceFeeder(self.bs, window=self.win) as feeder:
+            for b in feeder:
+                yield DeviceTensor(b.ptr, b.shape)
+
+    def first_batch(self, collector):
+        for b in self._batches():
+            self.feed(b, collector)
+            return
+
+    def sweep(self, collector, label, progress):
+        tick = reporter(progress, label, "batches", legacy=True)
+        for i, b in enumerate(self._batches()):
+            self.feed(b, collector)
+            if tick:
+                tick(i + 1, self.win.count)
+        log.debug("%s on the GPU: %d batches done (sub-batches of %d)", label, self.win.count, self.chunk)
+
+
 def _collect(sweep, facts, bs, cfg, out, progress):
     """The statistics pass (and the max pass it needs): ``(histograms, input means, lattice check)``."""
+    k = sweep.kernels
     if cfg.two_pass:
-        maxes = MaxCollector()
+        maxes = MaxCollector(kernels=k)
         sweep.sweep(maxes, "max pass", progress)
-        hist = HistogramCollector(cfg.num_bins, mode="fixed", ranges=maxes.ranges())
+        hist = HistogramCollector(cfg.num_bins, mode="fixed", ranges=maxes.ranges(), kernels=k)
     elif cfg.method == "entropy":
         # TensorRT's range starts at the first calibration batch's max: a model that runs a batch
         # in one call sets it itself, a sub-batched one needs that batch's maxima first
         ranges = None
         if sweep.dynamic:
-            maxes = MaxCollector()
+            maxes = MaxCollector(kernels=k)
             sweep.first_batch(maxes)
             ranges = maxes.ranges()
-        hist = HistogramCollector(cfg.num_bins, mode="trt", ranges=ranges)
+        hist = HistogramCollector(cfg.num_bins, mode="trt", ranges=ranges, kernels=k)
     else:
-        hist = HistogramCollector(cfg.num_bins)
+        hist = HistogramCollector(cfg.num_bins, kernels=k)
     collectors = [hist]
-    means = _mean_collector(facts) if cfg.bias_correction and cfg.write_qdq and out is not None else None
+    means = _mean_collector(facts, k) if cfg.bias_correction and cfg.write_qdq and out is not None else None
     if means is not None:
         collectors.append(means)
+        sweep.owned.append(means)
     step = pixel_step(manifest_recipe(bs.manifest, strict=False)) if cfg.method == "auto" else None
-    lattice = _LatticeCheck(facts.input.name, step) if step else None
+    lattice = _LatticeCheck(facts.input.name, step, k) if step else None
     if lattice is not None:
         collectors.append(lattice)
     sweep.sweep(_Tee(*collectors) if len(collectors) > 1 else hist,
@@ -250,12 +341,15 @@ def pixel_step(recipe):
 class _LatticeCheck:
     """Checks that every value of one tensor is a whole multiple of ``step``."""
 
-    def __init__(self, name, step):
-        self.name, self.step, self.worst = name, float(step), 0.0
+    def __init__(self, name, step, kernels=HOST_KERNELS):
+        self.name, self.step, self.worst, self.kernels = name, float(step), 0.0, kernels
 
     def collect_many(self, arrays):
         x = arrays.get(self.name)
-        if x is not None and self.worst <= 1e-3:
+        if isinstance(x, DeviceTensor):
+            if self.worst <= 1e-3:
+                self.worst = max(self.worst, self.kernels.lattice_worst(x, self.step))
+        elif x is not None and self.worst <= 1e-3:
             k = np.asarray(x, np.float64) / self.step
             self.worst = max(self.worst, float(np.max(np.abs(k - np.rint(k)), initial=0.0)))
 
@@ -264,14 +358,14 @@ class _LatticeCheck:
         return self.worst <= 1e-3
 
 
-def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None):
+def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None, device="cpu"):
     keep = cfg.resolved_keep_float
     candidates = list(facts.plan().requests)
     count = min(SENSITIVITY_IMAGES, win.batch_size) if dynamic else win.batch_size
     data = bs.images(win.start_image, count)[0]
     try:
-        ranked = rank_sensitivity(facts.model, amax, np.ascontiguousarray(data), candidates, cfg.providers,
-                                  cfg.intra_op_threads, progress=progress)
+        ranked = rank_sensitivity(facts.model, amax, np.ascontiguousarray(data), candidates,
+                                  providers_for(device, cfg.providers), cfg.intra_op_threads, progress=progress)
     except CalibrationError as exc:
         if keep != "auto":
             raise
@@ -302,8 +396,10 @@ class _Tee:
             c.collect_many(arrays)
 
 
-def _mean_collector(facts):
+def _mean_collector(facts, kernels=HOST_KERNELS):
     layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
     values = G.constant_values(facts.model)
-    return MeanCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers},
-                         max_images=BIAS_CORRECTION_IMAGES)
+    shapes = {ly.weight: values[ly.weight].shape for ly in layers}
+    if isinstance(kernels, DeviceKernels):
+        return DeviceMeanCollector(layers, shapes, kernels, max_images=BIAS_CORRECTION_IMAGES)
+    return MeanCollector(layers, shapes, max_images=BIAS_CORRECTION_IMAGES)

@@ -37,17 +37,22 @@ class CalibrationResult:
     images: int = 0
     seconds: float = 0.0
     inference_seconds: float = 0.0
+    pass_seconds: float = 0.0           # the statistics pass(es): inference and statistics, no set-up
     qdq_report: object = None
     kept_float: list = field(default_factory=list)
     cache_header: str = ""
     notes: list = field(default_factory=list)
     corrected_report: object = None   # QdqReport of model.corrected.onnx (weights snapped, biases corrected)
     dynamic_range_lines: int = 0
+    device: str = "cpu"                 # where the statistics were computed ("cpu" / "cuda")
+    executed_by: str = "ONNX Runtime"   # which ONNX Runtime provider(s) ran the model
 
     def summary(self):
         """The run in one line, then one line per artefact written, then the notes."""
+        where = "GPU: statistics on the device, " if self.device == "cuda" else ""
         lines = [f"calibrated {len(self.amax)} tensors on {self.batches} batches ({self.images} images) in "
-                 f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime)"]
+                 f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime; "
+                 f"{where}{self.executed_by})"]
         width = max((len(p) for p in self.paths.values()), default=0)
         lines += [f"  {p:<{width}}  {self.describe(k)}".rstrip() for k, p in self.paths.items()]
         lines += [f"note: {n}" for n in self.notes]

@@ -149,3 +149,51 @@ class MeanCollector:
                 sums, count = tap_sums(self._sums[t], self._images[t], ly, self._shapes[ly.weight])
             out[ly.key] = sums / count
         return out
+
+
+class DeviceMeanCollector(MeanCollector):
+    """:class:`MeanCollector` on activations that are on the GPU (:class:`~int8batch.cuda.kernels.DeviceTensor`).
+
+    Every input plane is summed over the images on the device (the
+    ``i8b_sum_rows`` kernel: the CPU ``sum_rows`` arithmetic, in double) into a
+    float64 device buffer of one image's size; :meth:`means` brings the planes
+    back once and reduces the per-channel ones on the host.  :meth:`close`
+    frees the buffers.
+    """
+
+    def __init__(self, layers, weight_shapes, kernels, max_images=None):
+        super().__init__(layers, weight_shapes, num_threads=1, max_images=max_images)
+        self.kernels = kernels
+        self._dev = {}
+
+    def collect_many(self, arrays):
+        from ..cuda.buffers import DeviceBuffer
+        for t, x in arrays.items():
+            if t not in self._per_channel or (self.max_images is not None
+                                              and self._images.get(t, 0) >= self.max_images):
+                continue
+            if t not in self._dev:
+                self._shape[t], self._images[t] = tuple(x.shape[1:]), 0
+                cols = int(np.prod(self._shape[t], dtype=np.int64))
+                buf = self._dev[t] = DeviceBuffer(8 * cols)
+                buf.copy_from_host(np.zeros(cols))
+            if self._shape[t] != tuple(x.shape[1:]):
+                raise CalibrationError(f"tensor {t!r} changed shape between batches "
+                                       f"({('N',) + tuple(self._shape[t])} then {x.shape}); bias correction "
+                                       "needs fixed input sizes")
+            rows = int(x.shape[0])
+            self.kernels.sum_rows(x, self._dev[t].ptr, rows, x.size // max(rows, 1))
+            self._images[t] += rows
+
+    def means(self):
+        self.kernels.synchronize()
+        for t, buf in self._dev.items():
+            plane = np.empty(self._shape[t], dtype=np.float64)
+            buf.copy_to_host(plane.reshape(-1).view(np.uint8))
+            self._sums[t] = (plane.reshape(plane.shape[0], -1).sum(axis=1) if self._per_channel[t] else plane)
+        return super().means()
+
+    def close(self):
+        for buf in self._dev.values():
+            buf.close()
+        self._dev.clear()

@@ -103,6 +103,27 @@ def _as_float32(name: str, array) -> np.ndarray:
     return a
 
 
+class _HostKernels:
+    """The CPU kernels of ``int8batch._kernels_calib``, as a collector calls them.
+
+    A collector's ``kernels`` is any object with these methods and results;
+    :class:`int8batch.cuda.kernels.DeviceKernels` is the GPU one (data that is
+    already on the device, the same numbers).
+    """
+
+    @staticmethod
+    def prepare(name, array):
+        return _as_float32(name, array).reshape(-1)
+
+    abs_max = staticmethod(abs_max)
+    abs_max_many = staticmethod(abs_max_many)
+    abs_histogram = staticmethod(abs_histogram)
+    abs_histogram_many = staticmethod(abs_histogram_many)
+
+
+HOST_KERNELS = _HostKernels()
+
+
 def _pow2_above(m: float) -> float:
     """Smallest power of two strictly greater than ``m > 0``."""
     frac, exp = math.frexp(m)  # m = frac * 2**exp, 0.5 <= frac < 1
@@ -296,6 +317,10 @@ class HistogramCollector:
     num_threads : int, optional
         Most threads for the histogram kernels (None: :func:`default_num_threads`);
         the kernels use fewer on small inputs.  Results are identical for any value.
+    kernels : object, optional
+        Where the statistics are computed: the CPU kernels (default) or
+        :class:`int8batch.cuda.kernels.DeviceKernels`, whose tensors are
+        already on the GPU.  The results are the same numbers.
 
     Notes
     -----
@@ -308,7 +333,8 @@ class HistogramCollector:
     """
 
     def __init__(self, num_bins: int = 2048, mode: str = "grow",
-                 ranges: Mapping[str, float] | None = None, num_threads: int | None = None):
+                 ranges: Mapping[str, float] | None = None, num_threads: int | None = None,
+                 kernels=None):
         num_bins = int(num_bins)
         if num_bins < 2 or num_bins % 2:
             raise ConfigError(f"num_bins must be an even number >= 2, got {num_bins}")
@@ -331,6 +357,7 @@ class HistogramCollector:
                         f"fixed range of tensor {k!r} must be finite and >= 0, got {v}")
                 self.ranges[str(k)] = v
         self.num_threads = _threads(num_threads)
+        self.kernels = kernels or HOST_KERNELS
         self._rows = _Rows(num_bins)
         self._plans: dict[tuple, object] = {}   # names of a collect_many call -> their rows
         self._tmp = np.empty((1, num_bins), dtype=np.int64)  # one batch's counts, reused
@@ -367,10 +394,11 @@ class HistogramCollector:
 
     def collect(self, name: str, array) -> None:
         """Add the values of ``array`` (any shape) to the histogram of ``name``."""
-        x = _as_float32(name, array).reshape(-1)
+        k = self.kernels
+        x = k.prepare(name, array)
         rows, r, nt = self._rows, self._row(name), self.num_threads
         if rows.hist_max[r] == 0.0:
-            amax, vmin, vmax, nan, inf, _ = abs_max(x, nt)
+            amax, vmin, vmax, nan, inf, _ = k.abs_max(x, nt)
             finite = x.size - nan - inf
             if amax == 0.0:
                 rows.hist[r, 0] += finite
@@ -384,11 +412,11 @@ class HistogramCollector:
         # re-binning below costs one pass, and only on the few batches that grow
         # the range (the first batch pays the max pass above instead).
         tmp = self._tmp[0]
-        amax, vmin, vmax, nan, inf, over = abs_histogram(x, rows.hist_max[r], tmp, nt)
+        amax, vmin, vmax, nan, inf, over = k.abs_histogram(x, rows.hist_max[r], tmp, nt)
         if self._grows(amax, rows.hist_max[r]):
             # Rare (only when the range grows): re-bin this batch at the new range.
             rows.grow_to(r, amax, strict=self.mode == "grow")
-            amax, vmin, vmax, nan, inf, over = abs_histogram(x, rows.hist_max[r], tmp, nt)
+            amax, vmin, vmax, nan, inf, over = k.abs_histogram(x, rows.hist_max[r], tmp, nt)
         rows.hist[r] += tmp
         if nan or inf:
             rows.warn_nonfinite([name], [r], np.array([nan]), np.array([inf]))
@@ -404,7 +432,8 @@ class HistogramCollector:
         if not arrays:
             return
         names = tuple(arrays)
-        xs = [_as_float32(n, a) for n, a in arrays.items()]
+        kern = self.kernels
+        xs = [kern.prepare(n, a) for n, a in arrays.items()]
         r = self._plans.get(names)
         if r is None:
             if self.mode == "fixed":
@@ -427,12 +456,12 @@ class HistogramCollector:
             self._tmp = np.empty((k, self.num_bins), dtype=np.int64)
         tmp = self._tmp[:k]
         hist_max = rows.hist_max[r].copy()
-        amax, vmin, vmax, nan, inf, over = abs_histogram_many(xs, hist_max, tmp, nt)
+        amax, vmin, vmax, nan, inf, over = kern.abs_histogram_many(xs, hist_max, tmp, nt)
         for i in np.flatnonzero(self._grows(amax, hist_max)):
             # Rare (only when a range grows): re-bin that tensor at its new range.
             ri = _row_array(r)[i]
             rows.grow_to(ri, amax[i], strict=self.mode == "grow")
-            res = abs_histogram(xs[i].reshape(-1), rows.hist_max[ri], tmp[i], nt)
+            res = kern.abs_histogram(xs[i], rows.hist_max[ri], tmp[i], nt)
             amax[i], vmin[i], vmax[i], nan[i], inf[i], over[i] = res
         rows.hist[r] += tmp
         rows.warn_nonfinite(names, r, nan, inf)
@@ -442,7 +471,7 @@ class HistogramCollector:
         """Tensors without a range yet: the max first, as :meth:`collect` does; returns what to histogram."""
         rows = self._rows
         ru = r[unset]
-        amax, vmin, vmax, nan, inf, _ = abs_max_many([xs[i] for i in unset], self.num_threads)
+        amax, vmin, vmax, nan, inf, _ = self.kernels.abs_max_many([xs[i] for i in unset], self.num_threads)
         zero = amax == 0.0
         rz = ru[zero]
         finite = (sizes[unset] - nan - inf)[zero]
@@ -532,8 +561,9 @@ class MaxCollector:
         for batch in batches: hc.collect(name, out)
     """
 
-    def __init__(self, num_threads: int | None = None):
+    def __init__(self, num_threads: int | None = None, kernels=None):
         self.num_threads = _threads(num_threads)
+        self.kernels = kernels or HOST_KERNELS
         self._rows = _Rows(0)
         self._plans: dict[tuple, object] = {}
 
@@ -542,8 +572,8 @@ class MaxCollector:
         return self._rows.add(name, 0.0) if r is None else r
 
     def collect(self, name: str, array) -> None:
-        x = _as_float32(name, array).reshape(-1)
-        amax, vmin, vmax, nan, inf, _ = abs_max(x, self.num_threads)
+        x = self.kernels.prepare(name, array)
+        amax, vmin, vmax, nan, inf, _ = self.kernels.abs_max(x, self.num_threads)
         self._rows.add_scalars(self._row(name), amax, vmin, vmax, nan, inf, 0, x.size - nan - inf)
 
     def collect_many(self, arrays: Mapping[str, object]) -> None:
@@ -551,11 +581,11 @@ class MaxCollector:
         if not arrays:
             return
         names = tuple(arrays)
-        xs = [_as_float32(n, a) for n, a in arrays.items()]
+        xs = [self.kernels.prepare(n, a) for n, a in arrays.items()]
         r = self._plans.get(names)
         if r is None:
             r = self._plans[names] = _rows_key([self._row(n) for n in names])
-        amax, vmin, vmax, nan, inf, _ = abs_max_many(xs, self.num_threads)
+        amax, vmin, vmax, nan, inf, _ = self.kernels.abs_max_many(xs, self.num_threads)
         self._rows.add_scalars(r, amax, vmin, vmax, nan, inf, 0, _sizes(xs) - nan - inf)
 
     def merge(self, other: "MaxCollector") -> "MaxCollector":

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 from ..reader import BatchSet
-from .ort_exec import ModelRunner
+from .ort_exec import ModelRunner, providers_for, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class EvalResult:
     fp32_pred: list = field(default_factory=list)
     int8_pred: list = field(default_factory=list)
     disagreements: list = field(default_factory=list)
+    executed_by: dict = field(default_factory=dict)   # {"fp32": ..., "int8": ...}: the provider(s) that ran
 
     @property
     def ms_per_image_fp32(self):
@@ -154,7 +155,7 @@ def _count(batches, batch_size, max_batches, first):
 
 def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None, *, first=0,
              outputs="auto", providers=None, intra_op_threads=None, keep_largest=5, keep=0,
-             progress=None):
+             progress=None, device="cpu"):
     """Run both models on the same batches and compare them.
 
     Parameters
@@ -181,6 +182,9 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
         predictions of (:attr:`EvalResult.labels` ...).
     progress : callable(done, total), optional
         Called after each batch; ``total`` is None when unknown.
+    device : {"cpu", "cuda", "auto"}
+        Where ONNX Runtime runs both models (``providers`` given: those);
+        :attr:`EvalResult.executed_by` says which provider really ran them.
 
     Returns
     -------
@@ -192,10 +196,12 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
         with BatchSet(batchset) as bs:
             return evaluate(fp32_model, int8_model, bs, batch_size, max_batches, first=first, outputs=outputs,
                             providers=providers, intra_op_threads=intra_op_threads,
-                            keep_largest=keep_largest, keep=keep, progress=progress)
+                            keep_largest=keep_largest, keep=keep, progress=progress, device=device)
+    providers = providers_for(resolve_device(device), providers)
     fp = ModelRunner(fp32_model, providers, intra_op_threads)
     q = ModelRunner(int8_model, providers, intra_op_threads)
     acc = Comparison(outputs, keep_largest, keep)
+    acc.result.executed_by = {"fp32": fp.executed_by, "int8": q.executed_by}
     total = _count(batchset, batch_size, max_batches, first)
     for done, b in enumerate(_batches(batchset, batch_size, max_batches, first), 1):
         data, labels = (b.data, b.labels) if hasattr(b, "data") else b

@@ -16,26 +16,121 @@ import tempfile
 import numpy as np
 
 from .._optional import require
-from ..errors import Int8BatchError, ModelError
+from ..cuda import runtime as cu
+from ..cuda.kernels import DeviceTensor
+from ..errors import CalibrationError, ConfigError, Int8BatchError, MissingDependencyError, ModelError
 from ..onnx import graph as G
 from ..onnx.inputs import check_batch_shape, image_input
+from .settings import DEVICES
 
 log = logging.getLogger(__name__)
 
 _TWO_GB = 2 ** 31 - 2 ** 20
 
+# DEVICES: where ONNX Runtime runs the model; "auto" is cuda when cuda_status() says it can, else cpu
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+#: the CUDA provider's settings: true float32 arithmetic (no TF32: activations stay close to the CPU
+#: provider's), the same cuDNN algorithm on every run (HEURISTIC: a calibration is reproducible; the
+#: default EXHAUSTIVE benchmarks each time and may pick differently), and an arena that grows by what a
+#: run needs rather than to the next power of two
+CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
 
-def _session(model, providers, intra_op_threads, label):
-    """An InferenceSession over ``model`` (a ModelProto), via a temp dir when > 2 GB."""
+
+def cuda_status():
+    """``(usable, reason)``: whether ONNX Runtime's CUDA provider and a GPU are usable here, and if not why."""
     ort = require("onnxruntime")
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return False, ("the installed ONNX Runtime has no CUDA provider (the `onnxruntime` wheel is the CPU "
+                       "build; README, 'Calibrating on the GPU', says how to install `onnxruntime-gpu`)")
+    if not _cuda_python():
+        return False, "cuda-python is not installed (pip install 'int8batch[cuda]')"
+    if cu.device_count() == 0:
+        return False, "no CUDA device answers (cudaGetDeviceCount found none)"
+    return True, ""
+
+
+def _cuda_python():
+    try:
+        require("cuda.bindings.runtime")
+        return True
+    except MissingDependencyError:
+        return False
+
+
+def resolve_device(device):
+    """``"cpu"`` or ``"cuda"`` for a ``device`` of :data:`DEVICES` (None: auto); raises when cuda cannot run."""
+    device = "auto" if device is None else str(device)
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    ok, why = cuda_status()
+    if ok:
+        return "cuda"
+    if device == "cuda":
+        raise ConfigError(f"device 'cuda' cannot be used: {why}")
+    log.debug("device auto -> cpu: %s", why)
+    return "cpu"
+
+
+def providers_for(device, providers=None):
+    """ONNX Runtime providers for a resolved ``device`` ("cpu"/"cuda"); explicit ``providers`` win."""
+    if providers:
+        return list(providers)
+    if device == "cuda":
+        return [(CUDA_PROVIDER, CUDA_OPTIONS | {"device_id": cu.ensure_context()}), CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+def _provider_names(providers):
+    return [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+
+
+def _preload_cuda_libraries(ort):
+    """Let ONNX Runtime load CUDA and cuDNN from the nvidia-* wheels before a CUDA session (ORT >= 1.21)."""
+    pre = getattr(ort, "preload_dlls", None)
+    if pre is not None and not getattr(_preload_cuda_libraries, "done", False):
+        try:
+            pre()
+        except Exception as exc:  # noqa: BLE001 - the session then reports what is missing
+            log.debug("onnxruntime.preload_dlls: %s", exc)
+        _preload_cuda_libraries.done = True
+
+
+def _session(model, providers, intra_op_threads, label, report=None):
+    """An InferenceSession over ``model`` (a ModelProto), via a temp dir when > 2 GB.
+
+    With the CUDA provider asked for, the session is first made with ONNX
+    Runtime's CPU fallback disabled; when that fails (some node has no CUDA
+    kernel) it is made again with the fallback and ``report["fallback"]`` says
+    why, because ONNX Runtime itself would run those nodes on the CPU silently.
+    """
+    ort = require("onnxruntime")
+    names = _provider_names(providers or [CPU_PROVIDER])
+    if CUDA_PROVIDER in names:
+        _preload_cuda_libraries(ort)
+        try:
+            return _session_once(ort, model, providers, intra_op_threads, label, strict=True)
+        except ModelError as exc:
+            why = str(exc.__cause__ or exc).strip().splitlines()[0][:300]
+            log.info("%s: part of the model runs on ONNX Runtime's CPU provider: %s", label, why)
+            if report is not None:
+                report["fallback"] = why
+    return _session_once(ort, model, providers, intra_op_threads, label)
+
+
+def _session_once(ort, model, providers, intra_op_threads, label, strict=False):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     # Stop the pool's threads spinning when a run returns (they still spin inside a
     # run): the collector's threads work on the same cores between runs.
     so.add_session_config_entry("session.force_spinning_stop", "1")
+    if strict:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
-    providers = list(providers) if providers else ["CPUExecutionProvider"]
+    providers = list(providers) if providers else [CPU_PROVIDER]
     try:
         if model.ByteSize() < _TWO_GB:
             return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
@@ -110,10 +205,17 @@ class ActivationRunner:
         for t in self._fetch:
             if t not in outputs:
                 m.graph.output.append(onnx.helper.make_tensor_value_info(t, types[t], None))
-        self._session = _session(m, providers, intra_op_threads, self._label)
+        self.report = {}
+        self._session = _session(m, providers, intra_op_threads, self._label, self.report)
+        self.providers = list(self._session.get_providers())
         del m
         if batch_dims is not None:
             self.check(batch_dims)
+
+    @property
+    def executed_by(self):
+        """Which ONNX Runtime provider(s) run the model, in words (CPU fallback included)."""
+        return _executed_by(self.providers, self.report)
 
     def check(self, dims):
         """Raise ``ModelError`` unless batches of ``dims`` fit the model input."""
@@ -173,7 +275,14 @@ class ModelRunner:
         if self.output_name not in names:
             raise ModelError(f"{self._label}: no graph output named {output!r} "
                              f"(outputs: {', '.join(names)})", self._label)
-        self._session = _session(m, providers, intra_op_threads, self._label)
+        self.report = {}
+        self._session = _session(m, providers, intra_op_threads, self._label, self.report)
+        self.providers = list(self._session.get_providers())
+
+    @property
+    def executed_by(self):
+        """Which ONNX Runtime provider(s) run the model, in words (CPU fallback included)."""
+        return _executed_by(self.providers, self.report)
 
     def check(self, dims):
         """Raise ``ModelError`` unless batches of ``dims`` fit the model input."""
@@ -186,6 +295,67 @@ class ModelRunner:
         if data.dtype != self._info.dtype:
             data = data.astype(self._info.dtype)
         return self._session.run([self.output_name], {self.input_name: data})[0]
+
+
+def _executed_by(providers, report):
+    if CUDA_PROVIDER not in providers:
+        return "ONNX Runtime CPU provider"
+    fb = report.get("fallback")
+    return ("ONNX Runtime CUDA provider" if not fb
+            else f"ONNX Runtime CUDA provider, some nodes on its CPU provider ({fb})")
+
+
+class DeviceActivationRunner(ActivationRunner):
+    """:class:`ActivationRunner` on ONNX Runtime's CUDA provider, input and activations on the device.
+
+    :meth:`run_device` binds a :class:`~int8batch.cuda.kernels.DeviceTensor`
+    (a batch the :class:`~int8batch.cuda.DeviceFeeder` put on the GPU) as the
+    input with IOBinding, lets ONNX Runtime allocate every requested activation
+    in device memory, and returns them as DeviceTensors, valid until the next
+    call or :meth:`close`.  Nothing goes through host memory.
+    """
+
+    def __init__(self, model, tensor_names, intra_op_threads=None, batch_dims=None, label=None, types=None):
+        super().__init__(model, tensor_names, providers=providers_for("cuda"), intra_op_threads=intra_op_threads,
+                         batch_dims=batch_dims, label=label, types=types)
+        if self._dtype != np.float32:
+            raise ConfigError(f"{self._label}: calibrating on the GPU needs a float32 model input, "
+                              f"this one is {np.dtype(self._dtype).name}; use device 'cpu'")
+        self.device_id = cu.ensure_context()
+        self._io = self._session.io_binding()
+        self._held = None
+
+    def run_device(self, x):
+        """Run one batch already on the device; ``{name: DeviceTensor}`` for every requested tensor."""
+        self.check(x.shape)
+        io = self._io
+        self._held = None
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        io.bind_input(self.input_name, "cuda", self.device_id, np.float32, list(x.shape), x.ptr)
+        for t in self._fetch:
+            io.bind_output(t, "cuda", self.device_id)
+        self._session.run_with_iobinding(io)
+        io.synchronize_outputs()
+        outs = io.get_outputs()
+        result = {self.input_name: x}
+        for t, ov in zip(self._fetch, outs):
+            if ov.data_type() != "tensor(float)":
+                raise CalibrationError(f"{self._label}: activation {t!r} is {ov.data_type()}; the GPU "
+                                       "statistics take float32 tensors only (use device 'cpu')", self._label)
+            result[t] = DeviceTensor(ov.data_ptr(), ov.shape(), owner=ov)
+        self._held = outs
+        return {t: result[t] for t in self.tensor_names}
+
+    def close(self):
+        self._held = None
+        if getattr(self, "_io", None) is not None:
+            try:
+                self._io.clear_binding_inputs()
+                self._io.clear_binding_outputs()
+            finally:
+                self._io = None
+        super().close()
 
 
 def run_model(model, batches, *, providers=None, intra_op_threads=None, output=None):

@@ -24,6 +24,10 @@ DEFAULT_METHOD = "auto"
 CACHE_ALGORITHM = {"minmax": "minmax"}  # every other method: entropy2
 #: bytes of activations per ONNX Runtime call (sub-batch size of dynamic-batch models)
 ACTIVATION_BUDGET = 256 << 20
+#: the same on the GPU (device "cuda"): device memory the activations of one run may take
+DEVICE_BUDGET = 8 << 30
+#: where the model runs and the statistics are computed (int8batch.calib.ort_exec.resolve_device)
+DEVICES = ("auto", "cpu", "cuda")
 #: keep_float="auto": an activation whose quantization ALONE changes the output by more than
 #: this fraction of its energy (||y_q - y||^2 / ||y||^2, on SENSITIVITY_IMAGES images) stays float
 SENSITIVITY_THRESHOLD = 2.5e-4
@@ -61,6 +65,13 @@ class CalibrationConfig:
         auto, 0 otherwise).
     bias_correction : bool
         Correct each Conv/Gemm bias for its int8 weights.
+    device : {"auto", "cpu", "cuda"}
+        Where ONNX Runtime runs the model and the statistics are computed
+        ("auto": cuda when ONNX Runtime's CUDA provider and a GPU are usable).
+        The results are the same numbers on both.
+    device_budget : int or None
+        Bytes of device memory one run's activations may take on the GPU
+        (None: :data:`DEVICE_BUDGET`); bigger batches run in sub-batches.
     """
 
     method: str = DEFAULT_METHOD
@@ -78,8 +89,14 @@ class CalibrationConfig:
     per_channel_weights: bool = True
     keep_float: object = None
     bias_correction: bool = True
+    device: str = "auto"
+    device_budget: int | None = None
 
     def __post_init__(self):
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device_budget is not None and (not _whole(self.device_budget) or self.device_budget < 1):
+            raise ConfigError(f"device budget must be a whole number of bytes >= 1, got {self.device_budget!r}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.batch_size is not None and (not _whole(self.batch_size) or self.batch_size < 1):

@@ -2,7 +2,7 @@
 import logging
 import os
 
-from .options import ProgressBar, keep_float_value, log_level
+from .options import ProgressBar, add_device_option, keep_float_value, log_level
 
 log = logging.getLogger("int8batch")
 
@@ -48,6 +48,10 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the model's biases in the Q/DQ model (default: each Conv/Gemm bias absorbs the "
                         "mean output shift of its int8 weights, measured in the same pass)")
+    add_device_option(p)
+    p.add_argument("--device-budget", type=float, metavar="GB",
+                   help="device memory one run's activations may take on the GPU (default 8 GB); larger "
+                        "calibration batches run in sub-batches")
     p.add_argument("--report", action="store_true", help="also write report.png (needs matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -75,7 +79,8 @@ def run(args):
                             trt_version=args.trt_version, cache_algorithm=args.cache_algorithm,
                             write_qdq=not args.no_qdq,
                             keep_float=args.keep_float, bias_correction=not args.no_bias_correction,
-                            progress=bar)
+                            device=args.device, progress=bar,
+                            device_budget=None if args.device_budget is None else int(args.device_budget * 1e9))
     finally:
         bar.close()
     if args.report:

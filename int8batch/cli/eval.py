@@ -1,6 +1,9 @@
 """Score an FP32 and an INT8 (Q/DQ) ONNX model on labelled batch files with ONNX Runtime."""
 
 
+from .options import add_device_option
+
+
 def add_parser(sub):
     p = sub.add_parser("eval", help=__doc__.splitlines()[0], description=__doc__)
     p.add_argument("fp32", help="FP32 ONNX model")
@@ -10,6 +13,7 @@ def add_parser(sub):
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--max-batches", type=int)
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    add_device_option(p)
     return p
 
 
@@ -19,12 +23,14 @@ def run(args):
     with BatchSet(args.batches) as bs:
         b = args.batch_size or bs.per_file
         r = evaluate(args.fp32, args.int8, bs, b, args.max_batches, first=args.first,
-                     intra_op_threads=args.threads)
+                     intra_op_threads=args.threads, device=args.device)
     print(f"{r.images} images in {r.images // b} batches of {b} ({r.labelled} labelled)")
     for name, t1, t5, ms in (("FP32", r.top1_fp32, r.top5_fp32, r.ms_per_image_fp32),
                              ("INT8", r.top1_int8, r.top5_int8, r.ms_per_image_int8)):
         acc = f"top-1 {100 * t1:.2f} %, top-5 {100 * t5:.2f} %, " if r.labelled else ""
         print(f"{name}: {acc}{ms:.3f} ms/image")
+    for name in ("fp32", "int8"):
+        print(f"{name.upper()} ran on: {r.executed_by[name]}")
     print(f"top-1 agreement {100 * r.top1_agreement:.2f} %, mean softmax KL {r.mean_kl:.3g}, "
           f"largest output difference {r.max_abs_diff:.3g}")
     return 0

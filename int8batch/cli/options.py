@@ -23,6 +23,14 @@ def keep_float_value(text):
     return text if text == "auto" else int(text)
 
 
+def add_device_option(parser):
+    """``--device auto|cpu|cuda``: where ONNX Runtime runs the model (calibrate, eval, run)."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where ONNX Runtime runs the model (and calibrate computes its statistics): cuda "
+                             "needs onnxruntime-gpu, cuda-python and a GPU; auto (default): cuda when they are "
+                             "usable, else cpu. The output says which ran")
+
+
 def add_preprocess_options(parser):
     """Preprocessing options; each overrides the preset's value when given."""
     g = parser.add_argument_group("preprocessing (each overrides the preset)")

@@ -2,7 +2,7 @@
 import logging
 import sys
 
-from .options import ProgressBar, keep_float_value, log_level
+from .options import ProgressBar, add_device_option, keep_float_value, log_level
 
 
 def _common(p, default_out):
@@ -16,6 +16,7 @@ def _common(p, default_out):
                    help="keep the model's biases in the Q/DQ model (as int8batch calibrate)")
     p.add_argument("--out", default=default_out, help=f"artefacts and reports (default ./{default_out})")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    add_device_option(p)
     p.add_argument("--plot", action="store_true", help="write predictions.png (needs matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="onnxruntime",
@@ -85,7 +86,7 @@ def _run_sample(args, bar):
         s = MnistSettings(calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
                           window=args.window, batch_size=args.batch_size, score_set=args.score_set,
                           first_score_batch=args.first_score_batch, score_batches=args.score_batches,
-                          method=args.method, preset=args.preset, threads=args.threads, backend=args.backend,
+                          method=args.method, preset=args.preset, threads=args.threads, backend=args.backend, device=args.device,
                           keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
         return run_mnist(s, out=args.out, progress=bar, plot=args.plot)
     from ..onnx.inputs import check_recipe
@@ -96,7 +97,7 @@ def _run_sample(args, bar):
                          calib_images=args.calib_images, calib_batch_size=args.calib_batch_size,
                          batch_size=args.batch_size, first_score_batch=args.first_score_batch,
                          score_batches=args.score_batches, method=args.method, seed=args.seed,
-                         skip_bad=args.skip_bad, threads=args.threads, backend=args.backend,
+                         skip_bad=args.skip_bad, threads=args.threads, backend=args.backend, device=args.device,
                          keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
     report = run_imagenet(s, out=args.out, progress=bar, plot=args.plot)
     report.notes.append(fit.describe())

@@ -71,6 +71,7 @@ class ImagenetSettings:
     seed: int = 0
     skip_bad: bool = False
     threads: int = None
+    device: str = "auto"          # where ONNX Runtime runs (calibration and scoring): auto, cpu or cuda
     tolerance: float = 0.01
     min_agreement: float = 0.95
     backend: str = "onnxruntime"  # "onnxruntime", "tensorrt" or "auto" (TensorRT 8.6-10.x if importable)

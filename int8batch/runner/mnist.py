@@ -55,6 +55,7 @@ class MnistSettings:
     preset: str = "mnist"
     model: str = MODEL
     threads: int = None
+    device: str = "auto"          # where ONNX Runtime runs (calibration and scoring): auto, cpu or cuda
     backend: str = "onnxruntime"  # "onnxruntime", "tensorrt" or "auto" (TensorRT 8.6-10.x if importable)
 
 

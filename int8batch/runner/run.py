@@ -54,8 +54,8 @@ class Sample:
     ----------
     settings
         The sample's settings dataclass: :func:`run` reads ``model``,
-        ``method``, ``keep_float``, ``bias_correction``, ``threads`` and
-        ``backend`` from it.
+        ``method``, ``keep_float``, ``bias_correction``, ``threads``,
+        ``device`` and ``backend`` from it.
     progress : callable, optional
         The caller's progress callback.
     """
@@ -114,9 +114,14 @@ def run(sample, out, workdir=None, plot=False):
             # w.cal.skipped: the batches the sample's stream really skips (exact from here on)
             result = calibrate(s.model, w.cal_set, out, method=s.method, batch_size=w.cal.batch_size,
                                keep_float=s.keep_float, bias_correction=s.bias_correction,
-                               first=w.cal.skipped, max_batches=w.cal.count, **sample.calibrate_options())
+                               first=w.cal.skipped, max_batches=w.cal.count, device=s.device,
+                               **sample.calibrate_options())
             scored = score(backend, s, result, w, out, sample.score_progress())
             report = sample.report(w, result, scored, backend, out)
+            ran = getattr(scored, "executed_by", None) or {}
+            if backend != "tensorrt" and (getattr(result, "device", "cpu") == "cuda" or "CUDA" in str(ran)):
+                report.notes.append(f"calibration: {getattr(result, 'executed_by', '?')}; scoring: FP32 "
+                                    f"{ran.get('fp32')}, INT8 {ran.get('int8')}")
             if backend == "tensorrt":
                 report.notes.append(describe(scored))
             sample.annotate(report, w, out)
@@ -190,7 +195,8 @@ def score(backend, s, calibration, w, out, progress=None):
         return evaluate_engines(s.model, w.cal_set, w.cal, w.score_set, w.win, os.path.join(out, "tensorrt"),
                                 algorithm=trt_algorithm(s.method), keep=100, progress=progress)
     return evaluate(s.model, calibration.paths["qdq"], w.score_set, w.win.batch_size, w.win.count,
-                    first=w.win.skipped, intra_op_threads=s.threads, keep=100, progress=progress)
+                    first=w.win.skipped, intra_op_threads=s.threads, keep=100, progress=progress,
+                    device=s.device)
 
 
 def describe(res):

@@ -1,0 +1,135 @@
+/* int8batch's CUDA kernels, compiled at first use with NVRTC (int8batch/cuda/kernels.py).
+
+   They compute on the device what the CPU kernels of csrc/_calib_histogram.h and
+   csrc/_calib_sums.pxi compute on the host, with the same arithmetic, so that the
+   results are the same numbers:
+
+   i8b_abs_hist   per job (one tensor), over its finite values: the |x| histogram
+                  (bin = trunc(min((double)|x| * inv, nbins - 1)), inv = nbins /
+                  hist_max in double, as the CPU kernel defines it), the count of
+                  values with |x| > thr (thr: the largest float <= hist_max), the
+                  signed min and max, and the NaN and +-inf counts.  With inv == 0
+                  only the statistics are computed (the max pass).  Counts are
+                  integer sums, min/max do not depend on the order: the results are
+                  exact whatever the launch shape.  One difference: a min or max of
+                  zero is -0.0 when the data holds a -0.0 (the CPU keeps the first
+                  zero it meets); nothing downstream reads that sign.
+   i8b_sum_rows   acc[j] += sum over i of x[i, j], each column summed in row order
+                  in double and then added to acc, as the CPU's sum_rows does.
+   i8b_lattice    largest |x/step - rint(x/step)| (as float bits); 1 for NaN or +-inf.
+
+   The grid of i8b_abs_hist is (blocks per job, jobs): job j uses the first
+   min(gridDim.x, ceil(n_j / per_block)) blocks of its column, the others return.
+   Each block counts into a shared-memory histogram of nbins uint32 (zeros, the
+   common case after a ReLU, are counted in a register instead), then adds its
+   non-empty bins to the job's global uint64 row.
+*/
+
+typedef unsigned long long u64;
+
+struct i8b_job {          /* 32 bytes; the NumPy dtype JOB in kernels.py mirrors it */
+    const float *x;
+    long long n;
+    double inv;           /* nbins / hist_max; 0: statistics only */
+    float thr;            /* over count: |x| > thr */
+    int pad;
+};
+
+/* Order-preserving map of float32 bits onto uint32 (for atomicMin / atomicMax). */
+__device__ __forceinline__ unsigned int i8b_key(float f) {
+    unsigned int u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+template <typename T>
+__device__ __forceinline__ T i8b_warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+extern "C" __global__ void i8b_abs_hist(const i8b_job *jobs, int nbins, long long per_block,
+                                        u64 *hist, unsigned int *minkey, unsigned int *maxkey,
+                                        u64 *counts /* 3 per job: nan, inf, over */) {
+    extern __shared__ unsigned int sh[];
+    const int j = blockIdx.y;
+    const i8b_job jb = jobs[j];
+    long long want = (jb.n + per_block - 1) / per_block;
+    long long nblk = want < (long long)gridDim.x ? want : (long long)gridDim.x;
+    if (nblk < 1) nblk = 1;
+    if ((long long)blockIdx.x >= nblk) return;      /* the whole block leaves together */
+    const bool on = jb.inv != 0.0;
+    if (on)
+        for (int b = threadIdx.x; b < nbins; b += blockDim.x) sh[b] = 0u;
+    __syncthreads();
+
+    const float *x = jb.x;
+    const double inv = jb.inv, lastd = (double)(nbins - 1);
+    const float thr = jb.thr;
+    float vmin = __int_as_float(0x7f800000), vmax = -__int_as_float(0x7f800000);
+    u64 nnan = 0, ninf = 0, nover = 0, nzero = 0;
+    const long long stride = nblk * (long long)blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < jb.n; i += stride) {
+        float v = x[i];
+        float a = fabsf(v);
+        if (!(a <= 3.402823466e38f)) {               /* NaN or +-inf: not binned */
+            if (v != v) nnan++; else ninf++;
+            continue;
+        }
+        vmin = fminf(vmin, v);
+        vmax = fmaxf(vmax, v);
+        if (on) {
+            if (a > thr) nover++;
+            double t = fmin((double)a * inv, lastd);
+            int b = (int)t;
+            if (b == 0) nzero++;
+            else atomicAdd(&sh[b], 1u);
+        }
+    }
+    /* warp reductions, then one atomic per warp */
+    for (int o = 16; o > 0; o >>= 1) {
+        vmin = fminf(vmin, __shfl_xor_sync(0xffffffffu, vmin, o));
+        vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, o));
+    }
+    nnan = i8b_warp_sum(nnan);
+    ninf = i8b_warp_sum(ninf);
+    nover = i8b_warp_sum(nover);
+    nzero = i8b_warp_sum(nzero);
+    if ((threadIdx.x & 31) == 0) {
+        if (vmin <= vmax) {                           /* the warp saw a finite value */
+            atomicMin(&minkey[j], i8b_key(vmin));
+            atomicMax(&maxkey[j], i8b_key(vmax));
+        }
+        if (nnan) atomicAdd(&counts[3 * j], nnan);
+        if (ninf) atomicAdd(&counts[3 * j + 1], ninf);
+        if (nover) atomicAdd(&counts[3 * j + 2], nover);
+        if (on && nzero) atomicAdd(&hist[(long long)j * nbins], nzero);
+    }
+    if (!on) return;
+    __syncthreads();
+    u64 *row = hist + (long long)j * nbins;
+    for (int b = threadIdx.x; b < nbins; b += blockDim.x) {
+        unsigned int c = sh[b];
+        if (c) atomicAdd(&row[b], (u64)c);
+    }
+}
+
+extern "C" __global__ void i8b_sum_rows(const float *x, long long rows, long long cols, double *acc) {
+    long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    double t = 0.0;
+    for (long long r = 0; r < rows; r++) t += (double)x[r * cols + c];
+    acc[c] += t;
+}
+
+extern "C" __global__ void i8b_lattice(const float *x, long long n, double step, unsigned int *worst) {
+    float w = 0.0f;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float v = x[i];
+        if (!(fabsf(v) <= 3.402823466e38f)) { w = 1.0f; continue; }   /* off any lattice */
+        double k = (double)v / step;
+        w = fmaxf(w, (float)fabs(k - rint(k)));
+    }
+    for (int o = 16; o > 0; o >>= 1) w = fmaxf(w, __shfl_xor_sync(0xffffffffu, w, o));
+    if ((threadIdx.x & 31) == 0) atomicMax(worst, __float_as_uint(w));   /* w >= 0: bits order as floats */
+}

@@ -1,0 +1,343 @@
+"""Calibration on the GPU (device "cuda"): the device kernels against the CPU kernels, the collectors on
+device activations against the CPU collectors on the same activations, calibrate() end to end, memory.
+
+Needs a GPU and cuda-python (the kernel tests), and ONNX Runtime's CUDA provider (onnxruntime-gpu) for
+the end-to-end tests; each skips cleanly without.  ``INT8BATCH_LITE0`` (a path to
+efficientnet_lite0.onnx, tools/export_efficientnet.py) and ``INT8BATCH_ZOO_MODEL`` (an ONNX model of the
+zoo, tools/make_zoo.py) add those models to the end-to-end comparison.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from gpu_util import GPU, skip_no_gpu
+
+import int8batch
+from int8batch import _kernels_calib as K
+from int8batch.calib import thresholds as th
+from int8batch.calib.collector import HistogramCollector, MaxCollector
+
+pytestmark = [pytest.mark.gpu, skip_no_gpu]
+
+
+def _cuda_ort():
+    if not GPU:
+        return False
+    from int8batch.calib.ort_exec import cuda_status
+    return cuda_status()[0]
+
+
+needs_ort_cuda = pytest.mark.skipif(not _cuda_ort(), reason="needs ONNX Runtime's CUDA provider (onnxruntime-gpu)")
+
+
+@pytest.fixture(scope="module")
+def kern():
+    from int8batch.cuda.kernels import DeviceKernels
+    with DeviceKernels() as k:
+        yield k
+
+
+class Dev:
+    """Host arrays copied to device memory (freed at the end of the test)."""
+
+    def __init__(self):
+        self.bufs = []
+
+    def put(self, a):
+        from int8batch.cuda.buffers import DeviceBuffer
+        from int8batch.cuda.kernels import DeviceTensor
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        b = DeviceBuffer(a.nbytes)
+        b.copy_from_host(a.reshape(-1).view(np.uint8))
+        self.bufs.append(b)
+        return DeviceTensor(b.ptr, a.shape)
+
+    def close(self):
+        for b in self.bufs:
+            b.close()
+
+
+@pytest.fixture
+def dev():
+    d = Dev()
+    yield d
+    d.close()
+
+
+def _awkward(rng, n, scale=3.0):
+    x = (rng.standard_normal(n) * scale).astype(np.float32)
+    if n >= 64:
+        special = np.array([np.nan, -0.0, 0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -2.0, 2.0],
+                           dtype=np.float32)
+        x[rng.integers(0, n, 40)] = np.resize(special, 40)
+        x[rng.integers(0, n, n // 3)] = 0.0          # ReLU-like zeros
+    return x
+
+
+SIZES = [0, 1, 7, 1000, 65536 + 3, 3_000_001]
+RANGES = [8.0, 6.0015, 1e-3, 3.4e38, 2.0 ** -20]
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("nbins", [2048, 128, 6])
+def test_histogram_kernel_equals_cpu_kernel(kern, dev, n, nbins):
+    rng = np.random.default_rng(n + nbins)
+    xs = [_awkward(rng, n), _awkward(rng, max(n // 2, 1), scale=0.01), np.abs(_awkward(rng, n))]
+    for hm in RANGES:
+        hist_max = [hm] * len(xs)
+        want = np.zeros((len(xs), nbins), np.int64)
+        cpu = K.abs_histogram_many(xs, np.array(hist_max), want, 1)
+        got = np.full((len(xs), nbins), -1, np.int64)
+        gpu = kern.abs_histogram_many([dev.put(x) for x in xs], hist_max, got)
+        np.testing.assert_array_equal(got, want, err_msg=f"histograms differ at hist_max {hm}")
+        for name, c, g in zip(("amax", "vmin", "vmax", "nan", "inf", "over"), cpu, gpu):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(c), err_msg=f"{name} differs at hist_max {hm}")
+
+
+def test_max_kernel_equals_cpu_kernel(kern, dev):
+    rng = np.random.default_rng(5)
+    xs = [_awkward(rng, n) for n in SIZES] + [np.full(100, np.nan, np.float32), np.zeros(10, np.float32)]
+    cpu = K.abs_max_many(xs, 1)
+    gpu = kern.abs_max_many([dev.put(x) for x in xs])
+    for name, c, g in zip(("amax", "vmin", "vmax", "nan", "inf"), cpu, gpu):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(c), err_msg=name)
+
+
+def test_bad_ranges_raise_as_on_the_cpu(kern, dev):
+    x = dev.put(np.ones(10))
+    for hm in (0.0, -1.0, float("inf"), 1e-320):
+        with pytest.raises(ValueError):
+            K.abs_histogram(np.ones(10, np.float32), hm, np.zeros(2048, np.int64), 1)
+        with pytest.raises(ValueError):
+            kern.abs_histogram(x, hm, np.zeros(2048, np.int64))
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 1000), (64, 50_000), (5, 0)])
+def test_sum_rows_kernel_equals_cpu_kernel(kern, dev, rows, cols):
+    from int8batch.cuda.buffers import DeviceBuffer
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    start = rng.standard_normal(cols)
+    want = start.copy()
+    K.sum_rows(x, want, 1)
+    with DeviceBuffer(max(8 * cols, 8)) as acc:
+        if cols:
+            acc.copy_from_host(start)
+        kern.sum_rows(dev.put(x), acc.ptr, rows, cols)
+        kern.synchronize()
+        got = acc.copy_to_host(np.empty(cols)) if cols else np.empty(0)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_lattice_kernel(kern, dev):
+    step = 1 / 128
+    on = (np.arange(-300, 300) * step).astype(np.float32)
+    assert kern.lattice_worst(dev.put(on), step) == 0.0
+    off = on.copy()
+    off[17] += step / 4
+    assert abs(kern.lattice_worst(dev.put(off), step) - 0.25) < 1e-6
+    off[3] = np.nan
+    assert kern.lattice_worst(dev.put(off), step) == 1.0
+
+
+@pytest.mark.parametrize("mode", ["grow", "trt", "fixed"])
+def test_collectors_on_device_equal_cpu_collectors(kern, dev, mode):
+    """Several batches, ranges that grow, tensors that start all-zero: the same TensorStats."""
+    rng = np.random.default_rng(11)
+    batches = []
+    for b in range(5):
+        a = _awkward(rng, 20_000, scale=1.0 + 3 * b)                 # the range grows batch after batch
+        z = np.zeros(500, np.float32) if b < 2 else _awkward(rng, 500)  # zero until batch 2
+        batches.append({"a": a, "z": z, "c": np.abs(_awkward(rng, 3000, scale=0.5))})
+    ranges = None
+    if mode == "fixed":
+        m = MaxCollector()
+        for arrays in batches:
+            m.collect_many(arrays)
+        ranges = m.ranges()
+    cpu = HistogramCollector(2048, mode=mode, ranges=ranges)
+    gpu = HistogramCollector(2048, mode=mode, ranges=ranges, kernels=kern)
+    gmax = MaxCollector(kernels=kern)
+    for arrays in batches:
+        cpu.collect_many(arrays)
+        on_dev = {k: dev.put(v) for k, v in arrays.items()}
+        gpu.collect_many(on_dev)
+        gmax.collect_many(on_dev)
+    if ranges is not None:
+        assert gmax.ranges() == ranges
+    for name in cpu.names():
+        c, g = cpu.stats(name), gpu.stats(name)
+        np.testing.assert_array_equal(g.hist, c.hist, err_msg=name)
+        assert (g.width, g.amax, g.count, g.nan_count, g.inf_count, g.over_count) == \
+               (c.width, c.amax, c.count, c.nan_count, c.inf_count, c.over_count), name
+        for method in th.METHODS:
+            assert th.compute_amax(method, g) == th.compute_amax(method, c), (name, method)
+
+
+# ----------------------------------------------------------------------------- end to end
+def _models():
+    from int8batch.runner.mnist import MODEL
+    out = [("lenet", MODEL, None)]
+    for env, name in (("INT8BATCH_LITE0", "efficientnet_lite0"), ("INT8BATCH_ZOO_MODEL", "zoo")):
+        path = os.environ.get(env)
+        if path and os.path.exists(path):
+            out.append((name, path, None))
+    return out
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    """300 bundled MNIST training images packed in files of 50."""
+    out = tmp_path_factory.mktemp("mnist") / "b"
+    int8batch.pack("mnist", out, batch_size=50, limit=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo_batches(tmp_path_factory):
+    """64 real photos (scikit-image's, flipped and cropped) packed at 224 for the ImageNet models."""
+    pytest.importorskip("skimage")
+    import cv2
+    from skimage import data as skd
+    root = tmp_path_factory.mktemp("photos")
+    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+             "motorcycle_left", "retina"]
+    k = 0
+    for name in names:
+        try:
+            img = getattr(skd, name)()
+        except Exception:  # noqa: BLE001 - a sample not bundled with this scikit-image
+            continue
+        if img.ndim != 3:
+            continue
+        for flip in (False, True):
+            for crop in range(4):
+                h, w = img.shape[:2]
+                c = img[crop * h // 16:h - crop * h // 20, crop * w // 20:w - crop * w // 16]
+                c = c[:, ::-1] if flip else c
+                cv2.imwrite(str(root / f"img{k:03d}.png"), np.ascontiguousarray(c[..., ::-1]))
+                k += 1
+    out = root / "b"
+    int8batch.pack(root, out, batch_size=16, preset="efficientnet-lite")
+    return out
+
+
+def _batches_for(name, mnist, photo_batches):
+    return mnist if name == "lenet" else photo_batches
+
+
+@needs_ort_cuda
+@pytest.mark.parametrize("name,path,_", _models())
+@pytest.mark.parametrize("method", ["entropy", "minmax", "mse", "percentile"])
+def test_device_statistics_equal_cpu_statistics_on_the_same_activations(name, path, _, method, mnist,
+                                                                        photo_batches, tmp_path):
+    """calibrate(device='cuda') against the CPU collectors fed with the same device activations.
+
+    ONNX Runtime's CUDA kernels do not compute the CPU provider's activations bit for bit, so the same
+    activations are obtained by copying the device ones to the host: then the histograms, and so the
+    cache bytes, must be identical.
+    """
+    from int8batch.calib import api
+    from int8batch.calib.ort_exec import DeviceActivationRunner
+    from int8batch.cuda.feeder import DeviceFeeder
+    from int8batch.cuda.kernels import DeviceTensor
+    from int8batch.onnx.facts import ModelFacts
+
+    batches = _batches_for(name, mnist, photo_batches)
+    res = api.calibrate(path, batches, tmp_path / "gpu", method=method, device="cuda", keep_float=0,
+                        bias_correction=False)
+    assert res.device == "cuda" and "CUDA" in res.executed_by
+    facts = ModelFacts.of(path)
+    with int8batch.BatchSet(batches) as bs:
+        win = api._window(bs, facts, api.CalibrationConfig(method=method))
+        mode = "trt" if method == "entropy" else "grow"
+        host = HistogramCollector(2048, mode=mode)
+        with DeviceActivationRunner(facts.model, facts.quantizable) as runner, \
+                DeviceFeeder(bs, window=win) as feeder:
+            for b in feeder:
+                outs = runner.run_device(DeviceTensor(b.ptr, b.shape))
+                host.collect_many({k: v.to_host() for k, v in outs.items()})
+    stats = {n: host.stats(n) for n in facts.quantizable if n in host}
+    want, _ = api.choose_amax(method, stats)
+    assert res.amax == want
+    ref = api.calibrate(path, batches, tmp_path / "again", method=method, device="cuda", keep_float=0,
+                        bias_correction=False)
+    assert open(res.paths["cache"], "rb").read() == open(ref.paths["cache"], "rb").read(), "not reproducible"
+
+
+@needs_ort_cuda
+@pytest.mark.parametrize("name,path,_", _models())
+def test_cpu_and_gpu_calibrations_agree(name, path, _, mnist, photo_batches, tmp_path):
+    """Across providers (different float kernels) every amax of the pure methods stays within 1e-4."""
+    from int8batch.calib import api
+    batches = _batches_for(name, mnist, photo_batches)
+    for method in ("minmax", "entropy"):
+        c = api.calibrate(path, batches, None, method=method, device="cpu")
+        g = api.calibrate(path, batches, None, method=method, device="cuda")
+        assert c.amax.keys() == g.amax.keys()
+        worst = max(abs(g.amax[k] - c.amax[k]) / max(c.amax[k], 1e-12) for k in c.amax)
+        print(f"{name} {method}: largest relative amax difference cpu/cuda {worst:.2e}")
+        assert worst < 1e-2 if method == "entropy" else worst < 1e-4
+
+
+@needs_ort_cuda
+def test_auto_with_bias_correction_and_sensitivity_on_the_gpu(mnist, tmp_path):
+    from int8batch.calib import api
+    from int8batch.runner.mnist import MODEL
+    g = api.calibrate(MODEL, mnist, tmp_path / "g", device="cuda")
+    c = api.calibrate(MODEL, mnist, tmp_path / "c", device="cpu")
+    assert set(g.paths) == set(c.paths)
+    import onnx
+    from onnx import numpy_helper
+    gb = {t.name: numpy_helper.to_array(t) for t in onnx.load(g.paths["qdq"]).graph.initializer}
+    cb = {t.name: numpy_helper.to_array(t) for t in onnx.load(c.paths["qdq"]).graph.initializer}
+    assert gb.keys() == cb.keys()
+    for k in gb:
+        np.testing.assert_allclose(gb[k].astype(np.float64), cb[k].astype(np.float64), rtol=1e-3, atol=1e-6,
+                                   err_msg=k)
+
+
+@needs_ort_cuda
+def test_device_memory_comes_back(mnist, tmp_path):
+    from int8batch.calib import api
+    from int8batch.cuda import runtime as cu
+    from int8batch.runner.mnist import MODEL
+
+    api.calibrate(MODEL, mnist, None, method="entropy", device="cuda")   # one-time: context, cuDNN, kernels
+    cu.device_synchronize()
+    free0 = cu.mem_get_info()[0]
+    api.calibrate(MODEL, mnist, tmp_path / "a", device="cuda", device_budget=1 << 20)
+    cu.device_synchronize()
+    free1 = cu.mem_get_info()[0]
+
+    class Stop(Exception):
+        pass
+
+    def boom(done, total, phase=None, unit=None):
+        if done >= 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        api.calibrate(MODEL, mnist, tmp_path / "b", method="minmax", device="cuda", progress=boom)
+    cu.device_synchronize()
+    free2 = cu.mem_get_info()[0]
+    print(f"free device memory: {free0 / 2**20:.1f} MiB, after a calibration {free1 / 2**20:.1f} MiB, "
+          f"after an interrupted one {free2 / 2**20:.1f} MiB")
+    assert free1 >= free0 - (8 << 20) and free2 >= free0 - (8 << 20)
+
+
+@needs_ort_cuda
+def test_eval_and_run_report_the_cuda_provider(mnist, tmp_path):
+    from int8batch.calib import api
+    from int8batch.calib.evaluate import evaluate
+    from int8batch.runner.mnist import MODEL
+    res = api.calibrate(MODEL, mnist, tmp_path / "c", device="cuda")
+    with int8batch.BatchSet(mnist) as bs:
+        g = evaluate(MODEL, res.paths["qdq"], bs, 50, device="cuda")
+        c = evaluate(MODEL, res.paths["qdq"], bs, 50, device="cpu")
+    print("executed by:", g.executed_by)
+    assert g.executed_by["fp32"].startswith("ONNX Runtime CUDA provider")
+    assert "CUDA" in g.executed_by["int8"]
+    assert c.executed_by["fp32"] == "ONNX Runtime CPU provider"
+    assert abs(g.top1_agreement - c.top1_agreement) <= 0.01

@@ -200,15 +200,18 @@ class _DevicePass(_Pass):
     session with IOBinding, every activation stays in device memory, and the
     collectors compute their statistics there with
     :class:`~int8batch.cuda.kernels.DeviceKernels` (the CPU kernels'
-    arithmetic; only histogram rows and scalars come back).  A sub-batch's
-    activations stay under ``cfg.device_budget`` bytes (default
-    :data:`DEVICE_BUDGET`), whatever the number of images.  Everything is freed
-    on exit, also after an exception.
+    arithmetic; only histogram rows and scalars come back).  The activations
+    stay under ``cfg.device_budget`` bytes (default :data:`DEVICE_BUDGET`;
+    dynamic-batch models run in sub-batches of at most half of it, see
+    :meth:`DeviceActivationRunner.run_device`), whatever the number of images.
+    Everything is freed on exit, also after an exception.
     """
 
     def __init__(self, facts, bs, win, cfg, model):
         self.kernels, self.owned = None, []
-        self.budget = int(cfg.device_budget or DEVICE_BUDGET)
+        # half the budget per run: the first run of a sub-batch size lets ONNX Runtime allocate the
+        # activations (its arena keeps them), later ones write into the runner's arena of that size
+        self.budget = int(cfg.device_budget or DEVICE_BUDGET) // 2
         try:
             self.kernels = DeviceKernels()
             super().__init__(facts, bs, win, cfg, model)

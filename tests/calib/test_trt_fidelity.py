@@ -38,6 +38,19 @@ PUBLISHED = {
 }
 
 
+def _cuda_usable():
+    try:
+        from int8batch.calib.ort_exec import cuda_status
+        return cuda_status()[0]
+    except Exception:  # noqa: BLE001 - no GPU path here
+        return False
+
+
+#: the GPU path (statistics on the device, tests/cuda/test_gpu_calibration.py) must give the same lines
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not _cuda_usable(), reason="needs a GPU and ONNX Runtime's CUDA provider (onnxruntime-gpu)")])]
+
+
 def _cache_lines(path):
     lines = open(path, encoding="utf-8").read().splitlines()
     out = {}
@@ -57,12 +70,14 @@ def packs(tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("preset", sorted(PUBLISHED))
 @pytest.mark.parametrize("first", [0, 1])   # images 0..499 (TensorRT 5), 50..549 (TensorRT 7/8)
-def test_entropy_reproduces_published_cache(packs, tmp_path, preset, first):
+def test_entropy_reproduces_published_cache(packs, tmp_path, preset, first, device):
     source, want = PUBLISHED[preset]
     res = api.calibrate(LENET, packs[preset], tmp_path, method="entropy", batch_size=50, first=first,
-                        max_batches=10, bias_correction=False, write_qdq=False)
+                        max_batches=10, bias_correction=False, write_qdq=False, device=device)
+    assert res.device == device
     header, got = _cache_lines(res.paths["cache"])
     for name, hexval in want.items():
         assert got[name] == hexval, f"{name}: {got[name]} != {hexval} ({source})"

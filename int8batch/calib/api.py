@@ -145,6 +145,9 @@ class _Pass:
         self.seconds = 0.0
         self.runner = self._runner(facts, cfg, os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
 
+    def _sub_batch(self, limit):
+        return limit
+
     def _runner(self, facts, cfg, label):
         return ActivationRunner(facts.model, facts.quantizable, providers=cfg.providers,
                                 intra_op_threads=cfg.intra_op_threads,
@@ -174,7 +177,7 @@ class _Pass:
             self.seconds += time.perf_counter() - t
             if not self.measured:
                 per_image = sum(a.nbytes for a in outs.values())
-                self.chunk = int(max(1, min(self.win.batch_size, self.budget // max(per_image, 1))))
+                self.chunk = self._sub_batch(int(max(1, min(self.win.batch_size, self.budget // max(per_image, 1)))))
                 self.measured = True
             collector.collect_many(outs)
             del outs
@@ -201,17 +204,17 @@ class _DevicePass(_Pass):
     collectors compute their statistics there with
     :class:`~int8batch.cuda.kernels.DeviceKernels` (the CPU kernels'
     arithmetic; only histogram rows and scalars come back).  The activations
-    stay under ``cfg.device_budget`` bytes (default :data:`DEVICE_BUDGET`;
-    dynamic-batch models run in sub-batches of at most half of it, see
-    :meth:`DeviceActivationRunner.run_device`), whatever the number of images.
-    Everything is freed on exit, also after an exception.
+    of one run stay under ``cfg.device_budget`` bytes (default
+    :data:`DEVICE_BUDGET`), whatever the number of images: a dynamic-batch
+    model runs in sub-batches of one size, the largest divisor of the batch
+    size that fits (ONNX Runtime's CUDA convolutions set up again on every
+    change of shape, :meth:`DeviceActivationRunner.run_device`).  Everything
+    is freed on exit, also after an exception.
     """
 
     def __init__(self, facts, bs, win, cfg, model):
         self.kernels, self.owned = None, []
-        # half the budget per run: the first run of a sub-batch size lets ONNX Runtime allocate the
-        # activations (its arena keeps them), later ones write into the runner's arena of that size
-        self.budget = int(cfg.device_budget or DEVICE_BUDGET) // 2
+        self.budget = int(cfg.device_budget or DEVICE_BUDGET)
         try:
             self.kernels = DeviceKernels()
             super().__init__(facts, bs, win, cfg, model)
@@ -235,6 +238,11 @@ class _DevicePass(_Pass):
             if self.kernels is not None:
                 self.kernels.close()
                 self.kernels = None
+
+    def _sub_batch(self, limit):
+        """The largest divisor of the batch size <= ``limit``: every run has the same shape."""
+        b = self.win.batch_size
+        return max(d for d in range(1, b + 1) if b % d == 0 and d <= max(1, limit))
 
     def _run(self, data):
         # the collectors' last launches read the previous run's activations, which ONNX Runtime

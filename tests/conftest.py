@@ -11,3 +11,7 @@ for _folder in ("", "calib", "cuda", "onnx", "runner", "trt"):
     _path = os.path.join(_HERE, _folder) if _folder else _HERE
     if _path not in sys.path:
         sys.path.insert(0, _path)
+
+# device "auto" means the CPU in the test suite, also on a machine with onnxruntime-gpu and a GPU: the
+# GPU tests (tests/cuda, marked gpu) ask for device="cuda" explicitly.
+os.environ.setdefault("INT8BATCH_DEVICE", "cpu")

@@ -59,10 +59,16 @@ def _cuda_python():
 
 
 def resolve_device(device):
-    """``"cpu"`` or ``"cuda"`` for a ``device`` of :data:`DEVICES` (None: auto); raises when cuda cannot run."""
+    """``"cpu"`` or ``"cuda"`` for a ``device`` of :data:`DEVICES` (None: auto); raises when cuda cannot run.
+
+    ``auto`` follows the environment variable ``INT8BATCH_DEVICE`` (cpu or cuda) when it is set (the
+    test suite sets cpu, so that its CPU tests run on the CPU on a GPU machine too).
+    """
     device = "auto" if device is None else str(device)
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto" and os.environ.get("INT8BATCH_DEVICE", "") in ("cpu", "cuda"):
+        device = os.environ["INT8BATCH_DEVICE"]
     if device == "cpu":
         return "cpu"
     ok, why = cuda_status()

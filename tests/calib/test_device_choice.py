@@ -65,3 +65,24 @@ def test_cli_device_cuda_without_a_gpu_path_is_a_clear_error(no_cuda, tmp_path, 
     rc = main(["eval", MODEL, MODEL, "--batches", str(b), "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0 and "FP32 ran on: ONNX Runtime CPU provider" in out
+
+
+def test_the_environment_decides_what_auto_means(monkeypatch):
+    monkeypatch.setattr(ort_exec, "cuda_status", lambda: (True, ""))
+    monkeypatch.setenv("INT8BATCH_DEVICE", "cpu")
+    assert ort_exec.resolve_device("auto") == "cpu"
+    assert ort_exec.resolve_device("cuda") == "cuda"          # explicit wins
+    monkeypatch.setenv("INT8BATCH_DEVICE", "")
+    assert ort_exec.resolve_device("auto") == "cuda"
+
+
+@pytest.mark.parametrize("batch,limit,want", [(64, 57, 32), (64, 64, 64), (64, 200, 64), (50, 30, 25),
+                                              (50, 9, 5), (7, 3, 1), (64, 0, 1)])
+def test_gpu_sub_batches_have_one_shape(batch, limit, want):
+    """The largest divisor of the batch that fits: ONNX Runtime's CUDA convolutions set up again on
+    every change of input shape (0.2-0.5 s each, measured), so a pass never alternates two sizes."""
+    from types import SimpleNamespace
+    p = api._DevicePass.__new__(api._DevicePass)
+    p.win = SimpleNamespace(batch_size=batch)
+    got = p._sub_batch(limit)
+    assert got == want and batch % got == 0

@@ -106,7 +106,7 @@ SETS = {
     "plain": ("report", ["--split", "all", "--seed", "5", "--recipe", "plain"]),
 }
 CHOOSE_PAIR = ("choose-calib", "choose-eval")
-INT8BATCH_METHODS = ("auto", "mse", "minmax", "percentile", "entropy")
+INT8BATCH_METHODS = ("auto", "auto-nearest", "mse", "minmax", "percentile", "entropy")
 BASELINES = ("ort", "modelopt", "modelopt-max")
 METHODS = INT8BATCH_METHODS + BASELINES
 DEFAULT_METHOD = "auto"
@@ -239,9 +239,12 @@ class Scorer:
 # ----------------------------------------------------------------------------- quantizers
 def quantize_int8batch(model, calib_folder, out, method, calib_batches, threads):
     from int8batch.calib.api import calibrate
+    # auto-nearest: the default with nearest weight rounding instead of the error-compensating one
+    rounding = "nearest" if method == "auto-nearest" else None
+    method = "auto" if method == "auto-nearest" else method
     keep = None if method == "auto" else 0
     res = calibrate(model, calib_folder, out=out, method=method, batch_size=BATCH, max_batches=calib_batches,
-                    keep_float=keep, intra_op_threads=threads)
+                    keep_float=keep, intra_op_threads=threads, weight_rounding=rounding, device="cpu")
     return res.paths["qdq"], {"kept_float": list(getattr(res, "kept_float", None) or []),
                               "images": getattr(res, "images", None)}
 

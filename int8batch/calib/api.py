@@ -28,6 +28,7 @@ from . import thresholds as th
 from ..cuda.feeder import DeviceFeeder
 from ..cuda.kernels import DeviceKernels, DeviceTensor
 from .biascorr import DeviceMeanCollector, MeanCollector
+from .rounding import MomentCollector, round_weights
 from .artefacts import ARTEFACTS, CORRECTED_MODEL, CalibrationResult, write_artefacts  # noqa: F401
 from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
 from .ort_exec import ActivationRunner, DeviceActivationRunner, providers_for, resolve_device
@@ -85,7 +86,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, **options
         device = resolve_device(cfg.device)
         with (_DevicePass if device == "cuda" else _Pass)(facts, bs, win, cfg, model) as sweep:
             t_pass = time.perf_counter()
-            hist, means, lattice = _collect(sweep, facts, bs, cfg, out, progress)
+            hist, means, lattice, moments = _collect(sweep, facts, bs, cfg, out, progress)
             means = means.means() if means is not None else None
             t_pass = time.perf_counter() - t_pass
         result = _result(hist, lattice, facts, cfg, win, sweep.seconds)
@@ -95,8 +96,9 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, **options
             result.kept_float = _most_sensitive(facts, result.amax, bs, win, cfg, sweep.dynamic,
                                                 reporter(progress, "sensitivity", "tensors"), device)
         if out is not None:
+            ints = _rounded_weights(facts, moments) if moments is not None else None
             write_artefacts(result, model, facts, out, cfg, bs, win, means,
-                            reporter(progress, "writing artefacts", "files"))
+                            reporter(progress, "writing artefacts", "files"), weight_ints=ints)
         result.seconds = time.perf_counter() - t0
         return result
     finally:
@@ -292,13 +294,17 @@ def _collect(sweep, facts, bs, cfg, out, progress):
     if means is not None:
         collectors.append(means)
         sweep.owned.append(means)
+    moments = None
+    if cfg.resolved_weight_rounding == "gptq" and cfg.write_qdq and cfg.per_channel_weights and out is not None:
+        moments = _moment_collector(facts)
+        collectors.append(moments)
     step = pixel_step(manifest_recipe(bs.manifest, strict=False)) if cfg.method == "auto" else None
     lattice = _LatticeCheck(facts.input.name, step, k) if step else None
     if lattice is not None:
         collectors.append(lattice)
     sweep.sweep(_Tee(*collectors) if len(collectors) > 1 else hist,
                 "histograms and bias sums" if means is not None else "histograms", progress)
-    return hist, means, lattice
+    return hist, means, lattice, moments
 
 
 def _result(hist, lattice, facts, cfg, win, seconds):
@@ -405,6 +411,19 @@ class _Tee:
     def collect_many(self, arrays):
         for c in self.collectors:
             c.collect_many(arrays)
+
+
+def _moment_collector(facts):
+    layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
+    values = G.constant_values(facts.model)
+    return MomentCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers})
+
+
+def _rounded_weights(facts, moments):
+    """Error-compensating integer weights (:mod:`int8batch.calib.rounding`) of the layers the pass saw."""
+    nodes = facts.model.graph.node
+    axes = {nodes[i].input[k]: axis for i, k, axis in facts.plan().weights}
+    return round_weights(moments, G.constant_values(facts.model), axes)
 
 
 def _mean_collector(facts, kernels=HOST_KERNELS):

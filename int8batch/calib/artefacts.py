@@ -89,7 +89,7 @@ class CalibrationResult:
 
 
 
-def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, progress=None):
+def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, progress=None, weight_ints=None):
     """Write every artefact of ``result`` into ``out`` as one set; fills ``result.paths``.
 
     The caller holds ``out``'s folder lock.
@@ -131,7 +131,8 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
             act = {k: v for k, v in result.amax.items() if k not in kept}
             qmodel, report = qdq.insert_qdq_with_report(m, act, per_channel_weights=cfg.per_channel_weights,
                                                         on_missing="skip" if kept else "raise",
-                                                        input_means=input_means, facts=facts)
+                                                        input_means=input_means, facts=facts,
+                                                        weight_ints=weight_ints)
             meta["qdq_bias_corrected"] = sorted(report.biases)
         cache_io.write_calibration_json(path["json"], entries, meta)
         wrote()
@@ -145,7 +146,7 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
                 # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
                 final["corrected"] = os.path.join(out, CORRECTED_MODEL)
                 corrected, result.corrected_report = snap_weights(m, input_means, cfg.per_channel_weights,
-                                                                  facts=facts)
+                                                                  facts=facts, weight_ints=weight_ints)
                 qdq.save_model_atomic(corrected, staged.path(CORRECTED_MODEL))
                 wrote()
     result.paths = final

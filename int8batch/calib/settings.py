@@ -28,6 +28,8 @@ ACTIVATION_BUDGET = 256 << 20
 DEVICE_BUDGET = 8 << 30
 #: where the model runs and the statistics are computed (int8batch.calib.ort_exec.resolve_device)
 DEVICES = ("auto", "cpu", "cuda")
+#: how the per-channel int8 weights are rounded (int8batch.calib.rounding)
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 #: keep_float="auto": an activation whose quantization ALONE changes the output by more than
 #: this fraction of its energy (||y_q - y||^2 / ||y||^2, on SENSITIVITY_IMAGES images) stays float
 SENSITIVITY_THRESHOLD = 2.5e-4
@@ -72,6 +74,11 @@ class CalibrationConfig:
     device_budget : int or None
         Bytes of device memory one run's activations may take on the GPU
         (None: :data:`DEVICE_BUDGET`); bigger batches run in sub-batches.
+    weight_rounding : {"nearest", "gptq"} or None
+        How the Q/DQ model's per-channel int8 weights are rounded: to the
+        nearest level, or compensating each rounding error through the
+        layer's input correlations (:mod:`int8batch.calib.rounding`).
+        None: "gptq" for method auto, "nearest" for the others.
     """
 
     method: str = DEFAULT_METHOD
@@ -91,8 +98,12 @@ class CalibrationConfig:
     bias_correction: bool = True
     device: str = "auto"
     device_budget: int | None = None
+    weight_rounding: str | None = None
 
     def __post_init__(self):
+        if self.weight_rounding is not None and self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ConfigError(f"weight rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
+                              f"got {self.weight_rounding!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.device_budget is not None and (not _whole(self.device_budget) or self.device_budget < 1):
@@ -123,6 +134,13 @@ class CalibrationConfig:
     @property
     def thresholds(self) -> th.ThresholdConfig:
         return th.DEFAULTS.replace(percentile=self.percentile)
+
+    @property
+    def resolved_weight_rounding(self):
+        """``weight_rounding`` resolved: "gptq" for method auto, "nearest" for the others, unless given."""
+        if self.weight_rounding is None:
+            return "gptq" if self.method == "auto" else "nearest"
+        return self.weight_rounding
 
     @property
     def resolved_keep_float(self):

@@ -213,7 +213,8 @@ def _convert_opset(model, opset):
 
 def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel_weights=True,
                            opset=None, weight_format="int8", pools="auto", on_missing="raise",
-                           check=True, input_means=None, keep_float=None, log_summary=True, facts=None):
+                           check=True, input_means=None, keep_float=None, log_summary=True, facts=None,
+                           weight_ints=None):
     """Like :func:`insert_qdq`, returning ``(model, QdqReport)``.
 
     ``facts`` (:class:`int8batch.onnx.facts.ModelFacts` of ``model``) saves
@@ -228,6 +229,10 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     stay float whatever the scales say (e.g. a TensorRT cache entry with an
     infinite scale); they are listed in ``report.skipped`` with the reason,
     never in ``report.missing``.
+
+    ``weight_ints`` (mapping of weight name -> int8 array of the weight's shape,
+    :func:`int8batch.calib.rounding.round_weights`) replaces the nearest
+    rounding of those per-channel weights; the scales stay ``max|W| / 127``.
     """
     onnx = require("onnx")
     helper, numpy_helper = onnx.helper, require("onnx.numpy_helper")
@@ -319,6 +324,8 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
             s_name, z_name = names(f"{w_name}_scale"), names(f"{w_name}_zero_point")
             dq_out = names(f"{w_name}_dequantized")
             q, s = quantize_weight(w, axis)
+            if weight_ints and w_name in weight_ints and axis is not None:
+                q = np.asarray(weight_ints[w_name], dtype=np.int8).reshape(q.shape)
             new_inits += [numpy_helper.from_array(s, s_name),
                           numpy_helper.from_array(np.zeros(s.shape, np.int8), z_name)]
             ax = {} if axis is None else {"axis": axis}

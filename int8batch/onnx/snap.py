@@ -23,7 +23,7 @@ from .qdq import _copy, _drop_unused_constants, dequantize_weight, insert_qdq_wi
 log = logging.getLogger(__name__)
 
 
-def snap_weights(model, input_means=None, per_channel_weights=True, facts=None):
+def snap_weights(model, input_means=None, per_channel_weights=True, facts=None, weight_ints=None):
     """Return ``(model, QdqReport)``: a copy with int8-grid weights and corrected biases.
 
     Parameters
@@ -38,12 +38,15 @@ def snap_weights(model, input_means=None, per_channel_weights=True, facts=None):
         As in :func:`~int8batch.onnx.qdq.insert_qdq`.
     facts : ModelFacts, optional
         The model's analysis, reused (:func:`~int8batch.onnx.qdq.insert_qdq_with_report`).
+    weight_ints : dict, optional
+        Integer weights chosen by another rounding (as for ``insert_qdq_with_report``).
 
     The report lists the snapped weights (``weights``) and corrected layers (``biases``).
     """
     numpy_helper = require("onnx.numpy_helper")
     m, report = insert_qdq_with_report(model, {}, per_channel_weights=per_channel_weights, on_missing="skip",
-                                       input_means=input_means, check=False, log_summary=False, facts=facts)
+                                       input_means=input_means, check=False, log_summary=False, facts=facts,
+                                       weight_ints=weight_ints)
     g = m.graph
     inits = {t.name: t for t in g.initializer}
     nodes, folded = [], []

@@ -302,8 +302,9 @@ def test_cpu_and_gpu_calibrations_agree(name, path, _, mnist, photo_batches, tmp
 def test_auto_with_bias_correction_and_sensitivity_on_the_gpu(mnist, tmp_path):
     from int8batch.calib import api
     from int8batch.runner.mnist import MODEL
-    g = api.calibrate(MODEL, mnist, tmp_path / "g", device="cuda")
-    c = api.calibrate(MODEL, mnist, tmp_path / "c", device="cpu")
+    # nearest weight rounding: the error-compensating one may pick other integers on last-bit input differences
+    g = api.calibrate(MODEL, mnist, tmp_path / "g", device="cuda", weight_rounding="nearest")
+    c = api.calibrate(MODEL, mnist, tmp_path / "c", device="cpu", weight_rounding="nearest")
     assert set(g.paths) == set(c.paths)
     import onnx
     from onnx import numpy_helper

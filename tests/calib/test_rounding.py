@@ -1,0 +1,186 @@
+"""Error-compensating weight rounding (int8batch.calib.rounding): patches, the GPTQ update, the artefacts."""
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import int8batch
+from int8batch.calib import api
+from int8batch.calib import rounding as R
+from int8batch.onnx.layers import Layer
+
+
+def _naive_patches(x, w_shape, group, strides, pads, dil):
+    """Loop-by-loop im2col: (groups, d, rows) with d in (channel, kernel) order, rows in (image, position)."""
+    n, c = x.shape[:2]
+    kernel = w_shape[2:]
+    nd = len(kernel)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
+    out = [(xp.shape[2 + i] - (kernel[i] - 1) * dil[i] - 1) // strides[i] + 1 for i in range(nd)]
+    cg = c // group
+    cols = []
+    for img in range(n):
+        for pos in itertools.product(*(range(o) for o in out)):
+            col = np.empty((group, cg * int(np.prod(kernel))), np.float32)
+            for gi in range(group):
+                k = 0
+                for ch in range(cg):
+                    for tap in itertools.product(*(range(kk) for kk in kernel)):
+                        idx = tuple(p * s + t * d for p, s, t, d in zip(pos, strides, tap, dil))
+                        col[gi, k] = xp[(img, gi * cg + ch) + idx]
+                        k += 1
+            cols.append(col)
+    return np.stack(cols, axis=2)
+
+
+GEOMETRIES = [  # (input shape, weight shape, group, strides, pads, dilations)
+    ((2, 3, 7, 6), (4, 3, 3, 3), 1, (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((1, 4, 9, 9), (4, 1, 3, 3), 4, (2, 2), (1, 0, 1, 0), (1, 1)),          # depthwise, stride 2, uneven pads
+    ((2, 6, 8, 8), (6, 3, 2, 2), 2, (1, 2), (0, 0, 0, 0), (2, 1)),          # grouped, dilated
+    ((3, 5, 4, 4), (7, 5, 1, 1), 1, (1, 1), (0, 0, 0, 0), (1, 1)),          # pointwise
+    ((2, 3, 11), (2, 3, 3), 1, (2,), (1, 1), (1,)),                         # 1-D
+]
+
+
+@pytest.mark.parametrize("xs,ws,group,strides,pads,dil", GEOMETRIES)
+def test_patches_equal_a_loop_by_loop_im2col(xs, ws, group, strides, pads, dil):
+    x = np.random.default_rng(0).standard_normal(xs).astype(np.float32)
+    ly = Layer(key="y", op="Conv", input="x", weight="w", bias="", group=group, kernel=tuple(ws[2:]),
+               strides=strides, dilations=dil, pads=pads)
+    got = R._patches(x, ly, ws)
+    want = _naive_patches(x, ws, group, strides, pads, dil)
+    np.testing.assert_array_equal(got, want)
+    h, rows = R.patch_moments(x, ly, ws)
+    np.testing.assert_allclose(h, np.einsum("gdr,ger->gde", want.astype(np.float64), want), rtol=1e-5, atol=1e-4)
+    assert rows == want.shape[2]
+
+
+def test_gemm_patches_are_the_input_rows():
+    x = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    ly = Layer(key="y", op="Gemm", input="x", weight="w", bias="", trans_b=1)
+    h, rows = R.patch_moments(x, ly, (3, 8))
+    np.testing.assert_allclose(h[0], x.T.astype(np.float64) @ x, rtol=1e-5, atol=1e-5)
+    assert rows == 5
+
+
+def _problem(rng, g=2, rows=6, d=12, corr=0.9):
+    w = rng.uniform(-127, 127, (g, rows, d))
+    w[:, :, 0] = 127.0 * np.sign(w[:, :, 0])          # each row's max, exactly 127
+    a = rng.standard_normal((g, d, 4 * d))
+    mix = np.eye(d) * (1 - corr) + corr / d            # correlated inputs
+    x = np.einsum("de,ger->gdr", mix, a) + 0.3
+    return w, np.einsum("gdr,ger->gde", x, x)
+
+
+def _err(w, q, h):
+    e = w - q
+    return np.einsum("grd,gde,gre->", e, h, e)
+
+
+def test_uncorrelated_inputs_give_nearest_rounding():
+    rng = np.random.default_rng(2)
+    w, _ = _problem(rng)
+    h = np.stack([np.diag(rng.uniform(0.5, 2, w.shape[2])) for _ in range(w.shape[0])])
+    np.testing.assert_array_equal(R.gptq_round(w, h, damp=0.0), np.clip(np.rint(w), -127, 127))
+
+
+def test_compensation_lowers_the_output_error_and_keeps_each_rows_max():
+    rng = np.random.default_rng(3)
+    ratios = []
+    for _ in range(40):
+        w, h = _problem(rng)
+        q = R.gptq_round(w, h)
+        near = np.clip(np.rint(w), -127, 127)
+        assert q.dtype == np.int8 and np.abs(q.astype(int)).max() <= 127
+        assert (np.abs(q[:, :, 0]) == 127).all() and (np.sign(q[:, :, 0]) == np.sign(w[:, :, 0])).all()
+        assert np.abs(q - w).max() < 4, "compensation moved a weight far from its value"
+        ratios.append(_err(w, q, h) / _err(w, near, h))
+    ratios = np.array(ratios)
+    print(f"output error, compensated / nearest: median {np.median(ratios):.3f}, worst {ratios.max():.3f}")
+    assert np.median(ratios) < 0.7 and (ratios < 1.0).mean() >= 0.9
+
+
+def test_dead_inputs_keep_nearest_rounding():
+    rng = np.random.default_rng(4)
+    w, h = _problem(rng, g=1, d=6)
+    h[:, 3, :] = h[:, :, 3] = 0.0                      # input 3 is never non-zero
+    q = R.gptq_round(w, h)
+    np.testing.assert_array_equal(q[:, :, 3], np.clip(np.rint(w[:, :, 3]), -127, 127))
+
+
+@pytest.fixture(scope="module")
+def lenet_runs(tmp_path_factory):
+    from int8batch.runner.mnist import MODEL
+    root = tmp_path_factory.mktemp("rounding")
+    b = root / "b"
+    int8batch.pack("mnist", b, batch_size=50, limit=300)
+    runs = {wr: api.calibrate(MODEL, b, root / wr, weight_rounding=wr, device="cpu") for wr in ("nearest", "gptq")}
+    data = None
+    return MODEL, runs, data, b
+
+
+def _weights(path):
+    m = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    return {k[: -len("_quantized")]: (v, inits[k[: -len("_quantized")] + "_scale"])
+            for k, v in inits.items() if k.endswith("_quantized")}
+
+
+def test_auto_rounds_with_compensation_and_keeps_trt_scales(lenet_runs):
+    model, runs, _, _ = lenet_runs
+    near, comp = _weights(runs["nearest"].paths["qdq"]), _weights(runs["gptq"].paths["qdq"])
+    assert near.keys() == comp.keys() and near
+    changed = 0
+    for name, (q, s) in comp.items():
+        np.testing.assert_array_equal(s, near[name][1])          # same scales: max|W| / 127
+        per_row = np.abs(q.reshape(q.shape[0], -1).astype(int)).max(axis=1) if q.ndim > 1 else None
+        if per_row is not None and q.ndim == 4:
+            assert (per_row == 127).all(), name                  # TensorRT's max/127 finds the same scale
+        changed += int((q != near[name][0]).sum())
+    assert changed > 0
+    corrected = {t.name: numpy_helper.to_array(t) for t in onnx.load(runs["gptq"].paths["corrected"]).graph.initializer}
+    for name, (q, s) in comp.items():
+        if name in corrected and q.ndim == 4:
+            w = corrected[name]
+            np.testing.assert_allclose(np.abs(w).reshape(w.shape[0], -1).max(axis=1) / 127, s, rtol=1e-6)
+            np.testing.assert_allclose(w, q * s.reshape(-1, 1, 1, 1), rtol=1e-6, atol=1e-12)
+
+
+def test_each_layer_tracks_fp32_better_on_images_it_did_not_see(lenet_runs):
+    """The promise of the method: lower output error of each compensated layer (FP32 inputs), measured
+    with the second moments of other images than the ones the rounding was computed from."""
+    from int8batch.calib.ort_exec import ActivationRunner
+    from int8batch.onnx import graph as G
+    from int8batch.onnx.facts import ModelFacts
+    from int8batch.onnx.layers import layers_of
+    model, runs, _, folder = lenet_runs
+    facts = ModelFacts.of(model)
+    layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
+    values = G.constant_values(facts.model)
+    with int8batch.BatchSet(folder) as bs:
+        held_out = np.ascontiguousarray(bs.images(R.ROUNDING_IMAGES, 300 - R.ROUNDING_IMAGES)[0])
+    acts = ActivationRunner(facts.model, [ly.input for ly in layers]).run(held_out)
+    mc = R.MomentCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers}, max_images=10 ** 6)
+    mc._cap = {k: 10 ** 12 for k in mc._cap}
+    mc.collect_many(acts)
+    near, comp = _weights(runs["nearest"].paths["qdq"]), _weights(runs["gptq"].paths["qdq"])
+    compared = 0
+    for ly in mc.layers:
+        (qn, s), (qg, _) = near[ly.weight], comp[ly.weight]
+        if (qn == qg).all():
+            continue                   # kept nearest (too few patches for its H)
+        w = values[ly.weight]
+        rows = w.reshape(w.shape[0], -1) if ly.op == "Conv" else (w if ly.trans_b else w.T)
+        h = mc.h[ly.key]
+
+        def err(q):
+            qr = q.reshape(q.shape[0], -1) if ly.op == "Conv" else (q if ly.trans_b else q.T)
+            e = (rows - qr * s[:, None]).astype(np.float64).reshape(h.shape[0], -1, h.shape[1])
+            return float(np.einsum("grd,gde,gre->", e, h, e))
+
+        print(f"{ly.key}: held-out output error nearest {err(qn):.4g}, compensated {err(qg):.4g}")
+        assert err(qg) < 0.7 * err(qn), ly.key
+        compared += 1
+    assert compared >= 2

@@ -45,7 +45,7 @@ ROUNDING_IMAGES = 64
 #: output error on other images doubled)
 MIN_ROWS_PER_VALUE = 2
 #: layers whose patch has more values than this keep nearest rounding (H is d x d float64)
-MAX_PATCH = 2048
+MAX_PATCH = 256
 #: relative damping of H's diagonal (GPTQ's default)
 DAMP = 0.01
 #: columns rounded between two block updates

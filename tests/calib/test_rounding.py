@@ -116,7 +116,12 @@ def lenet_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("rounding")
     b = root / "b"
     int8batch.pack("mnist", b, batch_size=50, limit=300)
-    runs = {wr: api.calibrate(MODEL, b, root / wr, weight_rounding=wr, device="cpu") for wr in ("nearest", "gptq")}
+    # LeNet's conv2 and Gemms have 500-800 values per patch: above the default limit, raised here so that
+    # the method itself is tested on more than one layer
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(R, "MAX_PATCH", 1024)
+        runs = {wr: api.calibrate(MODEL, b, root / wr, weight_rounding=wr, device="cpu")
+                for wr in ("nearest", "gptq")}
     data = None
     return MODEL, runs, data, b
 
@@ -162,7 +167,9 @@ def test_each_layer_tracks_fp32_better_on_images_it_did_not_see(lenet_runs):
     with int8batch.BatchSet(folder) as bs:
         held_out = np.ascontiguousarray(bs.images(R.ROUNDING_IMAGES, 300 - R.ROUNDING_IMAGES)[0])
     acts = ActivationRunner(facts.model, [ly.input for ly in layers]).run(held_out)
-    mc = R.MomentCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers}, max_images=10 ** 6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(R, "MAX_PATCH", 1024)
+        mc = R.MomentCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers}, max_images=10 ** 6)
     mc._cap = {k: 10 ** 12 for k in mc._cap}
     mc.collect_many(acts)
     near, comp = _weights(runs["nearest"].paths["qdq"]), _weights(runs["gptq"].paths["qdq"])

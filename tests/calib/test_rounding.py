@@ -191,3 +191,26 @@ def test_each_layer_tracks_fp32_better_on_images_it_did_not_see(lenet_runs):
         assert err(qg) < 0.7 * err(qn), ly.key
         compared += 1
     assert compared >= 2
+
+
+def test_device_tensors_are_read_through_their_host_copies():
+    """The GPU path hands DeviceTensor-like objects (``to_host()``): the same moments as from the arrays."""
+    class OnDevice:
+        def __init__(self, a):
+            self._a, self.shape = a, a.shape
+
+        def to_host(self):
+            return self._a.copy()
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 4, 9, 9)).astype(np.float32)
+    ly = Layer(key="y", op="Conv", input="x", weight="w", bias="", group=4, kernel=(3, 3), strides=(1, 1),
+               dilations=(1, 1), pads=(1, 1, 1, 1))
+    a, b = (R.MomentCollector([ly], {"w": (4, 1, 3, 3)}, max_images=5) for _ in range(2))
+    for k in range(0, 6, 2):       # three batches of 2; the fifth image is the last one used
+        a.collect_many({"x": x[k:k + 2]})
+        b.collect_many({"x": OnDevice(x[k:k + 2])})
+    np.testing.assert_array_equal(a.h["y"], b.h["y"])
+    want, rows = R.patch_moments(x[:5], ly, (4, 1, 3, 3))
+    np.testing.assert_allclose(a.h["y"], want, rtol=1e-5)
+    assert a.rows["y"] == rows == 5 * 81

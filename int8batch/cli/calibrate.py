@@ -74,6 +74,9 @@ def run(args):
         print(res)   # the BuildResult: engine, cache, batches served, shape, TensorRT version
         return 0
     from ..calib.api import calibrate
+    if args.device_budget is not None and not args.device_budget > 0:
+        from ..errors import ConfigError
+        raise ConfigError(f"--device-budget must be a positive number of GB, got {args.device_budget:g}")
     bar = ProgressBar("batches", enabled=False if args.quiet else None)
     try:
         with log_level(logging.WARNING if args.quiet else None):

@@ -86,3 +86,9 @@ def test_gpu_sub_batches_have_one_shape(batch, limit, want):
     p.win = SimpleNamespace(batch_size=batch)
     got = p._sub_batch(limit)
     assert got == want and batch % got == 0
+
+
+def test_cli_device_budget_is_checked_in_the_users_units(tmp_path, capsys):
+    rc = main(["calibrate", MODEL, "--batches", str(tmp_path), "--device-budget", "-1", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--device-budget must be a positive number of GB, got -1" in err

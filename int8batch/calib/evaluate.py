@@ -155,7 +155,7 @@ def _count(batches, batch_size, max_batches, first):
 
 def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None, *, first=0,
              outputs="auto", providers=None, intra_op_threads=None, keep_largest=5, keep=0,
-             progress=None, device="cpu"):
+             progress=None, device="auto"):
     """Run both models on the same batches and compare them.
 
     Parameters

@@ -184,7 +184,8 @@ def bench_model(entry, args, corpus):
           f"{args.images / fp32:.0f} images/s)", flush=True)
     for method in PURE + ("auto",):
         with PeakMemory() as pm:
-            res, sec = calib_row(model, folder, os.path.join(work, f"gpu_{method}"), method, "cuda")
+            res, sec = calib_row(model, folder, os.path.join(work, f"gpu_{method}"), method, "cuda",
+                                 device_feeder=args.feeder)
         rows[f"gpu/{method}"] = {"seconds": sec, "pass": res.pass_seconds, "ort": res.inference_seconds,
                                  "peak_gb": pm.gb, "left_gb": pm.after_gb, "executed_by": res.executed_by,
                                  "cache": res.paths["cache"]}
@@ -238,6 +239,9 @@ def main(argv=None):
     ap.add_argument("--cpu-methods", nargs="*", default=["entropy", "auto"])
     ap.add_argument("--corpus", help="folder of JPEGs (default: tools/make_corpus.py --split calib)")
     ap.add_argument("--work", default=os.path.join(ROOT, ".work", "bench_gpu"))
+    from int8batch.cuda.feeder import STRATEGIES
+    ap.add_argument("--feeder", default="auto", choices=STRATEGIES,
+                    help="DeviceFeeder strategy of the GPU rows (calibrate's device_feeder)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     from bench_calibrate import load_zoo_index

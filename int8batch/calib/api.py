@@ -217,6 +217,7 @@ class _DevicePass(_Pass):
     def __init__(self, facts, bs, win, cfg, model):
         self.kernels, self.owned = None, []
         self.budget = int(cfg.device_budget or DEVICE_BUDGET)
+        self.feeder = cfg.device_feeder
         try:
             self.kernels = DeviceKernels()
             super().__init__(facts, bs, win, cfg, model)
@@ -253,7 +254,7 @@ class _DevicePass(_Pass):
         return self.runner.run_device(data)
 
     def _batches(self):
-        with DeviceFeeder(self.bs, window=self.win) as feeder:
+        with DeviceFeeder(self.bs, window=self.win, strategy=self.feeder) as feeder:
             for b in feeder:
                 yield DeviceTensor(b.ptr, b.shape)
 

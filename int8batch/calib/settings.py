@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, fields, replace
 
+from ..cuda.feeder import STRATEGIES as FEEDER_STRATEGIES
 from ..errors import ConfigError
 from . import thresholds as th
 
@@ -74,6 +75,8 @@ class CalibrationConfig:
     device_budget : int or None
         Bytes of device memory one run's activations may take on the GPU
         (None: :data:`DEVICE_BUDGET`); bigger batches run in sub-batches.
+    device_feeder : {"auto", "registered", "pinned", "pageable"}
+        How the batch files reach the GPU (:class:`int8batch.cuda.DeviceFeeder`'s ``strategy``).
     weight_rounding : {"nearest", "gptq"} or None
         How the Q/DQ model's per-channel int8 weights are rounded: to the
         nearest level, or compensating each rounding error through the
@@ -98,6 +101,7 @@ class CalibrationConfig:
     bias_correction: bool = True
     device: str = "auto"
     device_budget: int | None = None
+    device_feeder: str = "auto"
     weight_rounding: str | None = None
 
     def __post_init__(self):
@@ -106,6 +110,9 @@ class CalibrationConfig:
                               f"got {self.weight_rounding!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device_feeder not in FEEDER_STRATEGIES:
+            raise ConfigError(f"device feeder must be one of {', '.join(FEEDER_STRATEGIES)}, got "
+                              f"{self.device_feeder!r}")
         if self.device_budget is not None and (not _whole(self.device_budget) or self.device_budget < 1):
             raise ConfigError(f"device budget must be a whole number of bytes >= 1, got {self.device_budget!r}")
         if self.method not in METHODS:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..calib.api import calibrate
 from ..calib.evaluate import evaluate
+from ..calib.ort_exec import resolve_device
 from ..errors import ConfigError, Int8BatchError
 from ..reader import BatchSet, Window
 from ..trt import vocab
@@ -106,6 +107,7 @@ def run(sample, out, workdir=None, plot=False):
     """
     s = sample.settings
     backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
+    resolve_device(getattr(s, "device", "auto"))   # and so does --device cuda where it cannot run
     sample.check()
     with _workspace(workdir, sample.tmp_prefix) as tmp:
         with contextlib.ExitStack() as stack:

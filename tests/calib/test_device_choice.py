@@ -92,3 +92,10 @@ def test_cli_device_budget_is_checked_in_the_users_units(tmp_path, capsys):
     rc = main(["calibrate", MODEL, "--batches", str(tmp_path), "--device-budget", "-1", "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert rc != 0 and "--device-budget must be a positive number of GB, got -1" in err
+
+
+def test_run_with_device_cuda_stops_with_the_reason_and_writes_nothing(no_cuda, tmp_path, capsys):
+    rc = main(["run", "mnist", "--device", "cuda", "--out", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "device 'cuda' cannot be used" in err
+    assert not (tmp_path / "out").exists()

@@ -140,8 +140,7 @@ def calib_row(model, folder, out, method, device, **kw):
 
 def compare_caches(a, b):
     from int8batch.calib.cache import read_trt_cache
-    ca, cb = read_trt_cache(a), read_trt_cache(b)
-    sa, sb = ca.scales if hasattr(ca, "scales") else ca, cb.scales if hasattr(cb, "scales") else cb
+    sa, sb = read_trt_cache(a).scales, read_trt_cache(b).scales
     same = sum(1 for k in sa if k in sb and sa[k] == sb[k])
     worst = max((abs(sb[k] - sa[k]) / max(abs(sa[k]), 1e-30) for k in sa if k in sb), default=0.0)
     return same, len(sa), worst
@@ -164,7 +163,7 @@ def ensure_pack(entry, images, work, corpus):
 
 def ensure_corpus(work, count):
     folder = os.path.join(work, f"corpus_calib{count}")
-    have = len([f for f in os.listdir(folder)]) if os.path.isdir(folder) else 0
+    have = len(os.listdir(folder)) if os.path.isdir(folder) else 0
     if have < count:
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_corpus.py"), folder, "--count", str(count),
                         "--split", "calib", "--workers", str(os.cpu_count() or 2), "--force"], check=True)

@@ -364,10 +364,11 @@ class _LatticeCheck:
 
     def collect_many(self, arrays):
         x = arrays.get(self.name)
+        if x is None or self.worst > 1e-3:
+            return
         if isinstance(x, DeviceTensor):
-            if self.worst <= 1e-3:
-                self.worst = max(self.worst, self.kernels.lattice_worst(x, self.step))
-        elif x is not None and self.worst <= 1e-3:
+            self.worst = max(self.worst, self.kernels.lattice_worst(x, self.step))
+        else:
             k = np.asarray(x, np.float64) / self.step
             self.worst = max(self.worst, float(np.max(np.abs(k - np.rint(k)), initial=0.0)))
 

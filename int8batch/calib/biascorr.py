@@ -30,6 +30,7 @@ import itertools
 import numpy as np
 
 from .._kernels_calib import sum_rows
+from ..cuda.buffers import DeviceBuffer
 from ..errors import CalibrationError
 from ..onnx.layers import conv_geometry
 from .collector import default_num_threads
@@ -119,19 +120,26 @@ class MeanCollector:
             if t not in self._per_channel or (self.max_images is not None
                                               and self._images.get(t, 0) >= self.max_images):
                 continue
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            if t not in self._sums:
-                self._shape[t], self._images[t] = x.shape[1:], 0
-                self._sums[t] = np.zeros(x.shape[1] if self._per_channel[t] else x.shape[1:])
-            if self._shape[t] != x.shape[1:]:
+            if t not in self._shape:
+                self._shape[t], self._images[t] = tuple(x.shape[1:]), 0
+                self._start(t)
+            if self._shape[t] != tuple(x.shape[1:]):
                 raise CalibrationError(f"tensor {t!r} changed shape between batches "
-                                       f"({('N',) + tuple(self._shape[t])} then {x.shape}); bias correction "
-                                       "needs fixed input sizes")
-            if self._per_channel[t]:
-                self._sums[t] += x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2).sum(axis=0, dtype=np.float64)
-            else:
-                sum_rows(x.reshape(x.shape[0], -1), self._sums[t].reshape(-1), self.num_threads)
+                                       f"({('N',) + tuple(self._shape[t])} then {tuple(x.shape)}); bias "
+                                       "correction needs fixed input sizes")
+            self._add(t, x)
             self._images[t] += x.shape[0]
+
+    def _start(self, t):
+        shape = self._shape[t]
+        self._sums[t] = np.zeros(shape[0] if self._per_channel[t] else shape)
+
+    def _add(self, t, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._per_channel[t]:
+            self._sums[t] += x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2).sum(axis=0, dtype=np.float64)
+        else:
+            sum_rows(x.reshape(x.shape[0], -1), self._sums[t].reshape(-1), self.num_threads)
 
     def means(self):
         """``{layer key: mean array}`` (:func:`patch_sums` / count) for every layer that saw data."""
@@ -166,24 +174,14 @@ class DeviceMeanCollector(MeanCollector):
         self.kernels = kernels
         self._dev = {}
 
-    def collect_many(self, arrays):
-        from ..cuda.buffers import DeviceBuffer
-        for t, x in arrays.items():
-            if t not in self._per_channel or (self.max_images is not None
-                                              and self._images.get(t, 0) >= self.max_images):
-                continue
-            if t not in self._dev:
-                self._shape[t], self._images[t] = tuple(x.shape[1:]), 0
-                cols = int(np.prod(self._shape[t], dtype=np.int64))
-                buf = self._dev[t] = DeviceBuffer(8 * cols)
-                buf.copy_from_host(np.zeros(cols))
-            if self._shape[t] != tuple(x.shape[1:]):
-                raise CalibrationError(f"tensor {t!r} changed shape between batches "
-                                       f"({('N',) + tuple(self._shape[t])} then {x.shape}); bias correction "
-                                       "needs fixed input sizes")
-            rows = int(x.shape[0])
-            self.kernels.sum_rows(x, self._dev[t].ptr, rows, x.size // max(rows, 1))
-            self._images[t] += rows
+    def _start(self, t):
+        cols = int(np.prod(self._shape[t], dtype=np.int64))
+        self._dev[t] = DeviceBuffer(8 * cols)
+        self._dev[t].copy_from_host(np.zeros(cols))
+
+    def _add(self, t, x):
+        rows = int(x.shape[0])
+        self.kernels.sum_rows(x, self._dev[t].ptr, rows, x.size // max(rows, 1))
 
     def means(self):
         self.kernels.synchronize()

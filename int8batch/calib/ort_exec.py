@@ -15,10 +15,10 @@ import tempfile
 
 import numpy as np
 
-from .._optional import require
+from .._optional import available, require
 from ..cuda import runtime as cu
 from ..cuda.kernels import DeviceTensor
-from ..errors import CalibrationError, ConfigError, Int8BatchError, MissingDependencyError, ModelError
+from ..errors import CalibrationError, ConfigError, Int8BatchError, ModelError
 from ..onnx import graph as G
 from ..onnx.inputs import check_batch_shape, image_input
 from .settings import DEVICES
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 _TWO_GB = 2 ** 31 - 2 ** 20
 
-# DEVICES: where ONNX Runtime runs the model; "auto" is cuda when cuda_status() says it can, else cpu
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 #: the CUDA provider's settings: true float32 arithmetic (no TF32: activations stay close to the CPU
@@ -43,19 +42,11 @@ def cuda_status():
     if CUDA_PROVIDER not in ort.get_available_providers():
         return False, ("the installed ONNX Runtime has no CUDA provider (the `onnxruntime` wheel is the CPU "
                        "build; README, 'Calibrating on the GPU', says how to install `onnxruntime-gpu`)")
-    if not _cuda_python():
+    if not available("cuda.bindings.runtime"):
         return False, "cuda-python is not installed (pip install 'int8batch[cuda]')"
     if cu.device_count() == 0:
         return False, "no CUDA device answers (cudaGetDeviceCount found none)"
     return True, ""
-
-
-def _cuda_python():
-    try:
-        require("cuda.bindings.runtime")
-        return True
-    except MissingDependencyError:
-        return False
 
 
 def resolve_device(device):

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import CalibrationError
 from ..onnx.layers import conv_geometry
+from ..onnx.qdq import weight_scales
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,6 @@ class MomentCollector:
                     a += n
             self._images[t] = self._images.get(t, 0) + len(x)
 
-    def close(self):
-        pass
-
 
 def gptq_round(w, h, damp=DAMP):
     """Integers for ``w`` (in units of its scale) that compensate each rounding error through ``h``.
@@ -200,7 +198,6 @@ def round_weights(moments, values, weights_axes):
     ``values`` holds the weight arrays, ``weights_axes`` the per-channel axis of each weight name
     (the Q/DQ placement's); per-tensor weights keep nearest rounding.
     """
-    from ..onnx.qdq import weight_scales
     out = {}
     for ly in moments.layers:
         if ly.key not in moments.h or ly.weight in out:

@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from . import runtime as cu
+from .buffers import DeviceBuffer
 from .._optional import require
 from ..errors import ConfigError, CudaError
 
@@ -164,9 +165,9 @@ def _launch(func, grid, block, shared, stream, *args):
     drv = require("cuda.bindings.driver")
     boxes = [np.array([a]) if isinstance(a, np.generic) else np.array([a], dtype=np.uint64) for a in args]
     ptrs = np.array([b.ctypes.data for b in boxes], dtype=np.uint64)
+    # the driver copies the parameter values when the launch is issued, so the boxes may go after it
     _check("cuLaunchKernel", drv.cuLaunchKernel(func, *grid, *block, shared, drv.CUstream(int(stream)),
                                                 ptrs.ctypes.data, 0))
-    return boxes  # kept alive by the caller until the launch is issued (it is, on return)
 
 
 def float_below(h):
@@ -216,7 +217,6 @@ class DeviceKernels:
 
     # -- buffers ---------------------------------------------------------
     def _buf(self, key, nbytes):
-        from .buffers import DeviceBuffer
         b = self._bufs.get(key)
         if b is None or b.nbytes < nbytes:
             if b is not None:

@@ -383,3 +383,53 @@ def test_corrected_fp32_model_carries_the_q_dq_weights_and_biases_for_tensorrt_1
     off = api.calibrate(LENET, mnist, tmp_path / "off", method="minmax", batch_size=50, max_batches=2,
                         bias_correction=False)
     assert "corrected" not in off.paths and not (tmp_path / "off" / "model.corrected.onnx").exists()
+
+
+def test_device_mean_collector_equals_the_host_one(monkeypatch):
+    """DeviceMeanCollector (planes summed by a device kernel, per-channel reduced at the end) against
+    MeanCollector, on the CPU stand-in of the CUDA runtime with a NumPy ``sum_rows`` in place of the kernel."""
+    import ctypes
+    from fake_cudart import FakeCuda
+    from int8batch.calib.biascorr import DeviceMeanCollector, MeanCollector
+    from int8batch.cuda.kernels import DeviceTensor
+    from int8batch.onnx.layers import Layer
+
+    fake = FakeCuda().install(monkeypatch)
+
+    def view(ptr, n, dtype):
+        return np.frombuffer((ctypes.c_char * (n * np.dtype(dtype).itemsize)).from_address(ptr), dtype)
+
+    class Kernels:
+        def sum_rows(self, x, acc_ptr, rows, cols):
+            acc = view(acc_ptr, cols, np.float64)
+            acc += view(x.ptr, rows * cols, np.float32).reshape(rows, cols).sum(axis=0, dtype=np.float64)
+
+        def synchronize(self):
+            pass
+
+    layers = [Layer(key="a", op="Conv", input="x", weight="wa", bias="", kernel=(3, 3), strides=(1, 1),
+                    dilations=(1, 1), pads=(1, 1, 1, 1)),
+              Layer(key="b", op="Conv", input="y", weight="wb", bias="", kernel=(1, 1), strides=(1, 1),
+                    dilations=(1, 1), pads=(0, 0, 0, 0))]
+    shapes = {"wa": (4, 3, 3, 3), "wb": (5, 3, 1, 1)}
+    host, dev = MeanCollector(layers, shapes, max_images=5), DeviceMeanCollector(layers, shapes, Kernels(),
+                                                                                 max_images=5)
+    rng = np.random.default_rng(0)
+    keep = []
+    for _ in range(3):
+        batch = {t: rng.standard_normal((2, 3, 6, 6)).astype(np.float32) for t in ("x", "y")}
+        host.collect_many(batch)
+        on_dev = {}
+        for t, a in batch.items():
+            buf = (ctypes.c_char * a.nbytes).from_buffer_copy(a.tobytes())
+            keep.append(buf)
+            on_dev[t] = DeviceTensor(ctypes.addressof(buf), a.shape)
+        dev.collect_many(on_dev)
+    got, want = dev.means(), host.means()
+    assert got.keys() == want.keys() == {"a", "b"}
+    # "a" (3x3 taps) is the same float64 row-sum arithmetic; "b" (1x1, one sum per channel) is summed over
+    # each plane in float32 on the host, in float64 on the device
+    np.testing.assert_allclose(got["a"], want["a"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got["b"], want["b"], rtol=1e-6, atol=1e-9)
+    dev.close()
+    assert not fake.device, "device buffers left allocated"

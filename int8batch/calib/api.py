@@ -129,23 +129,30 @@ class _Pass:
     """Runs the model over the window's batches, in sub-batches, feeding collectors.
 
     A dynamic-batch model runs on sub-batches sized so that one sub-batch's
-    activations stay under ``ACTIVATION_BUDGET`` bytes (its first image
-    measures them): peak memory does not grow with the batch size, and the
-    histograms are the same (they do not depend on how the data is split).
+    activations stay under ``ACTIVATION_BUDGET`` bytes: peak memory does not
+    grow with the batch size, and the histograms are the same (they do not
+    depend on how the data is split).  The bytes per image come from the
+    inferred shapes (:meth:`ModelFacts.bytes_per_image`) or, where shape
+    inference cannot tell, from a probe run on one image whose activations are
+    not collected; either way every collected run has the sub-batch's shape.
     """
 
     kernels = HOST_KERNELS
-    budget = ACTIVATION_BUDGET
 
     def __init__(self, facts, bs, win, cfg, model):
         self.bs, self.win = bs, win
+        self.budget = self._budget(cfg)
         self.owned = []     # collectors holding resources, closed on exit
         shape = facts.input.shape
         self.dynamic = not isinstance(shape[0] if shape else None, int)
-        self.chunk = 1 if self.dynamic else win.batch_size
-        self.measured = not self.dynamic
+        self.chunk = win.batch_size
         self.seconds = 0.0
         self.runner = self._runner(facts, cfg, os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
+        self.per_image = facts.bytes_per_image(self.runner.tensor_names) if self.dynamic else None
+        self.measured = not self.dynamic
+
+    def _budget(self, cfg):
+        return ACTIVATION_BUDGET
 
     def _sub_batch(self, limit):
         return limit
@@ -169,18 +176,30 @@ class _Pass:
     def _run(self, data):
         return self.runner.run(data)
 
+    def _measure(self, data):
+        """Size the sub-batches (a dynamic-batch model, before its first run)."""
+        per_image = self.per_image
+        if per_image is None:
+            t = time.perf_counter()
+            outs = self._run(data[0:1])
+            self.seconds += time.perf_counter() - t
+            per_image = sum(a.nbytes for a in outs.values())
+            del outs
+        self.chunk = self._sub_batch(int(max(1, min(self.win.batch_size, self.budget // max(per_image, 1)))))
+        self.measured = True
+        log.debug("sub-batches of %d images (%.1f MB of activations per image%s)", self.chunk, per_image / 1e6,
+                  "" if self.per_image is not None else ", measured on one image")
+
     def feed(self, data, collector):
         """Run one batch's images and hand every activation of each sub-batch to ``collector``."""
+        if not self.measured:
+            self._measure(data)
         s = 0
         while s < len(data):
             n = self.chunk
             t = time.perf_counter()
             outs = self._run(data[s:s + n])
             self.seconds += time.perf_counter() - t
-            if not self.measured:
-                per_image = sum(a.nbytes for a in outs.values())
-                self.chunk = self._sub_batch(int(max(1, min(self.win.batch_size, self.budget // max(per_image, 1)))))
-                self.measured = True
             collector.collect_many(outs)
             del outs
             s += n
@@ -216,7 +235,6 @@ class _DevicePass(_Pass):
 
     def __init__(self, facts, bs, win, cfg, model):
         self.kernels, self.owned = None, []
-        self.budget = int(cfg.device_budget or DEVICE_BUDGET)
         self.feeder = cfg.device_feeder
         try:
             self.kernels = DeviceKernels()
@@ -241,6 +259,9 @@ class _DevicePass(_Pass):
             if self.kernels is not None:
                 self.kernels.close()
                 self.kernels = None
+
+    def _budget(self, cfg):
+        return int(cfg.device_budget or DEVICE_BUDGET)
 
     def _sub_batch(self, limit):
         """The largest divisor of the batch size <= ``limit``: every run has the same shape."""

@@ -93,9 +93,9 @@ def patch_moments(x, layer, w_shape):
 class MomentCollector:
     """Streaming second moments of every layer's input patches (a calibration collector).
 
-    Takes the same ``{tensor: array}`` dicts as the histogram collector (device
-    tensors are copied to the host; only the first ``max_images`` images are
-    used).  Layers with a patch of more than ``MAX_PATCH`` values are skipped.
+    Takes the same ``{tensor: array}`` dicts as the histogram collector (of
+    device tensors only the images used are copied to the host: at most the
+    first ``max_images``, fewer where a layer's row cap is met earlier).  Layers with a patch of more than ``MAX_PATCH`` values are skipped.
     """
 
     def __init__(self, layers, weight_shapes, max_images=ROUNDING_IMAGES):
@@ -123,25 +123,43 @@ class MomentCollector:
             users = [ly for ly in self._by_input.get(t, ()) if self.rows.get(ly.key, 0) < self._cap[ly.key]]
             if not users or self._images.get(t, 0) >= self.max_images:
                 continue
-            x = x.to_host() if hasattr(x, "to_host") else np.asarray(x)
-            x = x[: self.max_images - self._images.get(t, 0)]
-            per_image = max(1, x[0].size * 9 if x.ndim > 2 else x[0].size)
+            avail = min(len(x), self.max_images - self._images.get(t, 0))
+            host = _HostPrefix(x)
+            shape = tuple(x.shape)
+            per_image = max(1, int(np.prod(shape[1:])) * (9 if len(shape) > 2 else 1))
             step = max(1, CHUNK_VALUES // per_image)
             for ly in users:
                 a = 0
-                while a < len(x) and self.rows.get(ly.key, 0) < self._cap[ly.key]:
+                while a < avail and self.rows.get(ly.key, 0) < self._cap[ly.key]:
                     # the first image measures the patches per image; then only as many images as the cap needs
                     per = self._per_image.get(ly.key)
                     n = 1 if per is None else min(step, -(-(self._cap[ly.key] - self.rows[ly.key]) // per))
-                    h, r = patch_moments(x[a:a + n], ly, self._shapes[ly.weight])
+                    n = min(n, avail - a)
+                    h, r = patch_moments(host.images(a, n), ly, self._shapes[ly.weight])
                     if ly.key in self.h:
                         self.h[ly.key] += h
                         self.rows[ly.key] += r
                     else:
                         self.h[ly.key], self.rows[ly.key] = h, r
-                        self._per_image[ly.key] = max(1, r // max(1, min(n, len(x) - a)))
+                        self._per_image[ly.key] = max(1, r // n)
                     a += n
-            self._images[t] = self._images.get(t, 0) + len(x)
+            self._images[t] = self._images.get(t, 0) + avail
+
+
+class _HostPrefix:
+    """Images of one tensor on the host: an array as it is, a device tensor copied only as far as read."""
+
+    def __init__(self, x):
+        self.x = x
+        self.dev = hasattr(x, "to_host")
+        self.host = None if self.dev else np.asarray(x)
+
+    def images(self, a, n):
+        if self.dev and (self.host is None or len(self.host) < a + n):
+            have = 0 if self.host is None else len(self.host)
+            more = self.x[have:a + n].to_host()
+            self.host = more if self.host is None else np.concatenate([self.host, more])
+        return self.host[a:a + n]
 
 
 def gptq_round(w, h, damp=DAMP):

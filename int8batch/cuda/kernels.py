@@ -39,7 +39,7 @@ PER_BLOCK = 1 << 16
 MAX_BLOCKS = 2048
 
 _LOCK = threading.Lock()
-_MODULES = {}   # context handle -> (module, {name: function})
+_MODULES = {}   # (context handle, defines) -> (module, {name: function})
 
 
 class DeviceTensor:
@@ -105,8 +105,11 @@ def _check(what, result):
     return rest[0] if len(rest) == 1 else (rest or None)
 
 
-def _compile(device):
-    """Compile kernels.cu for ``device``: cubin for its architecture (PTX for the newest NVRTC knows)."""
+def _compile(device, defines=()):
+    """Compile kernels.cu for ``device``: cubin for its architecture (PTX for the newest NVRTC knows).
+
+    ``defines``: extra ``NAME=VALUE`` macros (bench/bench_gpu_kernels.py compares variants with them).
+    """
     nvrtc = require("cuda.bindings.nvrtc")
     major = cu.device_attribute("cudaDevAttrComputeCapabilityMajor", device)
     minor = cu.device_attribute("cudaDevAttrComputeCapabilityMinor", device)
@@ -123,6 +126,7 @@ def _compile(device):
     prog = _check("nvrtcCreateProgram", nvrtc.nvrtcCreateProgram(src, b"kernels.cu", 0, [], []))
     try:
         opts = [f"--gpu-architecture={arch}".encode(), b"--fmad=false", b"--std=c++14"]
+        opts += [f"-D{d}".encode() for d in defines]
         err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
         if int(err) != 0:
             size = _check("nvrtcGetProgramLogSize", nvrtc.nvrtcGetProgramLogSize(prog))
@@ -144,19 +148,20 @@ def _compile(device):
     return image
 
 
-def _functions():
-    """The kernels of the current context (compiled and loaded once per context)."""
+def _functions(defines=()):
+    """The kernels of the current context (compiled and loaded once per context and ``defines``)."""
     dev = cu.ensure_context()
     ctx = cu.current_context()
     with _LOCK:
-        hit = _MODULES.get(ctx)
+        key = (ctx, tuple(defines))
+        hit = _MODULES.get(key)
         if hit is None:
             drv = require("cuda.bindings.driver")
-            image = _compile(dev)
+            image = _compile(dev, defines)
             module = _check("cuModuleLoadData", drv.cuModuleLoadData(image))
             funcs = {name: _check(f"cuModuleGetFunction({name})", drv.cuModuleGetFunction(module, name.encode()))
                      for name in ("i8b_abs_hist", "i8b_sum_rows", "i8b_lattice")}
-            hit = _MODULES[ctx] = (module, funcs)
+            hit = _MODULES[key] = (module, funcs)
     return hit[1]
 
 
@@ -208,9 +213,10 @@ class DeviceKernels:
     Use :meth:`close` (or ``with``) to free its few device buffers and its stream.
     """
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, defines=()):
         cu.ensure_context(device)
-        self._f = _functions()
+        self._f = _functions(defines)
+        self.per_block = PER_BLOCK
         self._stream = cu.Stream()
         self._bufs = {}
         self.launches = 0
@@ -300,13 +306,13 @@ class DeviceKernels:
         if out is not None:
             _check("cuMemsetD32Async", drv.cuMemsetD32Async(ph, 0, 2 * k * nbins, st))
         biggest = max(x.size for x in xs)
-        gx = int(min(MAX_BLOCKS, max(1, -(-biggest // PER_BLOCK))))
+        gx = int(min(MAX_BLOCKS, max(1, -(-biggest // self.per_block))))
         # grid.y is at most 65535 jobs per launch
         for lo in range(0, k, 65535):
             hi = min(k, lo + 65535)
             _launch(self._f["i8b_abs_hist"], (gx, hi - lo, 1), (THREADS, 1, 1),
                     4 * nbins if out is not None else 0, s,
-                    np.uint64(pj + lo * JOB.itemsize), np.int32(nbins), np.int64(PER_BLOCK),
+                    np.uint64(pj + lo * JOB.itemsize), np.int32(nbins), np.int64(self.per_block),
                     np.uint64(ph + lo * nbins * 8), np.uint64(pk + 4 * lo), np.uint64(pk + 4 * k + 4 * lo),
                     np.uint64(pc + 24 * lo))
             self.launches += 1

@@ -18,6 +18,8 @@ class ModelFacts:
     model : onnx.ModelProto
     types : dict of str -> int
         :func:`~int8batch.onnx.graph.tensor_types`.
+    shapes : dict of str -> tuple
+        Inferred shapes (:func:`~int8batch.onnx.graph.tensor_types_and_shapes`).
     quantizable : list of str
         :func:`~int8batch.onnx.graph.quantizable_tensors`, in order.
     input : InputInfo
@@ -26,7 +28,7 @@ class ModelFacts:
 
     def __init__(self, model):
         self.model = G.load_model(model)
-        self.types = G.tensor_types(self.model)
+        self.types, self.shapes = G.tensor_types_and_shapes(self.model)
         self.quantizable = G.quantizable_tensors(self.model, types=self.types)
         self.input = G.input_info(self.model)[0]
         self._plans = {}
@@ -36,6 +38,31 @@ class ModelFacts:
     def of(cls, model):
         """Facts of ``model`` (a path, bytes or ModelProto; a ModelFacts is returned as is)."""
         return model if isinstance(model, cls) else cls(model)
+
+    def bytes_per_image(self, names):
+        """Bytes one image adds to the tensors ``names``, from the inferred shapes; None when unknown.
+
+        Known when the input's batch dimension is named and every tensor has
+        that dimension first and fixed sizes after it (CNNs exported with a
+        dynamic batch usually do; ViT's and some detectors' reshapes do not).
+        It sizes the sub-batches of a calibration pass without a probe run.
+        """
+        batch = self.input.shape[0] if self.input.shape else None
+        if not isinstance(batch, str):
+            return None
+        total = 0
+        for n in names:
+            shape, kind = self.shapes.get(n), self.types.get(n)
+            if not shape or shape[0] != batch or kind is None or not all(isinstance(d, int) for d in shape[1:]):
+                return None
+            size = G.element_size(kind)
+            if size is None:
+                return None
+            per = size
+            for d in shape[1:]:
+                per *= d
+            total += per
+        return total
 
     def describes(self, model) -> bool:
         """True when ``model`` is the very model these facts were computed from."""

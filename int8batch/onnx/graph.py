@@ -128,15 +128,31 @@ def tensor_types(model):
 
     Uses ONNX shape inference (on a copy) plus the types stored in the model.
     """
+    return tensor_types_and_shapes(model)[0]
+
+
+def tensor_types_and_shapes(model):
+    """``(types, shapes)`` of the main graph's tensors from one ONNX shape inference.
+
+    ``types`` as :func:`tensor_types`; ``shapes`` maps the tensors whose rank
+    is known to a tuple with one entry per dimension, as
+    :attr:`InputInfo.shape` (``int``, ``str`` for a named dynamic size,
+    ``None`` for an unnamed one).
+    """
     inferred = _infer(model)
     g = inferred.graph
-    types = {}
+    types, shapes = {}, {}
     for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
+        if vi.type.HasField("tensor_type"):
+            tt = vi.type.tensor_type
+            if tt.elem_type:
+                types[vi.name] = tt.elem_type
+            if tt.HasField("shape"):
+                shapes[vi.name] = tuple(_dim(d) for d in tt.shape.dim)
     for t in g.initializer:
         types[t.name] = t.data_type
-    return types
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+    return types, shapes
 
 
 def topological_nodes(graph):
@@ -341,6 +357,15 @@ def bounded_tensors(model):
         elif op == "Tanh":
             out[name] = (-1.0, 1.0)
     return out
+
+
+def element_size(elem_type):
+    """Bytes per element of an ONNX element type; None when it has no NumPy equivalent."""
+    onnx = require("onnx")
+    try:
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except Exception:  # noqa: BLE001 - string, bfloat16 in old onnx, float8...
+        return None
 
 
 def _dim(d):

@@ -78,6 +78,51 @@ def test_sub_batches_give_identical_histograms(mnist, monkeypatch):
         assert big.amax[name] == small.amax[name]
 
 
+def _run_sizes(monkeypatch):
+    from int8batch.calib.ort_exec import ActivationRunner
+    sizes, run0 = [], ActivationRunner.run
+
+    def run(self, data):
+        sizes.append(len(data))
+        return run0(self, data)
+    monkeypatch.setattr(ActivationRunner, "run", run)
+    return sizes
+
+
+def test_sub_batches_sized_from_the_inferred_shapes(mnist, monkeypatch):
+    from int8batch.calib.ort_exec import ActivationRunner
+    from int8batch.onnx.facts import ModelFacts
+    facts = ModelFacts.of(LENET)
+    runner = ActivationRunner(facts.model, facts.quantizable)
+    with int8batch.BatchSet(mnist) as bs:
+        one = runner.run(np.ascontiguousarray(bs.images(0, 1)[0]))
+    runner.close()
+    measured = sum(a.nbytes for a in one.values())       # what ONNX Runtime returns for one image
+    assert facts.bytes_per_image(runner.tensor_names) == measured
+    big = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
+    monkeypatch.setattr(api, "ACTIVATION_BUDGET", 3 * measured + 1)
+    sizes = _run_sizes(monkeypatch)
+    small = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
+    assert sizes == ([3] * 16 + [2]) * 2                  # no probe run
+    for name in big.stats:
+        np.testing.assert_array_equal(big.stats[name].hist, small.stats[name].hist)
+
+
+def test_a_probe_run_sizes_sub_batches_when_shapes_are_unknown(mnist, monkeypatch):
+    from int8batch.onnx.facts import ModelFacts
+    big = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
+    facts = ModelFacts.of(LENET)
+    per_image = facts.bytes_per_image([facts.input.name] + list(facts.quantizable))
+    monkeypatch.setattr(ModelFacts, "bytes_per_image", lambda self, names: None)
+    monkeypatch.setattr(api, "ACTIVATION_BUDGET", 3 * per_image + 1)
+    sizes = _run_sizes(monkeypatch)
+    small = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
+    assert sizes == [1] + ([3] * 16 + [2]) * 2
+    # the probe's activations are not collected: image 0 counts once
+    for name in big.stats:
+        np.testing.assert_array_equal(big.stats[name].hist, small.stats[name].hist)
+
+
 def test_two_pass_and_methods(mnist):
     one = api.calibrate(LENET, mnist, None, method="minmax", batch_size=50, max_batches=3)
     two = api.calibrate(LENET, mnist, None, method="minmax", batch_size=50, max_batches=3, two_pass=True)

@@ -195,11 +195,20 @@ def test_each_layer_tracks_fp32_better_on_images_it_did_not_see(lenet_runs):
 
 def test_device_tensors_are_read_through_their_host_copies():
     """The GPU path hands DeviceTensor-like objects (``to_host()``): the same moments as from the arrays."""
-    class OnDevice:
+    copied = []
+
+    class OnDevice:          # a DeviceTensor's interface: shape, len, t[a:b], to_host()
         def __init__(self, a):
             self._a, self.shape = a, a.shape
 
+        def __len__(self):
+            return self.shape[0]
+
+        def __getitem__(self, key):
+            return OnDevice(self._a[key])
+
         def to_host(self):
+            copied.append(len(self._a))
             return self._a.copy()
 
     rng = np.random.default_rng(5)
@@ -214,3 +223,14 @@ def test_device_tensors_are_read_through_their_host_copies():
     want, rows = R.patch_moments(x[:5], ly, (4, 1, 3, 3))
     np.testing.assert_allclose(a.h["y"], want, rtol=1e-5)
     assert a.rows["y"] == rows == 5 * 81
+    assert sum(copied) == 5              # the sixth image never left the device
+
+    # a layer whose row cap is met by the first images: only those images are copied
+    copied.clear()
+    big = rng.standard_normal((8, 4, 40, 40)).astype(np.float32)     # 1600 patches per image
+    c, d = (R.MomentCollector([ly], {"w": (4, 1, 3, 3)}, max_images=8) for _ in range(2))
+    c.collect_many({"x": big})
+    d.collect_many({"x": OnDevice(big)})
+    np.testing.assert_array_equal(c.h["y"], d.h["y"])
+    assert c.rows["y"] == d.rows["y"] >= R.MIN_ROWS
+    assert sum(copied) == -(-R.MIN_ROWS // 1600) < 8

@@ -95,6 +95,26 @@ def test_histogram_kernel_equals_cpu_kernel(kern, dev, n, nbins):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(c), err_msg=f"{name} differs at hist_max {hm}")
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 6, 7, 9, 4099, 65536 + 5])
+def test_histogram_kernel_on_views_at_every_alignment(kern, dev, n):
+    # the kernel reads 16 bytes at a time after a head of values up to the first 16-byte
+    # boundary and before a tail of n % 4: views starting 0-3 floats past a boundary
+    rng = np.random.default_rng(n)
+    whole = _awkward(rng, n + 3 + 64)
+    big = dev.put(whole)
+    from int8batch.cuda.kernels import DeviceTensor
+    xs = [DeviceTensor(big.ptr + 4 * off, (n,)) for off in range(4)]
+    hosts = [whole[off:off + n] for off in range(4)]
+    want = np.zeros((4, 64), np.int64)
+    cpu = K.abs_histogram_many(hosts, np.array([4.0] * 4), want, 1)
+    got = np.full((4, 64), -1, np.int64)
+    gpu = kern.abs_histogram_many(xs, [4.0] * 4, got)
+    np.testing.assert_array_equal(got, want)
+    for name, c, g in zip(("amax", "vmin", "vmax", "nan", "inf", "over"), cpu, gpu):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(c), err_msg=name)
+    assert want.sum() + np.asarray(cpu[3]).sum() + np.asarray(cpu[4]).sum() == 4 * n
+
+
 def test_max_kernel_equals_cpu_kernel(kern, dev):
     rng = np.random.default_rng(5)
     xs = [_awkward(rng, n) for n in SIZES] + [np.full(100, np.nan, np.float32), np.zeros(10, np.float32)]

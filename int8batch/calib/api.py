@@ -318,7 +318,9 @@ def _collect(sweep, facts, bs, cfg, out, progress):
         sweep.owned.append(means)
     moments = None
     if cfg.resolved_weight_rounding == "gptq" and cfg.write_qdq and cfg.per_channel_weights and out is not None:
-        moments = _moment_collector(facts)
+        # on the GPU the moments (host work) run on a worker thread while the pass goes on
+        moments = _moment_collector(facts, background=sweep.kernels is not HOST_KERNELS)
+        sweep.owned.append(moments)
         collectors.append(moments)
     step = pixel_step(manifest_recipe(bs.manifest, strict=False)) if cfg.method == "auto" else None
     lattice = _LatticeCheck(facts.input.name, step, k) if step else None
@@ -326,6 +328,8 @@ def _collect(sweep, facts, bs, cfg, out, progress):
         collectors.append(lattice)
     sweep.sweep(_Tee(*collectors) if len(collectors) > 1 else hist,
                 "histograms and bias sums" if means is not None else "histograms", progress)
+    if moments is not None:
+        moments.wait()
     return hist, means, lattice, moments
 
 
@@ -436,10 +440,10 @@ class _Tee:
             c.collect_many(arrays)
 
 
-def _moment_collector(facts):
+def _moment_collector(facts, background=False):
     layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
     values = G.constant_values(facts.model)
-    return MomentCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers})
+    return MomentCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers}, background=background)
 
 
 def _rounded_weights(facts, moments):

@@ -90,19 +90,37 @@ def patch_moments(x, layer, w_shape):
     return np.matmul(a, np.swapaxes(a, 1, 2)).astype(np.float64), a.shape[2]
 
 
-class MomentCollector:
-    """Streaming second moments of every layer's input patches (a calibration collector).
+def rows_per_image(layer, w_shape, x_shape):
+    """Patches one image gives a layer (a Conv: its output positions; a Gemm: one row)."""
+    if layer.op != "Conv":
+        return 1
+    kernel, strides, dil, begin, end = conv_geometry(layer, w_shape, x_shape)
+    rows = 1
+    for p, k, s, d, b, e in zip(x_shape[2:], kernel, strides, dil, begin, end):
+        rows *= max(0, (p + b + e - (k - 1) * d - 1) // s + 1)
+    return max(1, rows)
 
-    Takes the same ``{tensor: array}`` dicts as the histogram collector (of
-    device tensors only the images used are copied to the host: at most the
-    first ``max_images``, fewer where a layer's row cap is met earlier).  Layers with a patch of more than ``MAX_PATCH`` values are skipped.
+
+class MomentCollector:
+    """Second moments ``H = E[patch patch^T]`` of each weighted layer's input patches.
+
+    Takes the same ``{tensor: array}`` dicts as the histogram collector.  Of
+    each tensor only the images some layer still needs are read (at most the
+    first ``max_images``; fewer where a layer's row cap is met earlier), and
+    of a device tensor only those are copied to the host.  Layers with a
+    patch of more than ``MAX_PATCH`` values are skipped.
+
+    With ``background=True`` the moments are computed on a worker thread from
+    those host copies while the caller goes on (the GPU pass keeps the device
+    busy meanwhile); :meth:`wait` returns when they are done (and raises what
+    the worker raised), :meth:`close` stops the worker.  The results are the
+    same either way.
     """
 
-    def __init__(self, layers, weight_shapes, max_images=ROUNDING_IMAGES):
+    def __init__(self, layers, weight_shapes, max_images=ROUNDING_IMAGES, background=False):
         self.max_images = max_images
         self.layers = []
         self._cap = {}
-        self._per_image = {}
         self._shapes = dict(weight_shapes)
         for ly in layers:
             w = self._shapes[ly.weight]
@@ -113,53 +131,68 @@ class MomentCollector:
                 self._cap[ly.key] = max(ROWS_PER_VALUE * d, MIN_ROWS)
         self.h = {}
         self.rows = {}
+        self._planned = {}
         self._images = {}
         self._by_input = {}
         for ly in self.layers:
             self._by_input.setdefault(ly.input, []).append(ly)
+        self._pool, self._pending = None, []
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="int8batch-moments")
 
     def collect_many(self, arrays):
+        work = []
         for t, x in arrays.items():
-            users = [ly for ly in self._by_input.get(t, ()) if self.rows.get(ly.key, 0) < self._cap[ly.key]]
-            if not users or self._images.get(t, 0) >= self.max_images:
-                continue
             avail = min(len(x), self.max_images - self._images.get(t, 0))
-            host = _HostPrefix(x)
+            users = [ly for ly in self._by_input.get(t, ()) if self._planned.get(ly.key, 0) < self._cap[ly.key]]
+            if not users or avail <= 0:
+                continue
             shape = tuple(x.shape)
-            per_image = max(1, int(np.prod(shape[1:])) * (9 if len(shape) > 2 else 1))
-            step = max(1, CHUNK_VALUES // per_image)
+            need = 0
             for ly in users:
+                rpi = rows_per_image(ly, self._shapes[ly.weight], shape)
+                k = min(avail, -(-(self._cap[ly.key] - self._planned.get(ly.key, 0)) // rpi))
+                self._planned[ly.key] = self._planned.get(ly.key, 0) + k * rpi
+                need = max(need, k)
+            data = x[:need].to_host() if hasattr(x, "to_host") else np.asarray(x)[:need]
+            self._images[t] = self._images.get(t, 0) + avail
+            work.append((data, users))
+        if not work:
+            return
+        if self._pool is None:
+            self._add(work)
+        else:
+            self._pending.append(self._pool.submit(self._add, work))
+
+    def _add(self, work):
+        for x, users in work:
+            shape = x.shape
+            step = max(1, CHUNK_VALUES // max(1, int(np.prod(shape[1:])) * (9 if len(shape) > 2 else 1)))
+            for ly in users:
+                rpi = rows_per_image(ly, self._shapes[ly.weight], shape)
                 a = 0
-                while a < avail and self.rows.get(ly.key, 0) < self._cap[ly.key]:
-                    # the first image measures the patches per image; then only as many images as the cap needs
-                    per = self._per_image.get(ly.key)
-                    n = 1 if per is None else min(step, -(-(self._cap[ly.key] - self.rows[ly.key]) // per))
-                    n = min(n, avail - a)
-                    h, r = patch_moments(host.images(a, n), ly, self._shapes[ly.weight])
+                while a < len(x) and self.rows.get(ly.key, 0) < self._cap[ly.key]:
+                    n = min(step, len(x) - a, -(-(self._cap[ly.key] - self.rows.get(ly.key, 0)) // rpi))
+                    h, r = patch_moments(x[a:a + n], ly, self._shapes[ly.weight])
                     if ly.key in self.h:
                         self.h[ly.key] += h
                         self.rows[ly.key] += r
                     else:
                         self.h[ly.key], self.rows[ly.key] = h, r
-                        self._per_image[ly.key] = max(1, r // n)
                     a += n
-            self._images[t] = self._images.get(t, 0) + avail
 
+    def wait(self):
+        """Until the background work is done (re-raising its error); at once without a worker."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
-class _HostPrefix:
-    """Images of one tensor on the host: an array as it is, a device tensor copied only as far as read."""
-
-    def __init__(self, x):
-        self.x = x
-        self.dev = hasattr(x, "to_host")
-        self.host = None if self.dev else np.asarray(x)
-
-    def images(self, a, n):
-        if self.dev and (self.host is None or len(self.host) < a + n):
-            have = 0 if self.host is None else len(self.host)
-            more = self.x[have:a + n].to_host()
-            self.host = more if self.host is None else np.concatenate([self.host, more])
-        return self.host[a:a + n]
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending = []
 
 
 def gptq_round(w, h, damp=DAMP):

@@ -8,6 +8,7 @@ from onnx import numpy_helper
 
 import int8batch
 from int8batch.calib import api
+from int8batch.errors import CalibrationError
 from int8batch.calib import rounding as R
 from int8batch.onnx.layers import Layer
 
@@ -234,3 +235,34 @@ def test_device_tensors_are_read_through_their_host_copies():
     np.testing.assert_array_equal(c.h["y"], d.h["y"])
     assert c.rows["y"] == d.rows["y"] >= R.MIN_ROWS
     assert sum(copied) == -(-R.MIN_ROWS // 1600) < 8
+
+
+def test_background_moments_equal_the_synchronous_ones_and_raise_at_wait():
+    rng = np.random.default_rng(6)
+    ly = Layer(key="y", op="Conv", input="x", weight="w", bias="", group=1, kernel=(3, 3), strides=(2, 2),
+               dilations=(1, 1), pads=(1, 1, 1, 1))
+    batches = [rng.standard_normal((3, 2, 20, 20)).astype(np.float32) for _ in range(4)]
+    sync = R.MomentCollector([ly], {"w": (4, 2, 3, 3)}, max_images=10)
+    bg = R.MomentCollector([ly], {"w": (4, 2, 3, 3)}, max_images=10, background=True)
+    try:
+        for b in batches:
+            sync.collect_many({"x": b})
+            bg.collect_many({"x": b})
+        bg.wait()
+    finally:
+        bg.close()
+    np.testing.assert_array_equal(sync.h["y"], bg.h["y"])
+    # 100 patches per image (10 x 10 outputs), cap max(128 * 18, 4096) rows: 10 images would give 1000
+    assert R.rows_per_image(ly, (4, 2, 3, 3), (1, 2, 20, 20)) == 100
+    assert sync.rows["y"] == bg.rows["y"] == 1000
+    want, _ = R.patch_moments(np.concatenate(batches)[:10], ly, (4, 2, 3, 3))
+    np.testing.assert_allclose(sync.h["y"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())  # float32 sums
+
+    gemm = Layer(key="g", op="Gemm", input="x", weight="w", bias="", trans_b=1)
+    bad = R.MomentCollector([gemm], {"w": (4, 8)}, background=True)
+    try:
+        bad.collect_many({"x": np.zeros((2, 2, 2, 2), np.float32)})   # a Gemm fed a 4-D tensor
+        with pytest.raises(CalibrationError, match="expected 2-D"):
+            bad.wait()
+    finally:
+        bad.close()

@@ -228,14 +228,14 @@ class _Timers:
     """Wraps the GPU pass's steps with timers (``--breakdown``): ONNX Runtime runs, statistics, feeder waits."""
 
     def __init__(self, resident=None, stats_batches=None):
-        from int8batch.calib import api
+        from int8batch.calib import passes
         from int8batch.calib.collector import HistogramCollector
         from int8batch.cuda.kernels import DeviceTensor
         self.runs, self.stats, self.waits = [], [], []
-        self.saved = [(api._DevicePass, "_run", api._DevicePass._run),
-                      (api._DevicePass, "_batches", api._DevicePass._batches),
+        self.saved = [(passes.DevicePass, "_run", passes.DevicePass._run),
+                      (passes.DevicePass, "_batches", passes.DevicePass._batches),
                       (HistogramCollector, "collect_many", HistogramCollector.collect_many)]
-        run0, batches0, collect0 = api._DevicePass._run, api._DevicePass._batches, HistogramCollector.collect_many
+        run0, batches0, collect0 = passes.DevicePass._run, passes.DevicePass._batches, HistogramCollector.collect_many
         me = self
 
         def run(self_, data):
@@ -265,7 +265,7 @@ class _Timers:
                 collect0(self_, arrays)
             me.stats.append(time.perf_counter() - t)
 
-        api._DevicePass._run, api._DevicePass._batches, HistogramCollector.collect_many = run, batches, collect
+        passes.DevicePass._run, passes.DevicePass._batches, HistogramCollector.collect_many = run, batches, collect
 
     def restore(self):
         for owner, name, f in self.saved:

@@ -11,7 +11,6 @@ The settings and their defaults live in :mod:`int8batch.calib.settings`;
 the model is analysed once (:class:`int8batch.onnx.facts.ModelFacts`).
 """
 import logging
-import os
 import time
 
 import numpy as np
@@ -25,13 +24,13 @@ from ..onnx.facts import ModelFacts
 from ..onnx.layers import layers_of
 from ..reader import BatchSet
 from . import thresholds as th
-from ..cuda.feeder import DeviceFeeder
 from ..cuda.kernels import DeviceKernels, DeviceTensor
 from .biascorr import DeviceMeanCollector, MeanCollector
 from .rounding import MomentCollector, round_weights
 from .artefacts import ARTEFACTS, CORRECTED_MODEL, CalibrationResult, write_artefacts  # noqa: F401
 from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
-from .ort_exec import ActivationRunner, DeviceActivationRunner, providers_for, resolve_device
+from .ort_exec import providers_for, resolve_device
+from .passes import DevicePass, Pass
 from .sensitivity import rank_sensitivity
 from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, DEVICE_BUDGET,  # noqa: F401
                        METHODS, SENSITIVITY_IMAGES, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD, CalibrationConfig)
@@ -64,7 +63,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, **options
         in the Q/DQ model after a sensitivity pass); ``bias_correction``;
         ``write_qdq``; ``per_channel_weights``; ``device`` ("auto", "cpu",
         "cuda": where ONNX Runtime runs the model and the statistics are
-        computed, :class:`_DevicePass`) and ``device_budget``; ``providers``
+        computed, :class:`~int8batch.calib.passes.DevicePass`) and ``device_budget``; ``providers``
         and ``intra_op_threads`` for ONNX Runtime.
     progress : callable(done, total), optional
         Called after each calibration batch.  A callable that also takes a
@@ -84,7 +83,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, **options
         facts = ModelFacts.of(model)
         win = _window(bs, facts, cfg)
         device = resolve_device(cfg.device)
-        with (_DevicePass if device == "cuda" else _Pass)(facts, bs, win, cfg, model) as sweep:
+        with (DevicePass if device == "cuda" else Pass)(facts, bs, win, cfg, model) as sweep:
             t_pass = time.perf_counter()
             hist, means, lattice, moments = _collect(sweep, facts, bs, cfg, out, progress)
             means = means.means() if means is not None else None
@@ -123,174 +122,6 @@ def _window(bs, facts, cfg):
                     "calibrating on %s as TensorRT would", bs.folder, win.skipped, win.first, batch_size,
                     bs.per_file, win.span())
     return win
-
-
-class _Pass:
-    """Runs the model over the window's batches, in sub-batches, feeding collectors.
-
-    A dynamic-batch model runs on sub-batches sized so that one sub-batch's
-    activations stay under ``ACTIVATION_BUDGET`` bytes: peak memory does not
-    grow with the batch size, and the histograms are the same (they do not
-    depend on how the data is split).  The bytes per image come from the
-    inferred shapes (:meth:`ModelFacts.bytes_per_image`) or, where shape
-    inference cannot tell, from a probe run on one image whose activations are
-    not collected; either way every collected run has the sub-batch's shape.
-    """
-
-    kernels = HOST_KERNELS
-
-    def __init__(self, facts, bs, win, cfg, model):
-        self.bs, self.win = bs, win
-        self.budget = self._budget(cfg)
-        self.owned = []     # collectors holding resources, closed on exit
-        shape = facts.input.shape
-        self.dynamic = not isinstance(shape[0] if shape else None, int)
-        self.chunk = win.batch_size
-        self.seconds = 0.0
-        self.runner = self._runner(facts, cfg, os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
-        self.per_image = facts.bytes_per_image(self.runner.tensor_names) if self.dynamic else None
-        self.measured = not self.dynamic
-
-    def _budget(self, cfg):
-        return ACTIVATION_BUDGET
-
-    def _sub_batch(self, limit):
-        return limit
-
-    def _runner(self, facts, cfg, label):
-        return ActivationRunner(facts.model, facts.quantizable, providers=cfg.providers,
-                                intra_op_threads=cfg.intra_op_threads,
-                                batch_dims=(self.win.batch_size,) + tuple(self.bs.image_shape), label=label,
-                                types=facts.types)
-
-    @property
-    def executed_by(self):
-        return self.runner.executed_by
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.runner.close()
-
-    def _run(self, data):
-        return self.runner.run(data)
-
-    def _measure(self, data):
-        """Size the sub-batches (a dynamic-batch model, before its first run)."""
-        per_image = self.per_image
-        if per_image is None:
-            t = time.perf_counter()
-            outs = self._run(data[0:1])
-            self.seconds += time.perf_counter() - t
-            per_image = sum(a.nbytes for a in outs.values())
-            del outs
-        self.chunk = self._sub_batch(int(max(1, min(self.win.batch_size, self.budget // max(per_image, 1)))))
-        self.measured = True
-        log.debug("sub-batches of %d images (%.1f MB of activations per image%s)", self.chunk, per_image / 1e6,
-                  "" if self.per_image is not None else ", measured on one image")
-
-    def feed(self, data, collector):
-        """Run one batch's images and hand every activation of each sub-batch to ``collector``."""
-        if not self.measured:
-            self._measure(data)
-        s = 0
-        while s < len(data):
-            n = self.chunk
-            t = time.perf_counter()
-            outs = self._run(data[s:s + n])
-            self.seconds += time.perf_counter() - t
-            collector.collect_many(outs)
-            del outs
-            s += n
-
-    def first_batch(self, collector):
-        self.feed(next(iter(self.bs.batches(window=self.win))).data, collector)
-
-    def sweep(self, collector, label, progress):
-        tick = reporter(progress, label, "batches", legacy=True)
-        for i, b in enumerate(self.bs.batches(window=self.win, release=True)):
-            self.feed(b.data, collector)
-            if tick:
-                tick(i + 1, self.win.count)
-        log.debug("%s: %d batches done (sub-batches of %d)", label, self.win.count, self.chunk)
-
-
-class _DevicePass(_Pass):
-    """:class:`_Pass` on the GPU: batch files -> device -> ONNX Runtime CUDA -> statistics on the device.
-
-    The batches reach the device through :class:`~int8batch.cuda.DeviceFeeder`
-    (registered memory-mapped files, no host staging), are bound to the
-    session with IOBinding, every activation stays in device memory, and the
-    collectors compute their statistics there with
-    :class:`~int8batch.cuda.kernels.DeviceKernels` (the CPU kernels'
-    arithmetic; only histogram rows and scalars come back).  The activations
-    of one run stay under ``cfg.device_budget`` bytes (default
-    :data:`DEVICE_BUDGET`), whatever the number of images: a dynamic-batch
-    model runs in sub-batches of one size, the largest divisor of the batch
-    size that fits (ONNX Runtime's CUDA convolutions set up again on every
-    change of shape, :meth:`DeviceActivationRunner.run_device`).  Everything
-    is freed on exit, also after an exception.
-    """
-
-    def __init__(self, facts, bs, win, cfg, model):
-        self.kernels, self.owned = None, []
-        self.feeder = cfg.device_feeder
-        try:
-            self.kernels = DeviceKernels()
-            super().__init__(facts, bs, win, cfg, model)
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def _runner(self, facts, cfg, label):
-        return DeviceActivationRunner(facts.model, facts.quantizable, intra_op_threads=cfg.intra_op_threads,
-                                      batch_dims=(self.win.batch_size,) + tuple(self.bs.image_shape),
-                                      label=label, types=facts.types)
-
-    def __exit__(self, *exc):
-        try:
-            for c in self.owned:
-                c.close()
-            self.owned = []
-            if getattr(self, "runner", None) is not None:
-                self.runner.close()
-        finally:
-            if self.kernels is not None:
-                self.kernels.close()
-                self.kernels = None
-
-    def _budget(self, cfg):
-        return int(cfg.device_budget or DEVICE_BUDGET)
-
-    def _sub_batch(self, limit):
-        """The largest divisor of the batch size <= ``limit``: every run has the same shape."""
-        b = self.win.batch_size
-        return max(d for d in range(1, b + 1) if b % d == 0 and d <= max(1, limit))
-
-    def _run(self, data):
-        # the collectors' last launches read the previous run's activations, which ONNX Runtime
-        # may reuse for this run's: they finish first
-        self.kernels.synchronize()
-        return self.runner.run_device(data)
-
-    def _batches(self):
-        with DeviceFeeder(self.bs, window=self.win, strategy=self.feeder) as feeder:
-            for b in feeder:
-                yield DeviceTensor(b.ptr, b.shape)
-
-    def first_batch(self, collector):
-        for b in self._batches():
-            self.feed(b, collector)
-            return
-
-    def sweep(self, collector, label, progress):
-        tick = reporter(progress, label, "batches", legacy=True)
-        for i, b in enumerate(self._batches()):
-            self.feed(b, collector)
-            if tick:
-                tick(i + 1, self.win.count)
-        log.debug("%s on the GPU: %d batches done (sub-batches of %d)", label, self.win.count, self.chunk)
 
 
 def _collect(sweep, facts, bs, cfg, out, progress):

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 import int8batch
-from int8batch.calib import api
+from int8batch.calib import api, passes
 from int8batch.calib.cache import read_dynamic_range, read_trt_cache
 from int8batch.cli.main import main
 from int8batch.errors import CalibrationError, ConfigError, ModelError
@@ -71,7 +71,7 @@ def test_qdq_model_tracks_fp32_and_cli_conversion_reuses_scales(mnist, tmp_path)
 
 def test_sub_batches_give_identical_histograms(mnist, monkeypatch):
     big = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=4)
-    monkeypatch.setattr(api, "ACTIVATION_BUDGET", 1)  # one image per ONNX Runtime call
+    monkeypatch.setattr(passes, "ACTIVATION_BUDGET", 1)  # one image per ONNX Runtime call
     small = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=4)
     for name in big.stats:
         np.testing.assert_array_equal(big.stats[name].hist, small.stats[name].hist)
@@ -100,7 +100,7 @@ def test_sub_batches_sized_from_the_inferred_shapes(mnist, monkeypatch):
     measured = sum(a.nbytes for a in one.values())       # what ONNX Runtime returns for one image
     assert facts.bytes_per_image(runner.tensor_names) == measured
     big = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
-    monkeypatch.setattr(api, "ACTIVATION_BUDGET", 3 * measured + 1)
+    monkeypatch.setattr(passes, "ACTIVATION_BUDGET", 3 * measured + 1)
     sizes = _run_sizes(monkeypatch)
     small = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
     assert sizes == ([3] * 16 + [2]) * 2                  # no probe run
@@ -114,7 +114,7 @@ def test_a_probe_run_sizes_sub_batches_when_shapes_are_unknown(mnist, monkeypatc
     facts = ModelFacts.of(LENET)
     per_image = facts.bytes_per_image([facts.input.name] + list(facts.quantizable))
     monkeypatch.setattr(ModelFacts, "bytes_per_image", lambda self, names: None)
-    monkeypatch.setattr(api, "ACTIVATION_BUDGET", 3 * per_image + 1)
+    monkeypatch.setattr(passes, "ACTIVATION_BUDGET", 3 * per_image + 1)
     sizes = _run_sizes(monkeypatch)
     small = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
     assert sizes == [1] + ([3] * 16 + [2]) * 2

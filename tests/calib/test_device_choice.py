@@ -5,7 +5,7 @@
 import pytest
 
 import int8batch
-from int8batch.calib import api, ort_exec
+from int8batch.calib import api, ort_exec, passes
 from int8batch.calib.evaluate import evaluate
 from int8batch.cli.main import main
 from int8batch.errors import ConfigError
@@ -82,7 +82,7 @@ def test_gpu_sub_batches_have_one_shape(batch, limit, want):
     """The largest divisor of the batch that fits: ONNX Runtime's CUDA convolutions set up again on
     every change of input shape (0.2-0.5 s each, measured), so a pass never alternates two sizes."""
     from types import SimpleNamespace
-    p = api._DevicePass.__new__(api._DevicePass)
+    p = passes.DevicePass.__new__(passes.DevicePass)
     p.win = SimpleNamespace(batch_size=batch)
     got = p._sub_batch(limit)
     assert got == want and batch % got == 0

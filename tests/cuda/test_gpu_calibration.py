@@ -288,13 +288,14 @@ def test_device_statistics_equal_cpu_statistics_on_the_same_activations(name, pa
     is checked on the activations the GPU run computed.  Equal statistics give equal thresholds and so
     an equal cache.
     """
-    from int8batch.calib import api
+    from int8batch.calib import api, passes
     batches = _batches_for(name, mnist, photo_batches)
     a = api.calibrate(path, batches, tmp_path / "a", method=method, device="cuda", keep_float=0,
                       bias_correction=False)
     assert a.device == "cuda" and a.executed_by.startswith("ONNX Runtime CUDA provider")
     mirror = _mirror_kernels()
     monkeypatch.setattr(api, "DeviceKernels", mirror)
+    monkeypatch.setattr(passes, "DeviceKernels", mirror)      # the pass makes them
     b = api.calibrate(path, batches, tmp_path / "b", method=method, device="cuda", keep_float=0,
                       bias_correction=False)
     assert mirror.values > 0

@@ -71,6 +71,9 @@ class Pass:
     def _run(self, data):
         return self.runner.run(data)
 
+    def _size(self, per_image):
+        self.chunk = self._sub_batch(int(max(1, min(self.win.batch_size, self.budget // max(per_image, 1)))))
+
     def _measure(self, data):
         """Size the sub-batches (a dynamic-batch model, before its first run)."""
         per_image = self.per_image
@@ -80,7 +83,7 @@ class Pass:
             self.seconds += time.perf_counter() - t
             per_image = sum(a.nbytes for a in outs.values())
             del outs
-        self.chunk = self._sub_batch(int(max(1, min(self.win.batch_size, self.budget // max(per_image, 1)))))
+        self._size(per_image)
         self.measured = True
         log.debug("sub-batches of %d images (%.1f MB of activations per image%s)", self.chunk, per_image / 1e6,
                   "" if self.per_image is not None else ", measured on one image")
@@ -95,9 +98,20 @@ class Pass:
             t = time.perf_counter()
             outs = self._run(data[s:s + n])
             self.seconds += time.perf_counter() - t
+            if self.per_image is not None:
+                self._check_estimate(outs, len(data[s:s + n]))
             collector.collect_many(outs)
             del outs
             s += n
+
+    def _check_estimate(self, outs, images):
+        """The first run checks the shape-inferred bytes per image; more than estimated re-sizes the rest."""
+        real = sum(a.nbytes for a in outs.values()) // max(images, 1)
+        estimate, self.per_image = self.per_image, None      # checked once
+        if real > estimate * 1.25:
+            log.warning("the activations take %.1f MB per image, not the %.1f MB shape inference gave: "
+                        "sub-batches re-sized to stay under the budget", real / 1e6, estimate / 1e6)
+            self._size(real)
 
     def first_batch(self, collector):
         self.feed(next(iter(self.bs.batches(window=self.win))).data, collector)

@@ -380,3 +380,20 @@ def test_model_is_analysed_once(mnist, tmp_path, monkeypatch):
     api.calibrate(LENET, mnist, tmp_path / "a", method="mse", max_batches=1)
     # one analysis for the whole run (ModelFacts), one for the Q/DQ model's own check
     assert len(calls) <= 2
+
+
+def test_an_underestimate_of_the_activations_resizes_the_sub_batches(mnist, monkeypatch, caplog):
+    from int8batch.onnx.facts import ModelFacts
+    big = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
+    facts = ModelFacts.of(LENET)
+    per_image = facts.bytes_per_image([facts.input.name] + list(facts.quantizable))
+    monkeypatch.setattr(ModelFacts, "bytes_per_image", lambda self, names: per_image // 4)   # 4x too few
+    monkeypatch.setattr(passes, "ACTIVATION_BUDGET", 3 * per_image + 1)
+    sizes = _run_sizes(monkeypatch)
+    with caplog.at_level("WARNING"):
+        small = api.calibrate(LENET, mnist, None, batch_size=50, max_batches=2)
+    # the first run used the estimate (12 images); the real size brought the rest to 3
+    assert sizes == [12] + [3] * 12 + [2] + [3] * 16 + [2]
+    assert "shape inference gave" in caplog.text
+    for name in big.stats:
+        np.testing.assert_array_equal(big.stats[name].hist, small.stats[name].hist)

@@ -78,6 +78,6 @@ class ModelFacts:
     def bounded(self):
         """:func:`~int8batch.onnx.graph.bounded_tensors`, with only finite bounds kept."""
         if self._bounded is None:
-            self._bounded = {k: v for k, v in G.bounded_tensors(self.model).items()
+            self._bounded = {k: v for k, v in G.bounded_tensors(self.model, self.quantizable).items()
                              if all(b is not None and abs(float(b)) != float("inf") for b in v)}
         return self._bounded

@@ -105,3 +105,20 @@ def test_empty_or_graphless_model_file_is_a_model_error(tmp_path):
         ModelRunner(str(empty))
     with pytest.raises(ModelError, match="not a regular file"):
         load_model(str(tmp_path))
+
+
+def test_model_facts_analyse_once_and_agree_with_the_functions(monkeypatch):
+    """ModelFacts runs shape inference once; its bounded tensors and byte counts match a fresh analysis."""
+    from int8batch.onnx import graph as G
+    from int8batch.onnx.facts import ModelFacts
+    model = Q.clip_relu6()
+    calls = []
+    infer0 = G._infer
+    monkeypatch.setattr(G, "_infer", lambda m: calls.append(1) or infer0(m))
+    facts = ModelFacts(model)
+    bounded = facts.bounded
+    assert len(calls) == 1
+    monkeypatch.undo()
+    assert bounded == {k: v for k, v in bounded_tensors(model).items()
+                       if all(abs(float(b)) != math.inf for b in v)}
+    assert facts.quantizable == quantizable_tensors(model)

@@ -240,7 +240,8 @@ def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None, device="c
     data = bs.images(win.start_image, count)[0]
     try:
         ranked = rank_sensitivity(facts.model, amax, np.ascontiguousarray(data), candidates,
-                                  providers_for(device, cfg.providers), cfg.intra_op_threads, progress=progress)
+                                  providers_for(device, cfg.providers), cfg.intra_op_threads, progress=progress,
+                                  types=facts.types)
     except CalibrationError as exc:
         if keep != "auto":
             raise

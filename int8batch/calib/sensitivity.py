@@ -27,7 +27,7 @@ from ..onnx.qdq import MIN_QDQ_OPSET, _convert_opset, _opset
 log = logging.getLogger(__name__)
 
 
-def switch_model(model, amax, tensors):
+def switch_model(model, amax, tensors, types=None):
     """A copy of ``model`` where each of ``tensors`` is fake-quantized when its switch input is 1.
 
     A model below opset 13 is converted first (QuantizeLinear needs opset
@@ -35,6 +35,9 @@ def switch_model(model, amax, tensors):
     that will be quantized).  A float16 or bfloat16 tensor is cast to float32
     around its Q/DQ pair (QuantizeLinear takes float16 only from opset 19;
     the cast is exact, only the scale is kept in float32).
+
+    ``types``: :func:`tensor_types` of ``model`` when already known (it runs
+    shape inference; used only when no opset conversion was needed).
 
     Returns the model and the switch input names, in the order of ``tensors``.
 
@@ -49,10 +52,11 @@ def switch_model(model, amax, tensors):
 
     if _opset(model) < MIN_QDQ_OPSET:
         m = _convert_opset(model, None)  # a converted copy
+        types = None
     else:
         m = onnx.ModelProto()
         m.CopyFrom(model)
-    types = tensor_types(m)
+    types = tensor_types(m) if types is None else types
     wrong = [t for t in tensors if types.get(t) not in FLOAT_TYPES]
     if wrong:
         raise ModelError(f"the sensitivity pass quantizes float tensors only; not float: {', '.join(wrong[:5])}")
@@ -103,7 +107,7 @@ BRANCH, BEAM = 4, 6
 
 
 def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threads=None, progress=None,
-                     exhaustive_max=EXHAUSTIVE_MAX, beam=BEAM):
+                     exhaustive_max=EXHAUSTIVE_MAX, beam=BEAM, types=None):
     """Relative output error when only one tensor is quantized, for the most sensitive of ``tensors``.
 
     Up to ``exhaustive_max`` candidates, each is measured alone (one
@@ -131,6 +135,8 @@ def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threa
         Candidates (the activations the Q/DQ placement quantizes).
     progress : callable(done, total), optional
         Called after each candidate is measured.
+    types : dict, optional
+        :func:`~int8batch.onnx.graph.tensor_types` of ``model``, when known.
 
     Returns
     -------
@@ -149,7 +155,7 @@ def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threa
     if not tensors:
         return []
     try:
-        m, switches = switch_model(model, amax, tensors)
+        m, switches = switch_model(model, amax, tensors, types=types)
     except ModelError as exc:
         raise _cannot_run(exc) from exc
     so = ort.SessionOptions()

@@ -118,7 +118,7 @@ def test_sensitivity_pass_that_cannot_run_is_a_calibration_error(monkeypatch):
     from int8batch.calib import sensitivity
     from int8batch.errors import CalibrationError
     m = onnx.load(LENET)
-    monkeypatch.setattr(sensitivity, "switch_model", lambda *a: (_ for _ in ()).throw(
+    monkeypatch.setattr(sensitivity, "switch_model", lambda *a, **k: (_ for _ in ()).throw(
         int8batch.errors.ModelError("cannot convert")))
     with pytest.raises(CalibrationError, match=r"--keep-float 0"):
         rank_sensitivity(m, {"data": 1.0}, np.zeros((1, 1, 28, 28), np.float32), ["data"])

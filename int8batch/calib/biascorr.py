@@ -141,6 +141,9 @@ class MeanCollector:
         else:
             sum_rows(x.reshape(x.shape[0], -1), self._sums[t].reshape(-1), self.num_threads)
 
+    def close(self):
+        """Nothing to free on the host (:class:`DeviceMeanCollector` frees its device buffers)."""
+
     def means(self):
         """``{layer key: mean array}`` (:func:`patch_sums` / count) for every layer that saw data."""
         out = {}

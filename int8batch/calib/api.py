@@ -27,7 +27,8 @@ from . import thresholds as th
 from ..cuda.kernels import DeviceKernels, DeviceTensor
 from .biascorr import DeviceMeanCollector, MeanCollector
 from .rounding import MomentCollector, round_weights
-from .artefacts import ARTEFACTS, CORRECTED_MODEL, CalibrationResult, write_artefacts  # noqa: F401
+from .artefacts import (ARTEFACTS, CORRECTED_MODEL, CalibrationResult, check_replaceable,  # noqa: F401
+                        write_artefacts)
 from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
 from .ort_exec import providers_for, resolve_device
 from .passes import DevicePass, Pass
@@ -38,7 +39,7 @@ from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD
 log = logging.getLogger(__name__)
 
 
-def calibrate(model, batches, out=None, config=None, *, progress=None, **options):
+def calibrate(model, batches, out=None, config=None, *, progress=None, force=False, **options):
     """Compute INT8 scales for ``model`` from batch files and write the artefacts.
 
     Parameters
@@ -49,7 +50,10 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, **options
         The calibration batch folder.
     out : str or PathLike, optional
         Output folder for the artefacts (created; locked against a second
-        writer while the run lasts); None writes nothing.
+        writer while the run lasts); None writes nothing.  A previous
+        int8batch calibration there is replaced; files of the artefacts'
+        names that int8batch did not write stop the run before it starts
+        (:class:`OutputExistsError`) unless ``force``.
     config : CalibrationConfig, optional
         Every setting (:class:`~int8batch.calib.settings.CalibrationConfig`);
         keyword ``options`` override its fields (``method="entropy"``,
@@ -80,6 +84,9 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, **options
     bs, owned = (batches, False) if isinstance(batches, BatchSet) else (BatchSet(batches), True)
     lock = FolderLock(out, "calibrate").acquire() if out is not None else None
     try:
+        replaced = check_replaceable(out, force) if out is not None else []
+        if replaced:
+            log.info("%s: replacing the previous calibration (%s)", out, ", ".join(replaced))
         facts = ModelFacts.of(model)
         win = _window(bs, facts, cfg)
         device = resolve_device(cfg.device)

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from .._atomic import atomic_output_set
+from ..errors import CacheError, OutputExistsError
 from ..onnx import qdq
 from ..onnx.snap import snap_weights
 from ..trt import vocab
@@ -23,6 +24,30 @@ ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
 CORRECTED_MODEL = "model.corrected.onnx"
 #: every name a calibration may write (replaced or removed as a set)
 SET_NAMES = (*ARTEFACTS.values(), CORRECTED_MODEL, ARTEFACTS["qdq"] + ".data", CORRECTED_MODEL + ".data")
+
+
+def check_replaceable(out, force=False):
+    """Before a calibration writes into ``out``: refuse to replace files int8batch did not write.
+
+    The artefacts are replaced as a set (:data:`SET_NAMES`, stale ones
+    removed).  A folder whose ``calibration.json`` reads as int8batch's holds a
+    previous calibration, which a new run replaces.  Any of those names present
+    without it belongs to someone else: :class:`OutputExistsError` naming them,
+    unless ``force``.  Returns the names that will be replaced.
+    """
+    if out is None or not os.path.isdir(out):
+        return []
+    present = [n for n in SET_NAMES if os.path.lexists(os.path.join(out, n))]
+    if not present or force:
+        return present
+    try:
+        cache_io.read_calibration_json(os.path.join(out, ARTEFACTS["json"]))
+    except CacheError as exc:
+        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        raise OutputExistsError(f"{out}: {shown} already there and not from an int8batch calibration "
+                                f"({exc}); choose another output folder, move them away, or pass --force "
+                                "to replace them", out) from None
+    return present
 
 
 @dataclass

@@ -57,6 +57,8 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                    help="device memory one run's activations may take on the GPU (default 8 GB); larger "
                         "calibration batches run in sub-batches")
     p.add_argument("--report", action="store_true", help="also write report.png (needs matplotlib)")
+    p.add_argument("--force", action="store_true",
+                   help="replace files of the artefacts' names in --out that int8batch did not write")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -87,6 +89,7 @@ def run(args):
                             write_qdq=not args.no_qdq,
                             keep_float=args.keep_float, bias_correction=not args.no_bias_correction,
                             device=args.device, progress=bar, weight_rounding=args.weight_rounding,
+                            force=args.force,
                             device_budget=None if args.device_budget is None else int(args.device_budget * 1e9))
     finally:
         bar.close()

@@ -397,3 +397,31 @@ def test_an_underestimate_of_the_activations_resizes_the_sub_batches(mnist, monk
     assert "shape inference gave" in caplog.text
     for name in big.stats:
         np.testing.assert_array_equal(big.stats[name].hist, small.stats[name].hist)
+
+
+def test_files_int8batch_did_not_write_are_not_replaced(mnist, tmp_path, capsys):
+    from int8batch.errors import OutputExistsError
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "calibration.cache").write_text("someone's cache\n")
+    (out / "model.qdq.onnx.data").write_text("someone's weights\n")
+    with pytest.raises(OutputExistsError, match="calibration.cache, model.qdq.onnx.data already there"):
+        api.calibrate(LENET, mnist, out, batch_size=50, max_batches=2)
+    assert (out / "calibration.cache").read_text() == "someone's cache\n"
+    assert sorted(os.listdir(out)) == ["calibration.cache", "model.qdq.onnx.data"]
+    assert main(["calibrate", LENET, "--batches", str(mnist), "--out", str(out), "--max-batches", "2", "-q"]) == 1
+    assert "pass --force to replace them" in capsys.readouterr().err
+    # --force replaces them as a set (the stale .data file goes too)
+    assert main(["calibrate", LENET, "--batches", str(mnist), "--out", str(out), "--max-batches", "2", "-q",
+                 "--force"]) == 0
+    assert read_trt_cache(out / "calibration.cache").scales
+    assert not (out / "model.qdq.onnx.data").exists()
+
+
+def test_a_previous_calibration_is_replaced_by_a_new_run(mnist, tmp_path):
+    out = tmp_path / "out"
+    a = api.calibrate(LENET, mnist, out, method="minmax", batch_size=50, max_batches=2)
+    b = api.calibrate(LENET, mnist, out, method="mse", batch_size=50, max_batches=2)
+    assert a.paths["cache"] == b.paths["cache"]
+    doc = json.load(open(out / "calibration.json"))
+    assert doc["metadata"]["method"] == "mse"

@@ -17,11 +17,18 @@ placement needs but the cache lacks are an error unless --allow-missing.""")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--allow-missing", action="store_true",
                    help="keep tensors without a scale in float instead of failing")
+    p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
     return p
 
 
 def run(args):
+    import os
     from ..calib.convert import qdq_from_cache
+    from ..errors import OutputExistsError
+    if os.path.lexists(args.output) and not args.force:
+        same = os.path.exists(args.model) and os.path.samefile(args.model, args.output)
+        raise OutputExistsError(f"{args.output} already exists{' (it is the input model)' if same else ''}; "
+                                "choose another -o or pass --force to replace it", args.output)
     report = qdq_from_cache(args.model, args.cache, args.output,
                             on_missing="skip" if args.allow_missing else "raise")
     print(report.summary())

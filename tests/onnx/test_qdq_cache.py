@@ -156,3 +156,14 @@ def test_dynamic_range_zero_amax_is_reported(tmp_path):
 def test_missing_cache_file(tmp_path):
     with pytest.raises(CacheError, match="does not exist"):
         qdq_from_cache(LENET, tmp_path / "nope.cache", tmp_path / "x.onnx")
+
+
+def test_qdq_command_does_not_replace_an_existing_file_without_force(tmp_path, capsys):
+    cache = str(TRT_CACHES / "trt100300_lenet_entropy2.cache")
+    out = tmp_path / "mine.onnx"
+    out.write_text("someone's model\n")
+    assert main(["qdq", LENET, "--cache", cache, "-o", str(out)]) == 1
+    assert "already exists; choose another -o or pass --force" in capsys.readouterr().err
+    assert out.read_text() == "someone's model\n"
+    assert main(["qdq", LENET, "--cache", cache, "-o", str(out), "--force"]) == 0
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)

@@ -219,6 +219,16 @@ def test_grid_spreads_evenly_over_a_class_sorted_pack(tmp_path, capsys):
     assert "spread evenly over the 12, images 0, 3, 7, 11" in capsys.readouterr().out
     assert cli_main(["inspect", folder, "--show", "4", "--first", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["grid"]["indices"] == [0, 1, 2, 3]
+    # the pack's own preview.png is replaced run after run; a --grid file that exists needs --force
+    assert cli_main(["inspect", folder, "--show", "4"]) == 0
+    capsys.readouterr()
+    mine = tmp_path / "mine.png"
+    mine.write_text("someone's picture\n")
+    assert cli_main(["inspect", folder, "--grid", str(mine)]) == 1
+    assert "already exists; choose another --grid or pass --force" in capsys.readouterr().err
+    assert mine.read_text() == "someone's picture\n"
+    assert cli_main(["inspect", folder, "--grid", str(mine), "--force"]) == 0
+    assert cv2.imread(str(mine)) is not None
 
 
 def test_grid_recovers_exact_pixels_gray_auto_zoom(tmp_path):

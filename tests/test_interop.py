@@ -66,3 +66,14 @@ def test_failed_export_leaves_the_previous_file_and_no_temporary(folder, tmp_pat
     with pytest.raises(DiskSpaceError, match="X"):
         export_numpy(folder, target, input_name="input")
     assert os.listdir(dst) == [target.name] and target.read_bytes() == before
+
+
+def test_export_command_does_not_replace_an_existing_file_without_force(folder, tmp_path, capsys):
+    out = tmp_path / "mine.npy"
+    out.write_text("someone's data\n")
+    assert main(["export", str(folder), str(out)]) == 1
+    assert "mine.npy already exists; choose another OUT or pass --force" in capsys.readouterr().err
+    assert out.read_text() == "someone's data\n"
+    assert main(["export", str(folder), str(out), "--force"]) == 0
+    with BatchSet(folder) as bs:
+        np.testing.assert_array_equal(np.load(out), bs.images(0, bs.num_images)[0])

@@ -1,4 +1,5 @@
 """Export batch files as a NumPy .npy/.npz calibration set (NVIDIA ModelOpt --calibration_data)."""
+from .options import refuse_existing
 
 
 def add_parser(sub):
@@ -8,11 +9,13 @@ def add_parser(sub):
     p.add_argument("--input-name", help="model input name (needed for .npz)")
     p.add_argument("--limit", type=int, help="at most this many images")
     p.add_argument("--first", type=int, default=0, help="first image (default 0)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return p
 
 
 def run(args):
     from ..interop import export_numpy
+    refuse_existing(args.output, args.force)
     n = export_numpy(args.batches, args.output, args.input_name, args.limit, args.first)
     print(f"wrote {n} images to {args.output}")
     return 0

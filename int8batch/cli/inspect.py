@@ -7,6 +7,8 @@ Exits with status 1 when a problem is found.
 import json
 import os
 
+from .options import refuse_existing
+
 DEFAULT_SHOW = 16
 
 
@@ -20,6 +22,7 @@ def add_parser(sub):
     p.add_argument("--grid", metavar="PATH",
                    help=f"where to write the PNG grid (implies --show {DEFAULT_SHOW} when --show is not given)")
     p.add_argument("--columns", type=int, help="tiles per row of the grid (default: about square)")
+    p.add_argument("--force", action="store_true", help="replace an existing --grid file")
     p.add_argument("--no-verify", action="store_true", help="do not recompute the files' checksums")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--prefix", help="file name prefix (default: the manifest's, else batch)")
@@ -33,6 +36,8 @@ def run(args):
     grid = None
     if args.show is not None or args.grid:
         path = args.grid or os.path.join(args.out, "preview.png")
+        if args.grid:           # the default OUT/preview.png is the pack's own preview, replaced freely
+            refuse_existing(args.grid, args.force, "--grid")
         grid = save_grid(args.out, path, count=args.show or DEFAULT_SHOW, columns=args.columns,
                          prefix=args.prefix, suffix=args.suffix, first=args.first)
     if args.json:

@@ -23,6 +23,19 @@ def keep_float_value(text):
     return text if text == "auto" else int(text)
 
 
+def refuse_existing(path, force, option="OUT", inputs=()):
+    """One output file of a command: an existing one is replaced only with ``--force``.
+
+    ``inputs``: the command's input files, named in the error when ``path`` is one of them.
+    """
+    from ..errors import OutputExistsError
+    if force or not os.path.lexists(path):
+        return
+    same = [i for i in inputs if os.path.exists(i) and os.path.exists(path) and os.path.samefile(i, path)]
+    raise OutputExistsError(f"{path} already exists{' (it is an input of this command)' if same else ''}; "
+                            f"choose another {option} or pass --force to replace it", path)
+
+
 def add_device_option(parser):
     """``--device auto|cpu|cuda``: where ONNX Runtime runs the model (calibrate, eval, run)."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

@@ -1,4 +1,5 @@
 """Turn a TensorRT calibration cache or dynamic-range file + FP32 ONNX model into a Q/DQ model."""
+from .options import refuse_existing
 
 
 def add_parser(sub):
@@ -22,13 +23,8 @@ placement needs but the cache lacks are an error unless --allow-missing.""")
 
 
 def run(args):
-    import os
     from ..calib.convert import qdq_from_cache
-    from ..errors import OutputExistsError
-    if os.path.lexists(args.output) and not args.force:
-        same = os.path.exists(args.model) and os.path.samefile(args.model, args.output)
-        raise OutputExistsError(f"{args.output} already exists{' (it is the input model)' if same else ''}; "
-                                "choose another -o or pass --force to replace it", args.output)
+    refuse_existing(args.output, args.force, "-o", inputs=(args.model, args.cache))
     report = qdq_from_cache(args.model, args.cache, args.output,
                             on_missing="skip" if args.allow_missing else "raise")
     print(report.summary())

@@ -18,6 +18,8 @@ def _common(p, default_out):
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     add_device_option(p)
     p.add_argument("--plot", action="store_true", help="write predictions.png (needs matplotlib)")
+    p.add_argument("--force", action="store_true",
+                   help="replace files in --out that an earlier run or calibration did not write")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="onnxruntime",
                    help="onnxruntime: the Q/DQ model on ONNX Runtime (default); tensorrt: FP32 and INT8 "
@@ -88,7 +90,7 @@ def _run_sample(args, bar):
                           first_score_batch=args.first_score_batch, score_batches=args.score_batches,
                           method=args.method, preset=args.preset, threads=args.threads, backend=args.backend, device=args.device,
                           keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
-        return run_mnist(s, out=args.out, progress=bar, plot=args.plot)
+        return run_mnist(s, out=args.out, progress=bar, plot=args.plot, force=args.force)
     from ..onnx.inputs import check_recipe
     from ..preprocess import preset
     from ..runner.imagenet import ImagenetSettings, run_imagenet
@@ -99,6 +101,6 @@ def _run_sample(args, bar):
                          score_batches=args.score_batches, method=args.method, seed=args.seed,
                          skip_bad=args.skip_bad, threads=args.threads, backend=args.backend, device=args.device,
                          keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
-    report = run_imagenet(s, out=args.out, progress=bar, plot=args.plot)
+    report = run_imagenet(s, out=args.out, progress=bar, plot=args.plot, force=args.force)
     report.notes.append(fit.describe())
     return report

@@ -205,14 +205,14 @@ class ImagenetSample(Sample):
         return f"int8batch run imagenet: {os.path.basename(self.settings.model)}"
 
 
-def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=None, plot=False):
+def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=None, plot=False, force=False):
     """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`.
 
     The report's ``calib_files`` and ``score_files`` list the images (paths
     relative to their folder) of each window, in order.  The batch files live
     in ``workdir`` (a temporary folder, removed, when None).
     """
-    return run(ImagenetSample(settings, progress), out, workdir, plot)
+    return run(ImagenetSample(settings, progress), out, workdir, plot, force)
 
 
 def _static_classes(model):

@@ -104,12 +104,12 @@ class MnistSample(Sample):
                          cal_origin=self.origin)
 
 
-def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=None, plot=False):
+def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=None, plot=False, force=False):
     """Run the protocol; returns a :class:`int8batch.runner.report.RunReport`.
 
     ``plot=True`` also writes ``predictions.png`` into ``out`` (needs matplotlib).
     """
-    return run(MnistSample(settings or MnistSettings(), progress), out, workdir, plot)
+    return run(MnistSample(settings or MnistSettings(), progress), out, workdir, plot, force)
 
 
 def _bundled(name):

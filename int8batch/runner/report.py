@@ -207,6 +207,34 @@ class RunReport:
         return paths
 
 
+#: the files a run writes beside the calibration's artefacts
+REPORT_NAMES = ("report.json", "report.md", "predictions.png")
+
+
+def check_replaceable(out, force=False):
+    """Before a run writes into ``out``: refuse to replace report files int8batch did not write.
+
+    A ``report.json`` of an earlier ``int8batch run`` marks the folder as a
+    previous run's, replaced by a new one; report names present without it
+    raise :class:`OutputExistsError` naming them, unless ``force``.
+    """
+    import json
+    from ..errors import OutputExistsError
+    present = [n for n in REPORT_NAMES if os.path.lexists(os.path.join(out, n))]
+    if not present or force:
+        return present
+    try:
+        with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
+            doc = json.load(f)
+        ours = isinstance(doc, dict) and doc.get("run") in ("mnist", "imagenet") and "calibration" in doc
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise OutputExistsError(f"{out}: {', '.join(present)} already there and not from an int8batch run; "
+                                "choose another --out, move them away, or pass --force to replace them", out)
+    return present
+
+
 def _plain(v):
     if isinstance(v, np.generic):
         return v.item()

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 
 from ..calib.api import calibrate
+from ..calib.artefacts import check_replaceable as check_artefact_files
 from ..calib.evaluate import evaluate
 from ..calib.ort_exec import resolve_device
 from ..errors import ConfigError, Int8BatchError
@@ -29,6 +30,7 @@ from ..trt import vocab
 from ..trt.calibrator import load_tensorrt
 from ..trt.engine import evaluate_engines
 from .plot import plot_predictions
+from .report import check_replaceable as check_report_files
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +100,21 @@ class Sample:
         return f"int8batch run {self.name}: FP32 vs INT8"
 
 
-def run(sample, out, workdir=None, plot=False):
+def run(sample, out, workdir=None, plot=False, force=False):
     """Run ``sample``'s protocol; returns its :class:`~int8batch.runner.report.RunReport` (written).
 
     The batch files are packed into ``workdir`` (a temporary folder, removed,
     when None); the artefacts and reports go into ``out``.  ``plot=True``
-    also writes ``predictions.png`` (needs matplotlib).
+    also writes ``predictions.png`` (needs matplotlib).  Files in ``out``
+    that an earlier run or calibration did not write stop the run before it
+    packs anything, unless ``force``.
     """
     s = sample.settings
     backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
     resolve_device(getattr(s, "device", "auto"))   # and so does --device cuda where it cannot run
     sample.check()
+    check_report_files(out, force)                  # before anything is packed
+    check_artefact_files(out, force)
     with _workspace(workdir, sample.tmp_prefix) as tmp:
         with contextlib.ExitStack() as stack:
             w = sample.prepare(tmp, stack)
@@ -116,7 +122,7 @@ def run(sample, out, workdir=None, plot=False):
             # w.cal.skipped: the batches the sample's stream really skips (exact from here on)
             result = calibrate(s.model, w.cal_set, out, method=s.method, batch_size=w.cal.batch_size,
                                keep_float=s.keep_float, bias_correction=s.bias_correction,
-                               first=w.cal.skipped, max_batches=w.cal.count, device=s.device,
+                               first=w.cal.skipped, max_batches=w.cal.count, device=s.device, force=force,
                                **sample.calibrate_options())
             scored = score(backend, s, result, w, out, sample.score_progress())
             report = sample.report(w, result, scored, backend, out)

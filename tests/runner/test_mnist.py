@@ -210,3 +210,20 @@ def test_run_mnist_ignores_a_local_mnist_folder(tmp_path, monkeypatch):
     assert r.passed and d["first_predictions"]["labels"][:10] == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert d["calibration"]["window"]["count"] == 2      # (a folder of one image would not even pack)
 
+
+
+def test_run_does_not_replace_files_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mnist"
+    out.mkdir()
+    (out / "report.md").write_text("my notes\n")
+    args = ["run", "mnist", "--calib-batches", "2", "--score-batches", "2", "--threads", "1", "-q", "--out", str(out)]
+    assert main(args) == 1
+    assert "report.md already there and not from an int8batch run" in capsys.readouterr().err
+    assert os.listdir(out) == ["report.md"] and (out / "report.md").read_text() == "my notes\n"
+    (out / "report.md").unlink()
+    (out / "calibration.cache").write_text("someone's cache\n")
+    assert main(args) == 1
+    assert "calibration.cache already there and not from an int8batch calibration" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0                 # replaced; a second run replaces its own files
+    assert main(args) == 0
+    assert json.loads((out / "report.json").read_text())["run"] == "mnist"

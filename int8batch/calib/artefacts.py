@@ -22,8 +22,11 @@ from . import cache as cache_io
 ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
              "json": "calibration.json", "qdq": "model.qdq.onnx"}
 CORRECTED_MODEL = "model.corrected.onnx"
-#: every name a calibration may write (replaced or removed as a set)
-SET_NAMES = (*ARTEFACTS.values(), CORRECTED_MODEL, ARTEFACTS["qdq"] + ".data", CORRECTED_MODEL + ".data")
+#: the histogram plot of ``calibrate --report``, written after the set
+REPORT_PNG = "report.png"
+#: every name a calibration may write (replaced or removed as a set; the old plot goes with the old set)
+SET_NAMES = (*ARTEFACTS.values(), CORRECTED_MODEL, ARTEFACTS["qdq"] + ".data", CORRECTED_MODEL + ".data",
+             REPORT_PNG)
 
 
 def check_replaceable(out, force=False):

@@ -95,7 +95,8 @@ def run(args):
         bar.close()
     if args.report:
         from ..calib.report import save_report
-        res.paths["report"] = save_report(res, os.path.join(args.out, "report.png"))
+        from ..calib.artefacts import REPORT_PNG
+        res.paths["report"] = save_report(res, os.path.join(args.out, REPORT_PNG))
     if not args.quiet:
         print(res.summary())
     return 0

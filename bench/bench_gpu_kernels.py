@@ -94,7 +94,10 @@ def main(argv=None):
     from int8batch.cuda.buffers import DeviceBuffer
     from int8batch.cuda.kernels import DeviceKernels, DeviceTensor
 
-    cu.ensure_context()
+    try:
+        cu.ensure_context()
+    except Exception as exc:  # noqa: BLE001 - no driver, no device, no cuda-python: one line, no traceback
+        raise SystemExit(f"no GPU here for the kernels: {str(exc).splitlines()[0]}") from None
     print(f"device: {cu.device_name()}", flush=True)
     r = cu.rt()
     total = int(args.gb * 1e9 / 4)

@@ -383,6 +383,27 @@ def atomic_output_set(folder, stale=(), *, lock_held=False, durable=False):
         raise
 
 
+def refuse_foreign_files(folder, names, ours, what, force=False):
+    """Before a writer replaces ``names`` in ``folder``: the ones present, or OutputExistsError.
+
+    ``ours()`` tells whether the folder's files are int8batch's (a marker file
+    it wrote beside them, read as valid): None when they are, else the reason
+    they are not.  Files of those names that are not ours stop the writer,
+    naming them, unless ``force``.
+    """
+    if folder is None or not os.path.isdir(folder):
+        return []
+    present = [n for n in names if os.path.lexists(os.path.join(folder, n))]
+    if not present or force:
+        return present
+    why = ours()
+    if why is not None:
+        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        raise OutputExistsError(f"{folder}: {shown} already there and not from {what} ({why}); choose another "
+                                "output folder, move them away, or pass --force to replace them", folder)
+    return present
+
+
 # --------------------------------------------------------------------------- recovery
 def clean_leftovers(folder, lock_held=False, legacy=None):
     """Recover interrupted swaps and remove temporaries of int8batch processes that are gone.

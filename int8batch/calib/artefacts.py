@@ -12,8 +12,8 @@ ones.
 import os
 from dataclasses import dataclass, field
 
-from .._atomic import atomic_output_set
-from ..errors import CacheError, OutputExistsError
+from .._atomic import atomic_output_set, refuse_foreign_files
+from ..errors import CacheError
 from ..onnx import qdq
 from ..onnx.snap import snap_weights
 from ..trt import vocab
@@ -34,23 +34,17 @@ def check_replaceable(out, force=False):
 
     The artefacts are replaced as a set (:data:`SET_NAMES`, stale ones
     removed).  A folder whose ``calibration.json`` reads as int8batch's holds a
-    previous calibration, which a new run replaces.  Any of those names present
-    without it belongs to someone else: :class:`OutputExistsError` naming them,
-    unless ``force``.  Returns the names that will be replaced.
+    previous calibration, which a new run replaces; any of those names present
+    without it belongs to someone else (:func:`refuse_foreign_files`).
+    Returns the names that will be replaced.
     """
-    if out is None or not os.path.isdir(out):
-        return []
-    present = [n for n in SET_NAMES if os.path.lexists(os.path.join(out, n))]
-    if not present or force:
-        return present
-    try:
-        cache_io.read_calibration_json(os.path.join(out, ARTEFACTS["json"]))
-    except CacheError as exc:
-        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
-        raise OutputExistsError(f"{out}: {shown} already there and not from an int8batch calibration "
-                                f"({exc}); choose another output folder, move them away, or pass --force "
-                                "to replace them", out) from None
-    return present
+    def ours():
+        try:
+            cache_io.read_calibration_json(os.path.join(out, ARTEFACTS["json"]))
+        except CacheError as exc:
+            return str(exc)
+        return None
+    return refuse_foreign_files(out, SET_NAMES, ours, "an int8batch calibration", force)
 
 
 @dataclass

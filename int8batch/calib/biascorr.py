@@ -32,7 +32,7 @@ import numpy as np
 from .._kernels_calib import sum_rows
 from ..cuda.buffers import DeviceBuffer
 from ..errors import CalibrationError
-from ..onnx.layers import conv_geometry
+from ..onnx.layers import conv_geometry, conv_output_size
 from .collector import default_num_threads
 
 
@@ -72,8 +72,8 @@ def tap_sums(plane, images, layer, w_shape):
                                    f"{('N',) + plane.shape}, expected 2-D")
         return plane, images
     kernel, strides, dil, begin, end = conv_geometry(layer, w_shape, (images,) + plane.shape)
+    out = conv_output_size(layer, w_shape, (images,) + plane.shape)
     plane = np.pad(plane, [(0, 0)] + list(zip(begin, end)))
-    out = [(p - (k - 1) * d - 1) // s + 1 for p, k, s, d in zip(plane.shape[1:], kernel, strides, dil)]
     if min(out) <= 0:
         raise CalibrationError(f"Conv {layer.key!r}: kernel {kernel} is larger than the padded input "
                                f"{tuple(plane.shape[1:])}")

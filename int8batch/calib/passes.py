@@ -99,7 +99,7 @@ class Pass:
             outs = self._run(data[s:s + n])
             self.seconds += time.perf_counter() - t
             if self.per_image is not None:
-                self._check_estimate(outs, len(data[s:s + n]))
+                self._check_estimate(outs, min(n, len(data) - s))
             collector.collect_many(outs)
             del outs
             s += n

@@ -34,7 +34,7 @@ import logging
 import numpy as np
 
 from ..errors import CalibrationError
-from ..onnx.layers import conv_geometry
+from ..onnx.layers import conv_geometry, conv_output_size
 from ..onnx.qdq import weight_scales
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _patches(x, layer, w_shape):
     n, c = x.shape[:2]
     g = max(1, int(layer.group))
     padded = tuple(p + b + e for p, b, e in zip(x.shape[2:], begin, end))
-    out = [(p - (k - 1) * d - 1) // s + 1 for p, k, s, d in zip(padded, kernel, strides, dil)]
+    out = conv_output_size(layer, w_shape, x.shape)
     if min(out) <= 0:
         raise CalibrationError(f"Conv {layer.key!r}: kernel {kernel} is larger than the padded input")
     xt = np.zeros((c, n) + padded, np.float32)                  # channels first, padded
@@ -101,11 +101,7 @@ def rows_per_image(layer, w_shape, x_shape):
     """Patches one image gives a layer (a Conv: its output positions; a Gemm: one row)."""
     if layer.op != "Conv":
         return 1
-    kernel, strides, dil, begin, end = conv_geometry(layer, w_shape, x_shape)
-    rows = 1
-    for p, k, s, d, b, e in zip(x_shape[2:], kernel, strides, dil, begin, end):
-        rows *= max(0, (p + b + e - (k - 1) * d - 1) // s + 1)
-    return max(1, rows)
+    return max(1, int(np.prod([max(0, o) for o in conv_output_size(layer, w_shape, x_shape)])))
 
 
 class MomentCollector:

@@ -108,6 +108,13 @@ def conv_geometry(layer, w_shape, x_shape):
     return kernel, strides, dil, tuple(pads[:nd]), tuple(pads[nd:])
 
 
+def conv_output_size(layer, w_shape, x_shape):
+    """Output positions per spatial axis of a Conv on input ``x_shape`` (padding included; <= 0: no window fits)."""
+    kernel, strides, dil, begin, end = conv_geometry(layer, w_shape, x_shape)
+    return [(p + b + e - (k - 1) * d - 1) // s + 1
+            for p, k, s, d, b, e in zip(x_shape[2:], kernel, strides, dil, begin, end)]
+
+
 def bias_shift(layer, dw, mean):
     """Mean output change per output channel caused by the weight change ``dw``.
 

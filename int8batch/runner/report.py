@@ -1,5 +1,6 @@
 """What a run prints, and its JSON / Markdown / PNG reports."""
 import dataclasses
+import json
 import os
 import platform
 import time
@@ -7,7 +8,7 @@ import time
 import numpy as np
 
 from .._version import __version__
-from .._atomic import write_json_atomic, write_text_atomic
+from .._atomic import refuse_foreign_files, write_json_atomic, write_text_atomic
 from . import protocol
 
 
@@ -215,24 +216,17 @@ def check_replaceable(out, force=False):
     """Before a run writes into ``out``: refuse to replace report files int8batch did not write.
 
     A ``report.json`` of an earlier ``int8batch run`` marks the folder as a
-    previous run's, replaced by a new one; report names present without it
-    raise :class:`OutputExistsError` naming them, unless ``force``.
+    previous run's, replaced by a new one (:func:`refuse_foreign_files`).
     """
-    import json
-    from ..errors import OutputExistsError
-    present = [n for n in REPORT_NAMES if os.path.lexists(os.path.join(out, n))]
-    if not present or force:
-        return present
-    try:
-        with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
-            doc = json.load(f)
-        ours = isinstance(doc, dict) and doc.get("run") in ("mnist", "imagenet") and "calibration" in doc
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
-        raise OutputExistsError(f"{out}: {', '.join(present)} already there and not from an int8batch run; "
-                                "choose another --out, move them away, or pass --force to replace them", out)
-    return present
+    def ours():
+        try:
+            with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as exc:
+            return f"report.json: {exc}"
+        ok = isinstance(doc, dict) and doc.get("run") in ("mnist", "imagenet") and "calibration" in doc
+        return None if ok else "report.json is not an int8batch run report"
+    return refuse_foreign_files(out, REPORT_NAMES, ours, "an int8batch run", force)
 
 
 def _plain(v):

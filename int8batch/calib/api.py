@@ -26,7 +26,7 @@ from ..reader import BatchSet
 from . import thresholds as th
 from ..cuda.kernels import DeviceKernels, DeviceTensor
 from .biascorr import DeviceMeanCollector, MeanCollector
-from .rounding import MomentCollector, round_weights
+from .rounding import DeviceMomentCollector, MomentCollector, round_weights
 from .artefacts import (ARTEFACTS, CORRECTED_MODEL, CalibrationResult, check_replaceable,  # noqa: F401
                         write_artefacts)
 from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
@@ -156,8 +156,7 @@ def _collect(sweep, facts, bs, cfg, out, progress):
         sweep.owned.append(means)
     moments = None
     if cfg.resolved_weight_rounding == "gptq" and cfg.write_qdq and cfg.per_channel_weights and out is not None:
-        # on the GPU the moments (host work) run on a worker thread while the pass goes on
-        moments = _moment_collector(facts, background=sweep.kernels is not HOST_KERNELS)
+        moments = _moment_collector(facts, k)
         sweep.owned.append(moments)
         collectors.append(moments)
     step = pixel_step(manifest_recipe(bs.manifest, strict=False)) if cfg.method == "auto" else None
@@ -279,10 +278,13 @@ class _Tee:
             c.collect_many(arrays)
 
 
-def _moment_collector(facts, background=False):
+def _moment_collector(facts, kernels=HOST_KERNELS):
     layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
     values = G.constant_values(facts.model)
-    return MomentCollector(layers, {ly.weight: values[ly.weight].shape for ly in layers}, background=background)
+    shapes = {ly.weight: values[ly.weight].shape for ly in layers}
+    if kernels is not HOST_KERNELS:
+        return DeviceMomentCollector(layers, shapes, kernels)
+    return MomentCollector(layers, shapes)
 
 
 def _rounded_weights(facts, moments):

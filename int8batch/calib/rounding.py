@@ -110,17 +110,12 @@ class MomentCollector:
     Takes the same ``{tensor: array}`` dicts as the histogram collector.  Of
     each tensor only the images some layer still needs are read (at most the
     first ``max_images``; fewer where a layer's row cap is met earlier), and
-    of a device tensor only those are copied to the host.  Layers with a
-    patch of more than ``MAX_PATCH`` values are skipped.
-
-    With ``background=True`` the moments are computed on a worker thread from
-    those host copies while the caller goes on (the GPU pass keeps the device
-    busy meanwhile); :meth:`wait` returns when they are done (and raises what
-    the worker raised), :meth:`close` stops the worker.  The results are the
-    same either way.
+    of a device tensor only those are copied to the host
+    (:class:`DeviceMomentCollector` sums them on the device instead).  Layers
+    with a patch of more than ``MAX_PATCH`` values are skipped.
     """
 
-    def __init__(self, layers, weight_shapes, max_images=ROUNDING_IMAGES, background=False):
+    def __init__(self, layers, weight_shapes, max_images=ROUNDING_IMAGES):
         self.max_images = max_images
         self.layers = []
         self._cap = {}
@@ -139,13 +134,10 @@ class MomentCollector:
         self._by_input = {}
         for ly in self.layers:
             self._by_input.setdefault(ly.input, []).append(ly)
-        self._pool, self._pending = None, []
-        if background:
-            from concurrent.futures import ThreadPoolExecutor
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="int8batch-moments")
 
-    def collect_many(self, arrays):
-        work = []
+    def _plan(self, arrays):
+        """``[(tensor, images needed, layers)]``: what this run adds (and the plan's bookkeeping)."""
+        plan = []
         for t, x in arrays.items():
             avail = min(len(x), self.max_images - self._images.get(t, 0))
             users = [ly for ly in self._by_input.get(t, ()) if self._planned.get(ly.key, 0) < self._cap[ly.key]]
@@ -158,15 +150,16 @@ class MomentCollector:
                 k = min(avail, -(-(self._cap[ly.key] - self._planned.get(ly.key, 0)) // rpi))
                 self._planned[ly.key] = self._planned.get(ly.key, 0) + k * rpi
                 need = max(need, k)
-            data = x[:need].to_host() if hasattr(x, "to_host") else np.asarray(x)[:need]
             self._images[t] = self._images.get(t, 0) + avail
-            work.append((data, users))
-        if not work:
-            return
-        if self._pool is None:
-            self._add(work)
-        else:
-            self._pending.append(self._pool.submit(self._add, work))
+            plan.append((t, need, users))
+        return plan
+
+    def collect_many(self, arrays):
+        work = []
+        for t, need, users in self._plan(arrays):
+            x = arrays[t]
+            work.append((_host(x, need), users))
+        self._add(work)
 
     def _add(self, work):
         for x, users in work:
@@ -187,16 +180,116 @@ class MomentCollector:
                     a += n
 
     def wait(self):
-        """Until the background work is done (re-raising its error); at once without a worker."""
-        pending, self._pending = self._pending, []
-        for f in pending:
-            f.result()
+        """Until every moment is in :attr:`h` (the host collector adds them as it goes)."""
 
     def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        self._pending = []
+        """Frees what the collector holds (nothing on the host)."""
+
+
+class DeviceMomentCollector(MomentCollector):
+    """:class:`MomentCollector` on activations that are on the GPU (:class:`~int8batch.cuda.kernels.DeviceTensor`).
+
+    Each layer's ``H`` is summed on the device by the ``i8b_patch_gram`` kernel
+    (``kernels.patch_gram``: the same patches and rows as the host, float sums
+    of 1024 patches added in double) into a float64 device buffer; :meth:`wait`
+    brings them back once.  Only the images the host path would read are read.
+    A layer the kernel does not take (a 3-D Conv) is computed on the host from a
+    copy of its images.  :meth:`close` frees the buffers.
+    """
+
+    def __init__(self, layers, weight_shapes, kernels, max_images=ROUNDING_IMAGES):
+        super().__init__(layers, weight_shapes, max_images=max_images)
+        self.kernels = kernels
+        self._dev = {}
+
+    def collect_many(self, arrays):
+        host = []
+        for t, need, users in self._plan(arrays):
+            x = arrays[t]
+            fallback = [ly for ly in users if not self._device_add(x[:need], ly)]
+            if fallback:
+                host.append((_host(x, need), fallback))
+        if host:
+            self._add(host)
+
+    def _device_add(self, x, ly):
+        """Launch ``ly``'s patch sums over the images of ``x`` it still needs; False where the kernel does not apply."""
+        w = self._shapes[ly.weight]
+        shape = tuple(x.shape)
+        geo = _geometry(ly, w, shape)
+        if geo is None:
+            return False
+        rpi = rows_per_image(ly, w, shape)
+        k = min(len(x), -(-(self._cap[ly.key] - self.rows.get(ly.key, 0)) // rpi))
+        if k <= 0:
+            return True
+        groups = 1 if ly.op == "Gemm" else max(1, int(ly.group))
+        buf = self._dev.get(ly.key)
+        if buf is None:
+            buf = self._dev[ly.key] = self.kernels.zeros(8 * groups * int(geo["d"]) ** 2)
+        self.kernels.patch_gram(x[:k], geo, k * rpi, groups, buf.ptr)
+        self.rows[ly.key] = self.rows.get(ly.key, 0) + k * rpi
+        return True
+
+    def wait(self):
+        self.kernels.synchronize()
+        for key, buf in self._dev.items():
+            d = self._gram_shape(key)
+            h = np.empty(d, dtype=np.float64)
+            buf.copy_to_host(h.reshape(-1).view(np.uint8), h.nbytes)
+            low = np.tril(h)                        # the kernel fills the tiles on and below the diagonal
+            h = low + np.swapaxes(np.tril(h, -1), 1, 2)
+            self.h[key] = self.h[key] + h if key in self.h else h
+            buf.close()
+        self._dev.clear()
+
+    def _gram_shape(self, key):
+        ly = next(ly for ly in self.layers if ly.key == key)
+        w = self._shapes[ly.weight]
+        if ly.op == "Gemm":
+            d = int(w[1] if ly.trans_b else w[0])
+            return (1, d, d)
+        return (max(1, int(ly.group)), int(np.prod(w[1:])), int(np.prod(w[1:])))
+
+    def close(self):
+        for buf in self._dev.values():
+            buf.close()
+        self._dev.clear()
+        super().close()
+
+
+def _host(x, images):
+    """The first ``images`` of ``x`` as a host array (a device tensor copies only those)."""
+    return x[:images].to_host() if hasattr(x, "to_host") else np.asarray(x)[:images]
+
+
+def _geometry(ly, w_shape, x_shape):
+    """The ``kernels.GEO`` record of a layer's patches on input ``x_shape``; None for a 3-D Conv."""
+    from ..cuda.kernels import GEO
+    geo = np.zeros((), dtype=GEO)
+    if ly.op == "Gemm":
+        if len(x_shape) != 2:
+            raise CalibrationError(f"Gemm {ly.key!r}: input {ly.input!r} has shape {x_shape}, expected 2-D")
+        k = int(x_shape[1])
+        vals = dict(c=k, h=1, w=1, cg=k, kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1, oh=1, ow=1, d=k)
+    else:
+        nd = len(x_shape) - 2
+        if nd not in (1, 2):
+            return None
+        kernel, strides, dil, begin, _ = conv_geometry(ly, w_shape, x_shape)
+        out = conv_output_size(ly, w_shape, x_shape)
+        if min(out) <= 0:
+            raise CalibrationError(f"Conv {ly.key!r}: kernel {kernel} is larger than the padded input")
+        pad = lambda v, one: (one,) + tuple(v) if nd == 1 else tuple(v)      # 1-D: a height of 1
+        (h, w), (kh, kw), (sh, sw) = pad(x_shape[2:], 1), pad(kernel, 1), pad(strides, 1)
+        (ph, pw), (dh, dw), (oh, ow) = pad(begin, 0), pad(dil, 1), pad(out, 1)
+        c = int(x_shape[1])
+        cg = c // max(1, int(ly.group))
+        vals = dict(c=c, h=h, w=w, cg=cg, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow,
+                    d=cg * kh * kw)
+    for f, v in vals.items():
+        geo[f] = int(v)
+    return geo
 
 
 def gptq_round(w, h, damp=DAMP):

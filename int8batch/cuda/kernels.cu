@@ -17,6 +17,13 @@
    i8b_sum_rows   acc[j] += sum over i of x[i, j], each column summed in row order
                   in double and then added to acc, as the CPU's sum_rows does.
    i8b_lattice    largest |x/step - rint(x/step)| (as float bits); 1 for NaN or +-inf.
+   i8b_patch_gram H[g] += sum over patches p of p p^T for the input patches of a Conv
+                  (2-D or 1-D, any group, stride, padding, dilation) or a Gemm: the
+                  second moments of int8batch/calib/rounding.py, patches in its
+                  (image, position) order, values in the weight's (channel, tap)
+                  order.  Each block sums 1024 patches in float (as the host's
+                  float32 matmul does) and adds them to H in double; only the tiles
+                  on or below the diagonal are computed (the host mirrors them).
 
    The grid of i8b_abs_hist is (blocks per job, jobs): job j uses the first
    min(gridDim.x, ceil(n_j / per_block)) blocks of its column, the others return.
@@ -167,4 +174,52 @@ extern "C" __global__ void i8b_lattice(const float *x, long long n, double step,
     }
     for (int o = 16; o > 0; o >>= 1) w = fmaxf(w, __shfl_xor_sync(0xffffffffu, w, o));
     if ((threadIdx.x & 31) == 0) atomicMax(worst, __float_as_uint(w));   /* w >= 0: bits order as floats */
+}
+
+/* The geometry of one layer's patches (i8b_patch_gram); the NumPy dtype GEO in kernels.py mirrors it. */
+struct i8b_geo {
+    int c, h, w;            /* input channels and spatial size (a Gemm: K, 1, 1) */
+    int cg, kh, kw;         /* channels per group, kernel */
+    int sh, sw, ph, pw;     /* strides, padding at the start */
+    int dh, dw, oh, ow;     /* dilations, output size */
+    int d, rows_per_block;  /* values per patch (cg * kh * kw), patches summed by one block */
+};
+
+#define I8B_GT 16
+
+__device__ __forceinline__ float i8b_patch_value(const float *x, const i8b_geo &g, int grp, long long r,
+                                                 long long rows, int v) {
+    if (r >= rows || v >= g.d) return 0.0f;
+    int khw = g.kh * g.kw;
+    long long ohw = (long long)g.oh * g.ow;
+    long long n = r / ohw;
+    int p = (int)(r - n * ohw);
+    int oy = p / g.ow, ox = p - (p / g.ow) * g.ow;
+    int cl = v / khw, t = v - cl * khw;
+    int ky = t / g.kw, kx = t - ky * g.kw;
+    int iy = oy * g.sh - g.ph + ky * g.dh, ix = ox * g.sw - g.pw + kx * g.dw;
+    if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.0f;
+    int c = grp * g.cg + cl;
+    return x[((n * g.c + c) * g.h + iy) * (long long)g.w + ix];
+}
+
+/* grid (row blocks, tiles * tiles, groups), block (16, 16); h: groups x d x d doubles */
+extern "C" __global__ void i8b_patch_gram(const float *x, i8b_geo g, long long rows, double *h) {
+    __shared__ float a[I8B_GT][I8B_GT + 1], b[I8B_GT][I8B_GT + 1];
+    int tiles = (g.d + I8B_GT - 1) / I8B_GT;
+    int ti = blockIdx.y / tiles, tj = blockIdx.y - ti * tiles;
+    if (tj > ti) return;
+    int grp = blockIdx.z, tx = threadIdx.x, ty = threadIdx.y;
+    long long r0 = (long long)blockIdx.x * g.rows_per_block;
+    long long r1 = min(rows, r0 + g.rows_per_block);
+    float acc = 0.0f;
+    for (long long r = r0; r < r1; r += I8B_GT) {
+        a[ty][tx] = i8b_patch_value(x, g, grp, r + ty, r1, ti * I8B_GT + tx);
+        b[ty][tx] = i8b_patch_value(x, g, grp, r + ty, r1, tj * I8B_GT + tx);
+        __syncthreads();
+        for (int k = 0; k < I8B_GT; k++) acc += a[k][ty] * b[k][tx];
+        __syncthreads();
+    }
+    int i = ti * I8B_GT + ty, j = tj * I8B_GT + tx;
+    if (i < g.d && j < g.d) atomicAdd(&h[((long long)grp * g.d + i) * g.d + j], (double)acc);
 }

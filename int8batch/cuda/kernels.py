@@ -33,6 +33,11 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cu")
 JOB = np.dtype({"names": ["x", "n", "inv", "thr", "pad"],
                 "formats": [np.uint64, np.int64, np.float64, np.float32, np.int32],
                 "offsets": [0, 8, 16, 24, 28], "itemsize": 32})
+#: the NumPy twin of ``struct i8b_geo`` in kernels.cu (``patch_gram``'s layer geometry)
+GEO = np.dtype([(f, np.int32) for f in ("c", "h", "w", "cg", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
+                                        "oh", "ow", "d", "rows_per_block")])
+#: patches one block of ``i8b_patch_gram`` sums in float before adding them to H in double
+GRAM_ROWS = 1024
 THREADS = 256
 #: values one block takes at least (a job gets ceil(n / PER_BLOCK) blocks, at most MAX_BLOCKS)
 PER_BLOCK = 1 << 16
@@ -160,7 +165,7 @@ def _functions(defines=()):
             image = _compile(dev, defines)
             module = _check("cuModuleLoadData", drv.cuModuleLoadData(image))
             funcs = {name: _check(f"cuModuleGetFunction({name})", drv.cuModuleGetFunction(module, name.encode()))
-                     for name in ("i8b_abs_hist", "i8b_sum_rows", "i8b_lattice")}
+                     for name in ("i8b_abs_hist", "i8b_sum_rows", "i8b_lattice", "i8b_patch_gram")}
             hit = _MODULES[key] = (module, funcs)
     return hit[1]
 
@@ -339,6 +344,25 @@ class DeviceKernels:
             return
         _launch(self._f["i8b_sum_rows"], (-(-cols // THREADS), 1, 1), (THREADS, 1, 1), 0, self._stream.handle,
                 np.uint64(x.ptr), np.int64(rows), np.int64(cols), np.uint64(acc_ptr))
+        self.launches += 1
+
+    def zeros(self, nbytes):
+        """A new zero-filled :class:`DeviceBuffer` (the caller closes it)."""
+        buf = DeviceBuffer(max(int(nbytes), 8))
+        buf.copy_from_host(np.zeros(buf.nbytes, dtype=np.uint8))
+        return buf
+
+    def patch_gram(self, x, geo, rows, groups, h_ptr):
+        """``H[g] += sum of p p^T`` over the first ``rows`` patches of ``x`` (float64 ``groups x d x d`` at
+        ``h_ptr``; only the tiles on or below the diagonal).  ``geo``: a :data:`GEO` record."""
+        geo = np.array(geo, dtype=GEO)
+        geo["rows_per_block"] = GRAM_ROWS
+        d = int(geo["d"])
+        tiles = -(-d // 16)
+        if rows <= 0 or d <= 0:
+            return
+        _launch(self._f["i8b_patch_gram"], (-(-int(rows) // GRAM_ROWS), tiles * tiles, int(groups)), (16, 16, 1),
+                0, self._stream.handle, np.uint64(x.ptr), geo[()], np.int64(rows), np.uint64(h_ptr))
         self.launches += 1
 
     def lattice_worst(self, x, step):

@@ -11,6 +11,7 @@ from int8batch.calib import api
 from int8batch.errors import CalibrationError
 from int8batch.calib import rounding as R
 from int8batch.onnx.layers import Layer
+from gram_twin import DEVICE_LAYERS
 
 
 def _naive_patches(x, w_shape, group, strides, pads, dil):
@@ -237,32 +238,52 @@ def test_device_tensors_are_read_through_their_host_copies():
     assert sum(copied) == -(-R.MIN_ROWS // 1600) < 8
 
 
-def test_background_moments_equal_the_synchronous_ones_and_raise_at_wait():
-    rng = np.random.default_rng(6)
-    ly = Layer(key="y", op="Conv", input="x", weight="w", bias="", group=1, kernel=(3, 3), strides=(2, 2),
+@pytest.mark.parametrize("ly,w_shape,x_shape", DEVICE_LAYERS, ids=[ly.key for ly, _, _ in DEVICE_LAYERS])
+def test_device_moments_match_the_host_ones(ly, w_shape, x_shape):
+    """DeviceMomentCollector (geometry records, row caps, mirrored tiles) through the kernel's NumPy twin."""
+    from gram_twin import GramKernels
+    rng = np.random.default_rng(7)
+    batches = [rng.standard_normal(x_shape).astype(np.float32) for _ in range(4)]
+    host = R.MomentCollector([ly], {"w": w_shape}, max_images=10)
+    kern = GramKernels()
+    dev = R.DeviceMomentCollector([ly], {"w": w_shape}, kern, max_images=10)
+    for b in batches:
+        host.collect_many({"x": b})
+        dev.collect_many({"x": b})
+    dev.wait()
+    dev.close()
+    assert host.rows[ly.key] == dev.rows[ly.key] > 0
+    want = host.h[ly.key]
+    np.testing.assert_allclose(dev.h[ly.key], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_array_equal(dev.h[ly.key], np.swapaxes(dev.h[ly.key], 1, 2))    # mirrored exactly
+    assert len(kern.launches) == (0 if ly.key == "c3d" else 4)      # a 3-D Conv is summed on the host
+    assert all(b.closed for b in kern.buffers.values())
+    if ly.key != "c3d":     # the twin against the loop-by-loop im2col, on the first batch
+        geo = R._geometry(ly, w_shape, x_shape)
+        rows = R.rows_per_image(ly, w_shape, x_shape) * x_shape[0]
+        a = R._patches(batches[0], ly, w_shape).astype(np.float64)
+        from gram_twin import patch_gram_twin
+        np.testing.assert_allclose(patch_gram_twin(batches[0], geo, rows, a.shape[0]),
+                                   a @ np.swapaxes(a, 1, 2), rtol=1e-10, atol=1e-9)
+
+
+def test_device_moments_stop_at_the_row_cap():
+    from gram_twin import GramKernels
+    ly = Layer(key="y", op="Conv", input="x", weight="w", bias="", group=4, kernel=(3, 3), strides=(1, 1),
                dilations=(1, 1), pads=(1, 1, 1, 1))
-    batches = [rng.standard_normal((3, 2, 20, 20)).astype(np.float32) for _ in range(4)]
-    sync = R.MomentCollector([ly], {"w": (4, 2, 3, 3)}, max_images=10)
-    bg = R.MomentCollector([ly], {"w": (4, 2, 3, 3)}, max_images=10, background=True)
-    try:
-        for b in batches:
-            sync.collect_many({"x": b})
-            bg.collect_many({"x": b})
-        bg.wait()
-    finally:
-        bg.close()
-    np.testing.assert_array_equal(sync.h["y"], bg.h["y"])
-    # 100 patches per image (10 x 10 outputs), cap max(128 * 18, 4096) rows: 10 images would give 1000
-    assert R.rows_per_image(ly, (4, 2, 3, 3), (1, 2, 20, 20)) == 100
-    assert sync.rows["y"] == bg.rows["y"] == 1000
-    want, _ = R.patch_moments(np.concatenate(batches)[:10], ly, (4, 2, 3, 3))
-    np.testing.assert_allclose(sync.h["y"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())  # float32 sums
+    big = np.random.default_rng(8).standard_normal((8, 4, 40, 40)).astype(np.float32)   # 1600 patches per image
+    host = R.MomentCollector([ly], {"w": (4, 1, 3, 3)}, max_images=8)
+    kern = GramKernels()
+    dev = R.DeviceMomentCollector([ly], {"w": (4, 1, 3, 3)}, kern, max_images=8)
+    for c in (host, dev):
+        c.collect_many({"x": big[:4]})
+        c.collect_many({"x": big[4:]})
+    dev.wait()
+    assert host.rows["y"] == dev.rows["y"] == 1600 * -(-R.MIN_ROWS // 1600)
+    assert kern.launches == [dev.rows["y"]]             # the second batch launched nothing
+    np.testing.assert_allclose(dev.h["y"], host.h["y"], rtol=1e-5, atol=1e-6 * np.abs(host.h["y"]).max())
 
     gemm = Layer(key="g", op="Gemm", input="x", weight="w", bias="", trans_b=1)
-    bad = R.MomentCollector([gemm], {"w": (4, 8)}, background=True)
-    try:
+    bad = R.DeviceMomentCollector([gemm], {"w": (4, 8)}, GramKernels())
+    with pytest.raises(CalibrationError, match="expected 2-D"):
         bad.collect_many({"x": np.zeros((2, 2, 2, 2), np.float32)})   # a Gemm fed a 4-D tensor
-        with pytest.raises(CalibrationError, match="expected 2-D"):
-            bad.wait()
-    finally:
-        bad.close()

@@ -319,6 +319,40 @@ def test_cpu_and_gpu_calibrations_agree(name, path, _, mnist, photo_batches, tmp
             assert worst < 1e-4
 
 
+def _gram_cases():
+    from gram_twin import DEVICE_LAYERS
+    from int8batch.onnx.layers import Layer
+    big = [  # several row blocks and tiles: a depthwise layer at its row cap, a 1x1 conv of 200 channels
+        (Layer(key="dw56", op="Conv", input="x", weight="w", bias="", group=32, kernel=(3, 3), strides=(1, 1),
+               dilations=(1, 1), pads=(1, 1, 1, 1)), (32, 1, 3, 3), (4, 32, 56, 56)),
+        (Layer(key="pw200", op="Conv", input="x", weight="w", bias="", group=1, kernel=(1, 1), strides=(1, 1),
+               dilations=(1, 1), pads=(0, 0, 0, 0)), (64, 200, 1, 1), (2, 200, 30, 30)),
+    ]
+    return DEVICE_LAYERS + big
+
+
+@pytest.mark.parametrize("ly,w_shape,x_shape", _gram_cases(), ids=[c[0].key for c in _gram_cases()])
+def test_device_moments_kernel_matches_the_host_moments(kern, dev, ly, w_shape, x_shape):
+    """i8b_patch_gram through DeviceMomentCollector against the host's im2col moments, same images and rows."""
+    from int8batch.calib import rounding as R
+    rng = np.random.default_rng(9)
+    batches = [rng.standard_normal(x_shape).astype(np.float32) for _ in range(3)]
+    host = R.MomentCollector([ly], {"w": w_shape}, max_images=7)
+    gpu = R.DeviceMomentCollector([ly], {"w": w_shape}, kern, max_images=7)
+    try:
+        for b in batches:
+            host.collect_many({"x": b})
+            gpu.collect_many({"x": dev.put(b)})
+        gpu.wait()
+    finally:
+        gpu.close()
+    assert gpu.rows[ly.key] == host.rows[ly.key] > 0
+    want = host.h[ly.key]
+    np.testing.assert_allclose(gpu.h[ly.key], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    print(f"{ly.key}: {gpu.rows[ly.key]} patches of {want.shape[1]} values, largest difference "
+          f"{np.abs(gpu.h[ly.key] - want).max() / np.abs(want).max():.1e} of max |H|")
+
+
 @needs_ort_cuda
 def test_auto_with_bias_correction_and_sensitivity_on_the_gpu(mnist, tmp_path):
     from int8batch.calib import api

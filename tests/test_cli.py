@@ -167,8 +167,9 @@ def test_progress_bars_with_eta_on_a_terminal_only(tmp_path):
         assert re.search(re.escape(phase) + r": 100%\|.*\[" + ETA + r", +[\d.]+ " + unit + "/s]", out), phase
     assert "calibrated 10 tensors on 4 batches" in out
     rc, out = _run_in_pty(cli + ["calibrate", os.path.join(DATA_DIR, "lenet.onnx"), "--batches", str(tmp_path / "m"),
-                                 "--out", str(tmp_path / "cal2"), "-q"], tmp_path)
+                                 "-o", str(tmp_path / "cal2"), "-q"], tmp_path)
     assert rc == 0 and "%|" not in out
+    assert (tmp_path / "cal2" / "calibration.cache").is_file()     # -o: the short --out, as qdq's -o
 
 
 class _FakeTerminal:

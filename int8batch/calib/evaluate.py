@@ -10,6 +10,7 @@ predictions of the first images (what ``int8batch run`` prints and plots).
 """
 import heapq
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,14 @@ class EvalResult:
         outputs that already are probabilities are used as they are.
     max_abs_diff, mean_abs_diff : float
         Largest and mean absolute difference of the raw outputs.
+    rel_error : float
+        Relative L2 error of the raw outputs over every image,
+        ``sqrt(sum (y_int8 - y_fp32)^2 / sum y_fp32^2)``: the measure that means
+        something for any output (a detector's maps too); inf when the FP32
+        output is all zeros and the INT8 one is not.
+    output, output_shape : str, tuple
+        The graph output compared (the first) and its shape per image; top-1 and
+        KL read a one-dimensional output as classes (:attr:`classifier`).
     largest : list of (int, float)
         The (image index, max |difference|) of the images that differ most,
         largest first.
@@ -72,6 +81,9 @@ class EvalResult:
     mean_kl: float = 0.0
     max_abs_diff: float = 0.0
     mean_abs_diff: float = 0.0
+    rel_error: float = 0.0
+    output: str = ""
+    output_shape: tuple = ()
     largest: list = field(default_factory=list)
     top1_hits_fp32: int = 0
     top5_hits_fp32: int = 0
@@ -85,6 +97,21 @@ class EvalResult:
     int8_pred: list = field(default_factory=list)
     disagreements: list = field(default_factory=list)
     executed_by: dict = field(default_factory=dict)   # {"fp32": ..., "int8": ...}: the provider(s) that ran
+
+    @property
+    def classifier(self):
+        """True when the compared output is one row of scores per image (N, classes)."""
+        return len(self.output_shape) == 1
+
+    def output_note(self):
+        """A line saying what the top-1 and KL figures mean for this output."""
+        shape = "x".join(str(d) for d in self.output_shape)
+        name = f"output {self.output!r}" if self.output else "the first output"
+        if self.classifier:
+            return f"{name} ({shape} per image): relative L2 error {self.rel_error:.3g}"
+        return (f"{name} is {shape} per image, not one row of class scores: top-1 agreement and "
+                f"softmax KL treat its values as classes and mean little here; relative L2 error "
+                f"{self.rel_error:.3g}")
 
     @property
     def ms_per_image_fp32(self):
@@ -112,6 +139,7 @@ class EvalResult:
                  f"top-1 agreement INT8 vs FP32: {pct(self.top1_agreement)}",
                  f"mean softmax KL(FP32 || INT8): {self.mean_kl:.5f}",
                  f"output |difference|: max {self.max_abs_diff:.5g}, mean {self.mean_abs_diff:.5g}",
+                 self.output_note(),
                  f"time: FP32 {self.ms_per_image_fp32:.4f} ms/image, INT8 {self.ms_per_image_int8:.4f} ms/image"]
         return "\n".join(lines)
 
@@ -202,6 +230,7 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     q = ModelRunner(int8_model, providers, intra_op_threads)
     acc = Comparison(outputs, keep_largest, keep)
     acc.result.executed_by = {"fp32": fp.executed_by, "int8": q.executed_by}
+    acc.result.output = fp.output_name
     total = _count(batchset, batch_size, max_batches, first)
     for done, b in enumerate(_batches(batchset, batch_size, max_batches, first), 1):
         data, labels = (b.data, b.labels) if hasattr(b, "data") else b
@@ -243,6 +272,7 @@ class Comparison:
         self.result = EvalResult()
         self._hits = np.zeros(4, np.int64)    # top1 fp32, top5 fp32, top1 int8, top5 int8
         self._agree, self._kl_sum, self._abs_sum, self._values = 0, 0.0, 0.0, 0
+        self._sq_err, self._sq_ref = 0.0, 0.0
         self._largest = []
 
     def add(self, y0, y1, labels):
@@ -250,6 +280,8 @@ class Comparison:
         res, keep_largest = self.result, self.keep_largest
         y0, y1 = np.asarray(y0), np.asarray(y1)
         n = y0.shape[0]
+        if not res.images:
+            res.output_shape = tuple(int(d) for d in y0.shape[1:])
         y0, y1 = y0.reshape(n, -1), y1.reshape(n, -1)
         if y0.shape != y1.shape:
             raise ModelError(f"the FP32 output is {y0.shape} per batch but the INT8 output is "
@@ -277,6 +309,8 @@ class Comparison:
         self._kl_sum += float(terms.sum())
         d = np.abs(y0.astype(np.float64) - y1)
         self._abs_sum += float(d.sum())
+        self._sq_err += float(np.square(d).sum())
+        self._sq_ref += float(np.square(y0.astype(np.float64)).sum())
         self._values += d.size
         per = d.max(axis=1)
         res.max_abs_diff = max(res.max_abs_diff, float(per.max()))
@@ -300,6 +334,10 @@ class Comparison:
         res.top1_agreement = self._agree / res.images
         res.mean_kl = self._kl_sum / res.images
         res.mean_abs_diff = self._abs_sum / self._values
+        if self._sq_ref > 0:
+            res.rel_error = math.sqrt(self._sq_err / self._sq_ref)
+        else:
+            res.rel_error = 0.0 if self._sq_err == 0 else math.inf
         res.largest = [(-i, v) for v, i in sorted(self._largest, reverse=True)]
         if res.labelled:
             res.top1_fp32, res.top5_fp32, res.top1_int8, res.top5_int8 = (hits / res.labelled).tolist()

@@ -21,7 +21,7 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                    help="auto (default): observed max for ReLU6/Clip-bounded tensors, least quantization "
                         "error (mse) elsewhere; entropy: TensorRT's IInt8EntropyCalibrator2, bit for bit on "
                         "the values TensorRT published")
-    p.add_argument("--out", default="calibration", metavar="DIR", help="output folder (default ./calibration)")
+    p.add_argument("-o", "--out", default="calibration", metavar="DIR", help="output folder (default ./calibration)")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
                    help="auto: tensorrt when TensorRT 8.6-10.x is installed, else onnxruntime")
     p.add_argument("--batch-size", type=int, help="calibration batch (default: model's batch, else files' N)")

@@ -33,4 +33,5 @@ def run(args):
         print(f"{name.upper()} ran on: {r.executed_by[name]}")
     print(f"top-1 agreement {100 * r.top1_agreement:.2f} %, mean softmax KL {r.mean_kl:.3g}, "
           f"largest output difference {r.max_abs_diff:.3g}")
+    print(r.output_note())
     return 0

@@ -14,7 +14,7 @@ def _common(p, default_out):
                    help="activations the Q/DQ model leaves float (as int8batch calibrate --keep-float)")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the model's biases in the Q/DQ model (as int8batch calibrate)")
-    p.add_argument("--out", default=default_out, help=f"artefacts and reports (default ./{default_out})")
+    p.add_argument("-o", "--out", default=default_out, help=f"artefacts and reports (default ./{default_out})")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     add_device_option(p)
     p.add_argument("--plot", action="store_true", help="write predictions.png (needs matplotlib)")

@@ -68,6 +68,9 @@ def check_hand_values(r):
     assert r.max_abs_diff == pytest.approx(2.5) and r.mean_abs_diff == pytest.approx(2.5 / 6)
     assert r.mean_kl == pytest.approx(ref_kl(), rel=1e-6)
     assert r.largest == [(0, 2.5), (1, 2.5), (2, 2.5), (3, 2.5), (4, 2.5)]
+    # every image's output moves by 2.5 in one value: sqrt(6 * 2.5^2 / sum of the squared logits)
+    assert r.rel_error == pytest.approx(np.sqrt(6 * 2.5 ** 2 / np.square(LOGITS.astype(np.float64)).sum()))
+    assert r.output == "y" and r.output_shape == (6,) and r.classifier
 
 
 def test_hand_computed_from_pairs():
@@ -145,3 +148,22 @@ def test_first_skips_batches_and_progress_total(tmp_path):
     assert r.labels == [1, None, 5, 1] and r.disagreements == [(0, 1, 0, 5), (2, 5, 0, 5)]
     r = evaluate(flat_model(), flat_model(SHIFT), pairs(batch=2), first=2)
     assert r.images == 2 and r.fp32_pred == [] and r.agreed == 1
+
+
+def test_a_map_output_is_named_as_such_with_its_relative_error():
+    """A detector-like output (N, C, H, W): the summary says top-1 and KL mean little; rel. error by hand."""
+    from int8batch.calib.evaluate import Comparison
+    rng = np.random.default_rng(3)
+    y0 = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    y1 = (y0 + 0.1 * rng.standard_normal(y0.shape)).astype(np.float32)
+    acc = Comparison()
+    acc.add(y0[:2], y1[:2], np.full(2, -1.0))
+    acc.add(y0[2:], y1[2:], np.full(2, -1.0))
+    r = acc.finish()
+    want = np.linalg.norm((y1 - y0).astype(np.float64)) / np.linalg.norm(y0.astype(np.float64))
+    assert r.rel_error == pytest.approx(want, rel=1e-9)
+    assert r.output_shape == (3, 5, 5) and not r.classifier
+    assert "3x5x5 per image, not one row of class scores" in r.summary()
+    z = Comparison()
+    z.add(np.zeros((2, 3)), np.ones((2, 3)), np.zeros(2))
+    assert z.finish().rel_error == np.inf              # an all-zero reference: any difference is infinite

@@ -200,7 +200,8 @@ class DeviceMomentCollector(MomentCollector):
     def __init__(self, layers, weight_shapes, kernels, max_images=ROUNDING_IMAGES):
         super().__init__(layers, weight_shapes, max_images=max_images)
         self.kernels = kernels
-        self._dev = {}
+        self._dev = {}              # layer key -> device buffer of its H (float64)
+        self._gram_shapes = {}      # layer key -> (groups, d, d)
 
     def collect_many(self, arrays):
         host = []
@@ -226,7 +227,9 @@ class DeviceMomentCollector(MomentCollector):
         groups = 1 if ly.op == "Gemm" else max(1, int(ly.group))
         buf = self._dev.get(ly.key)
         if buf is None:
-            buf = self._dev[ly.key] = self.kernels.zeros(8 * groups * int(geo["d"]) ** 2)
+            hshape = (groups, int(geo["d"]), int(geo["d"]))
+            buf = self._dev[ly.key] = self.kernels.zeros(8 * int(np.prod(hshape)))
+            self._gram_shapes[ly.key] = hshape
         self.kernels.patch_gram(x[:k], geo, k * rpi, groups, buf.ptr)
         self.rows[ly.key] = self.rows.get(ly.key, 0) + k * rpi
         return True
@@ -234,22 +237,13 @@ class DeviceMomentCollector(MomentCollector):
     def wait(self):
         self.kernels.synchronize()
         for key, buf in self._dev.items():
-            d = self._gram_shape(key)
-            h = np.empty(d, dtype=np.float64)
+            h = np.empty(self._gram_shapes[key], dtype=np.float64)
             buf.copy_to_host(h.reshape(-1).view(np.uint8), h.nbytes)
             low = np.tril(h)                        # the kernel fills the tiles on and below the diagonal
             h = low + np.swapaxes(np.tril(h, -1), 1, 2)
             self.h[key] = self.h[key] + h if key in self.h else h
             buf.close()
         self._dev.clear()
-
-    def _gram_shape(self, key):
-        ly = next(ly for ly in self.layers if ly.key == key)
-        w = self._shapes[ly.weight]
-        if ly.op == "Gemm":
-            d = int(w[1] if ly.trans_b else w[0])
-            return (1, d, d)
-        return (max(1, int(ly.group)), int(np.prod(w[1:])), int(np.prod(w[1:])))
 
     def close(self):
         for buf in self._dev.values():

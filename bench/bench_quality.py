@@ -316,6 +316,12 @@ def quantize(method, model, calib_folder, out, calib_batches, threads):
     if method in INT8BATCH_METHODS:
         return quantize_int8batch(model, calib_folder, out, method, calib_batches, threads)
     if method == "ort":
+        if any(m == "modelopt" or m.startswith("modelopt.") for m in sys.modules):
+            # importing ModelOpt patches ONNX Runtime's calibrators in this process (its ort_patching):
+            # after a ModelOpt row, quantize_static runs in a fresh process
+            import multiprocessing
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                return pool.apply(quantize_ort, (model, calib_folder, out, calib_batches, threads))
         return quantize_ort(model, calib_folder, out, calib_batches, threads)
     return quantize_modelopt(model, calib_folder, out, calib_batches,
                              "max" if method == "modelopt-max" else "entropy")

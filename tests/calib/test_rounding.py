@@ -223,7 +223,8 @@ def test_device_tensors_are_read_through_their_host_copies():
         b.collect_many({"x": OnDevice(x[k:k + 2])})
     np.testing.assert_array_equal(a.h["y"], b.h["y"])
     want, rows = R.patch_moments(x[:5], ly, (4, 1, 3, 3))
-    np.testing.assert_allclose(a.h["y"], want, rtol=1e-5)
+    # float32 sums in other chunks (batches of 2 against all 5 images): agree to float32's precision of max |H|
+    np.testing.assert_allclose(a.h["y"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     assert a.rows["y"] == rows == 5 * 81
     assert sum(copied) == 5              # the sixth image never left the device
 

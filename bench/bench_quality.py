@@ -316,7 +316,7 @@ def quantize(method, model, calib_folder, out, calib_batches, threads):
     if method in INT8BATCH_METHODS:
         return quantize_int8batch(model, calib_folder, out, method, calib_batches, threads)
     if method == "ort":
-        if any(m == "modelopt" or m.startswith("modelopt.") for m in sys.modules):
+        if "modelopt" in sys.modules:
             # importing ModelOpt patches ONNX Runtime's calibrators in this process (its ort_patching):
             # after a ModelOpt row, quantize_static runs in a fresh process
             import multiprocessing

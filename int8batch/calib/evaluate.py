@@ -307,10 +307,11 @@ class Comparison:
         terms = np.where(p0 > 0, p0 * (np.log(np.maximum(p0, _EPS)) - np.log(np.maximum(p1, _EPS))),
                          0.0)
         self._kl_sum += float(terms.sum())
-        d = np.abs(y0.astype(np.float64) - y1)
+        ref = y0.astype(np.float64)
+        d = np.abs(ref - y1)
         self._abs_sum += float(d.sum())
         self._sq_err += float(np.square(d).sum())
-        self._sq_ref += float(np.square(y0.astype(np.float64)).sum())
+        self._sq_ref += float(np.square(ref).sum())
         self._values += d.size
         per = d.max(axis=1)
         res.max_abs_diff = max(res.max_abs_diff, float(per.max()))

@@ -129,55 +129,47 @@ class MomentCollector:
                 self._cap[ly.key] = max(ROWS_PER_VALUE * d, MIN_ROWS)
         self.h = {}
         self.rows = {}
-        self._planned = {}
         self._images = {}
         self._by_input = {}
         for ly in self.layers:
             self._by_input.setdefault(ly.input, []).append(ly)
 
     def _plan(self, arrays):
-        """``[(tensor, images needed, layers)]``: what this run adds (and the plan's bookkeeping)."""
+        """``[(tensor, images needed, [(layer, its images)])]``: what this run adds to each layer.
+
+        A layer takes the tensor's images until it has ``max_images`` of them or its row cap is met
+        (in whole images); the tensor's images needed are the most any of its layers takes."""
         plan = []
         for t, x in arrays.items():
             avail = min(len(x), self.max_images - self._images.get(t, 0))
-            users = [ly for ly in self._by_input.get(t, ()) if self._planned.get(ly.key, 0) < self._cap[ly.key]]
+            users = [ly for ly in self._by_input.get(t, ()) if self.rows.get(ly.key, 0) < self._cap[ly.key]]
             if not users or avail <= 0:
                 continue
             shape = tuple(x.shape)
-            need = 0
-            for ly in users:
-                rpi = rows_per_image(ly, self._shapes[ly.weight], shape)
-                k = min(avail, -(-(self._cap[ly.key] - self._planned.get(ly.key, 0)) // rpi))
-                self._planned[ly.key] = self._planned.get(ly.key, 0) + k * rpi
-                need = max(need, k)
+            takes = [(ly, min(avail, -(-(self._cap[ly.key] - self.rows.get(ly.key, 0))
+                                      // rows_per_image(ly, self._shapes[ly.weight], shape))))
+                     for ly in users]
             self._images[t] = self._images.get(t, 0) + avail
-            plan.append((t, need, users))
+            plan.append((t, max(k for _, k in takes), takes))
         return plan
 
     def collect_many(self, arrays):
-        work = []
-        for t, need, users in self._plan(arrays):
-            x = arrays[t]
-            work.append((_host(x, need), users))
-        self._add(work)
+        self._add([(_host(arrays[t], need), takes) for t, need, takes in self._plan(arrays)])
 
     def _add(self, work):
-        for x, users in work:
-            for ly in users:
+        for x, takes in work:
+            for ly, k in takes:
                 w = self._shapes[ly.weight]
-                rpi = rows_per_image(ly, w, x.shape)
-                values = rpi * (int(np.prod(w[1:])) * max(1, int(ly.group)) if ly.op == "Conv" else x.shape[1])
+                values = rows_per_image(ly, w, x.shape) * (
+                    int(np.prod(w[1:])) * max(1, int(ly.group)) if ly.op == "Conv" else x.shape[1])
                 step = max(1, CHUNK_VALUES // values)
-                a = 0
-                while a < len(x) and self.rows.get(ly.key, 0) < self._cap[ly.key]:
-                    n = min(step, len(x) - a, -(-(self._cap[ly.key] - self.rows.get(ly.key, 0)) // rpi))
-                    h, r = patch_moments(x[a:a + n], ly, self._shapes[ly.weight])
+                for a in range(0, k, step):
+                    h, r = patch_moments(x[a:min(k, a + step)], ly, w)
                     if ly.key in self.h:
                         self.h[ly.key] += h
                         self.rows[ly.key] += r
                     else:
                         self.h[ly.key], self.rows[ly.key] = h, r
-                    a += n
 
     def wait(self):
         """Until every moment is in :attr:`h` (the host collector adds them as it goes)."""
@@ -205,33 +197,29 @@ class DeviceMomentCollector(MomentCollector):
 
     def collect_many(self, arrays):
         host = []
-        for t, need, users in self._plan(arrays):
+        for t, need, takes in self._plan(arrays):
             x = arrays[t]
-            fallback = [ly for ly in users if not self._device_add(x[:need], ly)]
+            fallback = [(ly, k) for ly, k in takes if not self._device_add(x, ly, k)]
             if fallback:
                 host.append((_host(x, need), fallback))
-        if host:
-            self._add(host)
+        self._add(host)
 
-    def _device_add(self, x, ly):
-        """Launch ``ly``'s patch sums over the images of ``x`` it still needs; False where the kernel does not apply."""
+    def _device_add(self, x, ly, images):
+        """Launch ``ly``'s patch sums over the first ``images`` of ``x``; False where the kernel does not apply."""
         w = self._shapes[ly.weight]
         shape = tuple(x.shape)
         geo = _geometry(ly, w, shape)
         if geo is None:
             return False
-        rpi = rows_per_image(ly, w, shape)
-        k = min(len(x), -(-(self._cap[ly.key] - self.rows.get(ly.key, 0)) // rpi))
-        if k <= 0:
-            return True
+        rows = images * rows_per_image(ly, w, shape)
         groups = 1 if ly.op == "Gemm" else max(1, int(ly.group))
         buf = self._dev.get(ly.key)
         if buf is None:
             hshape = (groups, int(geo["d"]), int(geo["d"]))
             buf = self._dev[ly.key] = self.kernels.zeros(8 * int(np.prod(hshape)))
             self._gram_shapes[ly.key] = hshape
-        self.kernels.patch_gram(x[:k], geo, k * rpi, groups, buf.ptr)
-        self.rows[ly.key] = self.rows.get(ly.key, 0) + k * rpi
+        self.kernels.patch_gram(x[:images], geo, rows, groups, buf.ptr)
+        self.rows[ly.key] = self.rows.get(ly.key, 0) + rows
         return True
 
     def wait(self):
@@ -274,9 +262,10 @@ def _geometry(ly, w_shape, x_shape):
         out = conv_output_size(ly, w_shape, x_shape)
         if min(out) <= 0:
             raise CalibrationError(f"Conv {ly.key!r}: kernel {kernel} is larger than the padded input")
-        pad = lambda v, one: (one,) + tuple(v) if nd == 1 else tuple(v)      # 1-D: a height of 1
-        (h, w), (kh, kw), (sh, sw) = pad(x_shape[2:], 1), pad(kernel, 1), pad(strides, 1)
-        (ph, pw), (dh, dw), (oh, ow) = pad(begin, 0), pad(dil, 1), pad(out, 1)
+        def two_d(v, one):      # a 1-D Conv is a 2-D one of height 1
+            return (one,) + tuple(v) if nd == 1 else tuple(v)
+        (h, w), (kh, kw), (sh, sw) = two_d(x_shape[2:], 1), two_d(kernel, 1), two_d(strides, 1)
+        (ph, pw), (dh, dw), (oh, ow) = two_d(begin, 0), two_d(dil, 1), two_d(out, 1)
         c = int(x_shape[1])
         cg = c // max(1, int(ly.group))
         vals = dict(c=c, h=h, w=w, cg=cg, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow,

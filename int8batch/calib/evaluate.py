@@ -54,6 +54,11 @@ class EvalResult:
     output, output_shape : str, tuple
         The graph output compared (the first) and its shape per image; top-1 and
         KL read a one-dimensional output as classes (:attr:`classifier`).
+    other_outputs : list of dict
+        The model's further graph outputs (a detector's other heads), paired
+        by position: ``name``, ``shape`` per image, ``rel_error`` and
+        ``max_abs_diff`` as above, and ``problem`` (None, or why the output
+        could not be compared, e.g. shapes that differ between the models).
     largest : list of (int, float)
         The (image index, max |difference|) of the images that differ most,
         largest first.
@@ -84,6 +89,7 @@ class EvalResult:
     rel_error: float = 0.0
     output: str = ""
     output_shape: tuple = ()
+    other_outputs: list = field(default_factory=list)
     largest: list = field(default_factory=list)
     top1_hits_fp32: int = 0
     top5_hits_fp32: int = 0
@@ -113,6 +119,18 @@ class EvalResult:
                 f"softmax KL treat its values as classes and mean little here; relative L2 error "
                 f"{self.rel_error:.3g}")
 
+    def other_output_notes(self):
+        """One line per further graph output: its relative L2 error (or why it was not compared)."""
+        lines = []
+        for o in self.other_outputs:
+            if o["problem"]:
+                lines.append(f"output {o['name']!r}: not compared ({o['problem']})")
+            else:
+                shape = "x".join(str(d) for d in o["shape"]) or "scalar"
+                lines.append(f"output {o['name']!r} ({shape} per image): relative L2 error {o['rel_error']:.3g}, "
+                             f"largest difference {o['max_abs_diff']:.3g}")
+        return lines
+
     @property
     def ms_per_image_fp32(self):
         """Milliseconds per image of the FP32 model (nan before any image)."""
@@ -139,7 +157,7 @@ class EvalResult:
                  f"top-1 agreement INT8 vs FP32: {pct(self.top1_agreement)}",
                  f"mean softmax KL(FP32 || INT8): {self.mean_kl:.5f}",
                  f"output |difference|: max {self.max_abs_diff:.5g}, mean {self.mean_abs_diff:.5g}",
-                 self.output_note(),
+                 self.output_note(), *self.other_output_notes(),
                  f"time: FP32 {self.ms_per_image_fp32:.4f} ms/image, INT8 {self.ms_per_image_int8:.4f} ms/image"]
         return "\n".join(lines)
 
@@ -231,21 +249,77 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     acc = Comparison(outputs, keep_largest, keep)
     acc.result.executed_by = {"fp32": fp.executed_by, "int8": q.executed_by}
     acc.result.output = fp.output_name
+    others = [OutputDiff(name) for name in fp.output_names[1:len(q.output_names)]]
     total = _count(batchset, batch_size, max_batches, first)
     for done, b in enumerate(_batches(batchset, batch_size, max_batches, first), 1):
         data, labels = (b.data, b.labels) if hasattr(b, "data") else b
         t = time.perf_counter()
-        y0 = np.asarray(fp.run(data))
+        y0 = fp.run_all(data) if others else [fp.run(data)]
         acc.result.seconds_fp32 += time.perf_counter() - t
         t = time.perf_counter()
-        y1 = np.asarray(q.run(data))
+        y1 = q.run_all(data) if others else [q.run(data)]
         acc.result.seconds_int8 += time.perf_counter() - t
-        acc.add(y0, y1, labels)
+        acc.add(np.asarray(y0[0]), np.asarray(y1[0]), labels)
+        for diff, a, b_ in zip(others, y0[1:], y1[1:]):
+            diff.add(a, b_)
         if progress:
             progress(done, total)
     res = acc.finish()
+    res.other_outputs = [d.result() for d in others]
+    if len(q.output_names) != len(fp.output_names):
+        res.other_outputs += [{"name": name, "shape": (), "rel_error": math.nan, "max_abs_diff": math.nan,
+                               "problem": f"the INT8 model has {_plural(len(q.output_names), 'output')}, the "
+                                          f"FP32 model {len(fp.output_names)}"}
+                              for name in fp.output_names[len(q.output_names):]]
     log.debug("evaluate: %s", res.summary().replace("\n", "; "))
     return res
+
+
+def _plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _rel_error(sq_err, sq_ref):
+    """``sqrt(sq_err / sq_ref)``: 0 for two all-zero outputs, inf when only the reference is all zeros."""
+    if sq_ref > 0:
+        return math.sqrt(sq_err / sq_ref)
+    return 0.0 if sq_err == 0 else math.inf
+
+
+class OutputDiff:
+    """Running relative L2 error and largest difference of one further graph output (any shape or type)."""
+
+    def __init__(self, name):
+        self.name, self.shape, self.problem = name, None, None
+        self._sq_err, self._sq_ref, self._max = 0.0, 0.0, 0.0
+
+    def add(self, y0, y1):
+        """Account one batch of the FP32 output ``y0`` and the INT8 output ``y1``."""
+        if self.problem:
+            return
+        y0, y1 = np.asarray(y0), np.asarray(y1)
+        if y0.shape != y1.shape:
+            self.problem = f"shapes differ in a batch: FP32 {y0.shape}, INT8 {y1.shape}"
+            return
+        if not (np.issubdtype(y0.dtype, np.number) and np.issubdtype(y1.dtype, np.number)) \
+                or np.issubdtype(y0.dtype, np.complexfloating):
+            self.problem = f"element type {y0.dtype} is not a real number"
+            return
+        if self.shape is None:
+            self.shape = tuple(int(d) for d in y0.shape[1:])
+        ref = y0.astype(np.float64)
+        d = np.abs(ref - y1.astype(np.float64))
+        self._sq_err += float(np.square(d).sum())
+        self._sq_ref += float(np.square(ref).sum())
+        if d.size:
+            self._max = max(self._max, float(d.max()))
+
+    def result(self):
+        """``{name, shape, rel_error, max_abs_diff, problem}`` (see :attr:`EvalResult.other_outputs`)."""
+        bad = self.problem is not None
+        return {"name": self.name, "shape": self.shape or (), "problem": self.problem,
+                "rel_error": math.nan if bad else _rel_error(self._sq_err, self._sq_ref),
+                "max_abs_diff": math.nan if bad else self._max}
 
 
 class Comparison:
@@ -335,10 +409,7 @@ class Comparison:
         res.top1_agreement = self._agree / res.images
         res.mean_kl = self._kl_sum / res.images
         res.mean_abs_diff = self._abs_sum / self._values
-        if self._sq_ref > 0:
-            res.rel_error = math.sqrt(self._sq_err / self._sq_ref)
-        else:
-            res.rel_error = 0.0 if self._sq_err == 0 else math.inf
+        res.rel_error = _rel_error(self._sq_err, self._sq_ref)
         res.largest = [(-i, v) for v, i in sorted(self._largest, reverse=True)]
         if res.labelled:
             res.top1_fp32, res.top5_fp32, res.top1_int8, res.top5_int8 = (hits / res.labelled).tolist()

@@ -265,6 +265,8 @@ class ModelRunner:
     Attributes
     ----------
     input_name, output_name : str
+    output_names : list of str
+        Every graph output, in the graph's order (:meth:`run_all`).
     """
 
     def __init__(self, model, providers=None, intra_op_threads=None, output=None):
@@ -273,6 +275,7 @@ class ModelRunner:
         self._info = image_input(m, self._label)
         self.input_name = self._info.name
         names = [o.name for o in m.graph.output]
+        self.output_names = names
         self.output_name = names[0] if output is None else output
         if self.output_name not in names:
             raise ModelError(f"{self._label}: no graph output named {output!r} "
@@ -292,11 +295,16 @@ class ModelRunner:
 
     def run(self, batch):
         """Run one batch ``(N, C, H, W)``; return the chosen output."""
+        return self._session.run([self.output_name], {self.input_name: self._input(batch)})[0]
+
+    def run_all(self, batch):
+        """Run one batch; return every graph output, in the order of :attr:`output_names`."""
+        return self._session.run(self.output_names, {self.input_name: self._input(batch)})
+
+    def _input(self, batch):
         data = np.asarray(getattr(batch, "data", batch))
         self.check(data.shape)
-        if data.dtype != self._info.dtype:
-            data = data.astype(self._info.dtype)
-        return self._session.run([self.output_name], {self.input_name: data})[0]
+        return data if data.dtype == self._info.dtype else data.astype(self._info.dtype)
 
 
 def _executed_by(providers, report):

@@ -34,4 +34,6 @@ def run(args):
     print(f"top-1 agreement {100 * r.top1_agreement:.2f} %, mean softmax KL {r.mean_kl:.3g}, "
           f"largest output difference {r.max_abs_diff:.3g}")
     print(r.output_note())
+    for line in r.other_output_notes():
+        print(line)
     return 0

@@ -167,3 +167,45 @@ def test_a_map_output_is_named_as_such_with_its_relative_error():
     z = Comparison()
     z.add(np.zeros((2, 3)), np.ones((2, 3)), np.zeros(2))
     assert z.finish().rel_error == np.inf              # an all-zero reference: any difference is infinite
+
+
+def two_output_model(scale, n_out=2, dynamic_second=False):
+    """x (N,1,1,6) -> y = Flatten(x) (class scores) and m = x * scale (a map, N,1,1,6), both graph outputs."""
+    nodes = [helper.make_node("Flatten", ["x"], ["y"]), helper.make_node("Mul", ["x", "s"], ["m"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
+            helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 1, 1, 6])]
+    inits = [numpy_helper.from_array(np.asarray(scale, np.float32), "s")]
+    if dynamic_second:  # the second output's length depends on the data (as a detector's boxes after NMS)
+        nodes.append(helper.make_node("NonZero", ["m"], ["nz"]))
+        outs[1] = helper.make_tensor_value_info("nz", TensorProto.INT64, [4, "K"])
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 1, 6])],
+                          outs[:n_out], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_every_graph_output_is_compared():
+    """A second output gets its own relative L2 error and largest difference, checked by hand."""
+    scale = np.array([1, 1, 1, 1, 1, 1.5], np.float32)
+    r = evaluate(two_output_model(np.ones(6)), two_output_model(scale), pairs(), device="cpu")
+    assert r.output == "y" and r.top1_agreement == 1.0          # the first output is the same in both
+    (o,) = r.other_outputs
+    ref = LOGITS.astype(np.float64)
+    want = np.linalg.norm(ref * scale - ref) / np.linalg.norm(ref)
+    assert o["name"] == "m" and o["shape"] == (1, 1, 6) and o["problem"] is None
+    assert o["rel_error"] == pytest.approx(want, rel=1e-9)
+    assert o["max_abs_diff"] == pytest.approx(np.abs(ref * scale - ref).max())
+    assert "output 'm' (1x1x6 per image): relative L2 error" in r.summary()
+
+
+def test_outputs_that_cannot_be_compared_are_named_not_fatal():
+    """Shapes that differ in a batch (data-dependent outputs) and a missing output: said, scoring goes on."""
+    scale = np.array([1, 1, 1, 1, 1, 0], np.float32)    # zeroes the last column: NonZero finds fewer elements
+    r = evaluate(two_output_model(np.ones(6), dynamic_second=True), two_output_model(scale, dynamic_second=True),
+                 pairs(), device="cpu")
+    assert r.images == 6 and r.top1_agreement == 1.0
+    assert r.other_outputs[0]["name"] == "nz" and "shapes differ" in r.other_outputs[0]["problem"]
+    r = evaluate(two_output_model(np.ones(6)), two_output_model(np.ones(6), n_out=1), pairs(), device="cpu")
+    assert r.other_outputs[0]["name"] == "m" and "has 1 output," in r.other_outputs[0]["problem"]
+    assert "output 'm': not compared (the INT8 model has 1 output, the FP32 model 2)" in r.summary()

@@ -324,6 +324,15 @@ def timed(fn, repeat=2):
     return best
 
 
+def peak_rss_mb(cmd):
+    """Peak resident memory (MB) of ``cmd``, read by a wrapper process whose only child it is."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
+    return int(out.stdout) / 1024   # Linux reports kB
+
+
 def bench_corpus(name, path, count, workers, repeat, tmp):
     import int8batch
     files = files_of(path)[:count]
@@ -355,6 +364,7 @@ def bench_corpus(name, path, count, workers, repeat, tmp):
     fastest = fastest_decoder()
     if fastest:
         rows.append((f"decode-only ceiling, {fastest}", timed(lambda: decode_only_fastest(files, workers), repeat)))
+    rss = peak_rss_mb(cmd)
     prof = stage_profile(lambda: int8batch.pack(src, out, **kw))
     for d in ("pil", "cv", "py", "out"):
         shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
@@ -378,6 +388,7 @@ def bench_corpus(name, path, count, workers, repeat, tmp):
         print(f"  ratio pack / decode-only (fastest)   = {t[f'decode-only ceiling, {fastest}'] / pack_t:5.2f}"
               "   (target >= 0.75)")
     print(f"  ratio pack / decode+resize           = {decres_t / pack_t:5.2f}")
+    print(f"  peak RSS of the command              = {rss:.0f} MB  (target < 300 MB, flat in the image count)")
     print_profile(prof, n)
 
 

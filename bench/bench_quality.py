@@ -64,6 +64,14 @@ bias correction on, as the defaults have it), and baselines on the same images:
   cppimport, lief, nvidia-ml-py, onnxscript, onnx-ir: each ``--no-deps``);
   skipped with a note when it does not import.
 
+and a reference that is not INT8 at all, to read the metric by:
+
+- ``fp16-weights``: the FP32 model with every weight (float initializer of
+  rank >= 2) rounded to float16 and back, activations untouched: a perturbation
+  of about 2^-11 relative per weight, far below INT8's (the calibration set is
+  not used).  Its agreement says how many of a set's images flip their top-1
+  under almost no change of the network.
+
 Models: EfficientNet-Lite0/1/2 (real ImageNet weights, ``.work/zoo``, made by
 ``tools/make_zoo.py``); ``--zoo`` adds the zoo's random-init models (seeded
 init with BatchNorm statistics: agreement there measures numerical fidelity
@@ -108,7 +116,8 @@ SETS = {
 CHOOSE_PAIR = ("choose-calib", "choose-eval")
 INT8BATCH_METHODS = ("auto", "auto-nearest", "mse", "minmax", "percentile", "entropy")
 BASELINES = ("ort", "modelopt", "modelopt-max")
-METHODS = INT8BATCH_METHODS + BASELINES
+REFERENCES = ("fp16-weights",)
+METHODS = INT8BATCH_METHODS + BASELINES + REFERENCES
 DEFAULT_METHOD = "auto"
 REAL_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 TARGETS = {"mean_agreement": 0.96, "mean_kl": 0.005, "worst_agreement": 0.94}
@@ -312,7 +321,24 @@ def quantize_modelopt(model, calib_folder, out, calib_batches, how):
     return path, {}
 
 
+def fp16_weights(model, out):
+    """The model with its weights (float32 initializers of rank >= 2) rounded to float16 and back."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(model)
+    for k, t in enumerate(m.graph.initializer):
+        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2:
+            w = numpy_helper.to_array(t)
+            m.graph.initializer[k].CopyFrom(numpy_helper.from_array(w.astype(np.float16).astype(np.float32), t.name))
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "model.fp16w.onnx")
+    onnx.save(m, path)
+    return path, {}
+
+
 def quantize(method, model, calib_folder, out, calib_batches, threads):
+    if method == "fp16-weights":
+        return fp16_weights(model, out)
     if method in INT8BATCH_METHODS:
         return quantize_int8batch(model, calib_folder, out, method, calib_batches, threads)
     if method == "ort":

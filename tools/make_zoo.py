@@ -408,9 +408,11 @@ def torch_export(torch, model, path, spec):
 
 def recipe(spec):
     """(PreprocessConfig, ``int8batch pack`` arguments) of the spec's packing recipe."""
-    from int8batch.preprocess import PreprocessConfig, preset
+    from int8batch.packing.packer import DEFAULT_PRESET
+    from int8batch.preprocess import preset
 
-    cfg = preset(spec.preset, **spec.overrides) if spec.preset else PreprocessConfig(**spec.overrides)
+    # as `int8batch pack` reads these arguments: options without --preset change the default preset's fields
+    cfg = preset(spec.preset or DEFAULT_PRESET, **spec.overrides)
     args = [f"--preset {spec.preset}"] if spec.preset else []
     for key, value in spec.overrides.items():
         if isinstance(value, tuple):

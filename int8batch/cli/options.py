@@ -46,10 +46,9 @@ def add_device_option(parser):
 
 def add_preprocess_options(parser):
     """Preprocessing options; each overrides the preset's value when given."""
-    g = parser.add_argument_group("preprocessing (each overrides the preset)")
-    g.add_argument("--preset", choices=sorted(PRESETS), help="a complete classic recipe (default when no "
-                   "preprocessing option is given: imagenet-caffe, sampleINT8's ImageNet recipe; mnist for IDX "
-                   "sources)")
+    g = parser.add_argument_group("preprocessing (each changes one field of the preset)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="the recipe the other options start from (default: "
+                   "imagenet-caffe, sampleINT8's ImageNet recipe; mnist for IDX sources)")
     g.add_argument("--size", type=_size, metavar="H[xW]", help="output size, e.g. 224 or 224x224")
     g.add_argument("--resize", choices=RESIZE_MODES, help="short side to --resize-size, direct warp, or none")
     g.add_argument("--resize-size", type=_size, metavar="S|HxW", help="short side (short) or HxW (direct)")

@@ -181,5 +181,7 @@ def _recipe_hint(shape, cfg):
     if c and c != cfg.num_channels:
         opts.append("--channels gray" if c == 1 else "--channels rgb (or bgr)")
     if opts:
+        if cfg.preset:
+            opts.insert(0, f"--preset {cfg.preset}")
         parts.append(f"{'or ' if parts else ''}keep the recipe with {' '.join(opts)}{note}")
     return "; ".join(parts) + " (whichever matches how the model was trained)"

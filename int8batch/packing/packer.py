@@ -132,15 +132,16 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     t0 = time.perf_counter()
     _note_shadowed(source)
     src = open_source(source, labels)
-    explicit = any(v is not None for v in overrides.values())
-    defaulted = preset is None and config is None and not explicit
-    if defaulted:
+    given = sorted(k for k, v in overrides.items() if v is not None)
+    defaulted = preset is None and config is None
+    if defaulted:  # options given without a preset override the default preset's fields, never a blank recipe
         preset = "mnist" if src.kind == "idx" else DEFAULT_PRESET
     cfg = resolve_config(preset, config, **overrides)
-    if defaulted and preset == DEFAULT_PRESET:
-        log.info("no preprocessing options given: using preset %s, sampleINT8's ImageNet recipe (%s); "
-                 "choose another with --preset NAME (%s)", preset, _recipe_text(cfg),
-                 ", ".join(n for n in PRESETS if n != preset))
+    if defaulted and (given or preset == DEFAULT_PRESET):
+        what = (f"preset {preset} with {', '.join(given)} from your options" if given else
+                f"preset {preset}, sampleINT8's ImageNet recipe")
+        log.info("no --preset given: using %s (%s); choose another base with --preset NAME (%s)", what,
+                 _recipe_text(cfg), ", ".join(n for n in PRESETS if n != preset))
     if model is not None:
         log.info("%s", check_recipe(model, cfg).describe())
     auto_size = batch_size is None

@@ -39,11 +39,14 @@ def test_fixed_recipe_mismatch_names_model_both_shapes_and_fixes(tmp_path):
     assert ei.value.path == path and msg.startswith(path)
     assert "'images'" in msg and "[1, 3, 299, 299]" in msg
     assert "preset imagenet-caffe makes ['N', 3, 224, 224]" in msg
-    assert "--preset inception" in msg and "--size 299x299" in msg and "--preset imagenet-torch" not in msg
+    assert "--preset inception" in msg and "--preset imagenet-torch" not in msg
+    # following the advice keeps the preset: it is named with the options (found as a new user: without it
+    # the options alone once started from a blank recipe)
+    assert "keep the recipe with --preset imagenet-caffe --size 299x299" in msg
     # a gray 28x28 model against a colour recipe: the MNIST presets, and both options
     gray = relu_model(["batch", 1, 28, 28], tmp_path / "lenet.onnx")
     msg = str(pytest.raises(ModelError, check_recipe, gray, preset("imagenet-torch")).value)
-    assert "--preset mnist-caffe or --preset mnist" in msg and "--size 28x28 --channels gray" in msg
+    assert "--preset mnist-caffe or --preset mnist" in msg and "--preset imagenet-torch --size 28x28 --channels gray" in msg
     # channels only: 3-channel recipes fit, with the --channels fix
     msg = str(pytest.raises(ModelError, check_recipe, relu_model(["N", 3, "H", "W"]), preset("mnist")).value)
     assert "<model>" in msg and "--channels rgb (or bgr)" in msg and "--size" not in msg

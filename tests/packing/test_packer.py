@@ -322,8 +322,13 @@ def test_a_chosen_recipe_is_not_marked_defaulted(folder, tmp_path, caplog):
         res = int8batch.pack(folder, tmp_path / "a", preset="imagenet-caffe", batch_size=7)
         over = int8batch.pack(folder, tmp_path / "b", size=32, resize_size=40, batch_size=7)
     assert res.manifest["preprocess"]["preset_defaulted"] is False
-    assert over.manifest["preprocess"]["preset_defaulted"] is False and over.manifest["preprocess"]["preset"] is None
-    assert not any("using preset" in r.getMessage() for r in caplog.records)
+    # options without a preset change fields of the default preset (and say so), never a blank recipe
+    pre = over.manifest["preprocess"]
+    assert pre["preset_defaulted"] is True and pre["preset"] == "imagenet-caffe"
+    assert pre["size"] == [32, 32] and pre["resize_size"] == [40, 40]
+    assert pre["channels"] == "bgr" and pre["mean"] == [104.0, 117.0, 123.0]
+    lines = [r.getMessage() for r in caplog.records if "no --preset given" in r.getMessage()]
+    assert len(lines) == 1 and "preset imagenet-caffe with resize_size, size from your options" in lines[0]
     # an explicit imagenet-caffe pack is the defaulted one, byte for byte apart from the manifest
     int8batch.pack(folder, tmp_path / "d", batch_size=7)
     assert (tmp_path / "a" / "batch0").read_bytes() == (tmp_path / "d" / "batch0").read_bytes()
@@ -383,3 +388,14 @@ def test_model_input_is_checked_before_packing(folder, tmp_path, caplog):
     assert res.dims == (7, 3, 224, 224)
     assert any("height and width dynamic, so preset imagenet-caffe decides" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_decode_option_alone_keeps_the_default_recipe(folder, tmp_path):
+    """--exact-decode (or --exif) alone is the default preset decoded differently, not a blank recipe."""
+    alone = int8batch.pack(folder, tmp_path / "a", reduced_decode=False, batch_size=7)
+    named = int8batch.pack(folder, tmp_path / "b", preset="imagenet-caffe", reduced_decode=False, batch_size=7)
+    a, b = alone.manifest["preprocess"], named.manifest["preprocess"]
+    assert a["reduced_decode"] is False and a["channels"] == "bgr" and a["mean"] == [104.0, 117.0, 123.0]
+    assert {k: v for k, v in a.items() if k != "preset_defaulted"} == \
+        {k: v for k, v in b.items() if k != "preset_defaulted"}
+    assert (tmp_path / "a" / "batch0").read_bytes() == (tmp_path / "b" / "batch0").read_bytes()

@@ -37,7 +37,7 @@ def test_symlinked_class_folder_is_followed_and_numbered(classes, tmp_path):
     assert src.files == ["a/0.png", "a/1.png", "b/0.png", "b/1.png", "c/0.png", "c/1.png"]
     assert src.labels.tolist() == [0, 0, 1, 1, 2, 2]
     res = int8batch.pack(classes, tmp_path / "o", batch_size=6, size=8, resize="none", crop="none",
-                         channels="bgr")
+                         channels="bgr", mean=0)
     _, data, labels = read_batch_file(tmp_path / "o" / "batch0")
     assert labels.tolist() == [0, 0, 1, 1, 2, 2] and res.manifest["labels"]["classes"] == ["a", "b", "c"]
     assert data[2, 0, 0, 0] == 50

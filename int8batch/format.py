@@ -116,6 +116,27 @@ def read_at(fd, count, path, offset=0):
         raise BatchFormatError(f"{path}: cannot read ({exc.strerror or exc})", path) from exc
 
 
+def check_name_parts(prefix, suffix, where="prefix/suffix"):
+    """Refuse file name parts that would put batch files elsewhere or make their numbers unreadable.
+
+    ``prefix`` and ``suffix`` are parts of one file name in the pack's folder: no path separator
+    or NUL byte; the suffix may not start with a digit (``batch1`` + ``2x`` reads back as file 12).
+    Raises ``ConfigError`` naming ``where`` (the option or the manifest).
+    """
+    from .errors import ConfigError
+    for name, part in (("prefix", prefix), ("suffix", suffix)):
+        if not isinstance(part, str):
+            raise ConfigError(f"{where}: the file name {name} must be text, got {part!r}")
+        bad = [c for c in ("/", os.sep, os.altsep or "/", "\0") if c in part]
+        if bad:
+            raise ConfigError(f"{where}: the file name {name} {part!r} contains {bad[0]!r}; batch files are "
+                              f"named <prefix><number><suffix> inside the output folder, so it must be part "
+                              f"of one file name (give the folder as OUT instead)")
+    if suffix[:1].isdigit():
+        raise ConfigError(f"{where}: the suffix {suffix!r} starts with a digit, so the file numbers could not be "
+                          "read back (batch1 + 2x reads as file 12); start it with another character, e.g. .bin")
+
+
 def batch_name(k, prefix="batch", suffix=""):
     """File name of batch file number ``k``: ``batch0``, ``batch1``, ..."""
     return f"{prefix}{int(k)}{suffix}"

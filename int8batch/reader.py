@@ -19,7 +19,8 @@ import numpy as np
 
 from . import format as fmt
 from .errors import BatchFormatError, ConfigError, ManifestError
-from .manifest import INCOMPLETE_MARKER, MANIFEST_NAME, check_manifest, expected_labels, read_manifest, recipe
+from .manifest import (INCOMPLETE_MARKER, MANIFEST_NAME, check_manifest, expected_labels, pack_naming, read_manifest,
+                       recipe)
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,10 @@ class BatchSet:
     ----------
     folder : str or PathLike
         Folder holding ``<prefix>0<suffix>``, ``<prefix>1<suffix>``, ...
-    prefix, suffix : str
-        File name parts (sampleINT8: ``batch`` and ``""``).
+    prefix, suffix : str or None
+        File name parts (sampleINT8: ``batch`` and ``""``).  None (the
+        default): the ones the folder's manifest records (``int8batch pack
+        --prefix/--suffix``), ``batch`` and ``""`` without a manifest.
     manifest : {"auto", "require", "ignore"}
         ``auto`` checks a manifest when there is one and accepts foreign batch
         files without one (e.g. written by Caffe); ``require`` insists on it.
@@ -229,16 +232,28 @@ class BatchSet:
     they are read.
     """
 
-    def __init__(self, folder, prefix="batch", suffix="", manifest="auto", verify=False):
+    def __init__(self, folder, prefix=None, suffix=None, manifest="auto", verify=False):
         if manifest not in ("auto", "require", "ignore"):
             raise ConfigError(f"manifest must be 'auto', 'require' or 'ignore', got {manifest!r}")
         self.folder = os.fspath(folder)
-        self.prefix, self.suffix = prefix, suffix
         if os.path.lexists(os.path.join(self.folder, INCOMPLETE_MARKER)):
             raise ManifestError(
                 f"{self.folder}: this is an unfinished pack (marker {INCOMPLETE_MARKER} present, "
                 "the packer did not complete); pack again with --force", self.folder)
-        self.paths = fmt.list_batch_files(self.folder, prefix, suffix)
+        self._man = self._read_manifest(manifest) if os.path.isdir(self.folder) else None
+        names = pack_naming(self._man)
+        self.prefix = names[0] if prefix is None else prefix
+        self.suffix = names[1] if suffix is None else suffix
+        fmt.check_name_parts(self.prefix, self.suffix)
+        try:
+            self.paths = fmt.list_batch_files(self.folder, self.prefix, self.suffix)
+        except BatchFormatError as exc:
+            if self._man is None or (prefix is not None and suffix is not None):
+                raise
+            man_path = os.path.join(self.folder, MANIFEST_NAME)
+            raise ManifestError(f"{man_path}: the manifest names the batch files "
+                                f"{fmt.batch_name(0, self.prefix, self.suffix)}, ... (prefix {self.prefix!r}, "
+                                f"suffix {self.suffix!r}); {exc}", man_path) from None
         self.dims = None
         self._maps = []
         self._arrays = []
@@ -284,7 +299,8 @@ class BatchSet:
         labels = np.frombuffer(mm, dtype=fmt.DATA_DTYPE, count=n, offset=fmt.HEADER_BYTES + 4 * n * c * h * w)
         self._arrays.append((data.reshape(n, c, h, w), labels))
 
-    def _load_manifest(self, mode):
+    def _read_manifest(self, mode):
+        """The folder's manifest, read and parsed (None: ``ignore``, or none there under ``auto``)."""
         path = os.path.join(self.folder, MANIFEST_NAME)
         if mode == "ignore":
             return None
@@ -292,9 +308,20 @@ class BatchSet:
             if mode == "require":
                 raise ManifestError(f"{self.folder}: no {MANIFEST_NAME}; not a complete int8batch pack",
                                     self.folder)
-            log.info("%s: no manifest; reading the batch files as foreign sampleINT8 files", self.folder)
             return None
         man = read_manifest(path)
+        try:   # the rest is checked by check_manifest once the files are open
+            fmt.check_name_parts(man.get("prefix", "batch"), man.get("suffix", ""), where=path)
+        except ConfigError as exc:
+            raise ManifestError(str(exc), path) from None
+        return man
+
+    def _load_manifest(self, mode):
+        man, path = self._man, os.path.join(self.folder, MANIFEST_NAME)
+        if man is None:
+            if mode == "auto":
+                log.info("%s: no manifest; reading the batch files as foreign sampleINT8 files", self.folder)
+            return None
         check_manifest(man, self.dims, len(self.paths), self.prefix, self.suffix, path)
         return man
 

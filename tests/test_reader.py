@@ -725,3 +725,27 @@ def test_far_numbered_stray_file_costs_nothing(folder):
             f.write(b"x")
     # before issue 12: set(range(10**14)) to list the gap (a MemoryError or hours)
     _expect(folder, BatchFormatError, "gap", "batch2, batch3, batch4, batch5, batch6 and 99999999999992 more")
+
+
+def test_file_names_come_from_the_manifest(folder):
+    """A pack made with --prefix/--suffix opens without repeating them (found as a new user: calibrate, eval and
+    export could not read one); explicit names still win; a manifest naming files elsewhere is refused."""
+    ref_data, _ = make_set(folder, files=2, prefix="calib_", suffix=".bin")
+    write_manifest(folder, files=2, images=8, prefix="calib_", suffix=".bin")
+    with BatchSet(folder) as bs:
+        assert (bs.prefix, bs.suffix) == ("calib_", ".bin") and bs.manifest is not None
+        np.testing.assert_array_equal(bs.images(0, 8)[0], ref_data)
+    with pytest.raises(BatchFormatError, match="no batch files named batch0"):
+        BatchSet(folder, prefix="batch", suffix="")
+    write_manifest(folder, files=2, images=8, prefix="../calib_", suffix=".bin")
+    _expect(folder, ManifestError, MANIFEST_NAME, "contains '/'")
+
+
+@pytest.mark.parametrize("prefix, suffix, needle", [("../x", "", "contains '/'"), ("a/b", "", "contains '/'"),
+                                                    ("b", "2.bin", "starts with a digit"), ("b\0", "", "contains")])
+def test_pack_refuses_file_name_parts_that_are_paths(tmp_path, prefix, suffix, needle):
+    import int8batch
+    from int8batch.errors import ConfigError
+    with pytest.raises(ConfigError, match=needle):
+        int8batch.pack("mnist-test", tmp_path / "o", limit=10, prefix=prefix, suffix=suffix)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()

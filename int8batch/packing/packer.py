@@ -130,6 +130,7 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     PackResult
     """
     t0 = time.perf_counter()
+    fmt.check_name_parts(prefix, suffix, where="--prefix/--suffix")
     _note_shadowed(source)
     src = open_source(source, labels)
     given = sorted(k for k, v in overrides.items() if v is not None)

@@ -407,6 +407,25 @@ class BatchSet:
     def num_files(self):
         return len(self.paths)
 
+    def first_nonfinite(self, start=0, count=None):
+        """Where the first NaN or inf value lies among images ``[start, start + count)``, in words, or None.
+
+        E.g. ``"batch1, image 3 of the file (image 67 of the set): 4 inf values"``; reads the images
+        (a check for error messages, not for every batch).
+        """
+        stop = self.num_images if count is None else min(self.num_images, start + count)
+        n = self.per_file
+        for i in range(max(start, 0), stop):
+            k, j = divmod(i, n)
+            img = self._arrays[k][0][j]
+            bad = img.size - int(np.count_nonzero(np.isfinite(img)))
+            if bad:
+                nan = int(np.count_nonzero(np.isnan(img)))
+                kinds = " and ".join(f"{c} {w}" for c, w in ((nan, "NaN"), (bad - nan, "inf")) if c)
+                return (f"{os.path.basename(self.paths[k])}, image {j} of the file (image {i} of the set): "
+                        f"{kinds} values")
+        return None
+
     @property
     def num_images(self):
         return self.per_file * self.num_files

@@ -93,6 +93,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         with (DevicePass if device == "cuda" else Pass)(facts, bs, win, cfg, model) as sweep:
             t_pass = time.perf_counter()
             hist, means, lattice, moments = _collect(sweep, facts, bs, cfg, out, progress)
+            _refuse_nonfinite_input(hist, facts, bs, win)
             means = means.means() if means is not None else None
             t_pass = time.perf_counter() - t_pass
         result = _result(hist, lattice, facts, cfg, win, sweep.seconds)
@@ -112,6 +113,21 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
             lock.release()
         if owned:
             bs.close()
+
+
+def _refuse_nonfinite_input(hist, facts, bs, win):
+    """A NaN or inf in the images themselves is damaged data, never something to calibrate around."""
+    name = facts.input.name
+    if name not in hist:
+        return
+    s = hist.stats(name)
+    if s.nan_count or s.inf_count:
+        where = bs.first_nonfinite(win.start_image, win.images)
+        raise CalibrationError(
+            f"{bs.folder}: the calibration images hold {s.nan_count} NaN and {s.inf_count} inf values"
+            f"{f' (first: {where})' if where else ''}; the batch files are damaged or were written with "
+            f"non-finite values, and scales computed from them would be wrong: check them with "
+            f"int8batch inspect {bs.folder}, pack again", bs.folder)
 
 
 def _window(bs, facts, cfg):
@@ -232,7 +248,9 @@ class _LatticeCheck:
             self.worst = max(self.worst, self.kernels.lattice_worst(x, self.step))
         else:
             k = np.asarray(x, np.float64) / self.step
-            self.worst = max(self.worst, float(np.max(np.abs(k - np.rint(k)), initial=0.0)))
+            with np.errstate(invalid="ignore"):   # inf - inf: damaged input, refused after the pass
+                off = np.abs(k - np.rint(k))
+            self.worst = max(self.worst, float(np.max(off, initial=0.0)))
 
     @property
     def holds(self):

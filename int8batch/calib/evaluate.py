@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
+from ..errors import BatchFormatError, ConfigError, ModelError
 from ..reader import BatchSet
 from .ort_exec import ModelRunner, providers_for, resolve_device
 
@@ -253,6 +253,7 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     total = _count(batchset, batch_size, max_batches, first)
     for done, b in enumerate(_batches(batchset, batch_size, max_batches, first), 1):
         data, labels = (b.data, b.labels) if hasattr(b, "data") else b
+        _refuse_nonfinite(data, batchset, b)
         t = time.perf_counter()
         y0 = fp.run_all(data) if others else [fp.run(data)]
         acc.result.seconds_fp32 += time.perf_counter() - t
@@ -273,6 +274,20 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
                               for name in fp.output_names[len(q.output_names):]]
     log.debug("evaluate: %s", res.summary().replace("\n", "; "))
     return res
+
+
+def _refuse_nonfinite(data, batchset, batch):
+    """Damaged input (NaN or inf in the images) is refused, naming where, instead of scored."""
+    data = np.asarray(data)
+    if not np.issubdtype(data.dtype, np.floating) or np.isfinite(data).all():
+        return
+    where = None
+    if hasattr(batchset, "first_nonfinite") and hasattr(batch, "start"):
+        where = batchset.first_nonfinite(batch.start, data.shape[0])
+    folder = getattr(batchset, "folder", "the batches")
+    raise BatchFormatError(f"{folder}: the images hold NaN or inf values{f' ({where})' if where else ''}; the "
+                           f"batch files are damaged or were written with non-finite values: check them with "
+                           f"int8batch inspect, pack again", folder)
 
 
 def _plural(n, word):

@@ -425,3 +425,29 @@ def test_a_previous_calibration_is_replaced_by_a_new_run(mnist, tmp_path):
     assert a.paths["cache"] == b.paths["cache"]
     doc = json.load(open(out / "calibration.json"))
     assert doc["metadata"]["method"] == "mse"
+
+
+def test_damaged_images_are_refused_naming_where(mnist, tmp_path):
+    """NaN/inf written into a batch file (a damaged pack) stops calibrate and eval with the file and image,
+    instead of 95 warnings and a cache computed around them (found as a new user)."""
+    import shutil
+
+    from int8batch.calib.evaluate import evaluate
+    from int8batch.errors import BatchFormatError
+    bad = tmp_path / "bad"
+    shutil.copytree(mnist, bad)
+    n, c, h, w = 50, 1, 28, 28
+    with open(bad / "batch1", "r+b") as f:     # image 3 of file 1 = image 53 of the set
+        f.seek(16 + 4 * (3 * c * h * w + 100))
+        f.write(np.array([np.inf, -np.inf, np.nan], "<f4").tobytes())
+    model = LENET
+    with pytest.raises(CalibrationError) as ei:
+        api.calibrate(model, bad, tmp_path / "cal", max_batches=3)
+    msg = str(ei.value)
+    assert "1 NaN and 2 inf values" in msg and "batch1, image 3 of the file (image 53 of the set)" in msg
+    assert "int8batch inspect" in msg and not (tmp_path / "cal" / "calibration.cache").exists()
+    good = api.calibrate(model, mnist, tmp_path / "ok", max_batches=3)
+    with pytest.raises(BatchFormatError, match=r"batch1, image 3 of the file .*1 NaN and 2 inf values"):
+        evaluate(model, good.paths["qdq"], str(bad), batch_size=50, device="cpu")
+    # the window decides: calibrating on file 0 only is not affected
+    api.calibrate(model, bad, tmp_path / "first", max_batches=1)

@@ -294,7 +294,11 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
     """
     cv2 = require("cv2")
     if int(count) <= 0:
-        raise ConfigError(f"the grid needs at least one image, got count={count}")
+        raise ConfigError(f"the grid needs at least one image (--show K with K >= 1), got {count}")
+    if columns is not None and int(columns) <= 0:
+        raise ConfigError(f"the grid needs at least one column (--columns >= 1), got {columns}")
+    if zoom is not None and int(zoom) <= 0:
+        raise ConfigError(f"zoom must be a whole number >= 1, got {zoom}")
     folder, path = os.fspath(folder), os.fspath(path)
     manifest = read_pack_manifest(folder)
     prefix, suffix = _naming(manifest, prefix, suffix)

@@ -36,6 +36,10 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0):
         raise ConfigError(f"{path}: the output must end in .npy or .npz")
     if ext == ".npz" and not input_name:
         raise ConfigError(f"{path}: an .npz file needs the model's input name (--input-name)")
+    for name, value, low in (("first", first, 0), ("limit", limit, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value < low):
+            raise ConfigError(f"{name} (--{name}) must be a whole number >= {low}, got {value!r}")
     bs = batches if isinstance(batches, BatchSet) else BatchSet(batches)
     try:
         count = bs.num_images - first if limit is None else min(int(limit), bs.num_images - first)

@@ -46,6 +46,35 @@ def test_user_errors_are_one_line_and_exit_1(tmp_path, capsys):
     assert main(["inspect", str(tmp_path)]) == 1
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["export", "{pack}", "{tmp}/x.npy", "--first", "-3"], "first (--first) must be a whole number >= 0"),
+    (["export", "{pack}", "{tmp}/x.npy", "--limit", "0"], "limit (--limit) must be a whole number >= 1"),
+    (["export", "{pack}", "{tmp}", "--force"], "is a folder; give a file name"),
+    (["inspect", "{pack}", "--show", "4", "--columns", "-2"], "at least one column"),
+    (["inspect", "{pack}", "--show", "0"], "at least one image"),
+])
+def test_bad_option_values_are_one_line_errors_not_tracebacks(argv, needle, tmp_path, capsys):
+    """Found as a new user: each of these reached the user as a Python traceback (or, --show 0, did something)."""
+    pack = tmp_path / "p"
+    int8batch.pack("mnist-test", pack, limit=20)
+    argv = [a.format(pack=pack, tmp=tmp_path) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (pack / "preview.png").exists()
+
+
+def test_output_into_a_closed_pipe_is_quiet(tmp_path):
+    """`int8batch inspect --json | head -1`: no BrokenPipeError traceback, exit status 0."""
+    pack = tmp_path / "p"
+    int8batch.pack("mnist-test", pack, limit=20)
+    proc = subprocess.Popen([sys.executable, "-m", "int8batch.cli.main", "inspect", str(pack), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()       # the reader is gone before the command prints (it takes ~0.5 s to start)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 # ------------------------------------------------------------- first contact (issue 15)
 @pytest.mark.parametrize("argv, needs, example", [
     (["calibrate"], "needs an FP32 MODEL.onnx and --batches DIR",

@@ -18,7 +18,8 @@ def add_parser(sub):
     p.add_argument("--show", type=int, metavar="K",
                    help="write a PNG grid of K images spread evenly over the pack, de-normalized to pixels "
                         "(to --grid, default OUT/preview.png)")
-    p.add_argument("--first", action="store_true", help="show the first K images instead of an even spread")
+    p.add_argument("--first", action="store_true", help="show the first K images instead of an even spread "
+                   f"(implies --show {DEFAULT_SHOW} when --show is not given)")
     p.add_argument("--grid", metavar="PATH",
                    help=f"where to write the PNG grid (implies --show {DEFAULT_SHOW} when --show is not given)")
     p.add_argument("--columns", type=int, help="tiles per row of the grid (default: about square)")
@@ -34,11 +35,11 @@ def run(args):
     from ..inspect import inspect, save_grid
     report = inspect(args.out, verify=not args.no_verify, prefix=args.prefix, suffix=args.suffix)
     grid = None
-    if args.show is not None or args.grid:
+    if args.show is not None or args.grid or args.first:
         path = args.grid or os.path.join(args.out, "preview.png")
         if args.grid:           # the default OUT/preview.png is the pack's own preview, replaced freely
             refuse_existing(args.grid, args.force, "--grid")
-        grid = save_grid(args.out, path, count=args.show or DEFAULT_SHOW, columns=args.columns,
+        grid = save_grid(args.out, path, count=DEFAULT_SHOW if args.show is None else args.show, columns=args.columns,
                          prefix=args.prefix, suffix=args.suffix, first=args.first)
     if args.json:
         doc = report.to_dict()

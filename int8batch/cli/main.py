@@ -2,6 +2,7 @@
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .._version import __version__
@@ -77,13 +78,21 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        sys.stdout.flush()    # here, where a closed pipe is caught below, not at the interpreter's exit
+        return status
     except Int8BatchError as exc:
         print(f"int8batch {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"int8batch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # output piped into a reader that stopped early (| head): not an error to report
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def refuse_existing(path, force, option="OUT", inputs=()):
     ``inputs``: the command's input files, named in the error when ``path`` is one of them.
     """
     from ..errors import OutputExistsError
+    if os.path.isdir(path):   # --force replaces a file, never a folder
+        raise OutputExistsError(f"{path} is a folder; give a file name for {option} (e.g. {path}/NAME)", path)
     if force or not os.path.lexists(path):
         return
     same = [i for i in inputs if os.path.exists(i) and os.path.exists(path) and os.path.samefile(i, path)]

@@ -48,6 +48,8 @@ from .preprocess import PreprocessConfig
 MANIFEST_NAME = "manifest.json"
 #: present in a pack folder only while a pack is being swapped in (see :mod:`int8batch.packing.writer`)
 INCOMPLETE_MARKER = ".int8batch-incomplete"
+#: ``int8batch inspect --show``'s grid of a pack, written inside it: removed when the pack is replaced
+PREVIEW_NAME = "preview.png"
 #: the ``format`` tag of every int8batch manifest
 FORMAT = "sampleINT8-batch"
 #: the manifest version this int8batch writes and reads up to (``manifest_version``)

@@ -7,6 +7,7 @@ Exits with status 1 when a problem is found.
 import json
 import os
 
+from ..manifest import PREVIEW_NAME
 from .options import refuse_existing
 
 DEFAULT_SHOW = 16
@@ -36,7 +37,7 @@ def run(args):
     report = inspect(args.out, verify=not args.no_verify, prefix=args.prefix, suffix=args.suffix)
     grid = None
     if args.show is not None or args.grid or args.first:
-        path = args.grid or os.path.join(args.out, "preview.png")
+        path = args.grid or os.path.join(args.out, PREVIEW_NAME)
         if args.grid:           # the default OUT/preview.png is the pack's own preview, replaced freely
             refuse_existing(args.grid, args.force, "--grid")
         grid = save_grid(args.out, path, count=DEFAULT_SHOW if args.show is None else args.show, columns=args.columns,

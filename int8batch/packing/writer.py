@@ -57,7 +57,7 @@ from .. import format as fmt
 from .._atomic import StagedSet, clean_leftovers, unlink_quietly, write_all, write_error
 from .._lock import FolderLock
 from ..errors import DiskSpaceError, Int8BatchError, OutputExistsError
-from ..manifest import INCOMPLETE_MARKER, MANIFEST_NAME, manifest_text, replaceable_manifest
+from ..manifest import INCOMPLETE_MARKER, MANIFEST_NAME, PREVIEW_NAME, manifest_text, replaceable_manifest
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,9 @@ class PackWriter:
                 f"{self.folder}: holds batch files {why} ({', '.join(foreign[:3])}"
                 f"{'...' if len(foreign) > 3 else ''}){hint}; int8batch will not overwrite files it did not "
                 "write: move them away or choose another output folder", self.folder)
+        preview = os.path.join(self.folder, PREVIEW_NAME)
+        if old is not None and os.path.isfile(preview) and not os.path.islink(preview):
+            old_files.append(PREVIEW_NAME)   # the grid of the old pack's images goes with them
         return sorted(old_files, key=_natural)
 
     def _check_space(self, expected_files, manifest_bytes):

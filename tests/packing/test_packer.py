@@ -399,3 +399,19 @@ def test_a_decode_option_alone_keeps_the_default_recipe(folder, tmp_path):
     assert {k: v for k, v in a.items() if k != "preset_defaulted"} == \
         {k: v for k, v in b.items() if k != "preset_defaulted"}
     assert (tmp_path / "a" / "batch0").read_bytes() == (tmp_path / "b" / "batch0").read_bytes()
+
+
+def test_a_replaced_pack_takes_its_preview_with_it(tmp_path):
+    """inspect --show writes OUT/preview.png of the pack's images; pack --force must not leave the old one
+    beside the new pack (found as a new user). A preview in a folder holding no int8batch pack stays."""
+    from int8batch.inspect import save_grid
+    out = tmp_path / "o"
+    int8batch.pack("mnist-test", out, limit=20)
+    save_grid(out, out / "preview.png", count=4)
+    int8batch.pack("mnist-test", out, limit=30, force=True)
+    assert not (out / "preview.png").exists() and (out / "manifest.json").exists()
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "preview.png").write_bytes(b"mine")
+    int8batch.pack("mnist-test", lone, limit=20)
+    assert (lone / "preview.png").read_bytes() == b"mine"

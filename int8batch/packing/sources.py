@@ -248,7 +248,7 @@ def read_label_file(path):
     table = {}
     _require_regular(path, "label file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read label file ({exc.strerror or exc})", path) from exc

@@ -88,6 +88,13 @@ def test_empty_class_folder_keeps_the_numbering(classes, caplog):
     assert walk_images(classes)[1] == ["a", "aa", "b", "c"]
 
 
+def test_a_label_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    # Windows Notepad's UTF-8 starts with EF BB BF: it was read into the first name (found as a new user)
+    lf = tmp_path / "val.txt"
+    lf.write_bytes(b"\xef\xbb\xbfx.png 1\r\ny.png 2\r\n")
+    assert read_label_file(lf) == {"x.png": 1, "y.png": 2}
+
+
 def test_labels_beyond_float32_exactness_are_refused(tmp_path):
     lf = tmp_path / "val.txt"
     lf.write_text(f"x.png {2 ** 24}\ny.png 3\n")

@@ -35,6 +35,7 @@ class FolderLock:
         self.path = os.path.join(self.folder, LOCK_NAME)
         self.purpose = purpose
         self._fd = None
+        self.created = []    # folders acquire() made, deepest first (removed by release(discard=True) if empty)
 
     @property
     def held(self):
@@ -44,7 +45,13 @@ class FolderLock:
         """Take the lock or raise :class:`OutputLockedError` naming the folder and the holder."""
         if self._fd is not None:
             return self
+        missing, here = [], os.path.abspath(self.folder)
+        while here and not os.path.lexists(here):
+            missing.append(here)
+            parent = os.path.dirname(here)
+            here = parent if parent != here else ""
         _makedirs(self.folder)
+        self.created = missing
         if fcntl is None:
             return self
         for _ in range(20):
@@ -78,8 +85,12 @@ class FolderLock:
         raise OutputLockedError(f"{self.folder}: the lock {LOCK_NAME} keeps changing hands; another "
                                 "int8batch process is writing here", self.folder)
 
-    def release(self):
-        """Remove the lock file and drop the lock (never raises)."""
+    def release(self, discard=False):
+        """Remove the lock file and drop the lock (never raises).
+
+        ``discard``: the write failed; the folders :meth:`acquire` created are removed again when
+        they are empty, so a failed command leaves no empty output folder behind.
+        """
         fd, self._fd = self._fd, None
         if fd is None:
             return
@@ -91,6 +102,13 @@ class FolderLock:
             os.close(fd)
         except OSError:
             pass
+        if discard:
+            for folder in self.created:     # deepest first; rmdir never removes a folder with anything in it
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+        self.created = []
 
     def _note_holder(self):
         # the holder's identity is for the error message only: a full disk must not stop the lock

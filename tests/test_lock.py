@@ -65,3 +65,34 @@ def test_output_folder_that_is_a_file_is_a_typed_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputExistsError, match="not a folder"):
         FolderLock(tmp_path / "f").acquire()
+
+
+def test_a_failed_write_removes_the_empty_folders_it_made(tmp_path):
+    """pack and calibrate that fail leave no empty output folder behind (found as a new user); folders that
+    existed before, or that hold anything, stay."""
+    import int8batch
+    from int8batch.calib.api import calibrate
+    from int8batch.errors import Int8BatchError
+    from int8batch.packing.sources import DATA_DIR
+    import cv2
+    import numpy as np
+    src = tmp_path / "imgs"
+    src.mkdir()
+    cv2.imwrite(str(src / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    (src / "1.jpg").write_bytes(b"not a jpeg")          # fails while packing, after the folder was made
+    with pytest.raises(Int8BatchError, match="1.jpg"):
+        int8batch.pack(src, tmp_path / "a" / "b" / "out", preset="mnist", batch_size=1)
+    assert not (tmp_path / "a").exists()
+    bad = tmp_path / "m.onnx"
+    bad.write_text("not a model")
+    pack = tmp_path / "p"
+    int8batch.pack("mnist-test", pack, limit=10)
+    with pytest.raises(Int8BatchError):
+        calibrate(str(bad), pack, tmp_path / "cal" / "x")
+    assert not (tmp_path / "cal").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(Int8BatchError):
+        calibrate(str(bad), pack, tmp_path / "kept")
+    assert (tmp_path / "kept").is_dir()
+    ok = calibrate(os.path.join(DATA_DIR, "lenet.onnx"), pack, tmp_path / "good")
+    assert os.path.exists(ok.paths["cache"])

@@ -83,6 +83,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
     t0 = time.perf_counter()
     bs, owned = (batches, False) if isinstance(batches, BatchSet) else (BatchSet(batches), True)
     lock = FolderLock(out, "calibrate").acquire() if out is not None else None
+    ok = False
     try:
         replaced = check_replaceable(out, force) if out is not None else []
         if replaced:
@@ -107,10 +108,11 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
             write_artefacts(result, model, facts, out, cfg, bs, win, means,
                             reporter(progress, "writing artefacts", "files"), weight_ints=ints)
         result.seconds = time.perf_counter() - t0
+        ok = True
         return result
     finally:
         if lock is not None:
-            lock.release()
+            lock.release(discard=not ok)   # a failed run leaves no empty output folder it made
         if owned:
             bs.close()
 

@@ -176,7 +176,7 @@ class PackWriter:
             if exc_type is not None:
                 self.abort()
         finally:
-            self.release()
+            self.release(failed=exc_type is not None)
         return False
 
     def path(self, k):
@@ -197,7 +197,7 @@ class PackWriter:
             self._check_space(expected_files, manifest_bytes)
             self._set = StagedSet(self.folder, lock_held=True, durable=self.durable, clean=False)
         except BaseException:
-            self.release()
+            self.release(failed=True)
             raise
 
     def _check_existing(self):
@@ -311,10 +311,11 @@ class PackWriter:
         if self._set is not None:
             self._set.discard()
 
-    def release(self):
-        """Drop the folder lock (idempotent)."""
+    def release(self, failed=False):
+        """Drop the folder lock (idempotent); ``failed``: remove the output folder again if this pack made it
+        and nothing is in it."""
         if self._lock is not None:
-            self._lock.release()
+            self._lock.release(discard=failed)
             self._lock = None
 
 

@@ -160,25 +160,28 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     order = np.arange(len(src))
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(src))
+    spare = order[:0]
     if limit is not None:
         if int(limit) <= 0:
             raise ConfigError(f"limit must be positive, got {limit}")
-        order = order[:int(limit)]
+        # with skip_bad an unreadable image is replaced by the next one: the limit counts packed images
+        order, spare = order[:int(limit)], (order[int(limit):] if skip_bad else spare)
     if len(order) == 0:
         raise SourceError(f"{source}: nothing to pack", source)
     pre_skipped = []
+    if len(order) < batch_size and not pad and skip_bad and src.kind != "idx":
+        # fewer images than one file: find the readable ones first (the count decides the file's size)
+        order, pre_skipped, spare = _readable(src, cfg, order, spare, workers, max_pixels)
+        if not len(order):
+            raise nothing_packed_error(source, pre_skipped, 0, batch_size)
     if len(order) < batch_size and not pad and auto_size:
-        if skip_bad and src.kind != "idx":
-            # one file holding every readable image: find the readable ones first (< 100 images)
-            order, pre_skipped = _readable(src, cfg, order, workers, max_pixels)
-            if not len(order):
-                raise nothing_packed_error(source, pre_skipped, 0, DEFAULT_BATCH_SIZE)
         log.info("%d images, fewer than the default %d per file: one file of %d (--batch-size N to choose)",
                  len(order), batch_size, len(order))
         batch_size = len(order)
     if len(order) < batch_size and not pad:
-        raise ConfigError(f"{source}: only {len(order)} images, fewer than the {batch_size} images per file; "
-                          f"use --batch-size {len(order)} or --pad")
+        unreadable = f" readable ({len(pre_skipped)} skipped)" if pre_skipped else ""
+        raise ConfigError(f"{source}: only {len(order)}{unreadable} images, fewer than the {batch_size} images "
+                          f"per file; use --batch-size {len(order)} or --pad")
 
     dims = (batch_size,) + cfg.chw
     expected = (len(order) + (batch_size - 1 if pad else 0)) // batch_size
@@ -187,7 +190,7 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     with PackWriter(out, dims, prefix, suffix, force) as writer:
         writer.prepare(expected, _manifest_size_hint(src, order))
         job = _Job(src, cfg, order, writer, batch_size, workers, skip_bad, pad, unlabelled_value, progress,
-                   max_pixels)
+                   max_pixels, spare)
         job.skipped += pre_skipped
         job.run()
         writer.wait()
@@ -205,8 +208,12 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     return result
 
 
-def _readable(src, cfg, order, workers, max_pixels):
-    """``(order of the images that decode, [(name, reason)] of those that do not)``, with warnings."""
+def _readable(src, cfg, order, spare, workers, max_pixels):
+    """``(the images of order that decode, [(name, reason)] of those that do not, spare left)``.
+
+    Each unreadable image is replaced by the next of ``spare`` (``--limit`` with ``--skip-bad``), which
+    is checked in turn; warnings name the unreadable ones.
+    """
     def check(i):
         path = os.path.join(src.root, src.files[i])
         try:
@@ -214,12 +221,17 @@ def _readable(src, cfg, order, workers, max_pixels):
             return None
         except ImageDecodeError as err:
             return str(err)
+    good, bad, todo, spare = [], [], list(order), list(spare)
     with ThreadPoolExecutor(workers) as pool:
-        reasons = list(pool.map(check, order))
-    bad = [(src.files[i], why) for i, why in zip(order, reasons) if why is not None]
+        while todo:
+            reasons = list(pool.map(check, todo))
+            good += [i for i, why in zip(todo, reasons) if why is None]
+            bad += [(src.files[i], why) for i, why in zip(todo, reasons) if why is not None]
+            need = sum(why is not None for why in reasons)
+            todo, spare = spare[:need], spare[need:]
     for name, why in bad:
         log.warning("skipping %s", why)
-    return np.array([i for i, why in zip(order, reasons) if why is None], dtype=np.int64), bad
+    return np.array(good, dtype=np.int64), bad, np.array(spare, dtype=np.int64)
 
 
 def _usable_cores():
@@ -264,8 +276,11 @@ def _note_shadowed(source):
 class _Job:
     """Fills files one at a time; the order of images never depends on thread timing."""
 
-    def __init__(self, src, cfg, order, writer, n, workers, skip_bad, pad, unlabelled, progress, max_pixels=None):
+    def __init__(self, src, cfg, order, writer, n, workers, skip_bad, pad, unlabelled, progress, max_pixels=None,
+                 spare=()):
         self.src, self.cfg, self.order, self.writer, self.n = src, cfg, order, writer, n
+        self.spare = deque(int(i) for i in spare)   # replaces a skipped image, in order (--limit with --skip-bad)
+        self._replaced = 0
         self.workers, self.skip_bad, self.pad, self.unlabelled = workers, skip_bad, pad, unlabelled
         self.max_pixels = max_pixels
         self.progress = progress
@@ -334,6 +349,10 @@ class _Job:
                         raise
                     log.warning("skipping %s", err)
                     self.skipped.append((self.name(i), str(err)))
+                    if self.spare:      # the next image beyond --limit takes its place
+                        queue.append(self.spare.popleft())
+                        self._replaced += 1
+                        refill()
                 finally:
                     self._tick()
                 if placed:
@@ -402,7 +421,7 @@ class _Job:
         with self._lock:
             self._done += count
             done = self._done
-        self.progress(done, len(self.order))
+        self.progress(done, len(self.order) + self._replaced)
 
     def _run_idx_fast(self):
         """IDX images already at the output size: one table lookup per byte, no decode, no resize."""

@@ -415,3 +415,28 @@ def test_a_replaced_pack_takes_its_preview_with_it(tmp_path):
     (lone / "preview.png").write_bytes(b"mine")
     int8batch.pack("mnist-test", lone, limit=20)
     assert (lone / "preview.png").read_bytes() == b"mine"
+
+
+def test_limit_with_skip_bad_counts_packed_images(tmp_path):
+    """--limit 6 --skip-bad over a folder with unreadable files packs 6 readable images, the next ones taking
+    the skipped ones' places (found as a new user: --limit 50 gave 46 images); the advice for a batch size
+    larger than the readable images counts only those."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for k in range(10):
+        if k in (1, 4):
+            (src / f"{k}.png").write_bytes(b"broken")
+        else:
+            cv2.imwrite(str(src / f"{k}.png"), np.full((8, 8, 3), 10 * k, np.uint8))
+    res = int8batch.pack(src, tmp_path / "a", preset="mnist", limit=6, batch_size=3, skip_bad=True)
+    names = [n for n, _ in res.manifest["images_list"]]
+    assert res.images == 6 and names == ["0.png", "2.png", "3.png", "5.png", "6.png", "7.png"]
+    assert sorted(n for n, _ in res.skipped) == ["1.png", "4.png"]
+    # fewer than one file: the single file holds `limit` readable images
+    res = int8batch.pack(src, tmp_path / "b", preset="mnist", limit=4, skip_bad=True)
+    assert res.images == 4 and [n for n, _ in res.manifest["images_list"]] == ["0.png", "2.png", "3.png", "5.png"]
+    with pytest.raises(ConfigError, match=r"only 8 readable \(2 skipped\) images, fewer than the 11 .*--batch-size 8"):
+        int8batch.pack(src, tmp_path / "c", preset="mnist", batch_size=11, skip_bad=True)
+    # without a limit nothing changes: every readable image, in source order
+    res = int8batch.pack(src, tmp_path / "d", preset="mnist", batch_size=4, skip_bad=True)
+    assert res.images == 8

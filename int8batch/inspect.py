@@ -169,22 +169,23 @@ def _data_stats(bs):
     nonfinite = 0
     per_image = int(np.prod(bs.image_shape))
     step = max(1, _CHUNK_VALUES // per_image)
-    for k in range(bs.num_files):
-        data = bs.file_arrays(k)[0]
-        for s in range(0, data.shape[0], step):
-            x = np.asarray(data[s:s + step], dtype=np.float64)
-            nb = x.size // c
-            mb = x.mean(axis=(0, 2, 3))
-            m2b = np.square(x - mb[:, None, None]).sum(axis=(0, 2, 3))
-            delta = mb - mean
-            total = count + nb
-            mean = mean + delta * (nb / total)
-            m2 = m2 + m2b + delta * delta * (count * nb / total)
-            count = total
-            lo = np.minimum(lo, x.min(axis=(0, 2, 3)))
-            hi = np.maximum(hi, x.max(axis=(0, 2, 3)))
-            nonfinite += int(x.size - np.count_nonzero(np.isfinite(x)))
-    std = np.sqrt(m2 / count)
+    with np.errstate(invalid="ignore", over="ignore"):   # inf/NaN data is counted and reported, not warned
+        for k in range(bs.num_files):
+            data = bs.file_arrays(k)[0]
+            for s in range(0, data.shape[0], step):
+                x = np.asarray(data[s:s + step], dtype=np.float64)
+                nb = x.size // c
+                mb = x.mean(axis=(0, 2, 3))
+                m2b = np.square(x - mb[:, None, None]).sum(axis=(0, 2, 3))
+                delta = mb - mean
+                total = count + nb
+                mean = mean + delta * (nb / total)
+                m2 = m2 + m2b + delta * delta * (count * nb / total)
+                count = total
+                lo = np.minimum(lo, x.min(axis=(0, 2, 3)))
+                hi = np.maximum(hi, x.max(axis=(0, 2, 3)))
+                nonfinite += int(x.size - np.count_nonzero(np.isfinite(x)))
+        std = np.sqrt(m2 / count)
     return dict(mean=mean.tolist(), std=std.tolist(), min=lo.tolist(), max=hi.tolist(), nonfinite=nonfinite)
 
 

@@ -262,7 +262,7 @@ class _Rows:
         first = ((nan > 0) | (inf > 0)) & (self.nan[r] == 0) & (self.inf[r] == 0)
         for i in np.flatnonzero(first):
             log.warning("tensor %r: ignoring %d NaN and %d inf values (and any in later batches); "
-                        "they are counted in TensorStats.nan_count/inf_count", names[i], nan[i], inf[i])
+                        "calibration.json counts them per tensor (nan_count, inf_count)", names[i], nan[i], inf[i])
 
     def stats(self, name, hist, width):
         r = self.index[name]

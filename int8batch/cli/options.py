@@ -1,4 +1,5 @@
 """Option groups shared by several subcommands (preprocessing, progress)."""
+import argparse
 import contextlib
 import logging
 import os
@@ -9,18 +10,36 @@ from ..preprocess import CHANNEL_MODES, CROP_MODES, INTERPOLATIONS, PRESETS, RES
 
 
 def _floats(text):
-    return tuple(float(x) for x in text.replace(",", " ").split())
+    """``--mean``/``--std``: one number or one per channel, separated by commas or spaces."""
+    try:
+        vals = tuple(float(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        vals = ()
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected numbers such as 0.485,0.456,0.406, got {text!r}")
+    return vals
 
 
 def _size(text):
-    parts = text.lower().replace("x", " ").replace(",", " ").split()
-    vals = tuple(int(p) for p in parts)
+    """``--size``/``--resize-size``: ``224`` or ``224x224`` (H x W)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected a size such as 224 or 224x224 (height x width), got {text!r}")
     return vals[0] if len(vals) == 1 else vals
 
 
 def keep_float_value(text):
     """``--keep-float``: a count, or ``auto``."""
-    return text if text == "auto" else int(text)
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count of tensors or auto, got {text!r}") from None
 
 
 def refuse_existing(path, force, option="OUT", inputs=()):

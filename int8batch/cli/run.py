@@ -55,8 +55,10 @@ def add_parser(sub):
                    help="images: ILSVRC2012_val_*.JPEG with --labels FILE, or class sub-folders")
     i.add_argument("--labels", metavar="FILE|folders|none",
                    help="'filename label' lines (Caffe val.txt), class folders, or none (agreement only); "
-                        "default: folders when every image lies in one, else none")
-    i.add_argument("--preset", choices=sorted(PRESETS), default="efficientnet-lite")
+                        "default: folders when every image lies in one, none when none does (a mix is refused: "
+                        "choose)")
+    i.add_argument("--preset", choices=sorted(n for n in PRESETS if not n.startswith("mnist")),
+                   default="efficientnet-lite", help="the images' recipe (default: efficientnet-lite)")
     i.add_argument("--calib-images", default="500", metavar="N|DIR",
                    help="calibrate on the first N shuffled images (default 500 = 10 batches of 50) or on a "
                         "separate folder DIR")

@@ -166,7 +166,7 @@ def scan_folder(root, labels=None):
                 f"{root}: {len(files) - len(loose)} image(s) lie in class folders ({_some(folders)}) but "
                 f"{len(loose)} lie directly in the folder ({_some(loose)}); labels would be ambiguous: move the "
                 "loose image(s) into their class folder (or out of the folder) for labels from class folders, "
-                "or pass labels='none' (--labels none) to pack every image unlabelled", root)
+                "or pass --labels none to pack every image unlabelled", root)
         labels = "none" if loose else "folders"
     if labels == "none":
         return ImageSource(root, files, None, "none")

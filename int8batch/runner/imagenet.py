@@ -50,7 +50,7 @@ class ImagenetSettings:
     ``images`` (rounded down to whole batches of ``calib_batch_size``) or the
     path of a separate calibration folder.  ``labels`` is a ``filename label``
     file, ``"folders"``, ``"none"`` or None (class folders when every image
-    lies in one, else none).  ``first_score_batch`` defaults to the first
+    lies in one, none when none does; a mix is refused).  ``first_score_batch`` defaults to the first
     batch after the calibration window (0 with a separate calibration folder),
     ``score_batches`` to every full batch after it.  ``skip_bad`` skips
     unreadable images (listed in the batch manifest) instead of stopping.

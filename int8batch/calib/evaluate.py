@@ -51,6 +51,8 @@ class EvalResult:
         ``sqrt(sum (y_int8 - y_fp32)^2 / sum y_fp32^2)``: the measure that means
         something for any output (a detector's maps too); inf when the FP32
         output is all zeros and the INT8 one is not.
+    batch_size : int or None
+        Images per run (the batch set's files' N, the model's fixed N, or the caller's).
     output, output_shape : str, tuple
         The graph output compared (the first) and its shape per image; top-1 and
         KL read a one-dimensional output as classes (:attr:`classifier`).
@@ -89,6 +91,7 @@ class EvalResult:
     rel_error: float = 0.0
     output: str = ""
     output_shape: tuple = ()
+    batch_size: int = None
     other_outputs: list = field(default_factory=list)
     largest: list = field(default_factory=list)
     top1_hits_fp32: int = 0
@@ -238,6 +241,12 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     """
     if outputs not in ("auto", "logits", "probs"):
         raise ConfigError(f"outputs must be 'auto', 'logits' or 'probs', got {outputs!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("max_batches", max_batches, 1), ("first", first, 0),
+                             ("intra_op_threads", intra_op_threads, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value < low):
+            option = {"intra_op_threads": "threads"}.get(name, name).replace("_", "-")
+            raise ConfigError(f"{name} (--{option}) must be a whole number >= {low}, got {value!r}")
     if isinstance(batchset, (str, os.PathLike)):
         with BatchSet(batchset) as bs:
             return evaluate(fp32_model, int8_model, bs, batch_size, max_batches, first=first, outputs=outputs,
@@ -246,7 +255,10 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     providers = providers_for(resolve_device(device), providers)
     fp = ModelRunner(fp32_model, providers, intra_op_threads)
     q = ModelRunner(int8_model, providers, intra_op_threads)
+    if batch_size is None and hasattr(batchset, "batches"):
+        batch_size = fp.fixed_batch or q.fixed_batch     # a model fixed to N images per run gets N (as calibrate)
     acc = Comparison(outputs, keep_largest, keep)
+    acc.result.batch_size = batch_size or getattr(batchset, "per_file", None)
     acc.result.executed_by = {"fp32": fp.executed_by, "int8": q.executed_by}
     acc.result.output = fp.output_name
     others = [OutputDiff(name) for name in fp.output_names[1:len(q.output_names)]]

@@ -293,6 +293,12 @@ class ModelRunner:
         """Raise ``ModelError`` unless batches of ``dims`` fit the model input."""
         check_batch_shape(self._info, dims, self._label)
 
+    @property
+    def fixed_batch(self):
+        """The batch size the model's input fixes, or None when it is dynamic."""
+        shape = self._info.shape
+        return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
     def run(self, batch):
         """Run one batch ``(N, C, H, W)``; return the chosen output."""
         return self._session.run([self.output_name], {self.input_name: self._input(batch)})[0]

@@ -1,4 +1,4 @@
-"""Score an FP32 and an INT8 (Q/DQ) ONNX model on labelled batch files with ONNX Runtime."""
+"""Score an FP32 and an INT8 (Q/DQ) ONNX model on batch files with ONNX Runtime (top-k needs labels)."""
 
 
 from .options import add_device_option
@@ -8,10 +8,10 @@ def add_parser(sub):
     p = sub.add_parser("eval", help=__doc__.splitlines()[0], description=__doc__)
     p.add_argument("fp32", help="FP32 ONNX model")
     p.add_argument("int8", help="INT8 Q/DQ ONNX model (int8batch calibrate's model.qdq.onnx)")
-    p.add_argument("--batches", required=True, metavar="DIR")
-    p.add_argument("--batch-size", type=int, help="default: the files' N")
-    p.add_argument("--first", type=int, default=0)
-    p.add_argument("--max-batches", type=int)
+    p.add_argument("--batches", required=True, metavar="DIR", help="folder of batch files to score on")
+    p.add_argument("--batch-size", type=int, help="images per run (default: the model's fixed N, else the files' N)")
+    p.add_argument("--first", type=int, default=0, help="batches to skip first (default 0)")
+    p.add_argument("--max-batches", type=int, help="score at most this many batches (default: all)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     add_device_option(p)
     return p
@@ -21,10 +21,11 @@ def run(args):
     from ..calib.evaluate import evaluate
     from ..reader import BatchSet
     with BatchSet(args.batches) as bs:
-        b = args.batch_size or bs.per_file
-        r = evaluate(args.fp32, args.int8, bs, b, args.max_batches, first=args.first,
+        r = evaluate(args.fp32, args.int8, bs, args.batch_size, args.max_batches, first=args.first,
                      intra_op_threads=args.threads, device=args.device)
-    print(f"{r.images} images in {r.images // b} batches of {b} ({r.labelled} labelled)")
+    b = r.batch_size
+    print(f"{r.images} images in {r.images // b} batch{'es' if r.images // b != 1 else ''} of {b} "
+          f"({r.labelled} labelled)")
     for name, t1, t5, ms in (("FP32", r.top1_fp32, r.top5_fp32, r.ms_per_image_fp32),
                              ("INT8", r.top1_int8, r.top5_int8, r.ms_per_image_int8)):
         acc = f"top-1 {100 * t1:.2f} %, top-5 {100 * t5:.2f} %, " if r.labelled else ""

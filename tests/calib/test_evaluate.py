@@ -1,4 +1,5 @@
 """evaluate(): top-k, agreement, KL and differences against hand-computed values."""
+import re
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -209,3 +210,22 @@ def test_outputs_that_cannot_be_compared_are_named_not_fatal():
     r = evaluate(two_output_model(np.ones(6)), two_output_model(np.ones(6), n_out=1), pairs(), device="cpu")
     assert r.other_outputs[0]["name"] == "m" and "has 1 output," in r.other_outputs[0]["problem"]
     assert "output 'm': not compared (the INT8 model has 1 output, the FP32 model 2)" in r.summary()
+
+
+def test_bad_run_options_are_refused_and_a_fixed_batch_model_gets_its_n(tmp_path):
+    """Found as a new user: --batch-size 0 silently meant the default, --threads -2 was accepted, and a
+    model fixed to 2 images per run needed --batch-size although calibrate picks it up."""
+    folder = tmp_path / "b"
+    folder.mkdir()
+    x = LOGITS.reshape(6, 1, 1, 6)
+    for k in range(2):
+        write_batch_file(folder / f"batch{k}", x[3 * k:3 * k + 3], LABELS[3 * k:3 * k + 3])
+    for kw, needle in (({"batch_size": 0}, "batch_size (--batch-size) must be a whole number >= 1"),
+                       ({"max_batches": 0}, "max_batches (--max-batches)"),
+                       ({"intra_op_threads": -2}, "intra_op_threads (--threads)"),
+                       ({"first": -1}, "first (--first)")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            evaluate(flat_model(), flat_model(SHIFT), str(folder), device="cpu", **kw)
+    r = evaluate(flat_model(n=2), flat_model(SHIFT, n=2), str(folder), device="cpu")
+    assert r.batch_size == 2 and r.images == 6
+    check_hand_values(r)

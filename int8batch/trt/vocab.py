@@ -89,6 +89,8 @@ def parse_version(version) -> tuple[int, int, int]:
     text = str(version)
     digits = text.strip()
     if digits.isascii() and digits.isdigit() and len(digits) <= 12:
+        if int(digits) < 100:        # "7", "10": a major version, not a header number
+            return int(digits), 0, 0
         return version_of_number(int(digits))
     m = _VERSION_TEXT.fullmatch(text)
     if not m:
@@ -172,9 +174,18 @@ def calibrator(name: str) -> Calibrator:
     return c
 
 
+#: the oldest TensorRT whose cache header carries its version (``TRT-5100-...``)
+OLDEST_HEADER_VERSION = (5, 1, 0)
+
+
 def make_header(version, algorithm="entropy2") -> CacheHeader:
     """The header TensorRT ``version`` writes with ``algorithm`` (short or header name)."""
-    return CacheHeader(header_number(version), calibrator(algorithm).header)
+    v = parse_version(version)
+    if v < OLDEST_HEADER_VERSION:
+        raise ConfigError(f"TensorRT {'.'.join(map(str, v))}: caches with a version in their header start at "
+                          f"TensorRT 5.1 (TRT-5100-...); give the version of the TensorRT that will read the cache, "
+                          f"e.g. --trt-version 10.13")
+    return CacheHeader(header_number(v), calibrator(algorithm).header)
 
 
 def parse_header(line, where="") -> CacheHeader:

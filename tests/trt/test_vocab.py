@@ -109,3 +109,13 @@ def test_usable_scale_and_overflow():
         assert vocab.scale_of(1e41) == math.inf
         assert vocab.scale_hex(1e39) == "7f800000"
     assert math.isfinite(vocab.scale_of(4.3e40))
+
+
+def test_a_bare_major_version_and_versions_before_headers():
+    """Found as a new user: --trt-version 7 was refused in header-number terms, 4.0 wrote TRT-4000-..."""
+    assert vocab.parse_version("7") == (7, 0, 0) and vocab.parse_version(" 10 ") == (10, 0, 0)
+    assert str(vocab.make_header("7")) == "TRT-7000-EntropyCalibration2"
+    assert vocab.header_number("8501") == 8501                  # four digits and more: a header number
+    for old in ("4.0", "5.0.2", "3"):
+        with pytest.raises(ConfigError, match="start at TensorRT 5.1"):
+            vocab.make_header(old)

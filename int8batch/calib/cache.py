@@ -387,8 +387,10 @@ def read_dynamic_range(path) -> dict[str, float]:
             continue
         k = line.rfind(":")
         if k <= 0:
+            hint = ("; this looks like JSON (calibrate's calibration.json?): give calibration.cache or "
+                    "dynamic_range.txt" if lineno == 1 and line.lstrip()[:1] in "{[" else "")
             raise CacheError(f"{p}:{lineno}: malformed line {line!r}; "
-                             "expected '<tensor name>:<amax>'",
+                             f"expected '<tensor name>:<amax>' (or a TensorRT cache starting TRT-){hint}",
                              path=p)
         name, value = line[:k], line[k + 1:].strip()
         try:

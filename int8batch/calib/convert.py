@@ -61,9 +61,18 @@ def qdq_from_cache(model_path, cache_path, out_path, **kwargs):
                                  **kwargs)
     else:
         amax = C.read_dynamic_range(cache_path)
+        if not amax:
+            raise CacheError(f"{cache_path}: the file holds no scales (it is empty); give the calibration.cache "
+                             "or dynamic_range.txt that calibrate wrote", path=cache_path)
         zero, unusable = [k for k, a in amax.items() if a == 0.0], {}
         report = qdq_from_scales(model_path, amax, out_path, **kwargs)
     report.unusable, report.zero_scale = dict(unusable), list(zero)
+    named = len(report.activations) + len([t for t, _ in report.skipped if t in unusable])
+    entries = len(report.activations) + len(report.extra) + len(unusable)
+    if entries and named < 0.5 * (named + len(report.missing)):
+        log.warning("%s: only %d of the %d tensors this model quantizes have a scale in the file (%d of its "
+                    "entries name no tensor of the model): is it the cache of another model?", cache_path,
+                    named, named + len(report.missing), len(report.extra))
     if zero:
         used = [t for t in zero if t in report.activations]
         log.warning("%s: %d entr%s with scale 0; %d tensor(s) of the model quantized with scale %g "

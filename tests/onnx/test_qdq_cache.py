@@ -167,3 +167,29 @@ def test_qdq_command_does_not_replace_an_existing_file_without_force(tmp_path, c
     assert out.read_text() == "someone's model\n"
     assert main(["qdq", LENET, "--cache", cache, "-o", str(out), "--force"]) == 0
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
+
+
+def test_files_that_are_not_this_models_scales_say_so(tmp_path, caplog):
+    """Found as a new user: an empty file said '50 tensors need an amax', calibration.json 'malformed line {',
+    and another model's scales with --allow-missing passed without a word."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(CacheError, match="holds no scales"):
+        qdq_from_cache(LENET, empty, tmp_path / "a.onnx")
+    js = tmp_path / "calibration.json"
+    js.write_text('{\n  "method": "auto"\n}\n')
+    with pytest.raises(CacheError, match="looks like JSON.*calibration.cache"):
+        qdq_from_cache(LENET, js, tmp_path / "b.onnx")
+    foreign = tmp_path / "other.txt"
+    foreign.write_text("data:1.0\nconv_a:2.0\nconv_b:3.0\nfc_z:4.0\n")   # one name of LeNet, three of another
+    with caplog.at_level("WARNING", logger="int8batch"):
+        rep = qdq_from_cache(LENET, foreign, tmp_path / "c.onnx", on_missing="skip")
+    assert len(rep.activations) == 1 and len(rep.extra) == 3
+    assert "is it the cache of another model?" in caplog.text
+    caplog.clear()
+    from int8batch.calib.api import calibrate
+    own = calibrate(LENET, int8batch.pack("mnist-test", tmp_path / "p", limit=20).folder,
+                              tmp_path / "cal", method="minmax")
+    with caplog.at_level("WARNING", logger="int8batch"):
+        qdq_from_cache(LENET, own.paths["cache"], tmp_path / "d.onnx")
+    assert "another model" not in caplog.text

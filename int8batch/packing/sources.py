@@ -105,7 +105,7 @@ def walk_images(root):
         Naming the folder or link and the fix.
     """
     root = os.fspath(root)
-    files, folders = [], []
+    files, folders, hidden = [], [], []
     # (absolute path, relative path, real paths of the folders leading here)
     stack = [(root, "", frozenset([os.path.realpath(root)]))]
     while stack:
@@ -119,6 +119,8 @@ def walk_images(root):
                               path) from exc
         for e in entries:
             if e.name.startswith("."):
+                if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    hidden.append(f"{rel}/{e.name}" if rel else e.name)
                 continue
             name = f"{rel}/{e.name}" if rel else e.name
             try:
@@ -142,6 +144,11 @@ def walk_images(root):
                                   "classes renumbered: fix or remove the link", name)
     files.sort()
     folders.sort()
+    if hidden:
+        hidden.sort()
+        log.info("%s: %d hidden file(s) named like images left out (names starting with '.', e.g. %s; macOS "
+                 "writes ._NAME files that are no images): rename them to include them", root, len(hidden),
+                 hidden[0])
     return files, folders
 
 

@@ -139,3 +139,17 @@ def test_skip_bad_with_every_image_bad_is_refused(tmp_path):
     with pytest.raises(SourceError, match=r"nothing to pack.*a\.png"):
         int8batch.pack(tmp_path / "bad", tmp_path / "o", preset="imagenet-torch", batch_size=1, skip_bad=True)
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_hidden_files_named_like_images_are_left_out_with_a_note(tmp_path, caplog):
+    import cv2
+    import numpy as np
+    root = tmp_path / "imgs"
+    root.mkdir()
+    cv2.imwrite(str(root / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    (root / "._a.png").write_bytes(b"AppleDouble")            # what macOS leaves on other file systems
+    (root / ".notes.txt").write_text("x")
+    with caplog.at_level("INFO", logger="int8batch"):
+        files, _ = walk_images(root)
+    assert files == ["a.png"]
+    assert "1 hidden file(s) named like images left out" in caplog.text and "._a.png" in caplog.text

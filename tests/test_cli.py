@@ -114,7 +114,7 @@ def test_pack_with_no_options_says_which_recipe_in_one_line(tmp_path, capsys, ca
         assert main(["pack", str(src), str(tmp_path / "out" / "batches")]) == 0
     said = [r.getMessage() for r in caplog.records if "preset" in r.getMessage()]
     assert len(said) == 1 and "imagenet-caffe" in said[0] and "--preset NAME" in said[0] and "\n" not in said[0]
-    assert "packed 12 images into 1 files of 12 (3x224x224)" in capsys.readouterr().out
+    assert "packed 12 images into 1 file of 12 (3x224x224)" in capsys.readouterr().out
 
 
 def test_pack_model_option_refuses_a_model_that_disagrees(tmp_path, capsys, caplog):

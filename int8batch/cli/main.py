@@ -66,6 +66,8 @@ def build_parser():
             continue
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
+        # -v also after the command (int8batch pack ... -v), as -q is; SUPPRESS keeps the top-level value
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
     return parser
 
 

@@ -54,7 +54,8 @@ class PackResult:
         return self.images / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self):
-        return (f"packed {self.images} images into {self.files} files of {self.dims[0]} "
+        return (f"packed {self.images} image{'s' if self.images != 1 else ''} into {self.files} "
+                f"file{'s' if self.files != 1 else ''} of {self.dims[0]} "
                 f"({'x'.join(map(str, self.dims[1:]))}) in {self.folder}: {len(self.skipped)} skipped, "
                 f"{self.dropped} dropped, {self.padded} padded, {self.seconds:.2f} s, "
                 f"{self.images_per_second:.0f} images/s")

@@ -175,7 +175,9 @@ def pick_backend(name):
     except Int8BatchError as exc:
         if name == "tensorrt":
             raise
-        log.info("backend auto: ONNX Runtime (%s)", str(exc).split(";")[0])
+        # the normal case without TensorRT: said once at debug level (-v), the output names what ran
+        log.debug("backend auto: ONNX Runtime, as TensorRT 8.6-10.x does not import here (%s)",
+                  str(exc).split(";")[0])
         return "onnxruntime"
     return "tensorrt"
 

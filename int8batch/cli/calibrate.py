@@ -54,7 +54,7 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                    help="int8 weights of the Q/DQ model: gptq (default for --method auto) compensates each "
                         "rounding error through the layer's input correlations, measured on the first 64 "
                         "calibration images; nearest (default for the other methods) rounds each weight alone")
-    add_device_option(p)
+    add_device_option(p, "the model and where the statistics are computed")
     p.add_argument("--device-budget", type=float, metavar="GB",
                    help="device memory one run's activations may take on the GPU (default 8 GB); larger "
                         "calibration batches run in sub-batches")

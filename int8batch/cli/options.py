@@ -57,12 +57,11 @@ def refuse_existing(path, force, option="OUT", inputs=()):
                             f"choose another {option} or pass --force to replace it", path)
 
 
-def add_device_option(parser):
-    """``--device auto|cpu|cuda``: where ONNX Runtime runs the model (calibrate, eval, run)."""
+def add_device_option(parser, what="the models"):
+    """``--device auto|cpu|cuda``: where ONNX Runtime runs ``what`` (calibrate, eval, run)."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where ONNX Runtime runs the model (and calibrate computes its statistics): cuda "
-                             "needs onnxruntime-gpu, cuda-python and a GPU; auto (default): cuda when they are "
-                             "usable, else cpu. The output says which ran")
+                        help=f"where ONNX Runtime runs {what}: cuda needs onnxruntime-gpu, cuda-python and a GPU; "
+                             "auto (default): cuda when they are usable, else cpu. The output says which ran")
 
 
 def add_preprocess_options(parser):

@@ -255,6 +255,10 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     providers = providers_for(resolve_device(device), providers)
     fp = ModelRunner(fp32_model, providers, intra_op_threads)
     q = ModelRunner(int8_model, providers, intra_op_threads)
+    if fp.has_qdq and not q.has_qdq:
+        log.warning("the FP32 model (%s) holds Q/DQ nodes and the INT8 one none: are the two models swapped? "
+                    "(give the FP32 model first)", fp32_model if isinstance(fp32_model, (str, os.PathLike)) else
+                    "the first model")
     if batch_size is None and hasattr(batchset, "batches"):
         batch_size = fp.fixed_batch or q.fixed_batch     # a model fixed to N images per run gets N (as calibrate)
     acc = Comparison(outputs, keep_largest, keep)

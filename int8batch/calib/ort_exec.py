@@ -276,6 +276,7 @@ class ModelRunner:
         self.input_name = self._info.name
         names = [o.name for o in m.graph.output]
         self.output_names = names
+        self.has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
         self.output_name = names[0] if output is None else output
         if self.output_name not in names:
             raise ModelError(f"{self._label}: no graph output named {output!r} "

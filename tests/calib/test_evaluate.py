@@ -229,3 +229,22 @@ def test_bad_run_options_are_refused_and_a_fixed_batch_model_gets_its_n(tmp_path
     r = evaluate(flat_model(n=2), flat_model(SHIFT, n=2), str(folder), device="cpu")
     assert r.batch_size == 2 and r.images == 6
     check_hand_values(r)
+
+
+def test_swapped_models_are_named(tmp_path, caplog):
+    """Found as a new user: eval model.qdq.onnx model.onnx ran silently with FP32 and INT8 the wrong way round."""
+    fp = flat_model()
+    q = flat_model()
+    g = q.graph
+    g.node[-1].input[0] = "fd"                          # Flatten -> Q -> DQ -> Identity, by hand
+    g.node.insert(1, helper.make_node("QuantizeLinear", ["f", "s", "z"], ["fq"]))
+    g.node.insert(2, helper.make_node("DequantizeLinear", ["fq", "s", "z"], ["fd"]))
+    g.initializer.extend([numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                          numpy_helper.from_array(np.array(0, np.int8), "z")])
+    with caplog.at_level("WARNING", logger="int8batch"):
+        evaluate(q, fp, pairs(), device="cpu")
+    assert "are the two models swapped" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="int8batch"):
+        evaluate(fp, q, pairs(), device="cpu")
+    assert "swapped" not in caplog.text

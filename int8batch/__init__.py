@@ -11,7 +11,8 @@ Public API (heavy dependencies load lazily, inside the functions that need them)
 from ._version import __version__  # noqa: E402,F401
 
 from .errors import Int8BatchError  # noqa: E402
-from .reader import Batch, BatchSet, Window  # noqa: E402
+from .reader import Batch, BatchSet  # noqa: E402
+from .window import Window  # noqa: E402
 
 
 def __getattr__(name):

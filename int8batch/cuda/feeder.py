@@ -112,7 +112,7 @@ class DeviceFeeder:
         exactly as ``BatchSet.batches`` serves them.
     first, max_batches : int
         Skip ``first`` batches; stop after ``max_batches`` (None: all full batches).
-    window : int8batch.reader.Window, optional
+    window : int8batch.window.Window, optional
         The batches to stream, from ``batchset.window(...)`` (either skip
         semantics); replaces ``batch_size``, ``first`` and ``max_batches``.
         Without it the window is ``batchset.window(batch_size, first,

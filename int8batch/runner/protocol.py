@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..reader import Window, plan_window
+from ..window import Window, plan_window
 
 __all__ = ["CALIBRATION_WINDOWS", "SampleWindow", "Score", "Window", "calibration_window", "passed",
            "sample_window", "topk_hits", "window"]
 
 
 def window(available, batch_size, first=0, count=None, what="window", skip="exact"):
-    """A validated :class:`~int8batch.reader.Window` of the protocol.
+    """A validated :class:`~int8batch.window.Window` of the protocol.
 
     Parameters
     ----------
@@ -86,7 +86,7 @@ def sample_window(name):
 
 
 def calibration_window(batchset, name, batch_size, count):
-    """The calibration :class:`~int8batch.reader.Window` of sample window ``name`` over ``batchset``.
+    """The calibration :class:`~int8batch.window.Window` of sample window ``name`` over ``batchset``.
 
     Returns ``(SampleWindow, Window)``.  ``count`` batches must fit.
     """

@@ -25,7 +25,8 @@ from ..calib.artefacts import check_replaceable as check_artefact_files
 from ..calib.evaluate import evaluate
 from ..calib.ort_exec import resolve_device
 from ..errors import ConfigError, Int8BatchError
-from ..reader import BatchSet, Window
+from ..reader import BatchSet
+from ..window import Window
 from ..trt import vocab
 from ..trt.calibrator import load_tensorrt
 from ..trt.engine import evaluate_engines

@@ -191,7 +191,7 @@ def evaluate_engines(onnx_path, calib_batchset, calib_window, score_batchset, sc
     onnx_path : path
         The FP32 ONNX model (one NCHW float32 input).
     calib_batchset, score_batchset : BatchSet
-    calib_window, score_window : int8batch.reader.Window
+    calib_window, score_window : int8batch.window.Window
         From :meth:`BatchSet.window <int8batch.reader.BatchSet.window>`;
         the calibrator skips ``calib_window.skipped`` batches.
     workdir : path

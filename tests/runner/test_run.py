@@ -4,7 +4,7 @@ import os
 import pytest
 
 from int8batch.errors import ConfigError
-from int8batch.reader import plan_window
+from int8batch.window import plan_window
 from int8batch.runner import run
 from int8batch.runner.imagenet import ImagenetSettings
 

@@ -5,14 +5,14 @@
 strongly typed 10) and, with bias correction, ``model.corrected.onnx`` (the
 FP32 model with int8-grid weights and corrected biases, for TensorRT 10 with
 the cache).  They are staged in a hidden folder inside ``out`` and swapped in
-together (:func:`int8batch._atomic.atomic_output_set`): a failure leaves the
+together (:func:`int8batch._staged.atomic_output_set`): a failure leaves the
 previous run's set as it was, and no file of an earlier run stays beside new
 ones.
 """
 import os
 from dataclasses import dataclass, field
 
-from .._atomic import atomic_output_set, refuse_foreign_files
+from .._staged import atomic_output_set, refuse_foreign_files
 from ..errors import CacheError
 from ..onnx import qdq
 from ..onnx.snap import snap_weights

@@ -6,7 +6,7 @@ Protocol for one pack into ``folder`` (``OUT``):
    the whole pack; a second writer gets ``OutputLockedError`` naming the
    folder and the holder's pid.
 2. **recover**: leftovers of earlier runs are dealt with
-   (:func:`int8batch._atomic.clean_leftovers`): an interrupted swap is
+   (:func:`int8batch._staged.clean_leftovers`): an interrupted swap is
    finished or undone from its journal, and temporaries of dead processes
    (also the ``.batch3.tmp<pid>`` names of older versions) are removed,
    with a log line naming them.
@@ -24,7 +24,7 @@ Protocol for one pack into ``folder`` (``OUT``):
    ``OUT/.int8batch-tmp-<host>-<pid>-<random>/`` (preallocated, so a full disk
    fails early rather than with SIGBUS in the mapping; filled through a
    memory map or one buffered write; checksummed), then the manifest.
-5. **swap** (:meth:`int8batch._atomic.StagedSet.commit`): a journal is
+5. **swap** (:meth:`int8batch._staged.StagedSet.commit`): a journal is
    written and fsynced; the unfinished marker ``.int8batch-incomplete`` is
    created; the old manifest and then the old batch files are renamed into
    ``OUT/.int8batch-old-.../``; the new batch files are renamed in; the new
@@ -54,7 +54,8 @@ import stat
 import numpy as np
 
 from .. import format as fmt
-from .._atomic import StagedSet, clean_leftovers, unlink_quietly, write_all, write_error
+from .._atomic import unlink_quietly, write_all, write_error
+from .._staged import StagedSet, clean_leftovers
 from .._lock import FolderLock
 from ..errors import DiskSpaceError, Int8BatchError, OutputExistsError
 from ..manifest import INCOMPLETE_MARKER, MANIFEST_NAME, PREVIEW_NAME, manifest_text, replaceable_manifest

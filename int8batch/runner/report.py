@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from .._version import __version__
-from .._atomic import refuse_foreign_files, write_json_atomic, write_text_atomic
+from .._atomic import write_json_atomic, write_text_atomic
+from .._staged import refuse_foreign_files
 from . import protocol
 
 

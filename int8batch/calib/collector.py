@@ -7,6 +7,10 @@ in a single kernel call (one thread team for all of them); ``collect`` takes
 one tensor, with the same result.  The thresholds (:mod:`int8batch.calib.thresholds`) are computed
 afterwards from :class:`TensorStats` snapshots.
 
+(Over 400 lines on purpose: the three range modes, the batching of rows into one
+kernel call, merging and growing all work on one state layout, ``_Rows``; split
+apart they would each need its internals.)
+
 Histogram range rule (``mode="grow"``, the default)
 ---------------------------------------------------
 The histogram covers ``[0, hist_max)``; bin ``j`` counts ``j*w <= |x| < (j+1)*w``

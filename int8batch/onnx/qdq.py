@@ -11,6 +11,10 @@ Weights are stored as **int8 initializers followed by DequantizeLinear**
 (``weight_format="int8"``: a quarter of the size, and exactly what TensorRT
 folds a Q->DQ on a float weight into), or kept FP32 behind Q->DQ
 (``weight_format="float"``).
+
+(Over 400 lines on purpose: activation pairs, weight pairs with their rounding,
+and the bias correction that needs both are one rewrite of one graph, reported in
+one :class:`QdqReport`.)
 """
 import logging
 import os

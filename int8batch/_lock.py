@@ -136,6 +136,31 @@ def folder_lock(folder, purpose="write"):
         lock.release()
 
 
+def holder(folder):
+    """``(pid, host, purpose)`` of the process writing into ``folder`` now, or None when none is.
+
+    Reads the lock file without taking the lock (a shared, non-blocking probe).
+    """
+    path = os.path.join(os.fspath(folder), LOCK_NAME)
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return _read_holder(fd) or (None, "?", "?")
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_holder(fd):
     """``(pid, host, purpose)`` from a lock file, or None when unreadable."""
     try:

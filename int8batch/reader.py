@@ -13,17 +13,22 @@ validated once, that :meth:`BatchSet.batches` then serves.
 import logging
 import mmap
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import format as fmt
+from ._lock import holder
 from .errors import BatchFormatError, ConfigError, ManifestError
 from .window import plan_window
 from .manifest import (INCOMPLETE_MARKER, MANIFEST_NAME, check_manifest, expected_labels, pack_naming, read_manifest,
                        recipe)
 
 log = logging.getLogger(__name__)
+
+#: seconds to wait before each new attempt to open a folder that a pack is being swapped into (None: give up)
+SWAP_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8, None)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,36 @@ class Batch:
     index: int
     start: int
     zero_copy: bool
+
+
+def _allow_open_files(count, folder):
+    """Make room for ``count`` more open files (each mapped file holds one), or say how.
+
+    Raises the soft limit on open files up to the hard one when the set needs more than the
+    soft limit leaves (1024 on many systems: a 1563-file ImageNet pack at 32 per file).
+    """
+    try:
+        import resource
+    except ImportError:   # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    need = count + in_use + 64
+    if soft != resource.RLIM_INFINITY and need > soft:
+        target = need if hard == resource.RLIM_INFINITY else min(hard, max(need, soft))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+        if need > soft:
+            raise BatchFormatError(
+                f"{folder}: the set has {count} batch files and each stays open while it is read, but this process "
+                f"may open only {soft} files (ulimit -n; hard limit {hard}); raise the limit (ulimit -n {need}) "
+                "or pack with more images per file", folder)
 
 
 def _identity(st):
@@ -102,10 +137,63 @@ class BatchSet:
         if manifest not in ("auto", "require", "ignore"):
             raise ConfigError(f"manifest must be 'auto', 'require' or 'ignore', got {manifest!r}")
         self.folder = os.fspath(folder)
-        if os.path.lexists(os.path.join(self.folder, INCOMPLETE_MARKER)):
+        self.dims, self._maps, self._arrays, self._stats, self.paths = None, [], [], [], []
+        self._closed = False
+        # A pack swapped in by `pack --force` while this set opens its files would give a mix of both:
+        # the swap holds the unfinished marker from its first rename to its last and replaces the manifest,
+        # so the same (marker, manifest) state before and after opening means one pack was opened.
+        for wait in SWAP_WAITS:
+            before = self._pack_state()
+            if before[0]:
+                self._refuse_unfinished(wait)
+                time.sleep(wait)
+                continue
+            try:
+                self._open_all(prefix, suffix, manifest)
+            except BaseException:
+                self._unmap()
+                if wait is not None and self._pack_state() != before:
+                    time.sleep(wait)      # the folder changed under us: open again
+                    continue
+                raise
+            if self._pack_state() == before:
+                break
+            self._unmap()
+            if wait is None:
+                raise ManifestError(f"{self.folder}: the batch files kept changing while they were opened (another "
+                                    "process is packing into this folder); open it again when it has finished",
+                                    self.folder)
+            time.sleep(wait)
+        try:
+            if verify:
+                self.verify()
+        except BaseException:
+            self.close()
+            raise
+
+    def _pack_state(self):
+        """(unfinished marker present, the manifest's identity or None): what a swap changes."""
+        marker = os.path.lexists(os.path.join(self.folder, INCOMPLETE_MARKER))
+        try:
+            st = os.stat(os.path.join(self.folder, MANIFEST_NAME))
+            return marker, _identity(st)
+        except OSError:
+            return marker, None
+
+    def _refuse_unfinished(self, wait):
+        """The marker is there: a pack is being swapped in (wait, unless ``wait`` is None) or one died."""
+        writer = holder(self.folder)
+        if writer is None:
             raise ManifestError(
                 f"{self.folder}: this is an unfinished pack (marker {INCOMPLETE_MARKER} present, "
                 "the packer did not complete); pack again with --force", self.folder)
+        if wait is None:
+            who = f"process {writer[0]} on {writer[1]}" if writer[0] else "another process"
+            raise ManifestError(f"{self.folder}: {who} is writing a pack into this folder right now; open it "
+                                "again when it has finished", self.folder)
+
+    def _open_all(self, prefix, suffix, manifest):
+        self.dims, self.paths = None, []
         self._man = self._read_manifest(manifest) if os.path.isdir(self.folder) else None
         names = pack_naming(self._man)
         self.prefix = names[0] if prefix is None else prefix
@@ -120,19 +208,10 @@ class BatchSet:
             raise ManifestError(f"{man_path}: the manifest names the batch files "
                                 f"{fmt.batch_name(0, self.prefix, self.suffix)}, ... (prefix {self.prefix!r}, "
                                 f"suffix {self.suffix!r}); {exc}", man_path) from None
-        self.dims = None
-        self._maps = []
-        self._arrays = []
-        self._stats = []
-        try:
-            for p in self.paths:
-                self._open_file(p)
-            self.manifest = self._load_manifest(manifest)
-            if verify:
-                self.verify()
-        except BaseException:
-            self.close()
-            raise
+        _allow_open_files(len(self.paths), self.folder)
+        for p in self.paths:
+            self._open_file(p)
+        self.manifest = self._load_manifest(manifest)
 
     # ----------------------------------------------------------------- setup
     def _open_file(self, path):
@@ -191,12 +270,19 @@ class BatchSet:
         check_manifest(man, self.dims, len(self.paths), self.prefix, self.suffix, path)
         return man
 
+    def _check_open(self):
+        if self._closed:
+            raise BatchFormatError(f"{self.folder}: this BatchSet was closed; open the folder again", self.folder)
+
     def check_unchanged(self, k):
         """Raise :class:`BatchFormatError` if file ``k`` was rewritten in place since it was mapped.
 
         One ``stat`` of the path.  A file replaced by rename or removed
         leaves the mapped (complete) file intact, so that is not an error.
         """
+        self._check_open()
+        if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < len(self.paths)):
+            raise IndexError(f"{self.folder}: no batch file {k!r}; the set has files 0..{len(self.paths) - 1}")
         path = self.paths[k]
         try:
             now = _identity(os.stat(path))
@@ -222,6 +308,7 @@ class BatchSet:
         BatchFormatError
             Naming the first file whose checksum or labels disagree.
         """
+        self._check_open()
         man = self.manifest
         if man is None:
             return
@@ -361,9 +448,17 @@ class BatchSet:
         A zero-copy view when the range lies in one file and ``out`` is None;
         otherwise copied into ``out`` (float32, ``(count, C, H, W)``) or a new array.
         """
+        for name, v in (("start", start), ("count", count)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be a whole number of images, got {v!r}")
         if start < 0 or count < 0 or start + count > self.num_images:
-            raise IndexError(f"images {start}..{start + count} out of range 0..{self.num_images}")
+            raise IndexError(f"{self.folder}: images {start}..{start + count - 1} asked for, the set holds images "
+                             f"0..{self.num_images - 1}")
         n = self.per_file
+        if count == 0:
+            self.check_unchanged(0)
+            return (np.empty((0,) + tuple(self.image_shape), np.float32) if out is None else out[:0],
+                    np.empty(0, np.float32))
         k, off = divmod(start, n)
         if out is None and off + count <= n:
             self.check_unchanged(k)
@@ -393,6 +488,7 @@ class BatchSet:
         (they fault the pages back in on access); only this process's RSS
         shrinks.  A no-op where ``madvise`` is unavailable.
         """
+        self._check_open()
         mm = self._maps[k]
         if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mm.madvise(mmap.MADV_DONTNEED)
@@ -432,11 +528,10 @@ class BatchSet:
         ``window(..., skip="batchstream")`` for that window.  Arguments are
         checked when this is called, before the first batch.
         """
+        self._check_open()
         if window is None:
             if batch_size is None:
                 raise ConfigError("batches() needs a batch size or a window")
-            if max_batches is not None:
-                max_batches = max(0, int(max_batches))
             window = self.window(batch_size, first, max_batches, skip="exact", allow_empty=True)
         elif batch_size is not None or first != 0 or max_batches is not None:
             raise ConfigError("batches(): give a window or batch_size/first/max_batches, not both")
@@ -475,7 +570,11 @@ class BatchSet:
 
     # ------------------------------------------------------------- lifetime
     def close(self):
-        """Drop the mappings.  Views handed out earlier keep their map alive."""
+        """Drop the mappings (every later read raises).  Views handed out earlier keep their map alive."""
+        self._closed = True
+        self._unmap()
+
+    def _unmap(self):
         self._arrays = []
         self._stats = []
         for mm in self._maps:

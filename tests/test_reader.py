@@ -749,3 +749,77 @@ def test_pack_refuses_file_name_parts_that_are_paths(tmp_path, prefix, suffix, n
     with pytest.raises(ConfigError, match=needle):
         int8batch.pack("mnist-test", tmp_path / "o", limit=10, prefix=prefix, suffix=suffix)
     assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_pack_swapped_in_while_opening_is_never_served_mixed(tmp_path, monkeypatch):
+    """Found by a new user: a reader opening the files one by one while `pack --force` swapped a pack in could
+    serve old and new files mixed. The set now opens again until it sees one pack throughout."""
+    import int8batch
+    from int8batch import reader as rd
+    out = tmp_path / "p"
+    int8batch.pack("mnist-test", out, preset="mnist", limit=40, batch_size=10)
+    real_open, calls = rd.fmt.open_regular, []
+
+    def open_and_swap(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:   # after the first file: another process replaces the pack
+            int8batch.pack("mnist-test", out, preset="mnist-caffe", limit=40, batch_size=10, force=True)
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(rd.fmt, "open_regular", open_and_swap)
+    with BatchSet(out) as bs:
+        got = bs.images(0, 40)[0].copy()
+        assert bs.manifest["preprocess"]["preset"] == "mnist-caffe"
+    monkeypatch.undo()
+    with BatchSet(out) as fresh:
+        np.testing.assert_array_equal(got, fresh.images(0, 40)[0])
+    assert len(calls) > 4          # opened twice
+
+
+def test_a_pack_being_written_is_named_as_such(tmp_path, monkeypatch):
+    """The unfinished marker with a live writer holding the folder's lock: 'being written', not 'pack again'."""
+    import int8batch
+    from int8batch import reader as rd
+    from int8batch._lock import FolderLock
+    out = tmp_path / "p"
+    int8batch.pack("mnist-test", out, limit=20)
+    (out / INCOMPLETE_MARKER).write_text("")
+    monkeypatch.setattr(rd, "SWAP_WAITS", (0.01, None))
+    with FolderLock(out, "pack"):
+        _expect(str(out), ManifestError, "is writing a pack into this folder right now")
+    _expect(str(out), ManifestError, "unfinished pack", "pack again with --force")
+
+
+def test_closed_sets_and_bad_arguments_say_so(folder):
+    make_set(folder)                                        # 12 images
+    bs = BatchSet(folder)
+    assert bs.images(12, 0)[0].shape == (0, 2, 3, 5)        # an empty range at the end is fine
+    with pytest.raises(IndexError, match="images 10..13 asked for, the set holds images 0..11"):
+        bs.images(10, 4)
+    with pytest.raises(TypeError, match="whole number"):
+        bs.images(3.0, 2)
+    for args in ((2.5,), (5, 1.5), (5, 0, 1.5), (True,)):
+        with pytest.raises(ConfigError, match="must be a whole number"):
+            list(bs.batches(*args))
+    with pytest.raises(ConfigError, match="max_batches must be >= 1"):
+        bs.window(5, 0, -1)
+    with pytest.raises(IndexError, match="no batch file 3"):
+        bs.file_arrays(3)
+    bs.close()
+    assert len(bs) == 12
+    for call in (lambda: list(bs.batches(4)), lambda: list(bs), lambda: bs.images(0, 1), bs.verify,
+                 lambda: bs.file_arrays(0)):
+        with pytest.raises(BatchFormatError, match="was closed"):
+            call()
+
+
+def test_more_files_than_the_soft_open_file_limit(tmp_path):
+    """Each mapped file holds a descriptor: the soft limit is raised as far as the hard one allows."""
+    import subprocess
+    import sys
+    code = ("import resource, sys, int8batch; from int8batch.reader import BatchSet; "
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard)); "
+            "int8batch.pack('mnist-test', sys.argv[1], limit=300, batch_size=2); "
+            "bs = BatchSet(sys.argv[1]); print(bs.num_files, resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 150)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p")], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["150", "True"], out.stderr[-2000:]

@@ -222,12 +222,31 @@ def check_max_pixels(max_pixels):
     return int(max_pixels)
 
 
+def _pixels(n):
+    """A pixel count in words: megapixels when large, pixels when small (--max-pixels 1000)."""
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"
+
+
 def _too_large(path, h, w, max_pixels, when):
+    gb = 3 * h * w / 1e9
     return ImageDecodeError(
-        f"{path}: image is {w}x{h} = {h * w / 1e6:.1f} megapixels, more than the limit of "
-        f"{max_pixels / 1e6:.1f} megapixels per image ({when}); decoding it would take about "
-        f"{3 * h * w / 1e9:.1f} GB or more per worker.  Raise the limit (pack(max_pixels=...), "
-        "--max-pixels) if you trust the file, skip it (--skip-bad) or shrink it", path)
+        f"{path}: image is {w}x{h} = {_pixels(h * w)}, more than the limit of {_pixels(max_pixels)} per image "
+        f"({when}); decoding it would take {f'about {gb:.1f} GB' if gb >= 0.1 else f'{3 * h * w} bytes'} or more "
+        "per worker.  Raise the limit (--max-pixels) if you trust the file, skip it (--skip-bad) or shrink it", path)
+
+
+def _check_resized(path, cfg, h, w, max_pixels):
+    """The resized shape of an h x w image; refused when it exceeds ``max_pixels`` (an extreme aspect ratio:
+    a 60000x6 strip whose short side goes to 256 would be 2560000x256)."""
+    rh, rw = cfg.resized_shape(h, w)
+    max_pixels = max(max_pixels, DEFAULT_MAX_PIXELS)   # a lowered --max-pixels is about the files
+    if rh * rw > max_pixels:
+        raise ImageDecodeError(
+            f"{path}: image is {w}x{h}; the recipe's resize would make it {rw}x{rh} = {_pixels(rh * rw)} (its "
+            f"short side to {min(rh, rw)}), more than the limit of {_pixels(max_pixels)} per image; an aspect "
+            "ratio this extreme is no photo: skip it (--skip-bad) or crop it",
+            path)
+    return rh, rw
 
 
 def read_file(path):
@@ -268,6 +287,8 @@ def decode_image(path, cfg, data=None, max_pixels=None):
     size = image_size(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise _too_large(path, size[0], size[1], max_pixels, "read from its header, nothing decoded")
+    if size is not None:
+        _check_resized(path, cfg, size[0], size[1], max_pixels)
     gray = cfg.channels == "gray"
     flags = cv.IMREAD_GRAYSCALE if gray else cv.IMREAD_COLOR
     if cfg.exif == "ignore":
@@ -295,9 +316,13 @@ def decode_image(path, cfg, data=None, max_pixels=None):
     h, w = img.shape[:2]
     if h * w > max_pixels:  # a format whose header is not read here (or a header that lied)
         raise _too_large(path, h, w, max_pixels, "found after decoding")
-    rh, rw = cfg.resized_shape(h, w)
+    rh, rw = _check_resized(path, cfg, h, w, max_pixels)
     if (rh, rw) != (h, w):
-        img = cv.resize(img, (rw, rh), interpolation=_INTERP[cfg.interpolation])
+        try:
+            img = cv.resize(img, (rw, rh), interpolation=_INTERP[cfg.interpolation])
+        except cv.error as exc:
+            raise ImageDecodeError(f"{path}: OpenCV could not resize it from {w}x{h} to {rw}x{rh} "
+                                   f"({str(exc).strip().splitlines()[-1]})", path) from exc
     if img.ndim == 2:
         img = img[:, :, None]
     return np.ascontiguousarray(img), reduction

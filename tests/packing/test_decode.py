@@ -90,7 +90,7 @@ def test_header_sizes_and_configurable_limit(ext):
     raw = cv2.imencode(ext, img[:, :, 0] if ext == ".pgm" else img)[1]
     assert image_size(raw) == (45, 67)
     decode_image("x" + ext, CFG, raw, max_pixels=45 * 67)            # exactly at the limit: fine
-    with pytest.raises(ImageDecodeError, match="megapixels"):
+    with pytest.raises(ImageDecodeError, match="= 3015 pixels, more than the limit of 3014 pixels"):
         decode_image("x" + ext, CFG, raw, max_pixels=45 * 67 - 1)
 
 
@@ -120,8 +120,29 @@ def test_pack_applies_the_default_limit(tmp_path):
 def test_pack_takes_max_pixels(tmp_path):
     (tmp_path / "imgs").mkdir()
     cv2.imwrite(str(tmp_path / "imgs" / "ok.png"), _photo(50, 50))
-    with pytest.raises(ImageDecodeError, match="megapixels"):
+    with pytest.raises(ImageDecodeError, match="= 2500 pixels, more than the limit of 100 pixels"):
         int8batch.pack(tmp_path / "imgs", tmp_path / "o", preset="imagenet-torch", batch_size=1, max_pixels=100)
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_the_resize_makes_it_huge(tmp_path, monkeypatch):
+    """Found by a new user: a 20 kB 60000x6 strip took 2 GB (its short side resized to 256); refused by name
+    from the header now, and skipped with skip_bad; a lowered max_pixels still concerns the files only."""
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "strip.png"), np.zeros((6, 60000, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "imgs" / "ok.png"), _photo(50, 50))
+    resized = []
+    real = decode.cv2().resize
+    monkeypatch.setattr(decode.cv2(), "resize", lambda img, size, **k: resized.append(size) or real(img, size, **k))
+    with pytest.raises(ImageDecodeError, match=r"strip.png: image is 60000x6; the recipe's resize would make it "
+                                               r"2560000x256 = 655\.4 megapixels"):
+        int8batch.pack(tmp_path / "imgs", tmp_path / "o", preset="imagenet-torch", batch_size=1)
+    assert (2560000, 256) not in resized
+    res = int8batch.pack(tmp_path / "imgs", tmp_path / "o", preset="imagenet-torch", batch_size=1, skip_bad=True)
+    assert res.images == 1 and res.skipped[0][0] == "strip.png"
+    # a small --max-pixels limits files, not what the resize makes of them (50x50 -> 256x256)
+    res = int8batch.pack(tmp_path / "imgs", tmp_path / "p", preset="imagenet-torch", batch_size=1, skip_bad=True,
+                         max_pixels=2500)
+    assert res.images == 1
 
 
 def test_fifo_named_like_an_image_is_refused_not_read(tmp_path):

@@ -331,7 +331,8 @@ def replaceable_manifest(path):
     Returns ``(fields, None)`` for a valid int8batch manifest, ``(None, None)``
     when there is none, else ``(None, why)``.  ``fields`` holds only what
     replacing a pack needs, validated: ``files`` (an int), ``prefix`` and
-    ``suffix`` (plain strings).  Read by :func:`read_manifest` (so bounded by
+    ``suffix`` (plain strings), ``dims`` (four positive ints: each old file's
+    header and size are checked against them).  Read by :func:`read_manifest` (so bounded by
     :data:`MAX_MANIFEST_BYTES`); a symbolic link or anything else but a
     regular file is refused without being opened.
     """
@@ -355,7 +356,10 @@ def replaceable_manifest(path):
     for key, v in (("prefix", prefix), ("suffix", suffix)):
         if not isinstance(v, str) or len(v) > 200 or "/" in v or "\0" in v or (os.sep != "/" and os.sep in v):
             return None, f"\"{key}\" is {json.dumps(v)[:40]}, not a file name part"
-    return {"files": files, "prefix": prefix, "suffix": suffix}, None
+    dims = man.get("dims")
+    if not (isinstance(dims, list) and len(dims) == 4 and all(type(d) is int and d > 0 for d in dims)):
+        return None, f"\"dims\" is {json.dumps(dims)[:40]}, not N, C, H, W"
+    return {"files": files, "prefix": prefix, "suffix": suffix, "dims": dims}, None
 
 
 @dataclass

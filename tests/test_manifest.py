@@ -87,6 +87,7 @@ def test_read_and_pack_manifest(tmp_path):
     ('{"format": "sampleINT8-batch", "files": -1}', '"files" is -1, not a count of files'),
     ('{"format": "sampleINT8-batch", "files": 2, "prefix": "a/b"}', '"prefix" is "a/b", not a file name part'),
     ('{"format": "sampleINT8-batch", "files": NaN}', "NaN"),
+    ('{"format": "sampleINT8-batch", "files": 2, "dims": [2, 3, 4]}', '"dims" is [2, 3, 4], not N, C, H, W'),
 ])
 def test_replaceable_manifest(tmp_path, content, reason):
     path = tmp_path / MANIFEST_NAME
@@ -95,7 +96,7 @@ def test_replaceable_manifest(tmp_path, content, reason):
     fields, why = replaceable_manifest(path)
     assert fields is None and (why is None if reason is None else reason in why)
     path.write_text(manifest_text(golden_manifest()))
-    assert replaceable_manifest(path) == ({"files": 2, "prefix": "batch", "suffix": ""}, None)
+    assert replaceable_manifest(path) == ({"files": 2, "prefix": "batch", "suffix": "", "dims": [2, 3, 4, 6]}, None)
     path.unlink()
     os.symlink(GOLDEN, path)
     assert replaceable_manifest(path) == (None, "not a regular file")    # never followed

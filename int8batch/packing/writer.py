@@ -227,6 +227,12 @@ class PackWriter:
                     f"{man_path}: says the pack has {old['files']} batch files but {len(old_files)} of them are "
                     "here; it does not describe this folder (changed after packing?), so int8batch will not "
                     "replace it or the files beside it: move them away or choose another output folder", man_path)
+            for name in sorted(old_files, key=_natural):   # and each is the file it describes: header, size
+                why = _not_described(os.path.join(self.folder, name), old.get("dims"))
+                if why:
+                    raise OutputExistsError(
+                        f"{man_path}: does not describe {name} ({why}); int8batch will not replace files it cannot "
+                        "tell it wrote: move them away or choose another output folder", man_path)
         foreign = sorted(set(existing) - set(old_files), key=_natural)
         if foreign:
             why = "that no int8batch manifest describes" if old is None else \
@@ -357,6 +363,25 @@ def _fsync_path(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _not_described(path, dims):
+    """Why the batch file at ``path`` is not one of ``dims`` (the manifest's N, C, H, W), or None."""
+    if not (isinstance(dims, list) and len(dims) == 4 and all(isinstance(d, int) for d in dims)):
+        return "the manifest gives no valid dims"
+    try:
+        fd, st = fmt.open_regular(path)
+        try:
+            head = fmt.decode_header(fmt.read_at(fd, fmt.HEADER_BYTES, path), path)
+        finally:
+            os.close(fd)
+    except Int8BatchError as exc:
+        return str(exc)
+    if list(head) != dims:
+        return f"its header says N,C,H,W = {tuple(head)}, the manifest {tuple(dims)}"
+    if st.st_size != fmt.file_size(*dims):
+        return f"it is {st.st_size} bytes, a file of {tuple(dims)} is {fmt.file_size(*dims)}"
+    return None
 
 
 def _batch_names(folder, prefix, suffix, below=None):

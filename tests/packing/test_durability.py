@@ -371,3 +371,17 @@ def test_reader_of_the_old_pack_keeps_its_bytes_while_force_replaces_it(idx, tmp
         np.testing.assert_array_equal(bs.file_arrays(1)[0], before)
     with int8batch.BatchSet(out) as bs:
         assert not np.array_equal(bs.file_arrays(1)[0], before)
+
+
+def test_force_refuses_files_the_old_manifest_does_not_describe(tmp_path):
+    """Found by a new user: foreign batch0..2 (N=50) beside a manifest copied from a 3-file pack of N=100 were
+    replaced by --force; each file's header and size must match the manifest's dims."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    int8batch.pack("mnist-test", a, batch_size=100, limit=300)
+    int8batch.pack("mnist-test", b, batch_size=50, limit=150)
+    (b / "manifest.json").write_bytes((a / "manifest.json").read_bytes())
+    before = snapshot(b)
+    with pytest.raises(OutputExistsError, match=r"does not describe batch0 \(its header says N,C,H,W = "
+                                                 r"\(50, 1, 28, 28\), the manifest \(100, 1, 28, 28\)\)"):
+        int8batch.pack("mnist-test", b, limit=200, force=True)
+    assert snapshot(b) == before

@@ -7,6 +7,11 @@ Public API (heavy dependencies load lazily, inside the functions that need them)
 - :class:`BatchSet` -- validated, memory-mapped reader of a batch folder;
   :meth:`BatchSet.window` plans the :class:`Window` of batches a stream serves.
 - :class:`PreprocessConfig` and :data:`PRESETS` -- the preprocessing recipe.
+- :func:`calibrate` -- batch files + an ONNX model -> TensorRT cache, dynamic
+  ranges, Q/DQ model (:func:`int8batch.calib.api.calibrate`).
+- :func:`evaluate` -- FP32 vs INT8 model on batch files
+  (:func:`int8batch.calib.evaluate.evaluate`).
+- :func:`export_numpy` -- batch files as one ``.npy``/``.npz`` array.
 """
 from ._version import __version__  # noqa: E402,F401
 
@@ -23,8 +28,17 @@ def __getattr__(name):
     if name in ("PreprocessConfig", "PRESETS", "preset"):
         from . import preprocess
         return getattr(preprocess, name)
+    if name == "calibrate":
+        from .calib.api import calibrate
+        return calibrate
+    if name == "evaluate":
+        from .calib.evaluate import evaluate
+        return evaluate
+    if name == "export_numpy":
+        from .interop import export_numpy
+        return export_numpy
     raise AttributeError(f"module 'int8batch' has no attribute {name!r}")
 
 
 __all__ = ["pack", "PackResult", "BatchSet", "Batch", "Window", "PreprocessConfig", "PRESETS", "preset",
-           "Int8BatchError", "__version__"]
+           "calibrate", "evaluate", "export_numpy", "Int8BatchError", "__version__"]

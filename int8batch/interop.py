@@ -9,11 +9,11 @@ import os
 import numpy as np
 
 from ._atomic import atomic_file
-from .errors import ConfigError
+from .errors import ConfigError, OutputExistsError
 from .reader import BatchSet
 
 
-def export_numpy(batches, path, input_name=None, limit=None, first=0):
+def export_numpy(batches, path, input_name=None, limit=None, first=0, force=False):
     """Write the images of a batch folder (in order) to ``path``.
 
     Parameters
@@ -24,6 +24,8 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0):
         ``*.npy`` writes the bare ``(N, C, H, W)`` float32 array.
     limit : int, optional
         At most this many images, starting at image ``first``.
+    force : bool
+        Replace an existing file at ``path`` (otherwise :class:`OutputExistsError`).
 
     Returns
     -------
@@ -40,6 +42,9 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
                                   or value < low):
             raise ConfigError(f"{name} (--{name}) must be a whole number >= {low}, got {value!r}")
+    if os.path.isdir(path) or (os.path.lexists(path) and not force):
+        raise OutputExistsError(f"{path} {'is a folder' if os.path.isdir(path) else 'already exists'}; give "
+                                "another file name, or force=True (--force) to replace a file", path)
     bs = batches if isinstance(batches, BatchSet) else BatchSet(batches)
     try:
         count = bs.num_images - first if limit is None else min(int(limit), bs.num_images - first)

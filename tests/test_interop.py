@@ -64,7 +64,7 @@ def test_failed_export_leaves_the_previous_file_and_no_temporary(folder, tmp_pat
     monkeypatch.setattr(np, "save", full_disk)
     monkeypatch.setattr(np, "savez", full_disk)
     with pytest.raises(DiskSpaceError, match="X"):
-        export_numpy(folder, target, input_name="input")
+        export_numpy(folder, target, input_name="input", force=True)
     assert os.listdir(dst) == [target.name] and target.read_bytes() == before
 
 
@@ -77,3 +77,23 @@ def test_export_command_does_not_replace_an_existing_file_without_force(folder, 
     assert main(["export", str(folder), str(out), "--force"]) == 0
     with BatchSet(folder) as bs:
         np.testing.assert_array_equal(np.load(out), bs.images(0, bs.num_images)[0])
+
+
+def test_export_never_replaces_a_file_unless_forced(folder, tmp_path):
+    """Found by a new user: export_numpy replaced a user's keep.npy without a word (the CLI refused)."""
+    import int8batch
+    from int8batch.errors import OutputExistsError
+    keep = tmp_path / "keep.npy"
+    keep.write_bytes(b"mine")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        int8batch.export_numpy(folder, keep)
+    assert keep.read_bytes() == b"mine"
+    n = int8batch.export_numpy(folder, keep, force=True)
+    assert np.load(keep).shape[0] == n
+
+
+def test_the_documented_functions_are_on_the_package():
+    import int8batch
+    from int8batch.calib.api import calibrate
+    from int8batch.calib.evaluate import evaluate
+    assert int8batch.calibrate is calibrate and int8batch.evaluate is evaluate

@@ -16,6 +16,6 @@ def add_parser(sub):
 def run(args):
     from ..interop import export_numpy
     refuse_existing(args.output, args.force)
-    n = export_numpy(args.batches, args.output, args.input_name, args.limit, args.first)
+    n = export_numpy(args.batches, args.output, args.input_name, args.limit, args.first, force=args.force)
     print(f"wrote {n} images to {args.output}")
     return 0

@@ -147,9 +147,7 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     if model is not None:
         log.info("%s", check_recipe(model, cfg).describe())
     auto_size = batch_size is None
-    batch_size = DEFAULT_BATCH_SIZE if auto_size else int(batch_size)
-    if batch_size <= 0:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    batch_size = DEFAULT_BATCH_SIZE if auto_size else _whole(batch_size, "batch size (--batch-size)", 1)
     workers = _whole(workers, "workers", 1) if workers is not None else _usable_cores()
     if shuffle:
         _whole(seed, "seed", 0)
@@ -163,8 +161,7 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
         order = np.random.default_rng(seed).permutation(len(src))
     spare = order[:0]
     if limit is not None:
-        if int(limit) <= 0:
-            raise ConfigError(f"limit must be positive, got {limit}")
+        limit = _whole(limit, "limit (--limit)", 1)
         # with skip_bad an unreadable image is replaced by the next one: the limit counts packed images
         order, spare = order[:int(limit)], (order[int(limit):] if skip_bad else spare)
     if len(order) == 0:
@@ -248,7 +245,7 @@ def _whole(value, name, low):
     """``value`` as an int >= ``low``, or a ConfigError naming the option (never a silent substitute)."""
     try:
         v = int(value)
-        ok = v == value and v >= low
+        ok = v == value and v >= low and not isinstance(value, (bool, str))
     except (TypeError, ValueError):
         ok = False
     if not ok:

@@ -1,4 +1,5 @@
 """``int8batch.pack`` end to end, against independent references."""
+import re
 import json
 import os
 
@@ -440,3 +441,13 @@ def test_limit_with_skip_bad_counts_packed_images(tmp_path):
     # without a limit nothing changes: every readable image, in source order
     res = int8batch.pack(src, tmp_path / "d", preset="mnist", batch_size=4, skip_bad=True)
     assert res.images == 8
+
+
+@pytest.mark.parametrize("kw, needle", [({"batch_size": 2.5}, "batch size (--batch-size) must be a whole number"),
+                                        ({"batch_size": 0}, "batch size (--batch-size) must be a whole number >= 1"),
+                                        ({"limit": 2.5}, "limit (--limit) must be a whole number"),
+                                        ({"limit": True}, "limit (--limit)")])
+def test_sizes_that_are_no_whole_numbers_are_refused(tmp_path, kw, needle):
+    """Found by a new user: batch_size=2.5 packed files of 2, limit=2.5 packed 2."""
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        int8batch.pack("mnist-test", tmp_path / "o", **{"limit": 20, **kw})

@@ -13,7 +13,7 @@ one the CUDA runtime, TensorRT, PyTorch and CuPy all share.
 import logging
 
 from .._optional import require
-from ..errors import CudaError
+from ..errors import CudaError, Int8BatchError
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,20 @@ def gpu_available():
 
 
 def current_context():
-    """Handle (int) of the context current on this thread, 0 when there is none."""
+    """Handle (int) of the context current on this thread, 0 when there is none.
+
+    Raises :class:`CudaError` when the driver library cannot be loaded (cuda-python installed on a
+    machine without an NVIDIA driver).
+    """
     drv = _driver()
-    res = drv.cuCtxGetCurrent()
+    try:
+        res = drv.cuCtxGetCurrent()
+    except Int8BatchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - cuda-python's own loader errors: no driver here
+        raise CudaError(f"the NVIDIA driver cannot be loaded ({type(exc).__name__}: {str(exc).strip()[:200]}); "
+                        "a GPU with its driver is needed (int8batch.cuda.gpu_available() says whether one is usable)",
+                        name="cudaErrorNoDevice") from exc
     err, ctx = res
     if int(err) != 0:
         # CUDA_ERROR_NOT_INITIALIZED: the driver has not been used yet, so no

@@ -1,5 +1,4 @@
 """``int8batch.pack`` end to end, against independent references."""
-import re
 import json
 import os
 
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 
 import int8batch
+import re
 from int8batch.errors import (ConfigError, ImageDecodeError, ManifestError, ModelError, OutputExistsError,
                               SourceError)
 from int8batch.packing.sources import read_label_file

@@ -22,6 +22,7 @@ ONNX Runtime's int8 kernels.  Both models are scored by
 TensorRT engines).  The steps are :func:`int8batch.runner.run.run`'s;
 :class:`MnistSample` fills in the packing and the windows.
 """
+import gzip
 import os
 from dataclasses import dataclass
 
@@ -31,11 +32,14 @@ from ..errors import ConfigError
 from ..packing.packer import pack
 from ..packing.sources import BUNDLED, DATA_DIR
 from ..reader import BatchSet
+from ..window import plan_window
 from . import protocol
 from .report import RunReport
 from .run import Sample, Windows, run
 
 MODEL = os.path.join(DATA_DIR, "lenet.onnx")
+#: images per packed batch file (sampleINT8's MNIST batches hold 100)
+PER_FILE = 100
 
 
 @dataclass
@@ -66,26 +70,41 @@ class MnistSample(Sample):
     tmp_prefix = "int8batch-mnist-"
 
     def check(self):
-        protocol.sample_window(self.settings.window)   # an unknown window name fails now, not after packing
+        """The windows planned over the bundled sets' image counts: a bad one fails now, not after packing."""
+        s = self.settings
+        sample = protocol.sample_window(s.window)
+        train = _count(_bundled("mnist"))
+        plan_window(train, PER_FILE, s.calib_batch_size, sample.first, s.calib_batches, sample.skip, strict=True,
+                    where="calibration window (--calib-batch-size, --calib-batches)")
+        first, count, images = self._scoring(train)
+        plan_window(images, PER_FILE, s.batch_size, first, count, "exact", strict=True,
+                    where=f"scoring window over the {s.score_set} set (--batch-size, --first-score-batch, "
+                          "--score-batches)")
+
+    def _scoring(self, train_images):
+        """(first batch, batch count, images of the scoring set)."""
+        s = self.settings
+        if s.score_set == "test":
+            return (0 if s.first_score_batch is None else s.first_score_batch, s.score_batches,
+                    _count(_bundled("mnist-test")))
+        if s.score_set == "train":
+            return (100 if s.first_score_batch is None else s.first_score_batch,
+                    400 if s.score_batches is None else s.score_batches, train_images)
+        raise ConfigError(f"score set must be 'test' or 'train', got {s.score_set!r}")
 
     def prepare(self, tmp, stack):
         s, progress = self.settings, self.progress
         train_dir = os.path.join(tmp, "batches")
         # the bundled files by path: a local ./mnist folder must not stand in for them
-        pack(_bundled("mnist"), train_dir, preset=s.preset, batch_size=100, force=True,
+        pack(_bundled("mnist"), train_dir, preset=s.preset, batch_size=PER_FILE, force=True,
              progress=reporter(progress, "packing training images", "images"))
         if s.score_set == "test":
             score_dir = os.path.join(tmp, "test-batches")
-            pack(_bundled("mnist-test"), score_dir, preset=s.preset, batch_size=100, force=True,
+            pack(_bundled("mnist-test"), score_dir, preset=s.preset, batch_size=PER_FILE, force=True,
                  progress=reporter(progress, "packing test images", "images"))
-            first = 0 if s.first_score_batch is None else s.first_score_batch
-            count = s.score_batches
-        elif s.score_set == "train":
-            score_dir = train_dir
-            first = 100 if s.first_score_batch is None else s.first_score_batch
-            count = 400 if s.score_batches is None else s.score_batches
         else:
-            raise ConfigError(f"score set must be 'test' or 'train', got {s.score_set!r}")
+            score_dir = train_dir
+        first, count, _ = self._scoring(None)
         train = stack.enter_context(BatchSet(train_dir))
         score = stack.enter_context(BatchSet(score_dir))
         self.origin, cal = protocol.calibration_window(train, s.window, s.calib_batch_size, s.calib_batches)
@@ -110,6 +129,13 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
     ``plot=True`` also writes ``predictions.png`` into ``out`` (needs matplotlib).
     """
     return run(MnistSample(settings or MnistSettings(), progress), out, workdir, plot, force)
+
+
+def _count(path):
+    """Images in an IDX file, from its header (the dimension sizes after the 4-byte magic)."""
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+        head = f.read(8)
+    return int.from_bytes(head[4:8], "big")
 
 
 def _bundled(name):

@@ -26,10 +26,10 @@ from ..calib.evaluate import evaluate
 from ..calib.ort_exec import resolve_device
 from ..errors import ConfigError, Int8BatchError
 from ..reader import BatchSet
-from ..window import Window
 from ..trt import vocab
 from ..trt.calibrator import load_tensorrt
 from ..trt.engine import evaluate_engines
+from ..window import Window
 from .plot import plot_predictions
 from .report import check_replaceable as check_report_files
 
@@ -134,10 +134,12 @@ def run(sample, out, workdir=None, plot=False, force=False):
             if backend == "tensorrt":
                 report.notes.append(describe(scored))
             sample.annotate(report, w, out)
+            plot_path = os.path.join(out, "predictions.png")
             if plot:
-                report.paths["plot"] = plot_predictions(w.score_set, w.win.start_image, scored,
-                                                        os.path.join(out, "predictions.png"),
+                report.paths["plot"] = plot_predictions(w.score_set, w.win.start_image, scored, plot_path,
                                                         title=sample.plot_title())
+            elif os.path.isfile(plot_path) and not os.path.islink(plot_path):
+                os.unlink(plot_path)   # an earlier run's plot (checked replaceable above) must not outlive it
         report.write()
         return report
 

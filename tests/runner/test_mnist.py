@@ -41,6 +41,12 @@ def test_cli_run_mnist_fast_path(tmp_path):
     assert d["first_predictions"]["labels"][:10] == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert d["scoring"]["fp32"]["top1_count"] >= 490
     assert (out / "predictions.png").stat().st_size > 0
+    # the same run again without --plot: the earlier plot goes with the earlier reports (found as a new user)
+    p = subprocess.run([sys.executable, "-m", "int8batch.cli.main", "run", "mnist", "--calib-batches", "2",
+                        "--score-batches", "1", "--threads", "1", "--out", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300, env=_env_for_package())
+    assert p.returncode == 0, p.stderr
+    assert not (out / "predictions.png").exists() and (out / "report.json").exists()
 
 
 def test_cli_run_keep_float_and_bias_correction_reach_the_q_dq_model(tmp_path):
@@ -227,3 +233,19 @@ def test_run_does_not_replace_files_it_did_not_write(tmp_path, capsys):
     assert main(args + ["--force"]) == 0                 # replaced; a second run replaces its own files
     assert main(args) == 0
     assert json.loads((out / "report.json").read_text())["run"] == "mnist"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--calib-batches", "0"], "calibration window (--calib-batch-size, --calib-batches): max_batches must be >= 1"),
+    (["--batch-size", "0"], "scoring window over the test set (--batch-size, --first-score-batch, --score-batches)"),
+    (["--first-score-batch", "100"], "no full batch of 100 images after skipping 100 batches"),
+])
+def test_bad_windows_fail_before_anything_is_packed(argv, needle, tmp_path, monkeypatch, capsys):
+    """Found by a new user: these were refused only after packing 60000 images, naming a deleted temp folder."""
+    from int8batch.cli.main import main
+    from int8batch.runner import mnist
+    packed = []
+    monkeypatch.setattr(mnist, "pack", lambda *a, **k: packed.append(a))
+    assert main(["run", "mnist", "-o", str(tmp_path / "o"), *argv]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and packed == [] and "int8batch-mnist-" not in err, err

@@ -13,7 +13,9 @@ from ..errors import SourceError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .dib .ppm .pgm .pbm .pnm .tif .tiff .webp .jp2 .sr .ras".split())
+    ".jpg .jpeg .jpe .jfif .png .bmp .dib .ppm .pgm .pbm .pnm .tif .tiff .webp .jp2 .sr .ras .gif".split())
+#: photo formats OpenCV does not decode: files named so are left out with a note (not silently)
+UNDECODED_EXTENSIONS = frozenset(".heic .heif .avif .cr2 .cr3 .nef .arw .dng .raf .orf .rw2 .psd .svg".split())
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 BUNDLED = {
     "mnist": ("mnist/train-images-idx3-ubyte.gz", "mnist/train-labels-idx1-ubyte.gz"),
@@ -105,7 +107,7 @@ def walk_images(root):
         Naming the folder or link and the fix.
     """
     root = os.fspath(root)
-    files, folders, hidden = [], [], []
+    files, folders, hidden, undecoded = [], [], [], []
     # (absolute path, relative path, real paths of the folders leading here)
     stack = [(root, "", frozenset([os.path.realpath(root)]))]
     while stack:
@@ -138,12 +140,19 @@ def walk_images(root):
                     folders.append(e.name)
             elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
                 files.append(name)
+            elif os.path.splitext(e.name)[1].lower() in UNDECODED_EXTENSIONS:
+                undecoded.append(name)
             elif e.is_symlink() and not os.path.exists(e.path):
                 raise SourceError(f"{os.path.join(root, name)}: symbolic link to {os.readlink(e.path)}, which does "
                                   "not exist; if it was a class folder its images would be left out and the "
                                   "classes renumbered: fix or remove the link", name)
     files.sort()
     folders.sort()
+    if undecoded:
+        undecoded.sort()
+        kinds = sorted({os.path.splitext(n)[1].lower() for n in undecoded})
+        log.warning("%s: %d file(s) in formats OpenCV does not decode left out (%s, e.g. %s): convert them to "
+                    "JPEG or PNG to include them", root, len(undecoded), " ".join(kinds), undecoded[0])
     if hidden:
         hidden.sort()
         log.info("%s: %d hidden file(s) named like images left out (names starting with '.', e.g. %s; macOS "

@@ -153,3 +153,17 @@ def test_hidden_files_named_like_images_are_left_out_with_a_note(tmp_path, caplo
         files, _ = walk_images(root)
     assert files == ["a.png"]
     assert "1 hidden file(s) named like images left out" in caplog.text and "._a.png" in caplog.text
+
+
+def test_gif_is_packed_and_undecodable_photo_formats_are_named(tmp_path, caplog):
+    """Found by a new user: .gif (which OpenCV decodes) and .heic were both left out without a word."""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(root / "a.gif")
+    (root / "b.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with caplog.at_level("WARNING", logger="int8batch"):
+        files, _ = walk_images(root)
+    assert files == ["a.gif"]
+    assert "1 file(s) in formats OpenCV does not decode left out (.heic, e.g. b.heic)" in caplog.text

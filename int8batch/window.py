@@ -135,7 +135,8 @@ def plan_window(num_images, per_file, batch_size, first=0, max_batches=None, ski
     count = remaining if max_batches is None else min(remaining, max_batches)
     want = max_batches if strict and max_batches is not None else 1
     if count < want and not (allow_empty and not strict):
-        held = (f"{num_images} images ({num_images // per_file} files of {per_file})" if per_file
+        files = num_images // per_file if per_file else 0
+        held = (f"{num_images} images ({files} file{'s' if files != 1 else ''} of {per_file})" if per_file
                 else f"{num_images} images")
         a, b = skipped * batch_size, (skipped + want) * batch_size - 1
         if want == 1:

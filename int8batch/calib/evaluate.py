@@ -261,6 +261,8 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
                     "the first model")
     if batch_size is None and hasattr(batchset, "batches"):
         batch_size = fp.fixed_batch or q.fixed_batch     # a model fixed to N images per run gets N (as calibrate)
+    if hasattr(batchset, "window"):   # a window that serves nothing is refused with the set's numbers
+        batchset.window(batch_size or batchset.per_file, first, max_batches, skip="exact")
     acc = Comparison(outputs, keep_largest, keep)
     acc.result.batch_size = batch_size or getattr(batchset, "per_file", None)
     acc.result.executed_by = {"fp32": fp.executed_by, "int8": q.executed_by}

@@ -277,8 +277,8 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
         raise ModelError(
             f"{len(report.missing)} tensors need an amax that was not given: "
             + ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else "")
-            + "; calibrate them, or pass on_missing='skip' (int8batch qdq --allow-missing) to leave "
-            "them in float")
+            + "; calibrate them, or leave them in float with int8batch qdq --allow-missing "
+            "(Python: on_missing='skip')")
     scale = {t: scales_in[t] for t in wanted if t in scales_in}
     for grp in groups:
         present = [t for t in grp if t in scale]

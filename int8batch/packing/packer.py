@@ -1,4 +1,5 @@
 """``pack()``: the Python API behind ``int8batch pack``."""
+import dataclasses
 import logging
 import os
 import threading
@@ -63,6 +64,13 @@ class PackResult:
 
 def resolve_config(preset=None, config=None, **overrides):
     """A ``PreprocessConfig`` from a preset name and/or overrides (None values ignored)."""
+    fields = {f.name for f in dataclasses.fields(PreprocessConfig)} - {"preset"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown preprocessing option(s) {', '.join(unknown)}; the recipe's fields are "
+                          f"{', '.join(sorted(fields))}")
+    if preset is not None and config is not None:
+        raise ConfigError("give a preset or a config (a complete recipe), not both")
     if isinstance(config, PreprocessConfig):
         return config.replace(**{k: v for k, v in overrides.items() if v is not None}) if overrides else config
     if preset is not None:

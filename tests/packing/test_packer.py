@@ -451,3 +451,13 @@ def test_sizes_that_are_no_whole_numbers_are_refused(tmp_path, kw, needle):
     """Found by a new user: batch_size=2.5 packed files of 2, limit=2.5 packed 2."""
     with pytest.raises(ConfigError, match=re.escape(needle)):
         int8batch.pack("mnist-test", tmp_path / "o", **{"limit": 20, **kw})
+
+
+def test_misspelled_options_and_a_preset_with_a_config_are_refused(tmp_path):
+    """Found by a new user: pack(..., meen=0) raised a bare TypeError; preset= beside config= was ignored."""
+    from int8batch.preprocess import PreprocessConfig
+    with pytest.raises(ConfigError, match="unknown preprocessing option.*meen.*the recipe's fields are .*mean"):
+        int8batch.pack("mnist-test", tmp_path / "o", limit=10, meen=0)
+    with pytest.raises(ConfigError, match="a preset or a config"):
+        int8batch.pack("mnist-test", tmp_path / "o", limit=10, preset="mnist", config=PreprocessConfig())
+    assert not (tmp_path / "o").exists()

@@ -153,6 +153,12 @@ def inspect(folder, verify=True, prefix=None, suffix=None):
         if report.nonfinite:
             report.problems.append(f"{report.nonfinite} NaN or infinite value(s) in the data; "
                                    "calibration on them is meaningless, pack again")
+        odd = [v for v in report.label_histogram if not (math.isfinite(v) and v == int(v))]
+        if odd:
+            count = sum(report.label_histogram[v] for v in odd)
+            report.problems.append(
+                f"{count} label(s) are no whole number (e.g. {odd[0]}): eval and run count those images as "
+                "unlabelled, and TensorRT's samples read them as classes")
         if manifest is None:
             report.notes.append(f"no {MANIFEST_NAME}: foreign batch files (e.g. from Caffe), nothing to cross-check")
         else:

@@ -323,3 +323,13 @@ def test_real_pack_round_trip(tmp_path, capsys):
     img = cv2.imread(str(tmp_path / "g.png"))
     for i, (name, _) in enumerate(r.manifest["images_list"]):
         np.testing.assert_array_equal(tile(img, info, i, 6, 8), originals[os.path.basename(name)][..., ::-1])
+
+
+def test_labels_that_are_no_whole_numbers_are_a_problem(tmp_path):
+    """Found by a new user: foreign files with labels 3.5 and NaN passed inspect with 'problems none'."""
+    data = np.zeros((4, 1, 2, 2), np.float32)
+    write_pack(str(tmp_path / "p"), data, np.array([0, 3.5, np.nan, 2], np.float32), 2, manifest=False)
+    r = inspect(str(tmp_path / "p"))
+    assert not r.ok and any("2 label(s) are no whole number (e.g. 3.5)" in p for p in r.problems), r.problems
+    write_pack(str(tmp_path / "q"), data, np.array([0, 1, -1, 2], np.float32), 2, manifest=False)
+    assert inspect(str(tmp_path / "q")).ok     # -1 (unlabelled) is a whole number

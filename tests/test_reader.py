@@ -821,5 +821,9 @@ def test_more_files_than_the_soft_open_file_limit(tmp_path):
             "resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard)); "
             "int8batch.pack('mnist-test', sys.argv[1], limit=300, batch_size=2); "
             "bs = BatchSet(sys.argv[1]); print(bs.num_files, resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 150)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p")], capture_output=True, text=True)
+    # run away from the source tree: the subprocess must import the package under test (installed in CI)
+    import int8batch
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(int8batch.__file__)))
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p")], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
     assert out.returncode == 0 and out.stdout.split() == ["150", "True"], out.stderr[-2000:]

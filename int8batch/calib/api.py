@@ -80,6 +80,9 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
     CalibrationResult
     """
     cfg = (config or CalibrationConfig()).replace(**options)
+    if cfg.report:   # a missing matplotlib fails now, not after the calibration
+        from .._optional import require
+        require("matplotlib")
     t0 = time.perf_counter()
     bs, owned = (batches, False) if isinstance(batches, BatchSet) else (BatchSet(batches), True)
     lock = FolderLock(out, "calibrate").acquire() if out is not None else None

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from .._staged import atomic_output_set, refuse_foreign_files
-from ..errors import CacheError
+from ..errors import CacheError, OutputExistsError
 from ..onnx import qdq
 from ..onnx.snap import snap_weights
 from ..trt import vocab
@@ -38,13 +38,27 @@ def check_replaceable(out, force=False):
     without it belongs to someone else (:func:`refuse_foreign_files`).
     Returns the names that will be replaced.
     """
+    wrote = []
+
     def ours():
         try:
-            cache_io.read_calibration_json(os.path.join(out, ARTEFACTS["json"]))
+            doc = cache_io.read_calibration_json(os.path.join(out, ARTEFACTS["json"]))
         except CacheError as exc:
             return str(exc)
+        files = (doc.get("metadata") or {}).get("files")
+        wrote.append(files if isinstance(files, list) else None)
         return None
-    return refuse_foreign_files(out, SET_NAMES, ours, "an int8batch calibration", force)
+    present = refuse_foreign_files(out, SET_NAMES, ours, "an int8batch calibration", force)
+    # a calibration that recorded its files owns those only (calibration.json without the list: all of them)
+    if wrote and wrote[0] is not None and not force:
+        foreign = [n for n in present if n not in wrote[0] and n != ARTEFACTS["json"]]
+        if foreign:
+            raise OutputExistsError(
+                f"{out}: {', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not among the files the "
+                f"calibration there wrote ({', '.join(wrote[0])}); choose another output folder, move "
+                f"{'it' if len(foreign) == 1 else 'them'} away, or pass --force to replace "
+                f"{'it' if len(foreign) == 1 else 'them'}", out)
+    return present
 
 
 @dataclass
@@ -111,6 +125,14 @@ class CalibrationResult:
 
 
 
+def _settings(cfg):
+    """The settings a calibration ran with, as calibration.json records them (defaults resolved)."""
+    return {"method": cfg.method, "two_pass": cfg.two_pass, "num_bins": cfg.num_bins, "percentile": cfg.percentile,
+            "keep_float": cfg.keep_float, "bias_correction": cfg.bias_correction,
+            "weight_rounding": cfg.resolved_weight_rounding, "write_qdq": cfg.write_qdq,
+            "per_channel_weights": cfg.per_channel_weights, "device": cfg.device}
+
+
 def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, progress=None, weight_ints=None):
     """Write every artefact of ``result`` into ``out`` as one set; fills ``result.paths``.
 
@@ -156,8 +178,6 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
                                                         input_means=input_means, facts=facts,
                                                         weight_ints=weight_ints)
             meta["qdq_bias_corrected"] = sorted(report.biases)
-        cache_io.write_calibration_json(path["json"], entries, meta)
-        wrote()
         if not cfg.write_qdq:
             del final["qdq"]
         else:
@@ -171,4 +191,13 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
                                                                   facts=facts, weight_ints=weight_ints)
                 qdq.save_model_atomic(corrected, staged.path(CORRECTED_MODEL))
                 wrote()
+        if cfg.report:
+            from .report import save_report
+            save_report(result, staged.path(REPORT_PNG))
+            final["report"] = os.path.join(out, REPORT_PNG)
+        # last: the settings and the files this run wrote (a later run replaces exactly those)
+        meta["settings"] = _settings(cfg)
+        meta["files"] = sorted(set(os.listdir(os.path.dirname(path["json"]))) | {ARTEFACTS["json"]})
+        cache_io.write_calibration_json(path["json"], entries, meta)
+        wrote()
     result.paths = final

@@ -83,6 +83,9 @@ class CalibrationConfig:
         nearest level, or compensating each rounding error through the
         layer's input correlations (:mod:`int8batch.calib.rounding`).
         None: "gptq" for method auto, "nearest" for the others.
+    report : bool
+        Also write ``report.png`` (histograms of the most saturated tensors; needs
+        matplotlib), as part of the artefact set.
     """
 
     method: str = DEFAULT_METHOD
@@ -104,6 +107,7 @@ class CalibrationConfig:
     device_budget: int | None = None
     device_feeder: str = "auto"
     weight_rounding: str | None = None
+    report: bool = False
 
     def __post_init__(self):
         if self.weight_rounding is not None and self.weight_rounding not in WEIGHT_ROUNDINGS:

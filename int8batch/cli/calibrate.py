@@ -91,14 +91,10 @@ def run(args):
                             write_qdq=not args.no_qdq,
                             keep_float=args.keep_float, bias_correction=not args.no_bias_correction,
                             device=args.device, progress=bar, weight_rounding=args.weight_rounding,
-                            force=args.force,
+                            force=args.force, report=args.report,
                             device_budget=None if args.device_budget is None else int(args.device_budget * 1e9))
     finally:
         bar.close()
-    if args.report:
-        from ..calib.report import save_report
-        from ..calib.artefacts import REPORT_PNG
-        res.paths["report"] = save_report(res, os.path.join(args.out, REPORT_PNG))
     if not args.quiet:
         print(res.summary())
     return 0

@@ -451,3 +451,27 @@ def test_damaged_images_are_refused_naming_where(mnist, tmp_path):
         evaluate(model, good.paths["qdq"], str(bad), batch_size=50, device="cpu")
     # the window decides: calibrating on file 0 only is not affected
     api.calibrate(model, bad, tmp_path / "first", max_batches=1)
+
+
+def test_a_new_calibration_replaces_only_the_files_the_old_one_wrote(mnist, tmp_path):
+    """Found by a new user: after a --no-qdq calibration, their own model.qdq.onnx and report.png beside it
+    were deleted by the next run. calibration.json now lists the files its run wrote, and the settings."""
+    from int8batch.errors import OutputExistsError
+    out = tmp_path / "cal"
+    api.calibrate(LENET, mnist, out, write_qdq=False, max_batches=2)
+    meta = json.loads((out / "calibration.json").read_text())["metadata"]
+    assert meta["files"] == ["calibration.cache", "calibration.json", "dynamic_range.txt"]
+    assert meta["settings"]["write_qdq"] is False and meta["settings"]["weight_rounding"] == "gptq"
+    (out / "model.qdq.onnx").write_bytes(b"mine")
+    (out / "report.png").write_bytes(b"mine too")
+    with pytest.raises(OutputExistsError, match="model.qdq.onnx, report.png are not among the files the "
+                                                "calibration there wrote"):
+        api.calibrate(LENET, mnist, out, max_batches=2)
+    assert (out / "model.qdq.onnx").read_bytes() == b"mine"
+    res = api.calibrate(LENET, mnist, out, max_batches=2, method="minmax", force=True, report=True)
+    meta = json.loads((out / "calibration.json").read_text())["metadata"]
+    assert "model.qdq.onnx" in meta["files"] and "report.png" in meta["files"]
+    assert meta["settings"]["method"] == "minmax" and meta["settings"]["weight_rounding"] == "nearest"
+    assert os.path.exists(res.paths["report"])
+    api.calibrate(LENET, mnist, out, max_batches=2)          # its own files: replaced without --force
+    assert not (out / "report.png").exists()                 # the old plot went with the old set

@@ -58,7 +58,7 @@ class EvalResult:
         KL read a one-dimensional output as classes (:attr:`classifier`).
     other_outputs : list of dict
         The model's further graph outputs (a detector's other heads), paired
-        by position: ``name``, ``shape`` per image, ``rel_error`` and
+        by name: ``name``, ``shape`` per image, ``rel_error`` and
         ``max_abs_diff`` as above, and ``problem`` (None, or why the output
         could not be compared, e.g. shapes that differ between the models).
     largest : list of (int, float)
@@ -267,16 +267,20 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     acc.result.batch_size = batch_size or getattr(batchset, "per_file", None)
     acc.result.executed_by = {"fp32": fp.executed_by, "int8": q.executed_by}
     acc.result.output = fp.output_name
-    others = [OutputDiff(name) for name in fp.output_names[1:len(q.output_names)]]
+    if fp.output_name in q.output_names:   # outputs are paired by name (by position when the names differ)
+        q.output_name = fp.output_name
+    names = [n for n in fp.output_names if n != fp.output_name]
+    shared = [n for n in names if n in q.output_names]
+    others = [OutputDiff(n) for n in shared]
     total = _count(batchset, batch_size, max_batches, first)
     for done, b in enumerate(_batches(batchset, batch_size, max_batches, first), 1):
         data, labels = (b.data, b.labels) if hasattr(b, "data") else b
         _refuse_nonfinite(data, batchset, b)
         t = time.perf_counter()
-        y0 = fp.run_all(data) if others else [fp.run(data)]
+        y0 = fp.run_all(data, [fp.output_name] + shared) if others else [fp.run(data)]
         acc.result.seconds_fp32 += time.perf_counter() - t
         t = time.perf_counter()
-        y1 = q.run_all(data) if others else [q.run(data)]
+        y1 = q.run_all(data, [q.output_name] + shared) if others else [q.run(data)]
         acc.result.seconds_int8 += time.perf_counter() - t
         acc.add(np.asarray(y0[0]), np.asarray(y1[0]), labels)
         for diff, a, b_ in zip(others, y0[1:], y1[1:]):
@@ -284,12 +288,10 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
         if progress:
             progress(done, total)
     res = acc.finish()
-    res.other_outputs = [d.result() for d in others]
-    if len(q.output_names) != len(fp.output_names):
-        res.other_outputs += [{"name": name, "shape": (), "rel_error": math.nan, "max_abs_diff": math.nan,
-                               "problem": f"the INT8 model has {_plural(len(q.output_names), 'output')}, the "
-                                          f"FP32 model {len(fp.output_names)}"}
-                              for name in fp.output_names[len(q.output_names):]]
+    done = {d.name: d.result() for d in others}
+    res.other_outputs = [done.get(n) or {"name": n, "shape": (), "rel_error": math.nan, "max_abs_diff": math.nan,
+                                         "problem": "the INT8 model has no output of that name"}
+                         for n in names]
     log.debug("evaluate: %s", res.summary().replace("\n", "; "))
     return res
 
@@ -306,10 +308,6 @@ def _refuse_nonfinite(data, batchset, batch):
     raise BatchFormatError(f"{folder}: the images hold NaN or inf values{f' ({where})' if where else ''}; the "
                            f"batch files are damaged or were written with non-finite values: check them with "
                            f"int8batch inspect, pack again", folder)
-
-
-def _plural(n, word):
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _rel_error(sq_err, sq_ref):

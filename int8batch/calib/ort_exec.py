@@ -304,9 +304,9 @@ class ModelRunner:
         """Run one batch ``(N, C, H, W)``; return the chosen output."""
         return self._session.run([self.output_name], {self.input_name: self._input(batch)})[0]
 
-    def run_all(self, batch):
-        """Run one batch; return every graph output, in the order of :attr:`output_names`."""
-        return self._session.run(self.output_names, {self.input_name: self._input(batch)})
+    def run_all(self, batch, names=None):
+        """Run one batch; return the graph outputs ``names`` (default all, in :attr:`output_names` order)."""
+        return self._session.run(list(names or self.output_names), {self.input_name: self._input(batch)})
 
     def _input(self, batch):
         data = np.asarray(getattr(batch, "data", batch))

@@ -208,8 +208,21 @@ def test_outputs_that_cannot_be_compared_are_named_not_fatal():
     assert r.images == 6 and r.top1_agreement == 1.0
     assert r.other_outputs[0]["name"] == "nz" and "shapes differ" in r.other_outputs[0]["problem"]
     r = evaluate(two_output_model(np.ones(6)), two_output_model(np.ones(6), n_out=1), pairs(), device="cpu")
-    assert r.other_outputs[0]["name"] == "m" and "has 1 output," in r.other_outputs[0]["problem"]
-    assert "output 'm': not compared (the INT8 model has 1 output, the FP32 model 2)" in r.summary()
+    assert r.other_outputs[0]["name"] == "m" and "no output of that name" in r.other_outputs[0]["problem"]
+    assert "output 'm': not compared (the INT8 model has no output of that name)" in r.summary()
+
+
+def test_outputs_are_paired_by_name():
+    """Found by a new user: the INT8 model listing the same outputs in another order failed, and one missing
+    output made the later ones 'not compared'."""
+    scale = np.array([1, 1, 1, 1, 1, 1.5], np.float32)
+    fp, q = two_output_model(np.ones(6)), two_output_model(scale)
+    q.graph.output.reverse()                                  # m first, then y
+    r = evaluate(fp, q, pairs(), device="cpu")
+    assert r.output == "y" and r.top1_agreement == 1.0 and r.rel_error == 0.0
+    ref = LOGITS.astype(np.float64)
+    assert r.other_outputs[0]["name"] == "m"
+    assert r.other_outputs[0]["rel_error"] == pytest.approx(np.linalg.norm(ref * scale - ref) / np.linalg.norm(ref))
 
 
 def test_bad_run_options_are_refused_and_a_fixed_batch_model_gets_its_n(tmp_path):

@@ -292,7 +292,7 @@ def header_advice(header: CacheHeader, source: str) -> list[str]:
                      "and trtexec then fails on unbound inputs); use an IInt8MinMaxCalibrator whose "
                      "read_calibration_cache returns this file, or write the header with "
                      "--cache-algorithm entropy2 to have these scales used as they are")
-    if not has_implicit_int8(header.version):
+    if header.version >= IMPLICIT_INT8_END:
         notes.append(f"cache header {header}: TensorRT {v} has no calibrator API that reads caches "
                      "(TensorRT 11 removed implicit INT8); build model.qdq.onnx there instead")
     return notes

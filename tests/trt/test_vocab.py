@@ -119,3 +119,12 @@ def test_a_bare_major_version_and_versions_before_headers():
     for old in ("4.0", "5.0.2", "3"):
         with pytest.raises(ConfigError, match="start at TensorRT 5.1"):
             vocab.make_header(old)
+
+
+def test_header_advice_speaks_of_tensorrt_11_only_for_11_and_later():
+    """Found by a new user: --trt-version 7.0 was told TensorRT 7 reads no caches (it does; 11 does not)."""
+    for version in ("5.1", "7.0", "8.5.3", "10.13"):
+        notes = vocab.header_advice(vocab.make_header(version), "given")
+        assert not any("no calibrator API" in n for n in notes), (version, notes)
+    notes = vocab.header_advice(vocab.make_header("11.0"), "given")
+    assert any("TensorRT 11 removed implicit INT8" in n for n in notes)

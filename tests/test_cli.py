@@ -248,3 +248,21 @@ def test_progress_bar_phases_and_log_lines(caplog):
     quiet(1, 2)
     quiet.close()
     assert silent.text == []
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--algorithm", "minmax"], "--algorithm apply to --backend tensorrt only"),
+    (["--cache", "x.cache"], "--cache apply to --backend tensorrt only"),
+    (["--method", "mse", "--percentile", "50"], "--percentile applies to --method percentile only"),
+    (["--trt-version", "0.0"], "caches with a version in their header start at TensorRT 5.1"),
+])
+def test_calibrate_options_it_would_not_use_are_refused_before_the_pass(argv, needle, tmp_path, capsys):
+    """Found by a new user: these were ignored (or, --trt-version 0.0, refused after the whole pass)."""
+    from int8batch.packing.sources import DATA_DIR
+    pack = tmp_path / "p"
+    int8batch.pack("mnist-test", pack, limit=20)
+    out = tmp_path / "cal"
+    assert main(["calibrate", os.path.join(DATA_DIR, "lenet.onnx"), "--batches", str(pack), "-o", str(out),
+                 "--backend", "onnxruntime", *argv]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and not out.exists(), err

@@ -58,8 +58,12 @@ def resolve_device(device):
     device = "auto" if device is None else str(device)
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if device == "auto" and os.environ.get("INT8BATCH_DEVICE", "") in ("cpu", "cuda"):
-        device = os.environ["INT8BATCH_DEVICE"]
+    env = os.environ.get("INT8BATCH_DEVICE", "")
+    if env and env not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"the environment variable INT8BATCH_DEVICE must be cpu, cuda or auto (or unset), "
+                          f"got {env!r}")
+    if device == "auto" and env in ("cpu", "cuda"):
+        device = env
     if device == "cpu":
         return "cpu"
     ok, why = cuda_status()

@@ -132,7 +132,10 @@ class CalibrationConfig:
             raise ConfigError(f"histogram bins must be an even number >= 2, got {self.num_bins!r}")
         k = self.keep_float
         if k is not None and k != "auto" and (not _whole(k) or k < 0):
-            raise ConfigError(f"keep_float must be a number >= 0 or 'auto', got {k!r}")
+            raise ConfigError(f"keep_float (--keep-float) must be a number >= 0 or 'auto', got {k!r}")
+        if self.trt_version is not None and str(self.trt_version).strip():
+            from ..trt import vocab
+            vocab.make_header(self.trt_version)   # a version no cache header can carry fails now, not after the pass
         th.DEFAULTS.replace(percentile=self.percentile)   # validates the percentile
 
     def replace(self, **changes) -> "CalibrationConfig":

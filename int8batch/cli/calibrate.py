@@ -39,9 +39,11 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                    help="calibrator named in the cache header (default: minmax for --method minmax, else "
                         "entropy2, the one trtexec --calib reads)")
     p.add_argument("--cache", metavar="FILE", help="tensorrt backend: cache to reuse (skips calibration)")
-    p.add_argument("--algorithm", choices=("entropy2", "entropy", "minmax", "legacy"), default="entropy2",
+    p.add_argument("--algorithm", choices=("entropy2", "entropy", "minmax", "legacy"), default=None,
                    help="tensorrt backend: TensorRT calibrator (default entropy2)")
-    p.add_argument("--no-qdq", action="store_true", help="do not write the Q/DQ model")
+    p.add_argument("--no-qdq", action="store_true",
+                   help="write the cache, the dynamic ranges and calibration.json only: no Q/DQ model and no "
+                        "model.corrected.onnx (no weight rounding, no bias correction)")
     p.add_argument("--keep-float", type=keep_float_value, default=None, metavar="K|auto",
                    help="activations left without Q/DQ (TensorRT runs their consumers in higher precision), "
                         "chosen by a one-at-a-time sensitivity pass: K most sensitive, or auto: those whose "
@@ -61,19 +63,32 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--report", action="store_true", help="also write report.png (needs matplotlib)")
     p.add_argument("--force", action="store_true",
                    help="replace files of the artefacts' names in --out that int8batch did not write")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings and errors only")
     return p
+
+
+def _refuse_unused(args, backend):
+    """An option that this run would not use is an error, not silently dropped."""
+    from ..errors import ConfigError
+    if backend != "tensorrt":
+        given = [o for o, v in (("--cache", args.cache), ("--algorithm", args.algorithm)) if v is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to --backend tensorrt only; this run uses ONNX "
+                              "Runtime (choose the header's calibrator with --cache-algorithm)")
+    if args.percentile is not None and args.method != "percentile":
+        raise ConfigError(f"--percentile applies to --method percentile only, not {args.method}")
 
 
 def run(args):
     from ..runner.run import pick_backend
     backend = pick_backend(args.backend)   # the one rule: auto is TensorRT 8.6-10.x when it imports
+    _refuse_unused(args, backend)
     if backend == "tensorrt":
         from ..trt.build import build_int8_engine
         os.makedirs(args.out, exist_ok=True)
         cache = args.cache or os.path.join(args.out, "calibration.cache")
         res = build_int8_engine(args.model, args.batches, os.path.join(args.out, "model.int8.engine"), cache,
-                                algorithm=args.algorithm, batch_size=args.batch_size,
+                                algorithm=args.algorithm or "entropy2", batch_size=args.batch_size,
                                 max_batches=args.max_batches, first=args.first)
         print(res)   # the BuildResult: engine, cache, batches served, shape, TensorRT version
         return 0

@@ -23,7 +23,8 @@ def add_parser(sub):
                    f"(implies --show {DEFAULT_SHOW} when --show is not given)")
     p.add_argument("--grid", metavar="PATH",
                    help=f"where to write the PNG grid (implies --show {DEFAULT_SHOW} when --show is not given)")
-    p.add_argument("--columns", type=int, help="tiles per row of the grid (default: about square)")
+    p.add_argument("--columns", type=int, help=f"tiles per row of the grid (default: about square; implies --show "
+                   f"{DEFAULT_SHOW} when --show is not given)")
     p.add_argument("--force", action="store_true", help="replace an existing --grid file")
     p.add_argument("--no-verify", action="store_true", help="do not recompute the files' checksums")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -36,7 +37,7 @@ def run(args):
     from ..inspect import inspect, save_grid
     report = inspect(args.out, verify=not args.no_verify, prefix=args.prefix, suffix=args.suffix)
     grid = None
-    if args.show is not None or args.grid or args.first:
+    if args.show is not None or args.grid or args.first or args.columns is not None:
         path = args.grid or os.path.join(args.out, PREVIEW_NAME)
         if args.grid:           # the default OUT/preview.png is the pack's own preview, replaced freely
             refuse_existing(args.grid, args.force, "--grid")

@@ -180,6 +180,9 @@ def _recipe_hint(shape, cfg):
         note = " and a --resize-size of at least that"
     if c and c != cfg.num_channels:
         opts.append("--channels gray" if c == 1 else "--channels rgb (or bgr)")
+        if c == 1 and (len(set(cfg.mean)) > 1 or len(set(cfg.std)) > 1):   # one value for one channel
+            mean, std = sum(cfg.mean) / len(cfg.mean), sum(cfg.std) / len(cfg.std)
+            opts.append(f"--mean {mean:.4g} --std {std:.4g}")
     if opts:
         if cfg.preset:
             opts.insert(0, f"--preset {cfg.preset}")

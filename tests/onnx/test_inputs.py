@@ -47,6 +47,15 @@ def test_fixed_recipe_mismatch_names_model_both_shapes_and_fixes(tmp_path):
     gray = relu_model(["batch", 1, 28, 28], tmp_path / "lenet.onnx")
     msg = str(pytest.raises(ModelError, check_recipe, gray, preset("imagenet-torch")).value)
     assert "--preset mnist-caffe or --preset mnist" in msg and "--preset imagenet-torch --size 28x28 --channels gray" in msg
+    # the advice runs as given: one mean and std for the one channel (found as a new user: 3 means for gray)
+    hint = msg[msg.index("--preset imagenet-torch --size 28x28"):].split(" and a --resize-size")[0].split()
+    assert hint[hint.index("--mean") + 1] == "0.449" and hint[hint.index("--std") + 1] == "0.226"
+    import argparse
+    from int8batch.cli.options import add_preprocess_options, preprocess_overrides
+    ap = argparse.ArgumentParser()
+    add_preprocess_options(ap)
+    opts = preprocess_overrides(ap.parse_args(hint + ["--resize-size", "32"]))
+    assert preset("imagenet-torch", **opts).chw == (1, 28, 28)
     # channels only: 3-channel recipes fit, with the --channels fix
     msg = str(pytest.raises(ModelError, check_recipe, relu_model(["N", 3, "H", "W"]), preset("mnist")).value)
     assert "<model>" in msg and "--channels rgb (or bgr)" in msg and "--size" not in msg

@@ -365,7 +365,7 @@ def write_dynamic_range(path, amax: Mapping[str, float], *, skip_colon_names: bo
     text, skipped = dynamic_range_text(amax, skip_colon_names, path)
     if skipped:
         log.warning("left %d tensor(s) with ':' in the name out of %s: %s", len(skipped),
-                    os.fspath(path), skipped[:5])
+                    os.path.basename(os.fspath(path)), skipped[:5])
     _atomic_write(path, text.encode("utf-8"))
     return skipped
 

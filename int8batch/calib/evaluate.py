@@ -407,7 +407,8 @@ class Comparison:
         probs = outputs == "probs" or (outputs == "auto" and _is_prob(y0))
         p0 = np.asarray(y0, np.float64) if probs else softmax(y0)
         p1 = np.clip(np.asarray(y1, np.float64), 0, None) if probs else softmax(y1)
-        if probs:
+        if probs:   # both renormalized alike: identical outputs give a KL of exactly 0
+            p0 = p0 / np.maximum(p0.sum(axis=1, keepdims=True), _EPS)
             p1 = p1 / np.maximum(p1.sum(axis=1, keepdims=True), _EPS)
         terms = np.where(p0 > 0, p0 * (np.log(np.maximum(p0, _EPS)) - np.log(np.maximum(p1, _EPS))),
                          0.0)

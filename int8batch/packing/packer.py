@@ -142,7 +142,9 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     fmt.check_name_parts(prefix, suffix, where="--prefix/--suffix")
     _note_shadowed(source)
     src = open_source(source, labels)
-    given = sorted(k for k, v in overrides.items() if v is not None)
+    # the options as the command line names them (reduced_decode=False is --exact-decode)
+    given = sorted("--exact-decode" if k == "reduced_decode" else f"--{k.replace('_', '-')}"
+                   for k, v in overrides.items() if v is not None)
     defaulted = preset is None and config is None
     if defaulted:  # options given without a preset override the default preset's fields, never a blank recipe
         preset = "mnist" if src.kind == "idx" else DEFAULT_PRESET

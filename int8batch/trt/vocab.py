@@ -289,8 +289,8 @@ def header_advice(header: CacheHeader, source: str) -> list[str]:
     if header.algorithm != CALIBRATORS[TRTEXEC_CALIBRATOR].header:
         notes.append(f"cache header {header}: trtexec --calib and IInt8EntropyCalibrator2 only reuse "
                      f"{CALIBRATORS[TRTEXEC_CALIBRATOR].header} caches (others make TensorRT calibrate again, "
-                     "and trtexec then fails on unbound inputs); use an IInt8MinMaxCalibrator whose "
-                     "read_calibration_cache returns this file, or write the header with "
+                     f"and trtexec then fails on unbound inputs); use an {BY_HEADER[header.algorithm].base_class} "
+                     "whose read_calibration_cache returns this file, or write the header with "
                      "--cache-algorithm entropy2 to have these scales used as they are")
     if header.version >= IMPLICIT_INT8_END:
         notes.append(f"cache header {header}: TensorRT {v} has no calibrator API that reads caches "

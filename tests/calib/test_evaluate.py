@@ -85,6 +85,8 @@ def test_probability_outputs_are_not_softmaxed_twice():
     r2 = evaluate(flat_model(softmax=True), flat_model(SHIFT, softmax=True), pairs(),
                   outputs="logits")
     assert r2.mean_kl != pytest.approx(ref_kl(), rel=1e-3)
+    # the same probability outputs: KL exactly 0 (found as a new user: 5.4e-9, one side renormalized only)
+    assert evaluate(flat_model(softmax=True), flat_model(softmax=True), pairs()).mean_kl == 0.0
 
 
 def test_batch_folder_rebatched_and_limited(tmp_path):

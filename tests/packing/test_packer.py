@@ -329,7 +329,7 @@ def test_a_chosen_recipe_is_not_marked_defaulted(folder, tmp_path, caplog):
     assert pre["size"] == [32, 32] and pre["resize_size"] == [40, 40]
     assert pre["channels"] == "bgr" and pre["mean"] == [104.0, 117.0, 123.0]
     lines = [r.getMessage() for r in caplog.records if "no --preset given" in r.getMessage()]
-    assert len(lines) == 1 and "preset imagenet-caffe with resize_size, size from your options" in lines[0]
+    assert len(lines) == 1 and "preset imagenet-caffe with --resize-size, --size from your options" in lines[0]
     # an explicit imagenet-caffe pack is the defaulted one, byte for byte apart from the manifest
     int8batch.pack(folder, tmp_path / "d", batch_size=7)
     assert (tmp_path / "a" / "batch0").read_bytes() == (tmp_path / "d" / "batch0").read_bytes()

@@ -86,7 +86,8 @@ class CalibrationResult:
     def summary(self):
         """The run in one line, then one line per artefact written, then the notes."""
         where = "GPU: statistics on the device, " if self.device == "cuda" else ""
-        lines = [f"calibrated {len(self.amax)} tensors on {self.batches} batches ({self.images} images) in "
+        lines = [f"calibrated {len(self.amax)} tensors on {self.batches} batch{'es' if self.batches != 1 else ''} "
+                 f"({self.images} images) in "
                  f"{self.seconds:.2f} s ({self.inference_seconds:.2f} s in ONNX Runtime; "
                  f"{where}{self.executed_by})"]
         width = max((len(p) for p in self.paths.values()), default=0)
@@ -114,11 +115,11 @@ class CalibrationResult:
                 parts.append(f"{len(kept)} kept float by the sensitivity pass ({', '.join(kept)})")
             if other:
                 parts.append(f"{other} other tensors float (Softmax outputs, non-float tensors; see the JSON)")
-            parts.append(f"{len(q.biases)} biases corrected")
+            parts.append(f"{len(q.biases)} bias{'es' if len(q.biases) != 1 else ''} corrected")
             return "Q/DQ model (TensorRT 11, strongly typed 10): " + ", ".join(parts)
         if key == "corrected" and c is not None:
             return (f"FP32 model for TensorRT 10 with the cache: {len(c.weights)} weights on the int8 grid, "
-                    f"{len(c.biases)} biases corrected")
+                    f"{len(c.biases)} bias{'es' if len(c.biases) != 1 else ''} corrected")
         if key == "report":
             return "histograms of the most saturated tensors"
         return ""

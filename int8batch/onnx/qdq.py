@@ -87,8 +87,10 @@ class QdqReport:
 
     def summary(self):
         """One line for logs and the command line."""
+        fused = sum("fused by TensorRT" in why for _, why in self.skipped)
         text = (f"{len(self.activations)} activations and {len(self.weights)} weights quantized, "
-                f"{len(self.skipped)} tensors kept float, {len(self.missing)} missing, "
+                + (f"{fused} residual branches left to TensorRT's Conv+Add fusion, " if fused else "")
+                + f"{len(self.skipped) - fused} tensors kept float, {len(self.missing)} missing, "
                 f"{len(self.biases)} biases corrected, "
                 f"{len(self.extra)} unknown names, opset {self.opset}")
         if self.unusable:

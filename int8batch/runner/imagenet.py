@@ -142,6 +142,14 @@ class ImagenetSample(Sample):
         self.cal_folder = calibration_folder(s.calib_images)
         self.cal_batches, self.file_size, self.limit = plan(s)
         _check_enough_images(s, self.cal_folder, self.cal_batches, self.limit)
+        self.same_folder = self.cal_folder is not None and _nested(self.cal_folder, s.images)
+        if self.same_folder:
+            log.warning("the calibration folder %s and the images folder %s are the same folder or one lies in "
+                        "the other: calibration and scoring may use the same images, and the INT8 figures would "
+                        "flatter the calibration", self.cal_folder, s.images)
+
+    def input_folders(self):
+        return [self.settings.images] + ([self.cal_folder] if self.cal_folder else [])
 
     def prepare(self, tmp, stack):
         s, cal_folder = self.settings, self.cal_folder
@@ -183,7 +191,8 @@ class ImagenetSample(Sample):
                            min_agreement=s.min_agreement, backend=backend)
         report.calib_files = self.cal_names
         report.score_files = names[win.start_image:win.start_image + win.images]
-        report.notes = _notes(s, self.packed, self.labels.source, self.cal_folder, cal, win, self.overlap)
+        report.notes = _notes(s, self.packed, self.labels.source, self.cal_folder, cal, win, self.overlap,
+                              self.same_folder)
         return report
 
     def annotate(self, report, w, out):
@@ -196,7 +205,8 @@ class ImagenetSample(Sample):
         report.extra = {"images": {"folder": os.path.abspath(s.images), "packed": self.packed.images,
                                    "labels": source, "seed": s.seed,
                                    "calibration_folder": self.cal_folder and os.path.abspath(self.cal_folder),
-                                   "overlap": self.overlap, "list": "images.txt"}}
+                                   "overlap": "same or nested folders" if self.same_folder else self.overlap,
+                                   "list": "images.txt"}}
         os.makedirs(out, exist_ok=True)
         report.paths["images"] = _write_roles(os.path.join(out, "images.txt"), w.score_set.manifest,
                                               self.cal_folder, w.cal, w.win, self.cal_names)
@@ -287,14 +297,22 @@ def _open(folder, same):
     return BatchSet(folder)
 
 
-def _notes(s, packed, source, cal_folder, cal, win, overlap):
+def _nested(a, b):
+    """True when folders ``a`` and ``b`` are the same or one lies inside the other."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+
+
+def _notes(s, packed, source, cal_folder, cal, win, overlap, same_folder=False):
     labels = LABEL_SOURCES.get(source, source)
     if source == "file":
         labels = f"label file {s.labels}"
     lines = [f"Images: {s.images}: {packed.images} packed (shuffled, seed {s.seed}); labels: {labels}"
              + ("" if source != "none" else " (agreement only)")]
     if cal_folder:
-        lines.append(f"Calibration images: {cal_folder} (a separate folder); scoring images {win.start_image}.."
+        where = ("WARNING: the same folder as the images, or one inside the other: the sets may overlap"
+                 if same_folder else "a separate folder")
+        lines.append(f"Calibration images: {cal_folder} ({where}); scoring images {win.start_image}.."
                      f"{win.last_image} of {s.images}")
     else:
         lines.append(f"Calibration images {cal.start_image}..{cal.last_image}, scoring images {win.start_image}.."

@@ -228,7 +228,7 @@ class RunReport:
 
 
 #: the files a run writes beside the calibration's artefacts
-REPORT_NAMES = ("report.json", "report.md", "predictions.png")
+REPORT_NAMES = ("report.json", "report.md", "predictions.png", "images.txt")
 
 
 def check_replaceable(out, force=False):

@@ -72,6 +72,10 @@ class Sample:
     def __init__(self, settings, progress=None):
         self.settings, self.progress = settings, progress
 
+    def input_folders(self):
+        """Folders the run reads images from (the output folder may not lie inside one)."""
+        return []
+
     def check(self):
         """Refuse what would fail later, before anything is packed (called after the backend is picked)."""
 
@@ -114,6 +118,11 @@ def run(sample, out, workdir=None, plot=False, force=False):
     backend = pick_backend(s.backend)  # a missing TensorRT fails now, not after packing
     resolve_device(getattr(s, "device", "auto"))   # and so does --device cuda where it cannot run
     sample.check()
+    for folder in sample.input_folders():           # its reports would be packed as images by the next run
+        real, where = os.path.realpath(out), os.path.realpath(folder)
+        if real == where or real.startswith(where.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"the output folder {out} lies in the images folder {folder}: the next run would pack "
+                              "its files (predictions.png) as images; choose an output folder outside it")
     check_report_files(out, force)                  # before anything is packed
     check_artefact_files(out, force)
     with _workspace(workdir, sample.tmp_prefix) as tmp:

@@ -129,6 +129,30 @@ def test_overlapping_window_is_reported(data, tmp_path):
     assert r.to_dict()["images"]["overlap"] == 4 and "WARNING: 4 overlap" in r.text()
 
 
+def test_a_calibration_folder_that_is_the_images_folder_is_flagged(data, tmp_path, caplog):
+    """Found by a new user: --calib-images DIR equal to --images was reported 'a separate folder', overlap 0."""
+    with caplog.at_level("WARNING", logger="int8batch"):
+        r = run_imagenet(settings(data, calib_images=data["folders"], score_batches=2), out=str(tmp_path / "o"))
+    assert "calibration and scoring may use the same images" in caplog.text
+    assert r.to_dict()["images"]["overlap"] == "same or nested folders"
+    assert "WARNING: the same folder as the images" in r.text()
+
+
+def test_the_output_may_not_lie_in_the_images_folder_nor_replace_a_users_images_txt(data, tmp_path):
+    """Found by a new user: -o inside --images packed the run's own predictions.png next time, and a user's
+    images.txt in -o was replaced without a word."""
+    with pytest.raises(ConfigError, match="lies in the images folder"):
+        run_imagenet(settings(data), out=os.path.join(data["folders"], "out"))
+    assert not os.path.exists(os.path.join(data["folders"], "out"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "images.txt").write_text("my list")
+    from int8batch.errors import OutputExistsError
+    with pytest.raises(OutputExistsError, match="images.txt"):
+        run_imagenet(settings(data), out=str(mine))
+    assert (mine / "images.txt").read_text() == "my list"
+
+
 # ------------------------------------------- issue 12: labels and image counts
 @pytest.mark.parametrize("shift, count", [(5, r"[1-7]"), (100, "8")])
 def test_labels_the_model_has_no_class_for_are_refused(data, tmp_path, shift, count):

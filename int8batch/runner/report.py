@@ -39,9 +39,9 @@ def verdict(result, tolerance=0.01, min_agreement=0.95):
                 f"labelled: INT8 top-1 within {100 * tolerance:g} point of FP32 (sampleINT8)")
     if result.labelled:
         return (result.top1_agreement >= min_agreement,
-                f"labels FP32 gets only {100 * result.top1_fp32:.1f} % of right (below "
-                f"{100 * MIN_LABELLED_TOP1:g} %: not the model's classes?): INT8/FP32 top-1 agreement >= "
-                f"{100 * min_agreement:g} %")
+                f"labelled, but FP32 top-1 is only {100 * result.top1_fp32:.1f} % (under "
+                f"{100 * MIN_LABELLED_TOP1:g} %, so the labels are not the model's classes): INT8/FP32 top-1 "
+                f"agreement >= {100 * min_agreement:g} %")
     return (result.top1_agreement >= min_agreement,
             f"unlabelled: INT8/FP32 top-1 agreement >= {100 * min_agreement:g} %")
 

@@ -21,7 +21,7 @@ def test_labels_that_are_not_the_models_classes_leave_the_verdict_to_agreement()
     FP32 0.00 %' although agreement was 92 %."""
     odd = EvalResult(images=64, labelled=64, top1_fp32=0.0, top1_int8=0.0, top1_agreement=0.9219)
     ok, rule = verdict(odd)
-    assert not ok and "FP32 gets only 0.0 % of right" in rule and "agreement >= 95 %" in rule
+    assert not ok and "FP32 top-1 is only 0.0 %" in rule and "agreement >= 95 %" in rule
     odd.top1_agreement = 0.96
     assert verdict(odd)[0]
     weak = EvalResult(images=64, labelled=64, top1_fp32=0.10, top1_int8=0.095, top1_agreement=0.5)

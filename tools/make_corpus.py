@@ -101,19 +101,29 @@ MIX_QUALITY = 90
 MIX_LARGE_EVERY = 5
 
 
+def _sample_photos_modules():
+    """scikit-image's data module and scikit-learn's load_sample_image, or a one-line exit saying what to install."""
+    try:
+        import skimage.data
+        from sklearn.datasets import load_sample_image
+    except ImportError as exc:
+        raise SystemExit(f"make_corpus.py cuts its photos from the sample images of scikit-image and scikit-learn "
+                         f"({exc}): pip install scikit-image scikit-learn") from None
+    return skimage.data, load_sample_image
+
+
 def load_source(name: str) -> np.ndarray:
     """Return the photo as an RGB uint8 H x W x 3 array."""
-    import skimage.data
+    skimage_data, load_sample_image = _sample_photos_modules()
 
     if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
 
         img = load_sample_image(name + ".jpg")
     elif name.startswith("motorcycle_"):
-        left, right, _ = skimage.data.stereo_motorcycle()
+        left, right, _ = skimage_data.stereo_motorcycle()
         img = left if name.endswith("left") else right
     else:
-        img = getattr(skimage.data, name)()
+        img = getattr(skimage_data, name)()
     img = np.asarray(img)
     if img.dtype != np.uint8:
         raise SystemExit(f"source {name}: unexpected dtype {img.dtype}")

@@ -49,7 +49,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+import _paths  # noqa: E402,F401  (int8batch: installed, else this tree)
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402

@@ -57,7 +57,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+import _paths  # noqa: E402,F401  (int8batch: installed, else this tree)
 
 from int8batch.calib.api import ACTIVATION_BUDGET  # noqa: E402
 from int8batch.calib.collector import HistogramCollector  # noqa: E402

@@ -28,7 +28,7 @@ import types
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _paths  # noqa: E402,F401  (int8batch: installed, else this tree)
 
 from int8batch import format as fmt  # noqa: E402
 from int8batch.cuda import runtime as cu  # noqa: E402

@@ -36,7 +36,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+import _paths  # noqa: E402,F401  (int8batch: installed, else this tree)
 
 import numpy as np  # noqa: E402
 

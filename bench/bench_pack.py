@@ -42,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+import _paths  # noqa: F401  (int8batch: installed, else this tree)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 N = 64
@@ -290,10 +292,17 @@ def print_profile(prof, images):
     print(f"    {'process CPU / wall':<34}{cpu:8.3f} s / {wall:.3f} s; page faults {minflt} minor, {majflt} major")
 
 
+def child(argv, **kw):
+    """Run ``argv`` (a fresh interpreter) on the int8batch this benchmark measures, away from the source tree."""
+    import int8batch
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(int8batch.__file__))))
+    return subprocess.run(argv, cwd=tempfile.gettempdir(), env=env, **kw)
+
+
 def startup_seconds():
     """`int8batch pack --help`-free start-up: importing the package and OpenCV in a fresh interpreter."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import int8batch.cli.main, int8batch.packing.packer, cv2"], check=True)
+    child([sys.executable, "-c", "import int8batch.cli.main, int8batch.packing.packer, cv2"], check=True)
     return time.perf_counter() - t
 
 
@@ -329,7 +338,7 @@ def peak_rss_mb(cmd):
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
+    out = child([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
     return int(out.stdout) / 1024   # Linux reports kB
 
 
@@ -353,7 +362,7 @@ def bench_corpus(name, path, count, workers, repeat, tmp):
     cmd = [sys.executable, "-m", "int8batch.cli.main", "pack", src, out, "--preset", PRESET, "--workers",
            str(workers), "--labels", "none", "--batch-size", str(N), "--force"]
     rows.append(("int8batch pack (the command)",
-                 timed(lambda: subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
+                 timed(lambda: child(cmd, check=True, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL), repeat)))
     rows.append(("plain PIL loop (1 thread)", timed(lambda: pil_loop(files, os.path.join(tmp, "pil")), 1)))
     rows.append(("plain OpenCV+NumPy loop", timed(lambda: cv_loop(files, os.path.join(tmp, "cv"), workers), 1)))
@@ -467,10 +476,7 @@ def main():
                     else os.cpu_count(), help="threads everywhere (default: the cores this process may use)")
     ap.add_argument("--no-mnist", action="store_true")
     args = ap.parse_args()
-    try:
-        import int8batch  # noqa: F401
-    except ImportError:  # running from a source checkout with in-place kernels
-        sys.path.insert(0, ROOT)
+    args.work = os.path.abspath(args.work)   # the command runs in another folder
     counts = [128] if args.quick else (args.count or [1000])
     repeat = 1 if args.quick else 2
     tmp = tempfile.mkdtemp(prefix="bench_pack_", dir=args.work if os.path.isdir(args.work) else None)

@@ -103,7 +103,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+import _paths  # noqa: E402,F401  (int8batch: installed, else this tree)
 
 # name -> (role, make_corpus options)
 SETS = {

@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "calib"))
-sys.path.insert(0, os.path.join(HERE, ".."))
+import _paths  # noqa: E402,F401  (int8batch: installed, else this tree)
 
 import reference_calib as ref  # noqa: E402
 from int8batch.calib import thresholds as T  # noqa: E402

@@ -10,6 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _bench():
+    if os.path.join(ROOT, "bench") not in sys.path:   # as when run as a script: bench/ holds its _paths helper
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
     spec = importlib.util.spec_from_file_location("bench_calibrate", os.path.join(ROOT, "bench", "bench_calibrate.py"))
     mod = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("bench_calibrate", mod)

@@ -111,8 +111,8 @@ def plan(s):
         raise ConfigError(f"--calib-images {n} is less than one calibration batch of {s.calib_batch_size}; "
                           "lower --calib-batch-size or calibrate on more images")
     if n % s.calib_batch_size:
-        log.warning("calibrating on %d images (%d whole batches of %d), not %d", cal_batches * s.calib_batch_size,
-                    cal_batches, s.calib_batch_size, n)
+        log.warning("calibrating on %d images (%d whole batch%s of %d), not %d", cal_batches * s.calib_batch_size,
+                    cal_batches, "" if cal_batches == 1 else "es", s.calib_batch_size, n)
     file_size = math.gcd(s.calib_batch_size, s.batch_size)
     limit = None
     if s.score_batches is not None:

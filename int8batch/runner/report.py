@@ -154,7 +154,8 @@ class RunReport:
                   f"largest output difference {r.max_abs_diff:.3g}"]
         if 0 < r.images < SMALL_SCORING_SET:
             lines += [f"Note: {r.images} scoring images: one image moves top-1 and agreement by "
-                      f"{100 / r.images:.2g} points; score more images for a stable verdict"]
+                      f"{100 / r.images:.2g} point{'' if 100 / r.images == 1 else 's'}; score more images for a "
+                      "stable verdict"]
         lines += [""]
         n = len(r.labels)
         if n and self.labelled:

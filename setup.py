@@ -38,6 +38,8 @@ def extensions():
     # INT8BATCH_ONLY=_calib builds just the kernels whose source path contains it
     # (handy while one kernel is being edited); the default builds all.
     only = os.environ.get("INT8BATCH_ONLY", "")
+    if only and not any(only in src for _, src in KERNELS):
+        sys.exit(f"INT8BATCH_ONLY={only!r} names none of the kernels ({', '.join(src for _, src in KERNELS)})")
     cflags, lflags = _openmp_flags()
     if sys.platform != "win32":
         cflags = cflags + ["-O3"]

@@ -1027,6 +1027,10 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
         print(f"wrote {args.json}")
+    rows = results["efficientnet"] + results["mnist"]
+    if rows and all("error" in r for r in rows):
+        print(f"every configuration failed (first: {rows[0]['error']})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -315,13 +315,17 @@ def _apply_label_file(root, files, label_path):
                               "use relative paths in the label file", label_path)
         else:
             missing.append(name)
-    if missing:
-        raise SourceError(f"{label_path}: {len(missing)} listed image(s) not found under {root}, e.g. "
-                          f"{', '.join(missing[:3])}", label_path)
     unlabelled = [f for f in files if f not in resolved]
+    if missing and unlabelled:   # entries and images that do not meet: the file is not this folder's
+        raise SourceError(f"{label_path}: {len(missing)} listed image(s) not found under {root}, e.g. "
+                          f"{', '.join(missing[:3])}, and {len(unlabelled)} image(s) there have no label, e.g. "
+                          f"{', '.join(unlabelled[:3])}", label_path)
     if unlabelled:
         raise SourceError(f"{root}: {len(unlabelled)} image(s) have no label in {label_path}, e.g. "
                           f"{', '.join(unlabelled[:3])}", root)
+    if missing:   # every image is labelled: a subset of the file's images (ILSVRC2012 val.txt for part of val)
+        log.warning("%s lists %d image(s) that are not under %s (e.g. %s): packing the %d that are", label_path,
+                    len(missing), root, ", ".join(missing[:3]), len(files))
     return ImageSource(root, files, np.array([resolved[f] for f in files], dtype=np.int64), "file")
 
 

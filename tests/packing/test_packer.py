@@ -141,8 +141,14 @@ def test_label_file_and_errors(folder, tmp_path):
     _, _, labels = read_batch_file(tmp_path / "o" / "batch0")
     np.testing.assert_array_equal(labels, [3.0 * i for i in range(7)])
     assert res.manifest["labels"]["source"] == "file"
+    # a file listing more images than the folder holds (the full val.txt for part of val): packed, with a warning
     lf.write_text(lf.read_text() + "nothere.jpg 3\n")
-    with pytest.raises(SourceError, match="not found"):
+    res = int8batch.pack(folder, tmp_path / "q", preset="imagenet-torch", size=32, resize_size=40, batch_size=7,
+                         labels=str(lf))
+    assert res.images == 7
+    # entries that do not meet the images and images without an entry: not this folder's file
+    lf.write_text("nothere.jpg 3\ncat/a.jpg 1\n")
+    with pytest.raises(SourceError, match="1 listed image.* not found .* and 6 image.* have no label"):
         int8batch.pack(folder, tmp_path / "p", preset="imagenet-torch", labels=str(lf))
     lf.write_text("cat/a.jpg 1\n")
     with pytest.raises(SourceError, match="have no label"):

@@ -203,6 +203,8 @@ class ImagenetSample(Sample):
                        "ImageNet synsets), otherwise give --labels FILE or --labels none")
             report.notes.append(warning)  # printed with the report
         report.extra = {"images": {"folder": os.path.abspath(s.images), "packed": self.packed.images,
+                                   "skipped": [{"image": n, "reason": why} for n, why in self.packed.skipped],
+                                   "dropped": self.packed.dropped,
                                    "labels": source, "seed": s.seed,
                                    "calibration_folder": self.cal_folder and os.path.abspath(self.cal_folder),
                                    "overlap": "same or nested folders" if self.same_folder else self.overlap,

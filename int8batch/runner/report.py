@@ -129,6 +129,7 @@ class RunReport:
             "disagreements": [dict(zip(("image", "label", "fp32", "int8"), t)) for t in r.disagreements],
             "verdict": "PASSED" if self.passed else "FAILED",
             "rule": self.rule,
+            "notes": list(self.notes),
         }
         d.update(self.extra)
         return d
@@ -208,7 +209,7 @@ class RunReport:
               f"- model: {os.path.basename(self.settings.model)}",
               f"- calibration: {self.calibration_window()}, method {self.settings.method}",
               f"- scoring: {self.win.describe()}; {r.images} images, {r.labelled} labelled",
-              f"- rule: {self.rule}", "",
+              f"- rule: {self.rule}", *[f"- note: {n}" for n in self.notes], "",
               "| precision | top-1 | top-5 | ms/image |", "|---|---|---|---|"]
         pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
         md += [f"| {n} | {pct(t1)} | {pct(t5)} | {ms:.4f} |" for n, t1, t5, _, _, ms in self._scores()]

@@ -79,6 +79,11 @@ def test_class_folders_end_to_end(data, tmp_path):
     assert text.splitlines()[-1].startswith("&&&& PASSED int8batch run imagenet")
     # 3 class folders for a 7-output model: the run says the folders may not be the model's classes
     assert any("3 class folders but the model has 7 outputs" in n for n in r.notes)
+    # and the saved reports keep it (found by a new user: they left the printed warnings out)
+    d = json.loads((out / "report.json").read_text())
+    assert any("3 class folders but the model has 7 outputs" in n for n in d["notes"])
+    assert d["images"]["skipped"] == [] and d["images"]["dropped"] == 0
+    assert "- note: WARNING: labels come from 3 class folders" in (out / "report.md").read_text()
 
 
 def test_uneven_batches_leave_images_unused(data, tmp_path):

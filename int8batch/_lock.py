@@ -16,7 +16,7 @@ import os
 import socket
 from contextlib import contextmanager
 
-from ._atomic import _makedirs, write_all, write_error
+from ._atomic import _makedirs, pid_alive, write_all, write_error
 from .errors import OutputLockedError
 
 try:
@@ -139,26 +139,21 @@ def folder_lock(folder, purpose="write"):
 def holder(folder):
     """``(pid, host, purpose)`` of the process writing into ``folder`` now, or None when none is.
 
-    Reads the lock file without taking the lock (a shared, non-blocking probe).
+    Reads the lock file without locking it (a probe that took the lock, even shared, could make a
+    writer starting at that instant fail): a holder on this host counts while its pid is alive; one on
+    another host cannot be checked and counts.
     """
-    path = os.path.join(os.fspath(folder), LOCK_NAME)
-    if fcntl is None:
-        return None
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(os.path.join(os.fspath(folder), LOCK_NAME), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return _read_holder(fd) or (None, "?", "?")
-            return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        who = _read_holder(fd)
     finally:
         os.close(fd)
+    if who is None or (who[1] == socket.gethostname() and not pid_alive(who[0])):
+        return None
+    return who
 
 
 def _read_holder(fd):

@@ -82,3 +82,16 @@ class CudaError(Int8BatchError, RuntimeError):
 
 class MissingDependencyError(Int8BatchError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
+
+
+def is_whole(value):
+    """True for an integer (Python or NumPy), False for a bool, a float such as 2.5 or 3.0, or a string."""
+    import numbers
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def whole_number(value, name, low=0):
+    """``value`` as an int >= ``low``, or a :class:`ConfigError` naming ``name`` (never a silent substitute)."""
+    if not is_whole(value) or value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)

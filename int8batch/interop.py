@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from ._atomic import atomic_file
-from .errors import ConfigError, OutputExistsError
+from .errors import ConfigError, OutputExistsError, whole_number
 from .reader import BatchSet
 
 
@@ -38,10 +38,9 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0, force=Fals
         raise ConfigError(f"{path}: the output must end in .npy or .npz")
     if ext == ".npz" and not input_name:
         raise ConfigError(f"{path}: an .npz file needs the model's input name (--input-name)")
-    for name, value, low in (("first", first, 0), ("limit", limit, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                                  or value < low):
-            raise ConfigError(f"{name} (--{name}) must be a whole number >= {low}, got {value!r}")
+    for name, value, low in (("first (--first)", first, 0), ("limit (--limit)", limit, 1)):
+        if value is not None:
+            whole_number(value, name, low)
     if os.path.isdir(path) or (os.path.lexists(path) and not force):
         raise OutputExistsError(f"{path} {'is a folder' if os.path.isdir(path) else 'already exists'}; give "
                                 "another file name, or force=True (--force) to replace a file", path)

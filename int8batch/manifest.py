@@ -353,9 +353,12 @@ def replaceable_manifest(path):
     files, prefix, suffix = man.get("files"), man.get("prefix", "batch"), man.get("suffix", "")
     if type(files) is not int or not 0 <= files <= MAX_MANIFEST_FILES:
         return None, f"\"files\" is {json.dumps(files)[:40]}, not a count of files"
-    for key, v in (("prefix", prefix), ("suffix", suffix)):
-        if not isinstance(v, str) or len(v) > 200 or "/" in v or "\0" in v or (os.sep != "/" and os.sep in v):
-            return None, f"\"{key}\" is {json.dumps(v)[:40]}, not a file name part"
+    try:
+        fmt.check_name_parts(prefix, suffix, where="the manifest")
+    except ConfigError as exc:
+        return None, str(exc)
+    if len(prefix) > 200 or len(suffix) > 200:
+        return None, "\"prefix\" or \"suffix\" is longer than 200 characters, not a file name part"
     dims = man.get("dims")
     if not (isinstance(dims, list) and len(dims) == 4 and all(type(d) is int and d > 0 for d in dims)):
         return None, f"\"dims\" is {json.dumps(dims)[:40]}, not N, C, H, W"

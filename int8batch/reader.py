@@ -20,10 +20,10 @@ import numpy as np
 
 from . import format as fmt
 from ._lock import holder
-from .errors import BatchFormatError, ConfigError, ManifestError
-from .window import plan_window
+from .errors import BatchFormatError, ConfigError, ManifestError, is_whole
 from .manifest import (INCOMPLETE_MARKER, MANIFEST_NAME, check_manifest, expected_labels, pack_naming, read_manifest,
                        recipe)
+from .window import plan_window
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,14 @@ class BatchSet:
                 continue
             try:
                 self._open_all(prefix, suffix, manifest)
-            except BaseException:
+            except Exception:
                 self._unmap()
                 if wait is not None and self._pack_state() != before:
                     time.sleep(wait)      # the folder changed under us: open again
                     continue
+                raise
+            except BaseException:         # Ctrl-C: no retry
+                self._unmap()
                 raise
             if self._pack_state() == before:
                 break
@@ -281,7 +284,7 @@ class BatchSet:
         leaves the mapped (complete) file intact, so that is not an error.
         """
         self._check_open()
-        if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < len(self.paths)):
+        if not (is_whole(k) and 0 <= k < len(self.paths)):
             raise IndexError(f"{self.folder}: no batch file {k!r}; the set has files 0..{len(self.paths) - 1}")
         path = self.paths[k]
         try:
@@ -449,7 +452,7 @@ class BatchSet:
         otherwise copied into ``out`` (float32, ``(count, C, H, W)``) or a new array.
         """
         for name, v in (("start", start), ("count", count)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            if not is_whole(v):
                 raise TypeError(f"{name} must be a whole number of images, got {v!r}")
         if start < 0 or count < 0 or start + count > self.num_images:
             raise IndexError(f"{self.folder}: images {start}..{start + count - 1} asked for, the set holds images "

@@ -8,10 +8,9 @@ stops early at ``maxBatches`` when the batch size is not a multiple of N.
 applies it to a folder, and the runners, the TensorRT calibrator and the GPU
 feeder all take the :class:`Window` it returns.
 """
-import numbers
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from .errors import ConfigError, is_whole
 
 
 #: how ``first`` skips batches: see :meth:`BatchSet.window`
@@ -111,7 +110,7 @@ def plan_window(num_images, per_file, batch_size, first=0, max_batches=None, ski
     if skip not in SKIP_MODES:
         raise ConfigError(f"{where}: skip must be one of {', '.join(SKIP_MODES)}, got {skip!r}")
     for name, value in (("batch size", batch_size), ("first batch", first), ("max_batches", max_batches)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        if value is not None and not is_whole(value):
             raise ConfigError(f"{where}: {name} must be a whole number, got {value!r}")
     batch_size, first = int(batch_size), int(first)
     if max_batches is not None:

@@ -85,7 +85,7 @@ def test_read_and_pack_manifest(tmp_path):
 @pytest.mark.parametrize("content, reason", [
     (None, None), ("{", "unreadable manifest"), ('{"format": "x"}', f'no "format": "{FORMAT}"'),
     ('{"format": "sampleINT8-batch", "files": -1}', '"files" is -1, not a count of files'),
-    ('{"format": "sampleINT8-batch", "files": 2, "prefix": "a/b"}', '"prefix" is "a/b", not a file name part'),
+    ('{"format": "sampleINT8-batch", "files": 2, "prefix": "a/b"}', "the file name prefix 'a/b' contains '/'"),
     ('{"format": "sampleINT8-batch", "files": NaN}', "NaN"),
     ('{"format": "sampleINT8-batch", "files": 2, "dims": [2, 3, 4]}', '"dims" is [2, 3, 4], not N, C, H, W'),
 ])

@@ -6,11 +6,10 @@ The command line, the runners and the Python API all build a
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, fields, replace
 
 from ..cuda.feeder import STRATEGIES as FEEDER_STRATEGIES
-from ..errors import ConfigError
+from ..errors import ConfigError, is_whole
 from . import thresholds as th
 
 #: "auto" (the default): observed max for tensors whose op bounds them (ReLU6/Clip,
@@ -118,20 +117,20 @@ class CalibrationConfig:
         if self.device_feeder not in FEEDER_STRATEGIES:
             raise ConfigError(f"device feeder must be one of {', '.join(FEEDER_STRATEGIES)}, got "
                               f"{self.device_feeder!r}")
-        if self.device_budget is not None and (not _whole(self.device_budget) or self.device_budget < 1):
+        if self.device_budget is not None and (not is_whole(self.device_budget) or self.device_budget < 1):
             raise ConfigError(f"device budget must be a whole number of bytes >= 1, got {self.device_budget!r}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.batch_size is not None and (not _whole(self.batch_size) or self.batch_size < 1):
+        if self.batch_size is not None and (not is_whole(self.batch_size) or self.batch_size < 1):
             raise ConfigError(f"calibration batch size must be a whole number >= 1, got {self.batch_size!r}")
-        if not _whole(self.first) or self.first < 0:
+        if not is_whole(self.first) or self.first < 0:
             raise ConfigError(f"first batch must be a whole number >= 0, got {self.first!r}")
-        if self.max_batches is not None and (not _whole(self.max_batches) or self.max_batches < 1):
+        if self.max_batches is not None and (not is_whole(self.max_batches) or self.max_batches < 1):
             raise ConfigError(f"max batches must be a whole number >= 1, got {self.max_batches!r}")
-        if not _whole(self.num_bins) or self.num_bins < 2 or self.num_bins % 2:
+        if not is_whole(self.num_bins) or self.num_bins < 2 or self.num_bins % 2:
             raise ConfigError(f"histogram bins must be an even number >= 2, got {self.num_bins!r}")
         k = self.keep_float
-        if k is not None and k != "auto" and (not _whole(k) or k < 0):
+        if k is not None and k != "auto" and (not is_whole(k) or k < 0):
             raise ConfigError(f"keep_float (--keep-float) must be a number >= 0 or 'auto', got {k!r}")
         if self.trt_version is not None and str(self.trt_version).strip():
             from ..trt import vocab
@@ -167,7 +166,3 @@ class CalibrationConfig:
     @property
     def cache_calibrator(self) -> str:
         return self.cache_algorithm or CACHE_ALGORITHM.get(self.method, "entropy2")
-
-
-def _whole(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)

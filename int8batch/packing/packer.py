@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import format as fmt
 from .._kernels_preprocess import hwc_to_chw, lut_map_u8
-from ..errors import ConfigError, ImageDecodeError, SourceError
+from ..errors import ConfigError, ImageDecodeError, SourceError, whole_number
 from ..manifest import build_manifest, manifest_size_hint
 from ..preprocess import PRESETS, PreprocessConfig, preset as make_preset
 from ..onnx.inputs import check_recipe
@@ -157,10 +157,10 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     if model is not None:
         log.info("%s", check_recipe(model, cfg).describe())
     auto_size = batch_size is None
-    batch_size = DEFAULT_BATCH_SIZE if auto_size else _whole(batch_size, "batch size (--batch-size)", 1)
-    workers = _whole(workers, "workers", 1) if workers is not None else _usable_cores()
+    batch_size = DEFAULT_BATCH_SIZE if auto_size else whole_number(batch_size, "batch size (--batch-size)", 1)
+    workers = whole_number(workers, "workers", 1) if workers is not None else _usable_cores()
     if shuffle:
-        _whole(seed, "seed", 0)
+        whole_number(seed, "seed", 0)
     if not fmt.float32_exact(unlabelled_value):
         raise ConfigError(f"unlabelled value must be a finite number stored exactly as a float32 label "
                           f"(e.g. -1 or 0), got {unlabelled_value!r}")
@@ -171,9 +171,9 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
         order = np.random.default_rng(seed).permutation(len(src))
     spare = order[:0]
     if limit is not None:
-        limit = _whole(limit, "limit (--limit)", 1)
+        limit = whole_number(limit, "limit (--limit)", 1)
         # with skip_bad an unreadable image is replaced by the next one: the limit counts packed images
-        order, spare = order[:int(limit)], (order[int(limit):] if skip_bad else spare)
+        order, spare = order[:limit], (order[limit:] if skip_bad else spare)
     if len(order) == 0:
         raise SourceError(f"{source}: nothing to pack", source)
     pre_skipped = []
@@ -249,18 +249,6 @@ def _usable_cores():
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-def _whole(value, name, low):
-    """``value`` as an int >= ``low``, or a ConfigError naming the option (never a silent substitute)."""
-    try:
-        v = int(value)
-        ok = v == value and v >= low and not isinstance(value, (bool, str))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
-    return v
 
 
 def _recipe_text(cfg):

@@ -336,6 +336,15 @@ def _open_maybe_gz(path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
+def idx_count(path):
+    """The first dimension (images) of an IDX file, read from its header (plain or gzipped)."""
+    with _open_maybe_gz(path) as f:
+        head = f.read(8)
+    if len(head) < 8 or head[:2] != b"\0\0":
+        raise SourceError(f"{path}: not an IDX file (bad magic)", path)
+    return int.from_bytes(head[4:8], "big")
+
+
 def _is_idx(path):
     try:
         with _open_maybe_gz(path) as f:

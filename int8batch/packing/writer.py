@@ -228,7 +228,7 @@ class PackWriter:
                     "here; it does not describe this folder (changed after packing?), so int8batch will not "
                     "replace it or the files beside it: move them away or choose another output folder", man_path)
             for name in sorted(old_files, key=_natural):   # and each is the file it describes: header, size
-                why = _not_described(os.path.join(self.folder, name), old.get("dims"))
+                why = _not_described(os.path.join(self.folder, name), old["dims"])
                 if why:
                     raise OutputExistsError(
                         f"{man_path}: does not describe {name} ({why}); int8batch will not replace files it cannot "
@@ -367,20 +367,17 @@ def _fsync_path(path):
 
 def _not_described(path, dims):
     """Why the batch file at ``path`` is not one of ``dims`` (the manifest's N, C, H, W), or None."""
-    if not (isinstance(dims, list) and len(dims) == 4 and all(isinstance(d, int) for d in dims)):
-        return "the manifest gives no valid dims"
     try:
-        fd, st = fmt.open_regular(path)
-        try:
-            head = fmt.decode_header(fmt.read_at(fd, fmt.HEADER_BYTES, path), path)
-        finally:
-            os.close(fd)
+        head = fmt.read_header(path)
+        size = os.stat(path).st_size
     except Int8BatchError as exc:
         return str(exc)
+    except OSError as exc:
+        return exc.strerror or str(exc)
     if list(head) != dims:
         return f"its header says N,C,H,W = {tuple(head)}, the manifest {tuple(dims)}"
-    if st.st_size != fmt.file_size(*dims):
-        return f"it is {st.st_size} bytes, a file of {tuple(dims)} is {fmt.file_size(*dims)}"
+    if size != fmt.file_size(*dims):
+        return f"it is {size} bytes, a file of {tuple(dims)} is {fmt.file_size(*dims)}"
     return None
 
 

@@ -35,7 +35,7 @@ from ..packing.sources import open_source
 from ..reader import BatchSet
 from . import protocol
 from .report import RunReport
-from .run import Sample, Windows, run
+from .run import Sample, Windows, inside, run
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ class ImagenetSample(Sample):
         self.cal_folder = calibration_folder(s.calib_images)
         self.cal_batches, self.file_size, self.limit = plan(s)
         _check_enough_images(s, self.cal_folder, self.cal_batches, self.limit)
-        self.same_folder = self.cal_folder is not None and _nested(self.cal_folder, s.images)
+        self.same_folder = self.cal_folder is not None and (inside(self.cal_folder, s.images) or
+                                                             inside(s.images, self.cal_folder))
         if self.same_folder:
             log.warning("the calibration folder %s and the images folder %s are the same folder or one lies in "
                         "the other: calibration and scoring may use the same images, and the INT8 figures would "
@@ -297,12 +298,6 @@ def _open(folder, same):
     if os.path.abspath(folder) == os.path.abspath(same.folder):
         return contextlib.nullcontext(same)
     return BatchSet(folder)
-
-
-def _nested(a, b):
-    """True when folders ``a`` and ``b`` are the same or one lies inside the other."""
-    a, b = os.path.realpath(a), os.path.realpath(b)
-    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
 
 
 def _notes(s, packed, source, cal_folder, cal, win, overlap, same_folder=False):

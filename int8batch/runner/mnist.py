@@ -22,7 +22,6 @@ ONNX Runtime's int8 kernels.  Both models are scored by
 TensorRT engines).  The steps are :func:`int8batch.runner.run.run`'s;
 :class:`MnistSample` fills in the packing and the windows.
 """
-import gzip
 import os
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from .._progress import accepts, reporter
 from ..calib.api import DEFAULT_METHOD
 from ..errors import ConfigError
 from ..packing.packer import pack
-from ..packing.sources import BUNDLED, DATA_DIR
+from ..packing.sources import BUNDLED, DATA_DIR, idx_count
 from ..reader import BatchSet
 from ..window import plan_window
 from . import protocol
@@ -73,7 +72,7 @@ class MnistSample(Sample):
         """The windows planned over the bundled sets' image counts: a bad one fails now, not after packing."""
         s = self.settings
         sample = protocol.sample_window(s.window)
-        train = _count(_bundled("mnist"))
+        train = idx_count(_bundled("mnist"))
         plan_window(train, PER_FILE, s.calib_batch_size, sample.first, s.calib_batches, sample.skip, strict=True,
                     where="calibration window (--calib-batch-size, --calib-batches)")
         first, count, images = self._scoring(train)
@@ -86,7 +85,7 @@ class MnistSample(Sample):
         s = self.settings
         if s.score_set == "test":
             return (0 if s.first_score_batch is None else s.first_score_batch, s.score_batches,
-                    _count(_bundled("mnist-test")))
+                    idx_count(_bundled("mnist-test")))
         if s.score_set == "train":
             return (100 if s.first_score_batch is None else s.first_score_batch,
                     400 if s.score_batches is None else s.score_batches, train_images)
@@ -129,13 +128,6 @@ def run_mnist(settings=None, out="int8batch-run-mnist", workdir=None, progress=N
     ``plot=True`` also writes ``predictions.png`` into ``out`` (needs matplotlib).
     """
     return run(MnistSample(settings or MnistSettings(), progress), out, workdir, plot, force)
-
-
-def _count(path):
-    """Images in an IDX file, from its header (the dimension sizes after the 4-byte magic)."""
-    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
-        head = f.read(8)
-    return int.from_bytes(head[4:8], "big")
 
 
 def _bundled(name):

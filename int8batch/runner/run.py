@@ -105,6 +105,12 @@ class Sample:
         return f"int8batch run {self.name}: FP32 vs INT8"
 
 
+def inside(path, folder):
+    """True when ``path`` is ``folder`` or lies in it (symbolic links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def run(sample, out, workdir=None, plot=False, force=False):
     """Run ``sample``'s protocol; returns its :class:`~int8batch.runner.report.RunReport` (written).
 
@@ -119,8 +125,7 @@ def run(sample, out, workdir=None, plot=False, force=False):
     resolve_device(getattr(s, "device", "auto"))   # and so does --device cuda where it cannot run
     sample.check()
     for folder in sample.input_folders():           # its reports would be packed as images by the next run
-        real, where = os.path.realpath(out), os.path.realpath(folder)
-        if real == where or real.startswith(where.rstrip(os.sep) + os.sep):
+        if inside(out, folder):
             raise ConfigError(f"the output folder {out} lies in the images folder {folder}: the next run would pack "
                               "its files (predictions.png) as images; choose an output folder outside it")
     check_report_files(out, force)                  # before anything is packed

@@ -114,7 +114,7 @@ SETS = {
     "plain": ("report", ["--split", "all", "--seed", "5", "--recipe", "plain"]),
 }
 CHOOSE_PAIR = ("choose-calib", "choose-eval")
-INT8BATCH_METHODS = ("auto", "auto-nearest", "mse", "minmax", "percentile", "entropy")
+INT8BATCH_METHODS = ("auto", "auto-nearest", "auto-uncentred", "mse", "minmax", "percentile", "entropy")
 BASELINES = ("ort", "modelopt", "modelopt-max")
 REFERENCES = ("fp16-weights",)
 METHODS = INT8BATCH_METHODS + BASELINES + REFERENCES
@@ -248,12 +248,15 @@ class Scorer:
 # ----------------------------------------------------------------------------- quantizers
 def quantize_int8batch(model, calib_folder, out, method, calib_batches, threads):
     from int8batch.calib.api import calibrate
-    # auto-nearest: the default with nearest weight rounding instead of the error-compensating one
+    # auto-nearest: the default with nearest weight rounding instead of the error-compensating one;
+    # auto-uncentred: the default without centring its bounded activations (session 8)
     rounding = "nearest" if method == "auto-nearest" else None
-    method = "auto" if method == "auto-nearest" else method
+    centre = False if method == "auto-uncentred" else None
+    method = "auto" if method in ("auto-nearest", "auto-uncentred") else method
     keep = None if method == "auto" else 0
     res = calibrate(model, calib_folder, out=out, method=method, batch_size=BATCH, max_batches=calib_batches,
-                    keep_float=keep, intra_op_threads=threads, weight_rounding=rounding, device="cpu")
+                    keep_float=keep, intra_op_threads=threads, weight_rounding=rounding, device="cpu",
+                    centre=centre)
     return res.paths["qdq"], {"kept_float": list(getattr(res, "kept_float", None) or []),
                               "images": getattr(res, "images", None)}
 

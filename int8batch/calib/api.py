@@ -20,6 +20,7 @@ from .._progress import reporter
 from ..manifest import recipe as manifest_recipe
 from ..errors import CalibrationError, ConfigError
 from ..onnx import graph as G
+from ..onnx.centre import centre_bounded
 from ..onnx.facts import ModelFacts
 from ..onnx.layers import layers_of
 from ..reader import BatchSet
@@ -91,10 +92,17 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         replaced = check_replaceable(out, force) if out is not None else []
         if replaced:
             log.info("%s: replacing the previous calibration (%s)", out, ", ".join(replaced))
-        facts = ModelFacts.of(model)
+        facts, run_model = ModelFacts.of(model), model
+        centred = []
+        if cfg.resolved_centre and cfg.write_qdq and out is not None:
+            shifted, centred = centre_bounded(facts.model, facts.quantizable)
+            if centred:   # calibrated as it will run: the Q/DQ and corrected models carry the shift
+                log.info("centring %d bounded activation(s) read by unpadded Conv/Gemm layers (half the int8 "
+                         "step): %s", len(centred), ", ".join(t.original for t in centred))
+                facts, run_model = ModelFacts.of(shifted), shifted
         win = _window(bs, facts, cfg)
         device = resolve_device(cfg.device)
-        with (DevicePass if device == "cuda" else Pass)(facts, bs, win, cfg, model) as sweep:
+        with (DevicePass if device == "cuda" else Pass)(facts, bs, win, cfg, run_model) as sweep:
             t_pass = time.perf_counter()
             hist, means, lattice, moments = _collect(sweep, facts, bs, cfg, out, progress)
             _refuse_nonfinite_input(hist, facts, bs, win)
@@ -103,6 +111,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         result = _result(hist, lattice, facts, cfg, win, sweep.seconds)
         result.pass_seconds = t_pass
         result.device, result.executed_by = device, sweep.executed_by
+        result.centred = centred
         if cfg.resolved_keep_float and cfg.write_qdq and out is not None:
             result.kept_float = _most_sensitive(facts, result.amax, bs, win, cfg, sweep.dynamic,
                                                 reporter(progress, "sensitivity", "tensors"), device)

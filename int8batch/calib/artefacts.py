@@ -82,6 +82,17 @@ class CalibrationResult:
     dynamic_range_lines: int = 0
     device: str = "cpu"                 # where the statistics were computed ("cpu" / "cuda")
     executed_by: str = "ONNX Runtime"   # which ONNX Runtime provider(s) ran the model
+    centred: list = field(default_factory=list)   # CentredTensor of int8batch.onnx.centre
+
+    def cache_scales(self):
+        """The amax the cache and dynamic-range file hold: every calibrated tensor, and for each
+        centred activation the original names too (the Clip's output and input) with the uncentred
+        bound (the cache then serves the original model and model.corrected.onnx alike)."""
+        scales = dict(self.amax)
+        for t in self.centred:
+            for name, amax in t.original_names().items():
+                scales.setdefault(name, float(amax))
+        return scales
 
     def summary(self):
         """The run in one line, then one line per artefact written, then the notes."""
@@ -99,7 +110,9 @@ class CalibrationResult:
         """What the artefact ``paths[key]`` holds, in a few words."""
         q, c = self.qdq_report, self.corrected_report
         if key == "cache":
-            return f"TensorRT calibration cache: {len(self.amax)} scales, header {self.cache_header}"
+            extra = (f" (and the uncentred scales of the {len(self.centred)} centred activations, for the "
+                     f"original model)" if self.centred else "")
+            return f"TensorRT calibration cache: {len(self.amax)} scales{extra}, header {self.cache_header}"
         if key == "dynamic_range":
             return f"{self.dynamic_range_lines} name:amax lines (ITensor::setDynamicRange)"
         if key == "json":
@@ -116,10 +129,13 @@ class CalibrationResult:
             if other:
                 parts.append(f"{other} other tensors float (Softmax outputs, non-float tensors; see the JSON)")
             parts.append(f"{len(q.biases)} bias{'es' if len(q.biases) != 1 else ''} corrected")
+            if self.centred:
+                parts.append(f"{len(self.centred)} ReLU6-like activations centred")
             return "Q/DQ model (TensorRT 11, strongly typed 10): " + ", ".join(parts)
         if key == "corrected" and c is not None:
+            centred = f", {len(self.centred)} bounded activations centred" if self.centred else ""
             return (f"FP32 model for TensorRT 10 with the cache: {len(c.weights)} weights on the int8 grid, "
-                    f"{len(c.biases)} bias{'es' if len(c.biases) != 1 else ''} corrected")
+                    f"{len(c.biases)} bias{'es' if len(c.biases) != 1 else ''} corrected{centred}")
         if key == "report":
             return "histograms of the most saturated tensors"
         return ""
@@ -130,7 +146,8 @@ def _settings(cfg):
     """The settings a calibration ran with, as calibration.json records them (defaults resolved)."""
     return {"method": cfg.method, "two_pass": cfg.two_pass, "num_bins": cfg.num_bins, "percentile": cfg.percentile,
             "keep_float": cfg.keep_float, "bias_correction": cfg.bias_correction,
-            "weight_rounding": cfg.resolved_weight_rounding, "write_qdq": cfg.write_qdq,
+            "weight_rounding": cfg.resolved_weight_rounding, "centre": cfg.resolved_centre,
+            "write_qdq": cfg.write_qdq,
             "per_channel_weights": cfg.per_channel_weights, "device": cfg.device}
 
 
@@ -140,7 +157,7 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
     The caller holds ``out``'s folder lock.
     """
     final = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
-    todo = 3 + (2 if cfg.write_qdq and input_means else 1 if cfg.write_qdq else 0)
+    todo = 3 + (2 if cfg.write_qdq and (input_means or result.centred) else 1 if cfg.write_qdq else 0)
     done = 0
 
     def wrote():
@@ -155,12 +172,13 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
     m = facts.model
     with atomic_output_set(out, stale=SET_NAMES, lock_held=True) as staged:
         path = {k: staged.path(v) for k, v in ARTEFACTS.items()}
-        cache_io.write_trt_cache(path["cache"], result.amax, header.number, header.algorithm)
+        scales = result.cache_scales()
+        cache_io.write_trt_cache(path["cache"], scales, header.number, header.algorithm)
         wrote()
         # TensorRT's sampleINT8API splits a dynamic-range line at its first ':', so a tensor named
         # like "conv:0" (TensorFlow exports) cannot go in that file; the cache and Q/DQ model keep it
-        dr_skipped = cache_io.write_dynamic_range(path["dynamic_range"], result.amax, skip_colon_names=True)
-        result.dynamic_range_lines = len(result.amax) - len(dr_skipped)
+        dr_skipped = cache_io.write_dynamic_range(path["dynamic_range"], scales, skip_colon_names=True)
+        result.dynamic_range_lines = len(scales) - len(dr_skipped)
         wrote()
         entries = {n: cache_io.calibration_entry(result.stats[n], a, result.methods[n])
                    for n, a in result.amax.items()}
@@ -170,7 +188,8 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
                 "batches": result.batches, "images": result.images, "method": cfg.method,
                 "cache_header": str(header), "trt_version": ".".join(map(str, header.version)),
                 "trt_version_source": source, "cache_algorithm": header.algorithm,
-                "qdq_kept_float": list(result.kept_float), "dynamic_range_left_out": list(dr_skipped)}
+                "qdq_kept_float": list(result.kept_float), "dynamic_range_left_out": list(dr_skipped),
+                "centred": [t.as_dict() for t in result.centred]}
         if cfg.write_qdq:
             kept = set(result.kept_float)
             act = {k: v for k, v in result.amax.items() if k not in kept}
@@ -185,7 +204,7 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
             qdq.save_model_atomic(qmodel, path["qdq"])
             result.qdq_report = report
             wrote()
-            if input_means:
+            if input_means or result.centred:
                 # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
                 final["corrected"] = os.path.join(out, CORRECTED_MODEL)
                 corrected, result.corrected_report = snap_weights(m, input_means, cfg.per_channel_weights,

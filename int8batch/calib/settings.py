@@ -82,6 +82,11 @@ class CalibrationConfig:
         nearest level, or compensating each rounding error through the
         layer's input correlations (:mod:`int8batch.calib.rounding`).
         None: "gptq" for method auto, "nearest" for the others.
+    centre : bool or None
+        Centre bounded activations (ReLU6 outputs read by unpadded Conv or
+        Gemm layers) so that their symmetric int8 range covers them with
+        half the step (:mod:`int8batch.onnx.centre`); the Q/DQ and corrected
+        models carry the shift.  None: on for method auto, off for the others.
     report : bool
         Also write ``report.png`` (histograms of the most saturated tensors; needs
         matplotlib), as part of the artefact set.
@@ -106,6 +111,7 @@ class CalibrationConfig:
     device_budget: int | None = None
     device_feeder: str = "auto"
     weight_rounding: str | None = None
+    centre: bool | None = None
     report: bool = False
 
     def __post_init__(self):
@@ -129,6 +135,9 @@ class CalibrationConfig:
             raise ConfigError(f"max batches must be a whole number >= 1, got {self.max_batches!r}")
         if not is_whole(self.num_bins) or self.num_bins < 2 or self.num_bins % 2:
             raise ConfigError(f"histogram bins must be an even number >= 2, got {self.num_bins!r}")
+        if self.centre and self.method != "auto":
+            raise ConfigError(f"centring bounded activations (centre=True) belongs to method auto, not "
+                              f"{self.method!r}: the other methods reproduce a calibrator's scales for the model as given")
         k = self.keep_float
         if k is not None and k != "auto" and (not is_whole(k) or k < 0):
             raise ConfigError(f"keep_float (--keep-float) must be a number >= 0 or 'auto', got {k!r}")
@@ -155,6 +164,11 @@ class CalibrationConfig:
         if self.weight_rounding is None:
             return "gptq" if self.method == "auto" else "nearest"
         return self.weight_rounding
+
+    @property
+    def resolved_centre(self):
+        """``centre`` resolved: on for method auto, off for the others, unless given."""
+        return self.method == "auto" if self.centre is None else bool(self.centre)
 
     @property
     def resolved_keep_float(self):

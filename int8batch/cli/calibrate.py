@@ -56,6 +56,10 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                    help="int8 weights of the Q/DQ model: gptq (default for --method auto) compensates each "
                         "rounding error through the layer's input correlations, measured on the first 64 "
                         "calibration images; nearest (default for the other methods) rounds each weight alone")
+    p.add_argument("--no-centre", action="store_true",
+                   help="do not centre bounded activations (default for --method auto: a ReLU6 output read only "
+                        "by unpadded Conv/Gemm layers is shifted to [-3, 3], exactly, folded into the biases, so "
+                        "int8 covers it with half the step; the Q/DQ and corrected models carry it)")
     add_device_option(p, "the model and where the statistics are computed")
     p.add_argument("--device-budget", type=float, metavar="GB",
                    help="device memory one run's activations may take on the GPU (default 8 GB); larger "
@@ -75,6 +79,8 @@ def _refuse_unused(args, backend):
         if given:
             raise ConfigError(f"{' and '.join(given)} apply to --backend tensorrt only; this run uses ONNX "
                               "Runtime (choose the header's calibrator with --cache-algorithm)")
+    if args.no_centre and args.method != "auto":
+        raise ConfigError(f"--no-centre applies to --method auto only; {args.method} never centres")
     if args.percentile is not None and args.method != "percentile":
         raise ConfigError(f"--percentile applies to --method percentile only, not {args.method}")
 
@@ -107,6 +113,7 @@ def run(args):
                             keep_float=args.keep_float, bias_correction=not args.no_bias_correction,
                             device=args.device, progress=bar, weight_rounding=args.weight_rounding,
                             force=args.force, report=args.report,
+                            centre=False if args.no_centre else None,
                             device_budget=None if args.device_budget is None else int(args.device_budget * 1e9))
     finally:
         bar.close()

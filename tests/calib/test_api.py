@@ -475,3 +475,73 @@ def test_a_new_calibration_replaces_only_the_files_the_old_one_wrote(mnist, tmp_
     assert os.path.exists(res.paths["report"])
     api.calibrate(LENET, mnist, out, max_batches=2)          # its own files: replaced without --force
     assert not (out / "report.png").exists()                 # the old plot went with the old set
+
+
+def _relu6_block_model(path, size):
+    """input -> Conv 3x3 (padded) -> Clip(0, 6) -> Conv 1x1 -> GlobalAveragePool: one centrable ReLU6."""
+    from onnx import TensorProto, helper, numpy_helper
+    r = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(r.normal(size=(6, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(r.normal(size=6).astype(np.float32) + 1, "b1"),
+             numpy_helper.from_array(r.normal(size=(4, 6, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(r.normal(size=4).astype(np.float32), "b2"),
+             numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["p"]),
+             helper.make_node("GlobalAveragePool", ["p"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def test_auto_centres_a_relu6_and_the_cache_serves_both_models(tmp_path):
+    import cv2
+    root = tmp_path / "imgs"
+    root.mkdir()
+    r = np.random.default_rng(3)
+    for i in range(8):
+        cv2.imwrite(str(root / f"{i}.png"), r.integers(0, 256, size=(40, 40, 3), dtype=np.uint8))
+    int8batch.pack(root, tmp_path / "b", preset="efficientnet-lite", size=32, resize="direct",
+                   resize_size=(32, 32), crop="none", batch_size=4)
+    model = _relu6_block_model(str(tmp_path / "m.onnx"), 32)
+    on = api.calibrate(model, tmp_path / "b", tmp_path / "on", weight_rounding="nearest")
+    off = api.calibrate(model, tmp_path / "b", tmp_path / "off", weight_rounding="nearest", centre=False)
+    assert [(t.original, t.name, t.pre, t.shift) for t in on.centred] == [("r", "r_centred", "c", 3.0)]
+    assert off.centred == [] and "r" in off.amax and "r_centred" not in off.amax
+    assert on.amax["r_centred"] == 3.0 and off.amax["r"] == 6.0        # the bound, half of it when centred
+    # the cache: the centred names for model.corrected.onnx, and the original names with the uncentred
+    # bound for the original model (quantizing c on that grid and clipping = quantizing r)
+    cache_on, cache_off = read_trt_cache(on.paths["cache"]), read_trt_cache(off.paths["cache"])
+    assert cache_on.scales["r_centred"] == np.float32(3 / 127)
+    assert cache_on.scales["r"] == cache_off.scales["r"] == np.float32(6 / 127)
+    assert cache_on.scales["c"] == np.float32(6 / 127) and "c_centred" in cache_on.scales
+    for name in ("input", "p", "y"):    # tensors the centring does not touch keep their scales
+        assert cache_on.scales[name] == pytest.approx(cache_off.scales[name], rel=1e-3), name
+    dr = read_dynamic_range(on.paths["dynamic_range"])
+    assert dr["r"] == 6.0 and dr["r_centred"] == 3.0
+    doc = json.loads(open(on.paths["json"]).read())
+    assert doc["metadata"]["centred"][0]["tensor"] == "r" and doc["metadata"]["settings"]["centre"] is True
+    # second path: the two corrected FP32 models (weights snapped, biases corrected for the same images)
+    # compute the same function, the centred one with the shift folded into its biases
+    with int8batch.BatchSet(tmp_path / "b") as bs:
+        x = np.ascontiguousarray(bs.images(0, 8)[0])
+    run = lambda p: ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]  # noqa: E731
+    y_on, y_off, y32 = run(on.paths["corrected"]), run(off.paths["corrected"]), run(model)
+    np.testing.assert_allclose(y_on, y_off, rtol=0, atol=2e-5 * np.abs(y32).max())
+    clip = next(n for n in onnx.load(on.paths["corrected"]).graph.node if n.op_type == "Clip")
+    assert clip.output[0] == "r_centred"
+    # the Q/DQ model quantizes the centred tensor on the finer grid and stays close to FP32
+    q = onnx.load(on.paths["qdq"])
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    qn = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r_centred")
+    assert np.float32(inits[qn.input[1]]) == np.float32(3 / 127)
+    err_on = np.abs(run(on.paths["qdq"]) - y32).max()
+    assert err_on < 0.05 * np.abs(y32).max()
+    # other methods never centre; asking them to is an error
+    assert api.calibrate(model, tmp_path / "b", tmp_path / "mm", method="minmax").centred == []
+    with pytest.raises(ConfigError, match="method auto"):
+        api.calibrate(model, tmp_path / "b", tmp_path / "x", method="mse", centre=True)

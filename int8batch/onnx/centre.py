@@ -1,0 +1,235 @@
+"""Centring bounded activations: ``Clip(0, 6)`` becomes ``Clip(-3, 3)`` where the model stays exact.
+
+TensorRT quantizes activations symmetrically: a ReLU6 output, which lies in
+[0, 6], gets the scale 6/127 and uses only the 128 non-negative int8 codes.
+Shifted by half its range it lies in [-3, 3] and gets 3/127: half the step,
+a quarter of the rounding noise, on the same int8 arithmetic.  The shift is
+exact in FP32 when
+
+- the Clip's input comes from a Conv, ConvTranspose or Gemm used by nothing
+  else, whose bias takes the ``-c`` (``Clip(x, lo, hi) - c = Clip(x - c,
+  lo - c, hi - c)``), and
+- every consumer of the Clip's output is a Conv without padding or a Gemm
+  reading it as ``A``, with a constant weight: a linear layer without
+  padding turns an input shift into a bias, ``W (y + c) + b = W y + (b + c
+  sum W)``.  A padded convolution is not: its zero padding would stand for
+  ``c`` afterwards, so the input of a padded depthwise convolution is left
+  as it is.
+
+The shifted tensors (the Clip's output and its input, the producer's output)
+get new names (``<name>_centred``): their values differ from the original's,
+and a calibration cache keyed by the old names must still be right for the
+original model (:mod:`int8batch.calib.artefacts` writes both).  For the
+original names the larger bound is the right amax: quantizing the Clip's
+input on that grid and clipping gives what quantizing its output gives.  Nothing else changes: the graph keeps its nodes,
+node names and other tensor names, so TensorRT fuses it as before (a Clip
+with other bounds is the same activation layer), and only biases and the
+Clip's bounds differ from the original.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._optional import require
+from . import graph as G
+
+SUFFIX = "_centred"
+_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+@dataclass(frozen=True)
+class CentredTensor:
+    """One centred activation: ``name`` holds ``original - shift``, in ``[-half, half]``.
+
+    ``pre`` / ``pre_name``: the Clip's input (the producer's output) before and after.
+    """
+    original: str
+    name: str
+    shift: float
+    bounds: tuple          # the original Clip's (lo, hi)
+    pre: str = ""
+    pre_name: str = ""
+
+    @property
+    def half(self):
+        return (self.bounds[1] - self.bounds[0]) / 2
+
+    @property
+    def original_amax(self):
+        """The symmetric amax of the uncentred tensor (its larger bound), as TensorRT would use it."""
+        return max(abs(self.bounds[0]), abs(self.bounds[1]))
+
+    def as_dict(self):
+        return {"tensor": self.original, "as": self.name, "shift": self.shift, "bounds": list(self.bounds),
+                "clip_input": self.pre, "clip_input_as": self.pre_name}
+
+    def original_names(self):
+        """The original tensors' names, each with the amax that serves the uncentred model."""
+        return {self.pre: self.original_amax, self.original: self.original_amax}
+
+
+def _attrs(node):
+    return {a.name: a for a in node.attribute}
+
+
+def _absorbs(node, name, inits):
+    """True when ``node`` turns a constant shift of its input ``name`` into a bias change."""
+    if node.op_type == "Conv":
+        a = _attrs(node)
+        if node.input[0] != name or list(node.input).count(name) != 1 or len(node.input) < 2 \
+                or node.input[1] not in inits:
+            return False
+        if "auto_pad" in a and a["auto_pad"].s not in (b"NOTSET", b"VALID"):
+            return False
+        return not ("pads" in a and any(a["pads"].ints))
+    if node.op_type == "Gemm":
+        a = _attrs(node)
+        return (node.input[0] == name and list(node.input).count(name) == 1 and len(node.input) > 1
+                and node.input[1] in inits and not ("transA" in a and a["transA"].i))
+    return False
+
+
+def _bias(node, inits, out_channels):
+    """``(effective bias as float64, beta)`` of ``node`` (Gemm: ``beta * C``; zeros when it has none)."""
+    beta = 1.0
+    if node.op_type == "Gemm":
+        a = _attrs(node)
+        beta = a["beta"].f if "beta" in a else 1.0
+    if len(node.input) > 2 and node.input[2]:
+        arr = require("onnx.numpy_helper").to_array(inits[node.input[2]]).astype(np.float64).reshape(-1)
+        return (np.broadcast_to(arr * beta, (out_channels,)).copy() if arr.size in (1, out_channels) else None), beta
+    return np.zeros(out_channels), beta
+
+
+def _out_channels(node, w):
+    if node.op_type == "Conv":
+        return w.shape[0]
+    if node.op_type == "ConvTranspose":
+        group = _attrs(node).get("group")
+        return w.shape[1] * (group.i if group is not None else 1)
+    trans_b = _attrs(node).get("transB")
+    return w.shape[0] if trans_b is not None and trans_b.i else w.shape[1]
+
+
+def _input_sum(node, w):
+    """Per output channel, the sum of the weights one input shift of 1 adds to it."""
+    if node.op_type == "Conv":
+        return w.reshape(w.shape[0], -1).sum(axis=1)
+    a = _attrs(node)
+    alpha = a["alpha"].f if "alpha" in a else 1.0
+    trans_b = a["transB"].i if "transB" in a else 0
+    return alpha * (w.sum(axis=1) if trans_b else w.sum(axis=0))
+
+
+def centre_bounded(model, quantizable=None):
+    """Return ``(model copy, [CentredTensor])`` with every centrable bounded activation centred.
+
+    ``model``: a path, bytes or ModelProto (not modified).  ``quantizable``:
+    the tensors calibration would quantize (:func:`~int8batch.onnx.graph.quantizable_tensors`),
+    when already known; only those are centred.  With nothing to centre the
+    original model is returned (not a copy) and the list is empty.
+    """
+    onnx = require("onnx")
+    numpy_helper = require("onnx.numpy_helper")
+    src = G.load_model(model)
+    bounded = G.bounded_tensors(src, quantizable)
+    consumers, producer = {}, {}
+    for n in src.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+        for o in n.output:
+            producer[o] = n
+    inits = {t.name: t for t in src.graph.initializer}
+    outputs = {o.name for o in src.graph.output}
+    taken = {t for n in src.graph.node for t in list(n.input) + list(n.output)} | set(inits) | \
+        {i.name for i in src.graph.input}
+
+    plan = []
+    for n in src.graph.node:
+        if n.op_type != "Clip" or not n.output or n.output[0] not in bounded:
+            continue
+        y = n.output[0]
+        lo, hi = bounded[y]
+        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo or lo + hi == 0 or y in outputs:
+            continue
+        p = producer.get(n.input[0])
+        if p is None or p.op_type not in _PRODUCERS or n.input[0] in outputs or len(consumers[n.input[0]]) != 1:
+            continue
+        if len(p.input) < 2 or p.input[1] not in inits or len(p.output) != 1:
+            continue
+        uses = consumers.get(y, [])
+        if not uses or not all(_absorbs(c, y, inits) for c in uses):
+            continue
+        plan.append((n, p, uses))
+    if not plan:
+        return src, []
+
+    m = onnx.ModelProto()
+    m.CopyFrom(src)
+    nodes = {id(n): k for k, n in enumerate(src.graph.node)}
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+
+    def fresh(base):
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}{k}"
+        taken.add(name)
+        return name
+
+    def set_bias(node, values, beta, like):
+        name = fresh((node.input[2] if len(node.input) > 2 and node.input[2] else node.name or node.output[0])
+                     + ("_centred" if len(node.input) > 2 and node.input[2] else "_bias_centred"))
+        g.initializer.append(numpy_helper.from_array((values / beta).astype(like), name))
+        inits[name] = g.initializer[-1]
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = name
+
+    done = []
+    for clip0, prod0, uses0 in plan:
+        clip, prod = g.node[nodes[id(clip0)]], g.node[nodes[id(prod0)]]
+        uses = [g.node[nodes[id(u)]] for u in uses0]
+        y = clip.output[0]
+        lo, hi = bounded[y]
+        c = (lo + hi) / 2
+        w = numpy_helper.to_array(inits[prod.input[1]])
+        b, beta = _bias(prod, inits, _out_channels(prod, w))
+        new_bias = []
+        for u in uses:
+            wu = numpy_helper.to_array(inits[u.input[1]])
+            bu, beta_u = _bias(u, inits, _out_channels(u, wu))
+            if bu is None:
+                break
+            new_bias.append((u, bu + c * _input_sum(u, wu.astype(np.float64)), beta_u, wu.dtype))
+        if b is None or len(new_bias) != len(uses):
+            continue                                 # a bias of another shape: left as it is
+        set_bias(prod, b - c, beta, w.dtype)
+        for u, values, beta_u, dtype in new_bias:
+            set_bias(u, values, beta_u, dtype)
+        # the Clip's new bounds, as inputs (opset >= 11) or attributes (before)
+        if len(clip.input) > 1 or not any(a.name in ("min", "max") for a in clip.attribute):
+            while len(clip.input) < 3:
+                clip.input.append("")
+            for k, v in ((1, lo - c), (2, hi - c)):
+                name = fresh(f"{y}{SUFFIX}_{'min' if k == 1 else 'max'}")
+                g.initializer.append(numpy_helper.from_array(np.array(v, dtype=w.dtype), name))
+                clip.input[k] = name
+        else:
+            for a in clip.attribute:
+                if a.name == "min":
+                    a.f = lo - c
+                elif a.name == "max":
+                    a.f = hi - c
+        new, pre = fresh(y + SUFFIX), fresh(clip.input[0] + SUFFIX)
+        renamed = {y: new, clip.input[0]: pre}
+        old_pre = clip.input[0]
+        clip.output[0], clip.input[0], prod.output[0] = new, pre, pre
+        for u in uses:
+            u.input[0] = new
+        for vi in g.value_info:
+            vi.name = renamed.get(vi.name, vi.name)
+        done.append(CentredTensor(y, new, c, (lo, hi), old_pre, pre))
+    return m, done

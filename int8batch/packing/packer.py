@@ -80,7 +80,7 @@ def resolve_config(preset=None, config=None, **overrides):
 
 def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shuffle=False, seed=0,
          workers=None, skip_bad=False, pad=False, force=False, labels=None, prefix="batch", suffix="",
-         unlabelled_value=-1.0, progress=None, model=None, max_pixels=None, **overrides):
+         unlabelled_value=-1.0, progress=None, model=None, max_pixels=None, dropped_hint=None, **overrides):
     """Pack images (or MNIST IDX files) into sampleINT8 batch files with a manifest.
 
     Parameters
@@ -112,6 +112,9 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     max_pixels : int, optional
         Refuse images larger than this many pixels, checked from the file's
         header before decoding (default :data:`int8batch.packing.decode.DEFAULT_MAX_PIXELS`).
+    dropped_hint : str, optional
+        What the warning about images left over after the last full file
+        advises (default: ``--pad``; a caller without that option says its own).
     skip_bad : bool
         Skip unreadable images (listed in the manifest) instead of failing.
     pad : bool
@@ -212,7 +215,7 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     result.manifest = manifest
     if job.dropped:
         log.warning("%d image(s) left over after the last full file of %d were dropped (listed in the manifest); "
-                    "use --pad to keep them", len(job.dropped), batch_size)
+                    "%s", len(job.dropped), batch_size, dropped_hint or "use --pad to keep them")
     return result
 
 

@@ -155,13 +155,17 @@ class ImagenetSample(Sample):
     def prepare(self, tmp, stack):
         s, cal_folder = self.settings, self.cal_folder
         score_dir = os.path.join(tmp, "batches")
+        hint = (f"the batch files hold {self.file_size} images each (the greatest common divisor of --batch-size "
+                f"and --calib-batch-size); sizes that divide the image count score every image")
         self.packed = pack(s.images, score_dir, preset=s.preset, batch_size=self.file_size, labels=s.labels,
-                           limit=self.limit, shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
+                           limit=self.limit, shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad,
+                           dropped_hint=hint)
         cal_dir = score_dir
         if cal_folder is not None:
             cal_dir = os.path.join(tmp, "calibration-batches")
             pack(cal_folder, cal_dir, preset=s.preset, batch_size=s.calib_batch_size, labels="none",
-                 shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad)
+                 shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad,
+                 dropped_hint=f"calibration uses whole batches of --calib-batch-size {s.calib_batch_size}")
         score = stack.enter_context(BatchSet(score_dir))
         cal_set = stack.enter_context(_open(cal_dir, score))
         cal = protocol.window(cal_set, s.calib_batch_size, 0, self.cal_batches, "calibration")

@@ -371,6 +371,47 @@ def test_auto_with_bias_correction_and_sensitivity_on_the_gpu(mnist, tmp_path):
                                    err_msg=k)
 
 
+def _relu6_block(path):
+    """input (3x224x224) -> Conv 3x3 -> Clip(0, 6) -> Conv 1x1 -> GlobalAveragePool: one centrable ReLU6."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    r = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(r.normal(size=(8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(r.normal(size=8).astype(np.float32) + 1, "b1"),
+             numpy_helper.from_array(r.normal(size=(4, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["p"]),
+             helper.make_node("GlobalAveragePool", ["p"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8      # ONNX Runtime 1.31 reads IR <= 13; a newer onnx writes 14 by default
+    onnx.save(m, str(path))
+    return str(path)
+
+
+@needs_ort_cuda
+def test_centring_is_the_same_on_the_gpu(photo_batches, tmp_path):
+    """auto centres the same tensors on both devices; their scales are the half bound on both."""
+    from int8batch.calib import api
+    from int8batch.calib.cache import read_trt_cache
+    path = os.environ.get("INT8BATCH_LITE0")
+    path = path if path and os.path.exists(path) else _relu6_block(tmp_path / "m.onnx")
+    g = api.calibrate(path, photo_batches, tmp_path / "g", device="cuda", weight_rounding="nearest")
+    c = api.calibrate(path, photo_batches, tmp_path / "c", device="cpu", weight_rounding="nearest")
+    assert g.device == "cuda" and g.centred and [t.as_dict() for t in g.centred] == [t.as_dict() for t in c.centred]
+    cg, cc = read_trt_cache(g.paths["cache"]).scales, read_trt_cache(c.paths["cache"]).scales
+    assert cg.keys() == cc.keys()
+    for t in g.centred:
+        assert g.amax[t.name] == c.amax[t.name] == t.half
+        assert cg[t.original] == cc[t.original] == np.float32(t.original_amax / 127)
+    worst = max(abs(g.amax[k] - c.amax[k]) / max(c.amax[k], 1e-12) for k in c.amax)
+    print(f"{os.path.basename(path)}: {len(g.centred)} tensors centred on both devices; largest relative amax "
+          f"difference cpu/cuda {worst:.2e}")
+
+
 @needs_ort_cuda
 def test_device_memory_comes_back(mnist, tmp_path):
     from int8batch.calib import api

@@ -96,6 +96,15 @@ def test_uneven_batches_leave_images_unused(data, tmp_path):
     assert r.result.top1_hits_fp32 == e["top1"] and r.result.images == 6
 
 
+def test_images_left_over_are_named_with_run_imagenets_own_options(data, tmp_path, caplog):
+    # 12 images in files of gcd(5, 5) = 5: two are left over; the advice names run's options, not pack's --pad
+    r = run_imagenet(settings(data, calib_images=5, calib_batch_size=5, batch_size=5), out=str(tmp_path))
+    assert r.result.images == 5
+    warned = [m for m in caplog.messages if "left over" in m]
+    assert len(warned) == 1 and "2 image(s)" in warned[0] and "--pad" not in warned[0]
+    assert "--batch-size" in warned[0] and "--calib-batch-size" in warned[0]
+
+
 def test_label_file_and_top5_misses(data, tmp_path):
     r = run_imagenet(settings(data, images=data["val"], labels=data["labels"], seed=3), out=str(tmp_path))
     e = expected(r.score_files, data["flat"])

@@ -97,8 +97,9 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         if cfg.resolved_centre and cfg.write_qdq and out is not None:
             shifted, centred = centre_bounded(facts.model, facts.quantizable)
             if centred:   # calibrated as it will run: the Q/DQ and corrected models carry the shift
-                log.info("centring %d bounded activation(s) read by unpadded Conv/Gemm layers (half the int8 "
-                         "step): %s", len(centred), ", ".join(t.original for t in centred))
+                shown = ", ".join(t.original for t in centred[:3]) + (", ..." if len(centred) > 3 else "")
+                log.info("centring %d bounded activation(s) read by unpadded Conv/Gemm layers, for half the int8 "
+                         "step (%s; calibration.json lists them)", len(centred), shown)
                 facts, run_model = ModelFacts.of(shifted), shifted
         win = _window(bs, facts, cfg)
         device = resolve_device(cfg.device)

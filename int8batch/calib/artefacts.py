@@ -110,9 +110,10 @@ class CalibrationResult:
         """What the artefact ``paths[key]`` holds, in a few words."""
         q, c = self.qdq_report, self.corrected_report
         if key == "cache":
-            extra = (f" (and the uncentred scales of the {len(self.centred)} centred activations, for the "
-                     f"original model)" if self.centred else "")
-            return f"TensorRT calibration cache: {len(self.amax)} scales{extra}, header {self.cache_header}"
+            scales = self.cache_scales()
+            extra = (f" ({len(scales) - len(self.amax)} of them the original names of the {len(self.centred)} "
+                     f"centred activations, for the original model)" if self.centred else "")
+            return f"TensorRT calibration cache: {len(scales)} scales{extra}, header {self.cache_header}"
         if key == "dynamic_range":
             return f"{self.dynamic_range_lines} name:amax lines (ITensor::setDynamicRange)"
         if key == "json":

@@ -14,8 +14,8 @@ def add_parser(sub):
 backend onnxruntime (default without TensorRT 8.6-10.x): ONNX Runtime runs the model,
 int8batch computes the scales and writes calibration.cache (TensorRT 10 format),
 dynamic_range.txt, calibration.json, model.qdq.onnx (TensorRT 11 / strongly typed) and,
-when weights were rounded or biases corrected, model.corrected.onnx (the FP32 model carrying
-them, to build with calibration.cache on TensorRT 8.6-10).
+when weights were rounded, biases corrected or activations centred, model.corrected.onnx (the
+FP32 model carrying them, to build with calibration.cache on TensorRT 8.6-10).
 backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cache.""")
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("--batches", required=True, metavar="DIR", help="folder of batch files (int8batch pack)")

@@ -27,6 +27,7 @@ from .._optional import require
 from ..errors import ModelError
 from ..trt import vocab
 from . import graph as G
+from .centre import SUFFIX as CENTRED
 from .layers import bias_shift, corrected_bias, layers_of
 from .placement import plan_qdq
 
@@ -58,6 +59,11 @@ class QdqReport:
         Supplied names that are not tensors of the model (filled by the
         conversion helpers), e.g. TensorRT parser-internal names such as
         ``ONNXTRT_Broadcast_1855_output``.
+    other_form : list of str
+        Supplied names that belong to the other form of a model ``calibrate``
+        centred (:mod:`int8batch.onnx.centre`): ``<name>_centred`` entries
+        given with the original model, or the original names given with
+        ``model.corrected.onnx``; expected in its cache, so not in ``extra``.
     unusable : dict of str -> str
         Cache entries whose scale no Q/DQ pair can use (infinite or NaN: a
         tensor TensorRT could not calibrate) -> why; the tensors among them
@@ -79,6 +85,7 @@ class QdqReport:
     skipped: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     extra: list = field(default_factory=list)
+    other_form: list = field(default_factory=list)
     groups: list = field(default_factory=list)
     biases: dict = field(default_factory=dict)
     opset: int = 0
@@ -574,7 +581,13 @@ def qdq_from_scales(model_path, amax_dict, out_path, **kwargs):
     given = list(amax_dict if amax_dict is not None else kwargs.get("act_scales") or {})
     given += [k for k in kwargs.get("keep_float") or {} if k not in given]
     names = all_tensor_names(model)
-    report.extra = sorted(k for k in given if k not in names)
+    unknown = sorted(k for k in given if k not in names)
+    report.other_form = [k for k in unknown if (k.endswith(CENTRED) and k[:-len(CENTRED)] in names)
+                         or k + CENTRED in names]
+    report.extra = [k for k in unknown if k not in set(report.other_form)]
+    if report.other_form:
+        log.info("%d entries are for the other form of a model int8batch calibrate centred (its cache holds "
+                 "the original names and the *%s ones); this model uses its own", len(report.other_form), CENTRED)
     if report.extra:
         log.warning("%d names are no tensor of the model (ignored): %s%s", len(report.extra),
                     ", ".join(report.extra[:5]), " ..." if len(report.extra) > 5 else "")

@@ -541,6 +541,16 @@ def test_auto_centres_a_relu6_and_the_cache_serves_both_models(tmp_path):
     assert np.float32(inits[qn.input[1]]) == np.float32(3 / 127)
     err_on = np.abs(run(on.paths["qdq"]) - y32).max()
     assert err_on < 0.05 * np.abs(y32).max()
+    # int8batch qdq: the cache with either form of the model; the other form's names are expected, not unknown
+    from int8batch.onnx.qdq import qdq_from_scales
+    for src, other, scale in ((model, ["c_centred", "r_centred"], 6 / 127),
+                              (on.paths["corrected"], ["c", "r"], 3 / 127)):
+        rep = qdq_from_scales(src, None, str(tmp_path / "q.onnx"), act_scales=cache_on.scales)
+        assert rep.extra == [] and rep.other_form == other
+        qm = onnx.load(str(tmp_path / "q.onnx"))
+        qi = {t.name: onnx.numpy_helper.to_array(t) for t in qm.graph.initializer}
+        qn = next(n for n in qm.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith("r"))
+        assert np.float32(qi[qn.input[1]]) == np.float32(scale)
     # other methods never centre; asking them to is an error
     assert api.calibrate(model, tmp_path / "b", tmp_path / "mm", method="minmax").centred == []
     with pytest.raises(ConfigError, match="method auto"):

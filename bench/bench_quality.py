@@ -114,7 +114,7 @@ SETS = {
     "plain": ("report", ["--split", "all", "--seed", "5", "--recipe", "plain"]),
 }
 CHOOSE_PAIR = ("choose-calib", "choose-eval")
-INT8BATCH_METHODS = ("auto", "auto-nearest", "auto-uncentred", "mse", "minmax", "percentile", "entropy")
+INT8BATCH_METHODS = ("auto", "auto-nearest", "auto-uncentred", "auto-padded", "mse", "minmax", "percentile", "entropy")
 BASELINES = ("ort", "modelopt", "modelopt-max")
 REFERENCES = ("fp16-weights",)
 METHODS = INT8BATCH_METHODS + BASELINES + REFERENCES
@@ -251,12 +251,14 @@ def quantize_int8batch(model, calib_folder, out, method, calib_batches, threads)
     # auto-nearest: the default with nearest weight rounding instead of the error-compensating one;
     # auto-uncentred: the default without centring its bounded activations (session 8)
     rounding = "nearest" if method == "auto-nearest" else None
+    # auto-padded: the default with --centre-padded (depthwise inputs centred too, explicit Pad nodes)
     centre = False if method == "auto-uncentred" else None
-    method = "auto" if method in ("auto-nearest", "auto-uncentred") else method
+    padded = True if method == "auto-padded" else None
+    method = "auto" if method in ("auto-nearest", "auto-uncentred", "auto-padded") else method
     keep = None if method == "auto" else 0
     res = calibrate(model, calib_folder, out=out, method=method, batch_size=BATCH, max_batches=calib_batches,
                     keep_float=keep, intra_op_threads=threads, weight_rounding=rounding, device="cpu",
-                    centre=centre)
+                    centre=centre, centre_padded=padded)
     return res.paths["qdq"], {"kept_float": list(getattr(res, "kept_float", None) or []),
                               "images": getattr(res, "images", None)}
 

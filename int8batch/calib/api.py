@@ -95,7 +95,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         facts, run_model = ModelFacts.of(model), model
         centred = []
         if cfg.resolved_centre and cfg.write_qdq and out is not None:
-            shifted, centred = centre_bounded(facts.model, facts.quantizable)
+            shifted, centred = centre_bounded(facts.model, facts.quantizable, padded=cfg.centre_padded)
             if centred:   # calibrated as it will run: the Q/DQ and corrected models carry the shift
                 shown = ", ".join(t.original for t in centred[:3]) + (", ..." if len(centred) > 3 else "")
                 log.info("centring %d bounded activation(s) read by unpadded Conv/Gemm layers, for half the int8 "

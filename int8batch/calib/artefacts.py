@@ -148,6 +148,7 @@ def _settings(cfg):
     return {"method": cfg.method, "two_pass": cfg.two_pass, "num_bins": cfg.num_bins, "percentile": cfg.percentile,
             "keep_float": cfg.keep_float, "bias_correction": cfg.bias_correction,
             "weight_rounding": cfg.resolved_weight_rounding, "centre": cfg.resolved_centre,
+            "centre_padded": cfg.centre_padded,
             "write_qdq": cfg.write_qdq,
             "per_channel_weights": cfg.per_channel_weights, "device": cfg.device}
 

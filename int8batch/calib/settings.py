@@ -87,6 +87,10 @@ class CalibrationConfig:
         Gemm layers) so that their symmetric int8 range covers them with
         half the step (:mod:`int8batch.onnx.centre`); the Q/DQ and corrected
         models carry the shift.  None: on for method auto, off for the others.
+    centre_padded : bool
+        Also centre the inputs of padded convolutions (depthwise inputs), each
+        convolution then reading an explicit ``Pad`` of the shifted zero: new
+        nodes in the graph, so off unless asked for.
     report : bool
         Also write ``report.png`` (histograms of the most saturated tensors; needs
         matplotlib), as part of the artefact set.
@@ -112,6 +116,7 @@ class CalibrationConfig:
     device_feeder: str = "auto"
     weight_rounding: str | None = None
     centre: bool | None = None
+    centre_padded: bool = False
     report: bool = False
 
     def __post_init__(self):
@@ -135,6 +140,9 @@ class CalibrationConfig:
             raise ConfigError(f"max batches must be a whole number >= 1, got {self.max_batches!r}")
         if not is_whole(self.num_bins) or self.num_bins < 2 or self.num_bins % 2:
             raise ConfigError(f"histogram bins must be an even number >= 2, got {self.num_bins!r}")
+        if self.centre_padded and (self.method != "auto" or self.centre is False):
+            raise ConfigError("centring the inputs of padded convolutions (centre_padded, --centre-padded) extends "
+                              "the centring of method auto; it needs method auto with centring on")
         if self.centre and self.method != "auto":
             raise ConfigError(f"centring bounded activations (centre=True) belongs to method auto, not "
                               f"{self.method!r}: the other methods reproduce a calibrator's scales for the model as given")

@@ -60,6 +60,11 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                    help="do not centre bounded activations (default for --method auto: a ReLU6 output read only "
                         "by unpadded Conv/Gemm layers is shifted to [-3, 3], exactly, folded into the biases, so "
                         "int8 covers it with half the step; the Q/DQ and corrected models carry it)")
+    p.add_argument("--centre-padded", action="store_true",
+                   help="also centre the inputs of padded convolutions (the depthwise inputs of MobileNet and "
+                        "EfficientNet-Lite blocks): each such convolution reads an explicit Pad of the shifted "
+                        "zero instead of padding itself; exact, but new Pad nodes in the Q/DQ and corrected "
+                        "models (see the README for what it gains and why it is not the default)")
     add_device_option(p, "the model and where the statistics are computed")
     p.add_argument("--device-budget", type=float, metavar="GB",
                    help="device memory one run's activations may take on the GPU (default 8 GB); larger "
@@ -79,6 +84,9 @@ def _refuse_unused(args, backend):
         if given:
             raise ConfigError(f"{' and '.join(given)} apply to --backend tensorrt only; this run uses ONNX "
                               "Runtime (choose the header's calibrator with --cache-algorithm)")
+    if args.centre_padded and (args.no_centre or args.method != "auto"):
+        raise ConfigError("--centre-padded extends the centring of --method auto; it cannot go with "
+                          + ("--no-centre" if args.no_centre else f"--method {args.method}"))
     if args.no_centre and args.method != "auto":
         raise ConfigError(f"--no-centre applies to --method auto only; {args.method} never centres")
     if args.percentile is not None and args.method != "percentile":
@@ -113,7 +121,7 @@ def run(args):
                             keep_float=args.keep_float, bias_correction=not args.no_bias_correction,
                             device=args.device, progress=bar, weight_rounding=args.weight_rounding,
                             force=args.force, report=args.report,
-                            centre=False if args.no_centre else None,
+                            centre=False if args.no_centre else None, centre_padded=args.centre_padded,
                             device_budget=None if args.device_budget is None else int(args.device_budget * 1e9))
     finally:
         bar.close()

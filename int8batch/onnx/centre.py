@@ -14,7 +14,10 @@ exact in FP32 when
   padding turns an input shift into a bias, ``W (y + c) + b = W y + (b + c
   sum W)``.  A padded convolution is not: its zero padding would stand for
   ``c`` afterwards, so the input of a padded depthwise convolution is left
-  as it is.
+  as it is, unless ``padded`` is asked for: the convolution then reads an
+  explicit ``Pad`` of the shifted zero (``-c``) and pads nothing itself,
+  which is exact too but adds a node per convolution (opt-in:
+  ``--centre-padded``).
 
 The shifted tensors (the Clip's output and its input, the producer's output)
 get new names (``<name>_centred``): their values differ from the original's,
@@ -73,16 +76,23 @@ def _attrs(node):
     return {a.name: a for a in node.attribute}
 
 
-def _absorbs(node, name, inits):
-    """True when ``node`` turns a constant shift of its input ``name`` into a bias change."""
+def _conv_pads(node):
+    """The explicit pads of a Conv (``[]`` for none); None with ``auto_pad`` SAME_* (they depend on shapes)."""
+    a = _attrs(node)
+    if "auto_pad" in a and a["auto_pad"].s not in (b"NOTSET", b"VALID"):
+        return None
+    return list(a["pads"].ints) if "pads" in a and any(a["pads"].ints) else []
+
+
+def _absorbs(node, name, inits, padded=False):
+    """True when ``node`` turns a constant shift of its input ``name`` into a bias change
+    (``padded``: a padded Conv too, once its padding becomes an explicit Pad of the shifted zero)."""
     if node.op_type == "Conv":
-        a = _attrs(node)
         if node.input[0] != name or list(node.input).count(name) != 1 or len(node.input) < 2 \
                 or node.input[1] not in inits:
             return False
-        if "auto_pad" in a and a["auto_pad"].s not in (b"NOTSET", b"VALID"):
-            return False
-        return not ("pads" in a and any(a["pads"].ints))
+        pads = _conv_pads(node)
+        return pads is not None and (padded or not pads)
     if node.op_type == "Gemm":
         a = _attrs(node)
         return (node.input[0] == name and list(node.input).count(name) == 1 and len(node.input) > 1
@@ -122,52 +132,56 @@ def _input_sum(node, w):
     return alpha * (w.sum(axis=1) if trans_b else w.sum(axis=0))
 
 
-def centre_bounded(model, quantizable=None):
+def centre_bounded(model, quantizable=None, padded=False):
     """Return ``(model copy, [CentredTensor])`` with every centrable bounded activation centred.
 
     ``model``: a path, bytes or ModelProto (not modified).  ``quantizable``:
     the tensors calibration would quantize (:func:`~int8batch.onnx.graph.quantizable_tensors`),
-    when already known; only those are centred.  With nothing to centre the
-    original model is returned (not a copy) and the list is empty.
+    when already known; only those are centred.  ``padded``: also centre the
+    inputs of padded convolutions, each of which then gets an explicit
+    ``Pad`` node whose value is the shifted zero (``-c``; a new node in the
+    graph, so off by default).  With nothing to centre the original model is
+    returned (not a copy) and the list is empty.
     """
     onnx = require("onnx")
     numpy_helper = require("onnx.numpy_helper")
     src = G.load_model(model)
     bounded = G.bounded_tensors(src, quantizable)
-    consumers, producer = {}, {}
-    for n in src.graph.node:
+    src_nodes = list(src.graph.node)
+    consumers, producer = {}, {}          # tensor -> node indices
+    for k, n in enumerate(src_nodes):
         for i in n.input:
-            consumers.setdefault(i, []).append(n)
+            consumers.setdefault(i, []).append(k)
         for o in n.output:
-            producer[o] = n
+            producer[o] = k
     inits = {t.name: t for t in src.graph.initializer}
     outputs = {o.name for o in src.graph.output}
     taken = {t for n in src.graph.node for t in list(n.input) + list(n.output)} | set(inits) | \
         {i.name for i in src.graph.input}
 
     plan = []
-    for n in src.graph.node:
+    for ci, n in enumerate(src_nodes):
         if n.op_type != "Clip" or not n.output or n.output[0] not in bounded:
             continue
         y = n.output[0]
         lo, hi = bounded[y]
         if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo or lo + hi == 0 or y in outputs:
             continue
-        p = producer.get(n.input[0])
+        pi = producer.get(n.input[0])
+        p = src_nodes[pi] if pi is not None else None
         if p is None or p.op_type not in _PRODUCERS or n.input[0] in outputs or len(consumers[n.input[0]]) != 1:
             continue
         if len(p.input) < 2 or p.input[1] not in inits or len(p.output) != 1:
             continue
         uses = consumers.get(y, [])
-        if not uses or not all(_absorbs(c, y, inits) for c in uses):
+        if not uses or not all(_absorbs(src_nodes[k], y, inits, padded) for k in uses):
             continue
-        plan.append((n, p, uses))
+        plan.append((ci, pi, uses))
     if not plan:
         return src, []
 
     m = onnx.ModelProto()
     m.CopyFrom(src)
-    nodes = {id(n): k for k, n in enumerate(src.graph.node)}
     g = m.graph
     inits = {t.name: t for t in g.initializer}
 
@@ -188,10 +202,10 @@ def centre_bounded(model, quantizable=None):
             node.input.append("")
         node.input[2] = name
 
-    done = []
-    for clip0, prod0, uses0 in plan:
-        clip, prod = g.node[nodes[id(clip0)]], g.node[nodes[id(prod0)]]
-        uses = [g.node[nodes[id(u)]] for u in uses0]
+    done, pad_nodes = [], {}
+    for ci, pi, use_idx in plan:
+        clip, prod = g.node[ci], g.node[pi]
+        uses = [g.node[k] for k in use_idx]
         y = clip.output[0]
         lo, hi = bounded[y]
         c = (lo + hi) / 2
@@ -227,9 +241,48 @@ def centre_bounded(model, quantizable=None):
         renamed = {y: new, clip.input[0]: pre}
         old_pre = clip.input[0]
         clip.output[0], clip.input[0], prod.output[0] = new, pre, pre
-        for u in uses:
+        for k, u in zip(use_idx, uses):
             u.input[0] = new
+            pads = _conv_pads(u) if u.op_type == "Conv" else []
+            if pads:       # the zero padding becomes an explicit Pad of the shifted zero
+                pad_nodes[k] = _explicit_pad(u, new, pads, lo - c, w.dtype, fresh, g, numpy_helper,
+                                                 _opset(m))
         for vi in g.value_info:
             vi.name = renamed.get(vi.name, vi.name)
         done.append(CentredTensor(y, new, c, (lo, hi), old_pre, pre))
+    if pad_nodes:      # each Pad right before the convolution it feeds (topological order kept)
+        nodes = []
+        for k, n in enumerate(g.node):
+            if k in pad_nodes:
+                nodes.append(pad_nodes[k])
+            nodes.append(onnx.NodeProto())
+            nodes[-1].CopyFrom(n)
+        del g.node[:]
+        g.node.extend(nodes)
     return m, done
+
+
+def _opset(model):
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _explicit_pad(conv, name, pads, value, dtype, fresh, graph, numpy_helper, opset):
+    """A constant Pad of ``name`` by ``conv``'s pads with ``value``; the conv then reads it unpadded."""
+    helper = require("onnx.helper")
+    half = len(pads) // 2
+    full = [0, 0] + pads[:half] + [0, 0] + pads[half:]          # N, C, spatial begins; then the ends
+    out = fresh(f"{name}_pad")
+    label = fresh(f"{conv.name or conv.output[0]}/centre_pad")
+    if opset >= 11:
+        pads_name, value_name = fresh(f"{out}_pads"), fresh(f"{out}_value")
+        graph.initializer.append(numpy_helper.from_array(np.array(full, dtype=np.int64), pads_name))
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=dtype), value_name))
+        node = helper.make_node("Pad", [name, pads_name, value_name], [out], name=label, mode="constant")
+    else:
+        node = helper.make_node("Pad", [name], [out], name=label, mode="constant", pads=full, value=float(value))
+    conv.input[0] = out
+    for a in conv.attribute:
+        if a.name == "pads":
+            del a.ints[:]
+            a.ints.extend([0] * len(pads))
+    return node

@@ -317,6 +317,7 @@ def bounded_tensors(model, quantizable=None):
     Sigmoid, HardSigmoid      (0, 1)
     Tanh                      (-1, 1)
     Softmax                   (0, 1)
+    Pad (constant, in bounds) the input's bounds
     ========================  ====================
 
     A Clip whose bound is not a constant is left out.  Clip before opset 11
@@ -334,10 +335,24 @@ def bounded_tensors(model, quantizable=None):
     values = constant_values(model)
     wanted = set(quantizable_tensors(model) if quantizable is None else quantizable)
     out = {}
-    for node in model.graph.node:
-        if not node.output or node.output[0] not in wanted:
+    for node in topological_nodes(model.graph):
+        if not node.output:
             continue
         op, name = node.op_type, node.output[0]
+        if op == "Pad" and node.input and node.input[0] in out:
+            # a constant Pad of a bounded tensor by a value inside its bounds keeps them (int8batch's
+            # centring pads a centred ReLU6 output with its shifted zero)
+            mode = node_attr(node, "mode", b"constant")
+            value = node_attr(node, "value", 0.0)
+            if len(node.input) > 2 and node.input[2]:
+                v = values.get(node.input[2])
+                value = float(v.reshape(())) if v is not None and v.size == 1 else None
+            lo, hi = out[node.input[0]]
+            if mode in (b"constant", "constant") and value is not None and lo <= value <= hi:
+                out[name] = (lo, hi)
+            continue
+        if name not in wanted and op != "Clip":
+            continue
         if op == "Clip":
             lo, hi = node_attr(node, "min", -math.inf), node_attr(node, "max", math.inf)
             ok = True
@@ -359,7 +374,7 @@ def bounded_tensors(model, quantizable=None):
             out[name] = (0.0, 1.0)
         elif op == "Tanh":
             out[name] = (-1.0, 1.0)
-    return out
+    return {k: v for k, v in out.items() if k in wanted}
 
 
 def element_size(elem_type):

@@ -582,8 +582,7 @@ def qdq_from_scales(model_path, amax_dict, out_path, **kwargs):
     given += [k for k in kwargs.get("keep_float") or {} if k not in given]
     names = all_tensor_names(model)
     unknown = sorted(k for k in given if k not in names)
-    report.other_form = [k for k in unknown if (k.endswith(CENTRED) and k[:-len(CENTRED)] in names)
-                         or k + CENTRED in names]
+    report.other_form = [k for k in unknown if CENTRED in k or k + CENTRED in names]
     report.extra = [k for k in unknown if k not in set(report.other_form)]
     if report.other_form:
         log.info("%d entries are for the other form of a model int8batch calibrate centred (its cache holds "

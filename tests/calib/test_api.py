@@ -477,18 +477,18 @@ def test_a_new_calibration_replaces_only_the_files_the_old_one_wrote(mnist, tmp_
     assert not (out / "report.png").exists()                 # the old plot went with the old set
 
 
-def _relu6_block_model(path, size):
-    """input -> Conv 3x3 (padded) -> Clip(0, 6) -> Conv 1x1 -> GlobalAveragePool: one centrable ReLU6."""
+def _relu6_block_model(path, size, k2=1):
+    """input -> Conv 3x3 (padded) -> Clip(0, 6) -> Conv k2 x k2 (padded) -> GlobalAveragePool: one ReLU6."""
     from onnx import TensorProto, helper, numpy_helper
     r = np.random.default_rng(2)
     inits = [numpy_helper.from_array(r.normal(size=(6, 3, 3, 3)).astype(np.float32), "w1"),
              numpy_helper.from_array(r.normal(size=6).astype(np.float32) + 1, "b1"),
-             numpy_helper.from_array(r.normal(size=(4, 6, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(r.normal(size=(4, 6, k2, k2)).astype(np.float32), "w2"),
              numpy_helper.from_array(r.normal(size=4).astype(np.float32), "b2"),
              numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
     nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
-             helper.make_node("Conv", ["r", "w2", "b2"], ["p"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["p"], pads=[k2 // 2] * 4),
              helper.make_node("GlobalAveragePool", ["p"], ["y"])]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])], inits)
@@ -498,7 +498,7 @@ def _relu6_block_model(path, size):
     return path
 
 
-def test_auto_centres_a_relu6_and_the_cache_serves_both_models(tmp_path):
+def _random_photos_packed(tmp_path):
     import cv2
     root = tmp_path / "imgs"
     root.mkdir()
@@ -507,6 +507,41 @@ def test_auto_centres_a_relu6_and_the_cache_serves_both_models(tmp_path):
         cv2.imwrite(str(root / f"{i}.png"), r.integers(0, 256, size=(40, 40, 3), dtype=np.uint8))
     int8batch.pack(root, tmp_path / "b", preset="efficientnet-lite", size=32, resize="direct",
                    resize_size=(32, 32), crop="none", batch_size=4)
+
+
+def test_centre_padded_pads_with_the_shifted_zero_on_the_int8_grid(tmp_path, capsys):
+    _random_photos_packed(tmp_path)
+    model = _relu6_block_model(str(tmp_path / "m.onnx"), 32, k2=3)
+    assert api.calibrate(model, tmp_path / "b", tmp_path / "plain").centred == []    # padded: not by default
+    res = api.calibrate(model, tmp_path / "b", tmp_path / "c", centre_padded=True, weight_rounding="nearest")
+    assert [t.original for t in res.centred] == ["r"]
+    pad_out = "r_centred_pad"
+    assert res.amax[pad_out] == 3.0 and res.methods[pad_out] == "minmax"
+    q = onnx.load(res.paths["qdq"])
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    pad = next(n for n in q.graph.node if n.op_type == "Pad")
+    assert float(inits[pad.input[2]]) == -3.0
+    qn = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == pad_out)
+    s = np.float32(inits[qn.input[1]])
+    assert s == np.float32(3 / 127) and np.float32(-3.0) / s == -127     # the padding is an exact int8 code
+    with int8batch.BatchSet(tmp_path / "b") as bs:
+        x = np.ascontiguousarray(bs.images(0, 8)[0])
+    run = lambda p: ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]  # noqa: E731
+    y32 = run(model)
+    assert np.abs(run(res.paths["qdq"]) - y32).max() < 0.05 * np.abs(y32).max()
+    doc = json.loads(open(res.paths["json"]).read())
+    assert doc["metadata"]["settings"]["centre_padded"] is True
+    with pytest.raises(ConfigError, match="centring on"):
+        api.calibrate(model, tmp_path / "b", tmp_path / "x", centre_padded=True, centre=False)
+    with pytest.raises(ConfigError, match="method auto"):
+        api.calibrate(model, tmp_path / "b", tmp_path / "x", centre_padded=True, method="mse")
+    assert main(["calibrate", model, "--batches", str(tmp_path / "b"), "-o", str(tmp_path / "x"),
+                 "--centre-padded", "--no-centre"]) == 1
+    assert "--centre-padded" in capsys.readouterr().err
+
+
+def test_auto_centres_a_relu6_and_the_cache_serves_both_models(tmp_path):
+    _random_photos_packed(tmp_path)
     model = _relu6_block_model(str(tmp_path / "m.onnx"), 32)
     on = api.calibrate(model, tmp_path / "b", tmp_path / "on", weight_rounding="nearest")
     off = api.calibrate(model, tmp_path / "b", tmp_path / "off", weight_rounding="nearest", centre=False)

@@ -147,3 +147,50 @@ def test_shared_bound_constants_are_not_changed_for_other_clips():
     clip2 = next(n for n in c.graph.node if n.name == "clip2")
     assert list(clip2.input[1:]) == ["lo", "hi"] and float(_inits(c)["hi"]) == 6.0
     _same_outputs(m, c)
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_padded_consumers_read_an_explicit_pad_of_the_shifted_zero(group):
+    m = _block(pad_second=True, group=group)
+    assert centre_bounded(m)[1] == []                           # not without padded=True
+    c, done = centre_bounded(m, padded=True)
+    assert [(t.original, t.shift) for t in done] == [("r1", 3.0)]
+    _same_outputs(m, c)
+    nodes = {n.name: n for n in c.graph.node}
+    pad = nodes["conv2/centre_pad"]
+    assert [n.name for n in c.graph.node] == ["conv1", "relu6", "conv2/centre_pad", "conv2"]
+    i1 = _inits(c)
+    assert pad.op_type == "Pad" and pad.input[0] == "r1" + SUFFIX and float(i1[pad.input[2]]) == -3.0
+    assert list(i1[pad.input[1]]) == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert nodes["conv2"].input[0] == pad.output[0]
+    assert list(next(a for a in nodes["conv2"].attribute if a.name == "pads").ints) == [0, 0, 0, 0]
+    # the Pad output keeps the centred bounds, so auto gives it amax 3 and -3 is the code -127 exactly
+    from int8batch.onnx.graph import bounded_tensors
+    assert bounded_tensors(c)[pad.output[0]] == (-3.0, 3.0)
+
+
+def test_padded_consumers_before_opset_11_use_pad_attributes():
+    r = Q.rng(11)
+    w = {"w0": r.normal(size=(4, 3, 3, 3)), "b0": r.normal(size=4), "w1": r.normal(size=(4, 4, 3, 3))}
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c0"], ["r0"], name="clip0", min=0.0, max=6.0),
+             helper.make_node("Conv", ["r0", "w1"], ["y"], name="conv1", pads=[2, 1, 0, 1])]
+    m = Q.model(nodes, [("x", [2, 3, 8, 8])], [("y", [2, 4, 8, 8])],
+                [Q.init(k, v.astype(np.float32)) for k, v in w.items()], opset=9)
+    c, done = centre_bounded(m, padded=True)
+    assert [t.original for t in done] == ["r0"]
+    pad = next(n for n in c.graph.node if n.op_type == "Pad")
+    attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+    assert attrs["pads"] == [0, 0, 2, 1, 0, 0, 0, 1] and attrs["value"] == -3.0
+    _same_outputs(m, c)
+
+
+def test_auto_pad_same_is_left_alone_even_when_padded():
+    m = _block(pad_second=True)
+    conv2 = next(n for n in m.graph.node if n.name == "conv2")
+    for a in list(conv2.attribute):
+        if a.name == "pads":
+            conv2.attribute.remove(a)
+    conv2.attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER"))
+    c, done = centre_bounded(m, padded=True)
+    assert done == [] and c is m

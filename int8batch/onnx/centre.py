@@ -245,8 +245,7 @@ def centre_bounded(model, quantizable=None, padded=False):
             u.input[0] = new
             pads = _conv_pads(u) if u.op_type == "Conv" else []
             if pads:       # the zero padding becomes an explicit Pad of the shifted zero
-                pad_nodes[k] = _explicit_pad(u, new, pads, lo - c, w.dtype, fresh, g, numpy_helper,
-                                                 _opset(m))
+                pad_nodes[k] = _explicit_pad(u, new, pads, -c, w.dtype, fresh, g, numpy_helper, _opset(m))
         for vi in g.value_info:
             vi.name = renamed.get(vi.name, vi.name)
         done.append(CentredTensor(y, new, c, (lo, hi), old_pre, pre))

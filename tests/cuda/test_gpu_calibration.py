@@ -393,14 +393,17 @@ def _relu6_block(path):
 
 
 @needs_ort_cuda
-def test_centring_is_the_same_on_the_gpu(photo_batches, tmp_path):
-    """auto centres the same tensors on both devices; their scales are the half bound on both."""
+@pytest.mark.parametrize("padded", [False, True])
+def test_centring_is_the_same_on_the_gpu(photo_batches, tmp_path, padded):
+    """auto centres the same tensors on both devices; their scales are the half bound on both
+    (``padded``: --centre-padded, the depthwise inputs too, through explicit Pad nodes)."""
     from int8batch.calib import api
     from int8batch.calib.cache import read_trt_cache
     path = os.environ.get("INT8BATCH_LITE0")
     path = path if path and os.path.exists(path) else _relu6_block(tmp_path / "m.onnx")
-    g = api.calibrate(path, photo_batches, tmp_path / "g", device="cuda", weight_rounding="nearest")
-    c = api.calibrate(path, photo_batches, tmp_path / "c", device="cpu", weight_rounding="nearest")
+    kw = dict(weight_rounding="nearest", centre_padded=padded)
+    g = api.calibrate(path, photo_batches, tmp_path / "g", device="cuda", **kw)
+    c = api.calibrate(path, photo_batches, tmp_path / "c", device="cpu", **kw)
     assert g.device == "cuda" and g.centred and [t.as_dict() for t in g.centred] == [t.as_dict() for t in c.centred]
     cg, cc = read_trt_cache(g.paths["cache"]).scales, read_trt_cache(c.paths["cache"]).scales
     assert cg.keys() == cc.keys()
@@ -408,8 +411,8 @@ def test_centring_is_the_same_on_the_gpu(photo_batches, tmp_path):
         assert g.amax[t.name] == c.amax[t.name] == t.half
         assert cg[t.original] == cc[t.original] == np.float32(t.original_amax / 127)
     worst = max(abs(g.amax[k] - c.amax[k]) / max(c.amax[k], 1e-12) for k in c.amax)
-    print(f"{os.path.basename(path)}: {len(g.centred)} tensors centred on both devices; largest relative amax "
-          f"difference cpu/cuda {worst:.2e}")
+    print(f"{os.path.basename(path)}{' --centre-padded' if padded else ''}: {len(g.centred)} tensors centred on "
+          f"both devices; largest relative amax difference cpu/cuda {worst:.2e}")
 
 
 @needs_ort_cuda

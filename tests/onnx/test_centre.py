@@ -149,6 +149,17 @@ def test_shared_bound_constants_are_not_changed_for_other_clips():
     _same_outputs(m, c)
 
 
+@pytest.mark.parametrize("bounds", [(0.0, 4.0), (-1.0, 3.0), (0.5, 2.5)])
+def test_padded_other_bounds_pad_with_the_shifted_zero(bounds):
+    # the padding stands for 0 of the original tensor, whatever the Clip's bounds: -c after the shift
+    m = _block(pad_second=True, relu6=bounds)
+    c, done = centre_bounded(m, padded=True)
+    shift = (bounds[0] + bounds[1]) / 2
+    pad = next(n for n in c.graph.node if n.op_type == "Pad")
+    assert [t.shift for t in done] == [shift] and float(_inits(c)[pad.input[2]]) == -shift
+    _same_outputs(m, c)
+
+
 @pytest.mark.parametrize("group", [1, 4])
 def test_padded_consumers_read_an_explicit_pad_of_the_shifted_zero(group):
     m = _block(pad_second=True, group=group)

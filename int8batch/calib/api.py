@@ -94,13 +94,19 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
             log.info("%s: replacing the previous calibration (%s)", out, ", ".join(replaced))
         facts, run_model = ModelFacts.of(model), model
         centred = []
-        if cfg.resolved_centre and cfg.write_qdq and out is not None:
+        if cfg.resolved_centre and out is not None:
             shifted, centred = centre_bounded(facts.model, facts.quantizable, padded=cfg.centre_padded)
             if centred:   # calibrated as it will run: the Q/DQ and corrected models carry the shift
                 shown = ", ".join(t.original for t in centred[:3]) + (", ..." if len(centred) > 3 else "")
-                log.info("centring %d bounded activation(s) read by unpadded Conv/Gemm layers, for half the int8 "
-                         "step (%s; calibration.json lists them)", len(centred), shown)
+                pads = sum(len(t.pads) for t in centred)
+                log.info("centring %d bounded (ReLU6-like) activation(s) for half the int8 step (%s; "
+                         "calibration.json lists them)%s", len(centred), shown,
+                         f"; {pads} padded convolution(s) read them through a new Pad node of the shifted zero"
+                         if pads else "")
                 facts, run_model = ModelFacts.of(shifted), shifted
+            elif cfg.centre_padded or cfg.centre:
+                log.warning("nothing to centre in this model: no ReLU6-like (Clip) output fed by a Conv/Gemm "
+                            "and read only by Conv/Gemm layers")
         win = _window(bs, facts, cfg)
         device = resolve_device(cfg.device)
         with (DevicePass if device == "cuda" else Pass)(facts, bs, win, cfg, run_model) as sweep:

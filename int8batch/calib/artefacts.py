@@ -111,8 +111,9 @@ class CalibrationResult:
         q, c = self.qdq_report, self.corrected_report
         if key == "cache":
             scales = self.cache_scales()
-            extra = (f" ({len(scales) - len(self.amax)} of them the original names of the {len(self.centred)} "
-                     f"centred activations, for the original model)" if self.centred else "")
+            extra = (f" ({len(scales) - len(self.amax)} of them under the original names of the "
+                     f"{len(self.centred)} centred activations and their Clip inputs, for the original model)"
+                     if self.centred else "")
             return f"TensorRT calibration cache: {len(scales)} scales{extra}, header {self.cache_header}"
         if key == "dynamic_range":
             return f"{self.dynamic_range_lines} name:amax lines (ITensor::setDynamicRange)"
@@ -131,10 +132,10 @@ class CalibrationResult:
                 parts.append(f"{other} other tensors float (Softmax outputs, non-float tensors; see the JSON)")
             parts.append(f"{len(q.biases)} bias{'es' if len(q.biases) != 1 else ''} corrected")
             if self.centred:
-                parts.append(f"{len(self.centred)} ReLU6-like activations centred")
+                parts.append(f"{len(self.centred)} bounded (ReLU6-like) activations centred")
             return "Q/DQ model (TensorRT 11, strongly typed 10): " + ", ".join(parts)
         if key == "corrected" and c is not None:
-            centred = f", {len(self.centred)} bounded activations centred" if self.centred else ""
+            centred = f", {len(self.centred)} bounded (ReLU6-like) activations centred" if self.centred else ""
             return (f"FP32 model for TensorRT 10 with the cache: {len(c.weights)} weights on the int8 grid, "
                     f"{len(c.biases)} bias{'es' if len(c.biases) != 1 else ''} corrected{centred}")
         if key == "report":
@@ -159,7 +160,8 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
     The caller holds ``out``'s folder lock.
     """
     final = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
-    todo = 3 + (2 if cfg.write_qdq and (input_means or result.centred) else 1 if cfg.write_qdq else 0)
+    todo = 3 + (2 if cfg.write_qdq and (input_means or result.centred or weight_ints) else
+                1 if cfg.write_qdq else 0)
     done = 0
 
     def wrote():
@@ -206,7 +208,7 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
             qdq.save_model_atomic(qmodel, path["qdq"])
             result.qdq_report = report
             wrote()
-            if input_means or result.centred:
+            if input_means or result.centred or weight_ints:
                 # the same weights and biases as an FP32 model, for TensorRT 10 with calibration.cache
                 final["corrected"] = os.path.join(out, CORRECTED_MODEL)
                 corrected, result.corrected_report = snap_weights(m, input_means, cfg.per_channel_weights,

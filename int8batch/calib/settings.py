@@ -140,6 +140,13 @@ class CalibrationConfig:
             raise ConfigError(f"max batches must be a whole number >= 1, got {self.max_batches!r}")
         if not is_whole(self.num_bins) or self.num_bins < 2 or self.num_bins % 2:
             raise ConfigError(f"histogram bins must be an even number >= 2, got {self.num_bins!r}")
+        if self.centre is not None and not isinstance(self.centre, bool):
+            raise ConfigError(f"centre must be True, False or None (the default for the method), got {self.centre!r}")
+        if not isinstance(self.centre_padded, bool):
+            raise ConfigError(f"centre_padded must be True or False, got {self.centre_padded!r}")
+        if self.centre_padded and not self.write_qdq:
+            raise ConfigError("centring the inputs of padded convolutions (centre_padded, --centre-padded) changes "
+                              "the Q/DQ and corrected models, which write_qdq=False (--no-qdq) does not write")
         if self.centre_padded and (self.method != "auto" or self.centre is False):
             raise ConfigError("centring the inputs of padded convolutions (centre_padded, --centre-padded) extends "
                               "the centring of method auto; it needs method auto with centring on")
@@ -175,8 +182,9 @@ class CalibrationConfig:
 
     @property
     def resolved_centre(self):
-        """``centre`` resolved: on for method auto, off for the others, unless given."""
-        return self.method == "auto" if self.centre is None else bool(self.centre)
+        """``centre`` resolved: on for method auto, off for the others, unless given; off without the
+        Q/DQ model (the centring lives in the models written with it)."""
+        return self.write_qdq and (self.method == "auto" if self.centre is None else bool(self.centre))
 
     @property
     def resolved_keep_float(self):

@@ -57,9 +57,10 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                         "rounding error through the layer's input correlations, measured on the first 64 "
                         "calibration images; nearest (default for the other methods) rounds each weight alone")
     p.add_argument("--no-centre", action="store_true",
-                   help="do not centre bounded activations (default for --method auto: a ReLU6 output read only "
-                        "by unpadded Conv/Gemm layers is shifted to [-3, 3], exactly, folded into the biases, so "
-                        "int8 covers it with half the step; the Q/DQ and corrected models carry it)")
+                   help="turn off the centring that --method auto does by default: a ReLU6 output read only by "
+                        "unpadded Conv/Gemm layers is shifted to [-3, 3], exactly, folded into the biases, so int8 "
+                        "covers it with half the step (the Q/DQ and corrected models carry it; the cache holds "
+                        "the original names too)")
     p.add_argument("--centre-padded", action="store_true",
                    help="also centre the inputs of padded convolutions (the depthwise inputs of MobileNet and "
                         "EfficientNet-Lite blocks): each such convolution reads an explicit Pad of the shifted "

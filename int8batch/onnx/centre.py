@@ -53,6 +53,7 @@ class CentredTensor:
     bounds: tuple          # the original Clip's (lo, hi)
     pre: str = ""
     pre_name: str = ""
+    pads: tuple = ()       # the Pad nodes added in front of padded readers (centre_bounded(padded=True))
 
     @property
     def half(self):
@@ -65,7 +66,7 @@ class CentredTensor:
 
     def as_dict(self):
         return {"tensor": self.original, "as": self.name, "shift": self.shift, "bounds": list(self.bounds),
-                "clip_input": self.pre, "clip_input_as": self.pre_name}
+                "clip_input": self.pre, "clip_input_as": self.pre_name, "pad_nodes": list(self.pads)}
 
     def original_names(self):
         """The original tensors' names, each with the amax that serves the uncentred model."""
@@ -107,6 +108,8 @@ def _bias(node, inits, out_channels):
         a = _attrs(node)
         beta = a["beta"].f if "beta" in a else 1.0
     if len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in inits:        # a bias computed by a node (Identity, Constant...): left as it is
+            return None, beta
         arr = require("onnx.numpy_helper").to_array(inits[node.input[2]]).astype(np.float64).reshape(-1)
         return (np.broadcast_to(arr * beta, (out_channels,)).copy() if arr.size in (1, out_channels) else None), beta
     return np.zeros(out_channels), beta
@@ -241,14 +244,18 @@ def centre_bounded(model, quantizable=None, padded=False):
         renamed = {y: new, clip.input[0]: pre}
         old_pre = clip.input[0]
         clip.output[0], clip.input[0], prod.output[0] = new, pre, pre
+        added = []
         for k, u in zip(use_idx, uses):
             u.input[0] = new
             pads = _conv_pads(u) if u.op_type == "Conv" else []
             if pads:       # the zero padding becomes an explicit Pad of the shifted zero
                 pad_nodes[k] = _explicit_pad(u, new, pads, -c, w.dtype, fresh, g, numpy_helper, _opset(m))
+                added.append(pad_nodes[k].name)
         for vi in g.value_info:
             vi.name = renamed.get(vi.name, vi.name)
-        done.append(CentredTensor(y, new, c, (lo, hi), old_pre, pre))
+        done.append(CentredTensor(y, new, c, (lo, hi), old_pre, pre, tuple(added)))
+    if not done:       # every candidate had a bias of another kind: the model as given
+        return src, []
     if pad_nodes:      # each Pad right before the convolution it feeds (topological order kept)
         nodes = []
         for k, n in enumerate(g.node):

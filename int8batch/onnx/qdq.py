@@ -283,11 +283,15 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     wanted = sorted(requests, key=lambda t: rank.get(t, len(rank)))
     report.missing = [t for t in wanted if t not in scales_in and t not in keep_float]
     if report.missing and on_missing == "raise":
+        centred = [t for t in report.missing if CENTRED in t]
         raise ModelError(
             f"{len(report.missing)} tensors need an amax that was not given: "
             + ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else "")
-            + "; calibrate them, or leave them in float with int8batch qdq --allow-missing "
-            "(Python: on_missing='skip')")
+            + (f"; {len(centred)} of them are activations int8batch calibrate centred in this model: use the "
+               "calibration.cache written with it (a cache calibrated without centring does not have them)"
+               if centred else
+               "; calibrate them, or leave them in float with int8batch qdq --allow-missing "
+               "(Python: on_missing='skip')"))
     scale = {t: scales_in[t] for t in wanted if t in scales_in}
     for grp in groups:
         present = [t for t in grp if t in scale]
@@ -585,8 +589,10 @@ def qdq_from_scales(model_path, amax_dict, out_path, **kwargs):
     report.other_form = [k for k in unknown if CENTRED in k or k + CENTRED in names]
     report.extra = [k for k in unknown if k not in set(report.other_form)]
     if report.other_form:
-        log.info("%d entries are for the other form of a model int8batch calibrate centred (its cache holds "
-                 "the original names and the *%s ones); this model uses its own", len(report.other_form), CENTRED)
+        log.info("%d cache entries are not for this form of the model: int8batch calibrate centred some "
+                 "activations, and its cache holds them twice (the *%s names for model.corrected.onnx, the "
+                 "original names for the original model); this model's own entries are used",
+                 len(report.other_form), CENTRED)
     if report.extra:
         log.warning("%d names are no tensor of the model (ignored): %s%s", len(report.extra),
                     ", ".join(report.extra[:5]), " ..." if len(report.extra) > 5 else "")

@@ -590,3 +590,50 @@ def test_auto_centres_a_relu6_and_the_cache_serves_both_models(tmp_path):
     assert api.calibrate(model, tmp_path / "b", tmp_path / "mm", method="minmax").centred == []
     with pytest.raises(ConfigError, match="method auto"):
         api.calibrate(model, tmp_path / "b", tmp_path / "x", method="mse", centre=True)
+
+
+def test_centring_options_are_checked_and_a_model_without_relu6_says_so(mnist, tmp_path, caplog):
+    for bad in (dict(centre="yes"), dict(centre_padded="no"), dict(centre_padded=True, write_qdq=False)):
+        with pytest.raises(ConfigError):
+            api.calibrate(LENET, mnist, tmp_path / "x", batch_size=50, max_batches=1, **bad)
+    assert not (tmp_path / "x").exists()
+    res = api.calibrate(LENET, mnist, tmp_path / "c", batch_size=50, max_batches=1, centre_padded=True)
+    assert res.centred == [] and any("nothing to centre" in m for m in caplog.messages)
+    doc = json.loads(open(res.paths["json"]).read())
+    # --no-qdq: nothing is centred, and the settings say so
+    res = api.calibrate(LENET, mnist, tmp_path / "n", batch_size=50, max_batches=1, write_qdq=False)
+    assert json.loads(open(res.paths["json"]).read())["metadata"]["settings"]["centre"] is False
+    assert doc["metadata"]["settings"]["centre"] is True
+
+
+def test_rounded_weights_alone_still_write_the_corrected_model(tmp_path):
+    """Error-compensating rounding without bias correction or centring: TensorRT 10 still needs the
+    corrected model to get those integers (it rounds the original weights to nearest itself)."""
+    _random_photos_packed(tmp_path)
+    model = _relu6_block_model(str(tmp_path / "m.onnx"), 32)
+    res = api.calibrate(model, tmp_path / "b", tmp_path / "c", centre=False, bias_correction=False)
+    assert "corrected" in res.paths
+    # second reader: each corrected weight equals the Q/DQ model's int8 weight times its scale
+    from onnx import numpy_helper
+    q, cm = onnx.load(res.paths["qdq"]), onnx.load(res.paths["corrected"])
+    qi = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    ci = {t.name: numpy_helper.to_array(t) for t in cm.graph.initializer}
+    dq = {n.output[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in qi}
+    convs = {n.name or n.output[0]: n for n in q.graph.node if n.op_type == "Conv"}
+    for n in cm.graph.node:
+        if n.op_type != "Conv":
+            continue
+        d = dq[convs[n.name or n.output[0]].input[1]]
+        w8, s = qi[d.input[0]].astype(np.float32), qi[d.input[1]]
+        np.testing.assert_allclose(ci[n.input[1]], w8 * s.reshape(-1, 1, 1, 1), rtol=1e-6)
+
+
+def test_qdq_names_a_cache_without_the_centred_tensors(tmp_path):
+    _random_photos_packed(tmp_path)
+    model = _relu6_block_model(str(tmp_path / "m.onnx"), 32)
+    on = api.calibrate(model, tmp_path / "b", tmp_path / "on")
+    off = api.calibrate(model, tmp_path / "b", tmp_path / "off", centre=False)
+    from int8batch.onnx.qdq import qdq_from_scales
+    with pytest.raises(ModelError, match="centred in this model: use the calibration.cache written with it"):
+        qdq_from_scales(on.paths["corrected"], None, str(tmp_path / "q.onnx"),
+                        act_scales=read_trt_cache(off.paths["cache"]).scales)

@@ -205,3 +205,13 @@ def test_auto_pad_same_is_left_alone_even_when_padded():
     conv2.attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER"))
     c, done = centre_bounded(m, padded=True)
     assert done == [] and c is m
+
+
+def test_a_bias_computed_by_a_node_is_left_alone():
+    # the producer's bias comes through an Identity (some exporters): no initializer to change, so no centring
+    m = _block()
+    conv1 = next(n for n in m.graph.node if n.name == "conv1")
+    conv1.input[2] = "b1_id"
+    m.graph.node.insert(0, helper.make_node("Identity", ["b1"], ["b1_id"], name="bias_id"))
+    c, done = centre_bounded(m)
+    assert done == [] and c is m

@@ -121,7 +121,8 @@ class RunReport:
                             "window_text": self.calibration_window(), "method": self.settings.method,
                             "tensors": len(cal.amax), "seconds": cal.seconds, "artefacts": cal.paths,
                             "kept_float": list(getattr(cal, "kept_float", None) or []),
-                            "bias_corrected": sorted(_biases(cal))},
+                            "bias_corrected": sorted(_biases(cal)),
+                            "centred": [t.original for t in getattr(cal, "centred", None) or []]},
             "scoring": {"window": dataclasses.asdict(self.win), **scores,
                         "top1_agreement": r.top1_agreement, "agreed": r.agreed, "mean_softmax_kl": r.mean_kl,
                         "max_abs_output_diff": r.max_abs_diff},
@@ -144,7 +145,9 @@ class RunReport:
                  f"{len(cal.amax)} tensors in {cal.seconds:.2f} s"
                  + (f"; kept float in the Q/DQ model (sensitivity pass): {', '.join(cal.kept_float)}"
                     if getattr(cal, "kept_float", None) else "")
-                 + (f"; {len(_biases(cal))} layer biases corrected for the int8 weights" if _biases(cal) else ""),
+                 + (f"; {len(_biases(cal))} layer biases corrected for the int8 weights" if _biases(cal) else "")
+                 + (f"; {len(cal.centred)} bounded (ReLU6-like) activations centred" if getattr(cal, "centred", None)
+                    else ""),
                  f"Artefacts: {', '.join(os.path.relpath(p) for p in cal.paths.values())}", ""]
         for label, t1, t5, _, _, ms in self._scores():
             top = f"Top1: {_rate(t1)}, Top5: {_rate(t5)}" if self.labelled else "Top1/Top5: n/a (no labels)"

@@ -256,6 +256,9 @@ def test_efficientnet_lite0_agreement_on_real_photos(tmp_path):
     # the issue's bar for run imagenet without labels (96.5 % / KL 0.0038 when written)
     assert r.result.top1_agreement >= 0.95 and r.passed, r.text()
     assert r.result.mean_kl < 0.01
+    # auto centred the 16 depthwise outputs; the report says so and lists them
+    d = json.loads(open(tmp_path / "out" / "report.json").read())
+    assert len(d["calibration"]["centred"]) == 16 and "16 bounded (ReLU6-like) activations centred" in r.text()
 
 # ------------------------------------------------------------- first contact (issue 15)
 def test_cli_run_imagenet_checks_the_model_against_the_preset_first(data, tmp_path, capsys):

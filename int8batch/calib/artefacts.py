@@ -61,6 +61,11 @@ def check_replaceable(out, force=False):
     return present
 
 
+def centred_phrase(count):
+    """How the summaries name the centred activations (:mod:`int8batch.onnx.centre`)."""
+    return f"{count} bounded (ReLU6-like) activation{'s' if count != 1 else ''} centred"
+
+
 @dataclass
 class CalibrationResult:
     """What :func:`calibrate` computed and wrote."""
@@ -132,10 +137,10 @@ class CalibrationResult:
                 parts.append(f"{other} other tensors float (Softmax outputs, non-float tensors; see the JSON)")
             parts.append(f"{len(q.biases)} bias{'es' if len(q.biases) != 1 else ''} corrected")
             if self.centred:
-                parts.append(f"{len(self.centred)} bounded (ReLU6-like) activations centred")
+                parts.append(centred_phrase(len(self.centred)))
             return "Q/DQ model (TensorRT 11, strongly typed 10): " + ", ".join(parts)
         if key == "corrected" and c is not None:
-            centred = f", {len(self.centred)} bounded (ReLU6-like) activations centred" if self.centred else ""
+            centred = f", {centred_phrase(len(self.centred))}" if self.centred else ""
             return (f"FP32 model for TensorRT 10 with the cache: {len(c.weights)} weights on the int8 grid, "
                     f"{len(c.biases)} bias{'es' if len(c.biases) != 1 else ''} corrected{centred}")
         if key == "report":

@@ -24,10 +24,11 @@ get new names (``<name>_centred``): their values differ from the original's,
 and a calibration cache keyed by the old names must still be right for the
 original model (:mod:`int8batch.calib.artefacts` writes both).  For the
 original names the larger bound is the right amax: quantizing the Clip's
-input on that grid and clipping gives what quantizing its output gives.  Nothing else changes: the graph keeps its nodes,
-node names and other tensor names, so TensorRT fuses it as before (a Clip
-with other bounds is the same activation layer), and only biases and the
-Clip's bounds differ from the original.
+input on that grid and clipping gives what quantizing its output gives.
+Nothing else changes: the graph keeps its nodes, node names and other tensor
+names, so TensorRT fuses it as before (a Clip with other bounds is the same
+activation layer), and only biases and the Clip's bounds differ from the
+original (and, with ``padded``, the Pad nodes are new).
 """
 import math
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ from .._version import __version__
 from .._atomic import write_json_atomic, write_text_atomic
 from .._staged import refuse_foreign_files
 from . import protocol
+from ..calib.artefacts import centred_phrase
 
 
 def _versions():
@@ -146,8 +147,7 @@ class RunReport:
                  + (f"; kept float in the Q/DQ model (sensitivity pass): {', '.join(cal.kept_float)}"
                     if getattr(cal, "kept_float", None) else "")
                  + (f"; {len(_biases(cal))} layer biases corrected for the int8 weights" if _biases(cal) else "")
-                 + (f"; {len(cal.centred)} bounded (ReLU6-like) activations centred" if getattr(cal, "centred", None)
-                    else ""),
+                 + (f"; {centred_phrase(len(cal.centred))}" if getattr(cal, "centred", None) else ""),
                  f"Artefacts: {', '.join(os.path.relpath(p) for p in cal.paths.values())}", ""]
         for label, t1, t5, _, _, ms in self._scores():
             top = f"Top1: {_rate(t1)}, Top5: {_rate(t5)}" if self.labelled else "Top1/Top5: n/a (no labels)"

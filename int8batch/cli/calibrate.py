@@ -43,7 +43,7 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                    help="tensorrt backend: TensorRT calibrator (default entropy2)")
     p.add_argument("--no-qdq", action="store_true",
                    help="write the cache, the dynamic ranges and calibration.json only: no Q/DQ model and no "
-                        "model.corrected.onnx (no weight rounding, no bias correction)")
+                        "model.corrected.onnx (no weight rounding, no bias correction, no centring)")
     p.add_argument("--keep-float", type=keep_float_value, default=None, metavar="K|auto",
                    help="activations left without Q/DQ (TensorRT runs their consumers in higher precision), "
                         "chosen by a one-at-a-time sensitivity pass: K most sensitive, or auto: those whose "

@@ -118,7 +118,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         result = _result(hist, lattice, facts, cfg, win, sweep.seconds)
         result.pass_seconds = t_pass
         result.device, result.executed_by = device, sweep.executed_by
-        result.centred = centred
+        result.centred, result.cache_keep_float = centred, cfg.cache_keep_float
         if cfg.resolved_keep_float and cfg.write_qdq and out is not None:
             result.kept_float = _most_sensitive(facts, result.amax, bs, win, cfg, sweep.dynamic,
                                                 reporter(progress, "sensitivity", "tensors"), device)

@@ -88,16 +88,28 @@ class CalibrationResult:
     device: str = "cpu"                 # where the statistics were computed ("cpu" / "cuda")
     executed_by: str = "ONNX Runtime"   # which ONNX Runtime provider(s) ran the model
     centred: list = field(default_factory=list)   # CentredTensor of int8batch.onnx.centre
+    cache_keep_float: bool = False      # the cache leaves the kept-float tensors out (CalibrationConfig)
 
-    def cache_scales(self):
+    def cache_scales(self, keep_float=False):
         """The amax the cache and dynamic-range file hold: every calibrated tensor, and for each
         centred activation the original names too (the Clip's output and input) with the uncentred
-        bound (the cache then serves the original model and model.corrected.onnx alike)."""
+        bound (the cache then serves the original model and model.corrected.onnx alike).
+        ``keep_float``: without the tensors the Q/DQ model keeps float (:meth:`left_out`)."""
         scales = dict(self.amax)
         for t in self.centred:
             for name, amax in t.original_names().items():
                 scales.setdefault(name, float(amax))
+        if keep_float:
+            for name in self.left_out():
+                scales.pop(name, None)
         return scales
+
+    def left_out(self):
+        """The names a ``cache_keep_float`` cache leaves out: the tensors kept float, and the original
+        name of each of them that was centred."""
+        kept = list(self.kept_float)
+        by_name = {t.name: t.original for t in self.centred}
+        return kept + [by_name[k] for k in kept if k in by_name]
 
     def summary(self):
         """The run in one line, then one line per artefact written, then the notes."""
@@ -115,10 +127,13 @@ class CalibrationResult:
         """What the artefact ``paths[key]`` holds, in a few words."""
         q, c = self.qdq_report, self.corrected_report
         if key == "cache":
-            scales = self.cache_scales()
-            extra = (f" ({len(scales) - len(self.amax)} of them under the original names of the "
+            scales = self.cache_scales(keep_float=self.cache_keep_float)
+            extra = (f" ({sum(k not in self.amax for k in scales)} of them under the original names of the "
                      f"{len(self.centred)} centred activations and their Clip inputs, for the original model)"
                      if self.centred else "")
+            if self.cache_keep_float and self.kept_float:
+                extra += (f"; the {len(self.kept_float)} activations kept float left out, so TensorRT runs their "
+                          f"layers in higher precision")
             return f"TensorRT calibration cache: {len(scales)} scales{extra}, header {self.cache_header}"
         if key == "dynamic_range":
             return f"{self.dynamic_range_lines} name:amax lines (ITensor::setDynamicRange)"
@@ -154,7 +169,7 @@ def _settings(cfg):
     return {"method": cfg.method, "two_pass": cfg.two_pass, "num_bins": cfg.num_bins, "percentile": cfg.percentile,
             "keep_float": cfg.keep_float, "bias_correction": cfg.bias_correction,
             "weight_rounding": cfg.resolved_weight_rounding, "centre": cfg.resolved_centre,
-            "centre_padded": cfg.centre_padded,
+            "centre_padded": cfg.centre_padded, "cache_keep_float": cfg.cache_keep_float,
             "write_qdq": cfg.write_qdq,
             "per_channel_weights": cfg.per_channel_weights, "device": cfg.device}
 
@@ -181,7 +196,7 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
     m = facts.model
     with atomic_output_set(out, stale=SET_NAMES, lock_held=True) as staged:
         path = {k: staged.path(v) for k, v in ARTEFACTS.items()}
-        scales = result.cache_scales()
+        scales = result.cache_scales(keep_float=cfg.cache_keep_float)
         cache_io.write_trt_cache(path["cache"], scales, header.number, header.algorithm)
         wrote()
         # TensorRT's sampleINT8API splits a dynamic-range line at its first ':', so a tensor named
@@ -198,7 +213,8 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
                 "cache_header": str(header), "trt_version": ".".join(map(str, header.version)),
                 "trt_version_source": source, "cache_algorithm": header.algorithm,
                 "qdq_kept_float": list(result.kept_float), "dynamic_range_left_out": list(dr_skipped),
-                "centred": [t.as_dict() for t in result.centred]}
+                "centred": [t.as_dict() for t in result.centred],
+                "cache_left_out_float": result.left_out() if cfg.cache_keep_float else []}
         if cfg.write_qdq:
             kept = set(result.kept_float)
             act = {k: v for k, v in result.amax.items() if k not in kept}

@@ -20,6 +20,21 @@ def _is_trt_cache(path):
     return first.lstrip(b"\xef\xbb\xbf").strip().startswith(b"TRT-")
 
 
+def _left_out_float(cache_path):
+    """Tensors an int8batch calibration left out of this cache on purpose (``cache_keep_float``), as
+    the calibration.json beside it records them: ``{name: why}``, empty when there is no such file."""
+    side = os.path.join(os.path.dirname(os.path.abspath(cache_path)), "calibration.json")
+    if not os.path.isfile(side):
+        return {}
+    try:
+        doc = C.read_calibration_json(side)
+    except CacheError:
+        return {}
+    names = (doc.get("metadata") or {}).get("cache_left_out_float") or []
+    return {n: "kept float by int8batch calibrate (left out of the cache; calibration.json)" for n in names
+            if isinstance(n, str)}
+
+
 def qdq_from_cache(model_path, cache_path, out_path, **kwargs):
     """Q/DQ model from a TensorRT calibration cache or a dynamic-range file.
 
@@ -51,6 +66,11 @@ def qdq_from_cache(model_path, cache_path, out_path, **kwargs):
         raise CacheError(f"calibration file {cache_path!r} does not exist", path=cache_path) from None
     except IsADirectoryError:
         raise CacheError(f"calibration file {cache_path!r} is a directory", path=cache_path) from None
+    left_out = _left_out_float(cache_path)
+    if left_out:
+        log.info("%s: %d tensor(s) kept float by the calibration that wrote this cache (calibration.json beside "
+                 "it) stay float", cache_path, len(left_out))
+        kwargs["keep_float"] = {**left_out, **(kwargs.get("keep_float") or {})}
     if is_cache:
         data = C.read_trt_cache(cache_path)
         scales, zero, unusable = data.usable, data.zero, data.unusable
@@ -66,6 +86,7 @@ def qdq_from_cache(model_path, cache_path, out_path, **kwargs):
                              "or dynamic_range.txt that calibrate wrote", path=cache_path)
         zero, unusable = [k for k, a in amax.items() if a == 0.0], {}
         report = qdq_from_scales(model_path, amax, out_path, **kwargs)
+    report.extra = [k for k in report.extra if k not in left_out]   # the original model's names of them
     report.unusable, report.zero_scale = dict(unusable), list(zero)
     named = len(report.activations) + len([t for t, _ in report.skipped if t in unusable])
     entries = len(report.activations) + len(report.extra) + len(unusable)

@@ -91,6 +91,12 @@ class CalibrationConfig:
         Also centre the inputs of padded convolutions (depthwise inputs), each
         convolution then reading an explicit ``Pad`` of the shifted zero: new
         nodes in the graph, so off unless asked for.
+    cache_keep_float : bool
+        Leave the activations the Q/DQ model keeps float out of
+        ``calibration.cache`` and ``dynamic_range.txt`` too, so that TensorRT
+        10's implicit INT8 runs the layers reading or producing them in higher
+        precision (its fallback for a tensor without a scale) instead of
+        quantizing them.  Off by default: the cache then holds every tensor.
     report : bool
         Also write ``report.png`` (histograms of the most saturated tensors; needs
         matplotlib), as part of the artefact set.
@@ -117,6 +123,7 @@ class CalibrationConfig:
     weight_rounding: str | None = None
     centre: bool | None = None
     centre_padded: bool = False
+    cache_keep_float: bool = False
     report: bool = False
 
     def __post_init__(self):
@@ -142,6 +149,12 @@ class CalibrationConfig:
             raise ConfigError(f"histogram bins must be an even number >= 2, got {self.num_bins!r}")
         if self.centre is not None and not isinstance(self.centre, bool):
             raise ConfigError(f"centre must be True, False or None (the default for the method), got {self.centre!r}")
+        if not isinstance(self.cache_keep_float, bool):
+            raise ConfigError(f"cache_keep_float must be True or False, got {self.cache_keep_float!r}")
+        if self.cache_keep_float and (not self.write_qdq or self.resolved_keep_float == 0):
+            raise ConfigError("leaving the float activations out of the cache (cache_keep_float, --cache-keep-float) "
+                              "needs activations kept float: method auto or keep_float (--keep-float) above 0, "
+                              "with the Q/DQ model written")
         if not isinstance(self.centre_padded, bool):
             raise ConfigError(f"centre_padded must be True or False, got {self.centre_padded!r}")
         if self.centre_padded and not self.write_qdq:

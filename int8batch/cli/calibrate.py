@@ -66,6 +66,11 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
                         "EfficientNet-Lite blocks): each such convolution reads an explicit Pad of the shifted "
                         "zero instead of padding itself; exact, but new Pad nodes in the Q/DQ and corrected "
                         "models (see the README for what it gains and why it is not the default)")
+    p.add_argument("--cache-keep-float", action="store_true",
+                   help="leave the activations kept float in the Q/DQ model (--keep-float) out of "
+                        "calibration.cache and dynamic_range.txt too: TensorRT 10's implicit INT8 then runs the "
+                        "layers reading or producing them in higher precision instead of quantizing them "
+                        "(default: the cache holds every tensor)")
     add_device_option(p, "the model and where the statistics are computed")
     p.add_argument("--device-budget", type=float, metavar="GB",
                    help="device memory one run's activations may take on the GPU (default 8 GB); larger "
@@ -123,6 +128,7 @@ def run(args):
                             device=args.device, progress=bar, weight_rounding=args.weight_rounding,
                             force=args.force, report=args.report,
                             centre=False if args.no_centre else None, centre_padded=args.centre_padded,
+                            cache_keep_float=args.cache_keep_float,
                             device_budget=None if args.device_budget is None else int(args.device_budget * 1e9))
     finally:
         bar.close()

@@ -637,3 +637,32 @@ def test_qdq_names_a_cache_without_the_centred_tensors(tmp_path):
     with pytest.raises(ModelError, match="centred in this model: use the calibration.cache written with it"):
         qdq_from_scales(on.paths["corrected"], None, str(tmp_path / "q.onnx"),
                         act_scales=read_trt_cache(off.paths["cache"]).scales)
+
+
+def test_cache_keep_float_leaves_the_float_tensors_out_for_tensorrt_10(tmp_path):
+    """--cache-keep-float: TensorRT 10 falls back to higher precision for a tensor without a scale, so the
+    cache leaves out what the Q/DQ model keeps float; int8batch qdq then rebuilds the same Q/DQ model."""
+    import shutil
+    from int8batch.calib.convert import qdq_from_cache
+    from int8batch.onnx.qdq import qdq_from_scales  # noqa: F401 - the path qdq_from_cache takes
+    _random_photos_packed(tmp_path)
+    model = _relu6_block_model(str(tmp_path / "m.onnx"), 32)
+    res = api.calibrate(model, tmp_path / "b", tmp_path / "c", keep_float=1, cache_keep_float=True)
+    (kept,) = res.kept_float
+    cache = read_trt_cache(res.paths["cache"]).scales
+    assert kept not in cache and kept not in read_dynamic_range(res.paths["dynamic_range"])
+    assert set(cache) == set(res.cache_scales()) - set(res.left_out())
+    doc = json.loads(open(res.paths["json"]).read())
+    assert doc["metadata"]["cache_left_out_float"] == res.left_out()
+    # second path: the corrected model + this cache -> the same activations quantized, with the same scales
+    rep = qdq_from_cache(res.paths["corrected"], res.paths["cache"], str(tmp_path / "q.onnx"))
+    assert sorted(rep.activations) == sorted(res.qdq_report.activations) and rep.missing == []
+    # the cache alone, away from its calibration.json: the left-out tensor is missing, and said so
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(res.paths["cache"], alone / "calibration.cache")
+    with pytest.raises(ModelError, match="need an amax"):
+        qdq_from_cache(res.paths["corrected"], alone / "calibration.cache", str(tmp_path / "q2.onnx"))
+    # nothing kept float, nothing to leave out: refused rather than ignored
+    with pytest.raises(ConfigError, match="kept float"):
+        api.calibrate(model, tmp_path / "b", tmp_path / "x", method="mse", cache_keep_float=True)

@@ -122,6 +122,9 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         if cfg.resolved_keep_float and cfg.write_qdq and out is not None:
             result.kept_float = _most_sensitive(facts, result.amax, bs, win, cfg, sweep.dynamic,
                                                 reporter(progress, "sensitivity", "tensors"), device)
+        if cfg.cache_keep_float and not result.kept_float and out is not None:
+            log.warning("no activation was kept float (the sensitivity pass found none above its threshold), so "
+                        "the cache holds every tensor as without --cache-keep-float")
         if out is not None:
             ints = _rounded_weights(facts, moments) if moments is not None else None
             write_artefacts(result, model, facts, out, cfg, bs, win, means,

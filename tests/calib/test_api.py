@@ -666,3 +666,10 @@ def test_cache_keep_float_leaves_the_float_tensors_out_for_tensorrt_10(tmp_path)
     # nothing kept float, nothing to leave out: refused rather than ignored
     with pytest.raises(ConfigError, match="kept float"):
         api.calibrate(model, tmp_path / "b", tmp_path / "x", method="mse", cache_keep_float=True)
+
+
+def test_cache_keep_float_when_auto_keeps_nothing_says_so(mnist, tmp_path, caplog):
+    res = api.calibrate(LENET, mnist, tmp_path / "c", batch_size=50, max_batches=2, cache_keep_float=True)
+    assert res.kept_float == []
+    assert any("no activation was kept float" in m for m in caplog.messages)
+    assert set(read_trt_cache(res.paths["cache"]).scales) == set(res.amax)

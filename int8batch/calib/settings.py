@@ -163,10 +163,10 @@ class CalibrationConfig:
         if self.centre_padded and (self.method != "auto" or self.centre is False):
             raise ConfigError("centring the inputs of padded convolutions (centre_padded, --centre-padded) extends "
                               "the centring of method auto; it needs method auto with centring on")
-        if self.centre and self.method != "auto":
-            raise ConfigError(f"centring bounded activations (centre=True) belongs to method auto, not "
-                              f"{self.method!r}: the other methods reproduce a calibrator's scales for the model "
-                              "as given")
+        if self.centre is not None and self.method != "auto":
+            raise ConfigError(f"centring bounded activations (centre, --no-centre) applies to method auto only, "
+                              f"not {self.method!r}: the other methods never centre (they reproduce a "
+                              "calibrator's scales for the model as given)")
         k = self.keep_float
         if k is not None and k != "auto" and (not is_whole(k) or k < 0):
             raise ConfigError(f"keep_float (--keep-float) must be a number >= 0 or 'auto', got {k!r}")

@@ -90,11 +90,6 @@ def _refuse_unused(args, backend):
         if given:
             raise ConfigError(f"{' and '.join(given)} apply to --backend tensorrt only; this run uses ONNX "
                               "Runtime (choose the header's calibrator with --cache-algorithm)")
-    if args.centre_padded and (args.no_centre or args.method != "auto"):
-        raise ConfigError("--centre-padded extends the centring of --method auto; it cannot go with "
-                          + ("--no-centre" if args.no_centre else f"--method {args.method}"))
-    if args.no_centre and args.method != "auto":
-        raise ConfigError(f"--no-centre applies to --method auto only; {args.method} never centres")
     if args.percentile is not None and args.method != "percentile":
         raise ConfigError(f"--percentile applies to --method percentile only, not {args.method}")
 

@@ -74,16 +74,12 @@ class CentredTensor:
         return {self.pre: self.original_amax, self.original: self.original_amax}
 
 
-def _attrs(node):
-    return {a.name: a for a in node.attribute}
-
-
 def _conv_pads(node):
     """The explicit pads of a Conv (``[]`` for none); None with ``auto_pad`` SAME_* (they depend on shapes)."""
-    a = _attrs(node)
-    if "auto_pad" in a and a["auto_pad"].s not in (b"NOTSET", b"VALID"):
+    if G.node_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
         return None
-    return list(a["pads"].ints) if "pads" in a and any(a["pads"].ints) else []
+    pads = list(G.node_attr(node, "pads", []))
+    return pads if any(pads) else []
 
 
 def _absorbs(node, name, inits, padded=False):
@@ -96,18 +92,16 @@ def _absorbs(node, name, inits, padded=False):
         pads = _conv_pads(node)
         return pads is not None and (padded or not pads)
     if node.op_type == "Gemm":
-        a = _attrs(node)
         return (node.input[0] == name and list(node.input).count(name) == 1 and len(node.input) > 1
-                and node.input[1] in inits and not ("transA" in a and a["transA"].i))
+                and node.input[1] in inits and not G.node_attr(node, "transA", 0))
     return False
 
 
 def _bias(node, inits, out_channels):
     """``(effective bias as float64, beta)`` of ``node`` (Gemm: ``beta * C``; zeros when it has none)."""
-    beta = 1.0
-    if node.op_type == "Gemm":
-        a = _attrs(node)
-        beta = a["beta"].f if "beta" in a else 1.0
+    beta = float(G.node_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
+    if beta == 0:                             # C ignored: no bias to move the shift into
+        return None, beta
     if len(node.input) > 2 and node.input[2]:
         if node.input[2] not in inits:        # a bias computed by a node (Identity, Constant...): left as it is
             return None, beta
@@ -120,20 +114,16 @@ def _out_channels(node, w):
     if node.op_type == "Conv":
         return w.shape[0]
     if node.op_type == "ConvTranspose":
-        group = _attrs(node).get("group")
-        return w.shape[1] * (group.i if group is not None else 1)
-    trans_b = _attrs(node).get("transB")
-    return w.shape[0] if trans_b is not None and trans_b.i else w.shape[1]
+        return w.shape[1] * int(G.node_attr(node, "group", 1))
+    return w.shape[0] if G.node_attr(node, "transB", 0) else w.shape[1]
 
 
 def _input_sum(node, w):
     """Per output channel, the sum of the weights one input shift of 1 adds to it."""
     if node.op_type == "Conv":
         return w.reshape(w.shape[0], -1).sum(axis=1)
-    a = _attrs(node)
-    alpha = a["alpha"].f if "alpha" in a else 1.0
-    trans_b = a["transB"].i if "transB" in a else 0
-    return alpha * (w.sum(axis=1) if trans_b else w.sum(axis=0))
+    alpha = float(G.node_attr(node, "alpha", 1.0))
+    return alpha * (w.sum(axis=1) if G.node_attr(node, "transB", 0) else w.sum(axis=0))
 
 
 def centre_bounded(model, quantizable=None, padded=False):
@@ -250,7 +240,7 @@ def centre_bounded(model, quantizable=None, padded=False):
             u.input[0] = new
             pads = _conv_pads(u) if u.op_type == "Conv" else []
             if pads:       # the zero padding becomes an explicit Pad of the shifted zero
-                pad_nodes[k] = _explicit_pad(u, new, pads, -c, w.dtype, fresh, g, numpy_helper, _opset(m))
+                pad_nodes[k] = _explicit_pad(u, new, pads, -c, w.dtype, fresh, g, numpy_helper, G.opset(m))
                 added.append(pad_nodes[k].name)
         for vi in g.value_info:
             vi.name = renamed.get(vi.name, vi.name)
@@ -267,10 +257,6 @@ def centre_bounded(model, quantizable=None, padded=False):
         del g.node[:]
         g.node.extend(nodes)
     return m, done
-
-
-def _opset(model):
-    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _explicit_pad(conv, name, pads, value, dtype, fresh, graph, numpy_helper, opset):

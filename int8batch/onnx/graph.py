@@ -298,6 +298,14 @@ def constant_values(model):
     return values
 
 
+def opset(model):
+    """The model's ai.onnx opset version (0 when it imports none)."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
 def node_attr(node, name, default=None):
     for a in node.attribute:
         if a.name == name:
@@ -335,7 +343,7 @@ def bounded_tensors(model, quantizable=None):
     values = constant_values(model)
     wanted = set(quantizable_tensors(model) if quantizable is None else quantizable)
     out = {}
-    for node in topological_nodes(model.graph):
+    for node in model.graph.node:         # ONNX keeps nodes in topological order: a Pad comes after its input
         if not node.output:
             continue
         op, name = node.op_type, node.output[0]

@@ -133,11 +133,7 @@ class QdqReport:
         return lines
 
 
-def _opset(model):
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 0
+_opset = G.opset
 
 
 # ---------------------------------------------------------------- insertion
@@ -586,8 +582,9 @@ def qdq_from_scales(model_path, amax_dict, out_path, **kwargs):
     given += [k for k in kwargs.get("keep_float") or {} if k not in given]
     names = all_tensor_names(model)
     unknown = sorted(k for k in given if k not in names)
-    report.other_form = [k for k in unknown if CENTRED in k or k + CENTRED in names]
-    report.extra = [k for k in unknown if k not in set(report.other_form)]
+    other = {k for k in unknown if CENTRED in k or k + CENTRED in names}
+    report.other_form = [k for k in unknown if k in other]
+    report.extra = [k for k in unknown if k not in other]
     if report.other_form:
         log.info("%d cache entries are not for this form of the model: int8batch calibrate centred some "
                  "activations, and its cache holds them twice (the *%s names for model.corrected.onnx, the "

@@ -538,6 +538,9 @@ def test_centre_padded_pads_with_the_shifted_zero_on_the_int8_grid(tmp_path, cap
     assert main(["calibrate", model, "--batches", str(tmp_path / "b"), "-o", str(tmp_path / "x"),
                  "--centre-padded", "--no-centre"]) == 1
     assert "--centre-padded" in capsys.readouterr().err
+    assert main(["calibrate", model, "--batches", str(tmp_path / "b"), "-o", str(tmp_path / "x"),
+                 "--no-centre", "--method", "mse"]) == 1
+    assert "--no-centre" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_auto_centres_a_relu6_and_the_cache_serves_both_models(tmp_path):

@@ -215,3 +215,17 @@ def test_a_bias_computed_by_a_node_is_left_alone():
     m.graph.node.insert(0, helper.make_node("Identity", ["b1"], ["b1_id"], name="bias_id"))
     c, done = centre_bounded(m)
     assert done == [] and c is m
+
+
+def test_a_gemm_reader_with_beta_zero_is_left_alone():
+    # beta = 0: the Gemm ignores C, so there is no bias to take the shift; the Clip stays as it is
+    r = Q.rng(13)
+    nodes = [helper.make_node("Gemm", ["x", "B1", "C1"], ["g1"], name="gemm1", transB=1),
+             helper.make_node("Clip", ["g1", "lo", "hi"], ["r1"], name="relu6"),
+             helper.make_node("Gemm", ["r1", "B2", "C2"], ["y"], name="gemm2", beta=0.0)]
+    m = Q.model(nodes, [("x", [4, 6])], [("y", [4, 3])],
+                [Q.init("B1", r.normal(size=(5, 6)).astype(np.float32)), Q.init("C1", np.zeros(5, np.float32)),
+                 Q.init("B2", r.normal(size=(5, 3)).astype(np.float32)), Q.init("C2", np.ones(3, np.float32)),
+                 Q.init("lo", np.float32(0)), Q.init("hi", np.float32(6))])
+    c, done = centre_bounded(m)
+    assert done == [] and c is m

@@ -106,6 +106,7 @@ class EvalResult:
     int8_pred: list = field(default_factory=list)
     disagreements: list = field(default_factory=list)
     executed_by: dict = field(default_factory=dict)   # {"fp32": ..., "int8": ...}: the provider(s) that ran
+    int8_quantized: bool = None   # False: the "INT8" model has no quantized node (see int8_note); None: not known
 
     @property
     def classifier(self):
@@ -121,6 +122,15 @@ class EvalResult:
         return (f"{name} is {shape} per image, not one row of class scores: top-1 agreement and "
                 f"softmax KL treat its values as classes and mean little here; relative L2 error "
                 f"{self.rel_error:.3g}")
+
+    def int8_note(self):
+        """A warning line when the model given as INT8 holds no quantized node (None otherwise)."""
+        if self.int8_quantized is not False:
+            return None
+        return ("warning: the INT8 model holds no QuantizeLinear/DequantizeLinear (or other quantized) node, so "
+                "ONNX Runtime ran it in float and these figures compare two float models. A model.corrected.onnx "
+                "is for TensorRT with its calibration.cache; to score what TensorRT would run, give "
+                "model.qdq.onnx, or build one with: int8batch qdq model.corrected.onnx --cache calibration.cache")
 
     def other_output_notes(self):
         """One line per further graph output: its relative L2 error (or why it was not compared)."""
@@ -160,7 +170,7 @@ class EvalResult:
                  f"top-1 agreement INT8 vs FP32: {pct(self.top1_agreement)}",
                  f"mean softmax KL(FP32 || INT8): {self.mean_kl:.5f}",
                  f"output |difference|: max {self.max_abs_diff:.5g}, mean {self.mean_abs_diff:.5g}",
-                 self.output_note(), *self.other_output_notes(),
+                 self.output_note(), *self.other_output_notes(), *filter(None, [self.int8_note()]),
                  f"time: FP32 {self.ms_per_image_fp32:.4f} ms/image, INT8 {self.ms_per_image_int8:.4f} ms/image"]
         return "\n".join(lines)
 
@@ -264,6 +274,11 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     acc = Comparison(outputs, keep_largest, keep)
     acc.result.batch_size = batch_size or getattr(batchset, "per_file", None)
     acc.result.executed_by = {"fp32": fp.executed_by, "int8": q.executed_by}
+    acc.result.int8_quantized = q.quantized
+    if not q.quantized and not fp.has_qdq:
+        log.warning("%s", acc.result.int8_note().removeprefix("warning: ").replace(
+            "the INT8 model", f"the INT8 model ({int8_model})" if isinstance(int8_model, (str, os.PathLike))
+            else "the INT8 model", 1))
     acc.result.output = fp.output_name
     if fp.output_name in q.output_names:   # outputs are paired by name (by position when the names differ)
         q.output_name = fp.output_name

@@ -280,7 +280,11 @@ class ModelRunner:
         self.input_name = self._info.name
         names = [o.name for o in m.graph.output]
         self.output_names = names
-        self.has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
+        ops = {n.op_type for n in m.graph.node}
+        self.has_qdq = bool(ops & {"QuantizeLinear", "DequantizeLinear"})
+        #: any quantized arithmetic at all (Q/DQ pairs, ONNX Runtime's QLinear* / *Integer operators)
+        self.quantized = self.has_qdq or any(o.startswith("QLinear") or o.endswith("Integer")
+                                             or o == "DynamicQuantizeLinear" for o in ops)
         self.output_name = names[0] if output is None else output
         if self.output_name not in names:
             raise ModelError(f"{self._label}: no graph output named {output!r} "

@@ -1,6 +1,7 @@
 """evaluate(): top-k, agreement, KL and differences against hand-computed values."""
 import re
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -261,5 +262,20 @@ def test_swapped_models_are_named(tmp_path, caplog):
     assert "are the two models swapped" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="int8batch"):
-        evaluate(fp, q, pairs(), device="cpu")
-    assert "swapped" not in caplog.text
+        r = evaluate(fp, q, pairs(), device="cpu")
+    assert "swapped" not in caplog.text and "no QuantizeLinear" not in caplog.text
+    assert r.int8_quantized is True and r.int8_note() is None
+
+
+def test_a_float_model_given_as_int8_is_named(tmp_path, caplog):
+    """Found as a new user: `eval model.onnx model.corrected.onnx` (a float model meant for TensorRT with its
+    cache) printed "INT8" figures for what ONNX Runtime ran in float, without a word."""
+    path = tmp_path / "model.corrected.onnx"
+    onnx.save(flat_model(SHIFT), str(path))
+    with caplog.at_level("WARNING", logger="int8batch"):
+        r = evaluate(flat_model(), str(path), pairs(), device="cpu")
+    assert r.int8_quantized is False
+    assert str(path) in caplog.text and "ran it in float" in caplog.text
+    assert "int8batch qdq model.corrected.onnx --cache calibration.cache" in r.int8_note()
+    assert r.int8_note() in r.summary()
+    check_hand_values(r)        # the figures themselves are still the comparison asked for

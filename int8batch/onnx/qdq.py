@@ -280,14 +280,19 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     report.missing = [t for t in wanted if t not in scales_in and t not in keep_float]
     if report.missing and on_missing == "raise":
         centred = [t for t in report.missing if CENTRED in t]
+        n = len(report.missing)
         raise ModelError(
-            f"{len(report.missing)} tensors need an amax that was not given: "
-            + ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else "")
-            + (f"; {len(centred)} of them are activations int8batch calibrate centred in this model: use the "
-               "calibration.cache written with it (a cache calibrated without centring does not have them)"
+            f"{n} tensor{'s need' if n != 1 else ' needs'} an amax that was not given: "
+            + ", ".join(report.missing[:10]) + (" ..." if n > 10 else "")
+            + (f"; {len(centred)} of them {'are activations' if len(centred) != 1 else 'is an activation'} "
+               "int8batch calibrate centred in this model: use the calibration.cache written with it (a cache "
+               "calibrated without centring does not have them)"
                if centred else
                "; calibrate them, or leave them in float with int8batch qdq --allow-missing "
-               "(Python: on_missing='skip')"))
+               "(Python: on_missing='skip')")
+            + "; a cache written by int8batch calibrate --cache-keep-float leaves out the tensors its Q/DQ model "
+              "keeps float: keep its calibration.json beside it (then they are expected), or use --allow-missing, "
+              "which leaves them float as intended")
     scale = {t: scales_in[t] for t in wanted if t in scales_in}
     for grp in groups:
         present = [t for t in grp if t in scale]

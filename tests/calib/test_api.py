@@ -664,8 +664,12 @@ def test_cache_keep_float_leaves_the_float_tensors_out_for_tensorrt_10(tmp_path)
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(res.paths["cache"], alone / "calibration.cache")
-    with pytest.raises(ModelError, match="need an amax"):
+    with pytest.raises(ModelError, match="needs? an amax") as err:
         qdq_from_cache(res.paths["corrected"], alone / "calibration.cache", str(tmp_path / "q2.onnx"))
+    assert kept in str(err.value) and "keep its calibration.json beside it" in str(err.value)
+    rep = qdq_from_cache(res.paths["corrected"], alone / "calibration.cache", str(tmp_path / "q2.onnx"),
+                         on_missing="skip")          # --allow-missing: the same activations quantized
+    assert sorted(rep.activations) == sorted(res.qdq_report.activations) and rep.missing == [kept]
     # nothing kept float, nothing to leave out: refused rather than ignored
     with pytest.raises(ConfigError, match="kept float"):
         api.calibrate(model, tmp_path / "b", tmp_path / "x", method="mse", cache_keep_float=True)

@@ -11,6 +11,7 @@ The settings and their defaults live in :mod:`int8batch.calib.settings`;
 the model is analysed once (:class:`int8batch.onnx.facts.ModelFacts`).
 """
 import logging
+import os
 import time
 
 import numpy as np
@@ -89,7 +90,8 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
     lock = FolderLock(out, "calibrate").acquire() if out is not None else None
     ok = False
     try:
-        replaced = check_replaceable(out, force) if out is not None else []
+        inputs = [model] if isinstance(model, (str, os.PathLike)) else []
+        replaced = check_replaceable(out, force, inputs) if out is not None else []
         if replaced:
             log.info("%s: replacing the previous calibration (%s)", out, ", ".join(replaced))
         facts, run_model = ModelFacts.of(model), model

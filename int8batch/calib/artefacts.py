@@ -29,15 +29,24 @@ SET_NAMES = (*ARTEFACTS.values(), CORRECTED_MODEL, ARTEFACTS["qdq"] + ".data", C
              REPORT_PNG)
 
 
-def check_replaceable(out, force=False):
+def check_replaceable(out, force=False, inputs=()):
     """Before a calibration writes into ``out``: refuse to replace files int8batch did not write.
 
     The artefacts are replaced as a set (:data:`SET_NAMES`, stale ones
     removed).  A folder whose ``calibration.json`` reads as int8batch's holds a
     previous calibration, which a new run replaces; any of those names present
     without it belongs to someone else (:func:`refuse_foreign_files`).
+    ``inputs``: the calibration's input files (its model); one of them among the names the set
+    would replace is refused, ``force`` or not (the new ``calibration.json`` would describe a
+    model that it had just overwritten).
     Returns the names that will be replaced.
     """
+    for name in SET_NAMES:
+        path = os.path.join(out, name)
+        if any(os.path.exists(i) and os.path.exists(path) and os.path.samefile(i, path) for i in inputs):
+            raise OutputExistsError(f"{path} is the model being calibrated, and the calibration written to {out} "
+                                    f"would replace it; choose another output folder (or copy the model out "
+                                    f"of it first)", path)
     wrote = []
 
     def ours():

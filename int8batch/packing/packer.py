@@ -18,7 +18,7 @@ from ..preprocess import PRESETS, PreprocessConfig, preset as make_preset
 from ..onnx.inputs import check_recipe
 from . import decode
 from .decode import check_max_pixels, cv2, decode_image, read_file
-from .sources import BUNDLED, DATA_DIR, nothing_packed_error, open_source
+from .sources import BUNDLED, DATA_DIR, inside, nothing_packed_error, open_source
 from .writer import PackWriter
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,10 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     fmt.check_name_parts(prefix, suffix, where="--prefix/--suffix")
     _note_shadowed(source)
     src = open_source(source, labels)
+    if src.kind == "folder" and inside(out, src.root):
+        raise ConfigError(f"the output folder {out} lies in the images folder {source}: the next pack of that "
+                          f"folder would take its batch files and manifest (and inspect's preview.png) as images; "
+                          f"choose an output folder outside it")
     # the options as the command line names them (reduced_decode=False is --exact-decode)
     given = sorted("--exact-decode" if k == "reduced_decode" else f"--{k.replace('_', '-')}"
                    for k, v in overrides.items() if v is not None)

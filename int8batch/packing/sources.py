@@ -40,6 +40,12 @@ class ImageSource:
         return len(self.files)
 
 
+def inside(path, folder):
+    """True when ``path`` is ``folder`` or lies in it (symbolic links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 @dataclass
 class IdxSource:
     """MNIST-style IDX images (uint8, count x rows x cols) with optional labels."""

@@ -31,11 +31,11 @@ from ..errors import ConfigError, ModelError, SourceError
 from ..manifest import labels as manifest_labels
 from ..onnx.graph import input_info, load_model
 from ..packing.packer import pack
-from ..packing.sources import open_source
+from ..packing.sources import inside, open_source
 from ..reader import BatchSet
 from . import protocol
 from .report import RunReport
-from .run import Sample, Windows, inside, run
+from .run import Sample, Windows, run
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from ..calib.artefacts import check_replaceable as check_artefact_files
 from ..calib.evaluate import evaluate
 from ..calib.ort_exec import resolve_device
 from ..errors import ConfigError, Int8BatchError
+from ..packing.sources import inside
 from ..reader import BatchSet
 from ..trt import vocab
 from ..trt.calibrator import load_tensorrt
@@ -103,12 +104,6 @@ class Sample:
 
     def plot_title(self):
         return f"int8batch run {self.name}: FP32 vs INT8"
-
-
-def inside(path, folder):
-    """True when ``path`` is ``folder`` or lies in it (symbolic links resolved)."""
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def run(sample, out, workdir=None, plot=False, force=False):

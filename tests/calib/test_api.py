@@ -427,6 +427,26 @@ def test_a_previous_calibration_is_replaced_by_a_new_run(mnist, tmp_path):
     assert doc["metadata"]["method"] == "mse"
 
 
+def test_calibrating_a_model_of_the_output_folder_never_replaces_it(mnist, tmp_path):
+    """Found as a new user: `calibrate cc/model.corrected.onnx -o cc` replaced the model it calibrated (and
+    calibration.json then named a file that had changed); int8batch qdq refused the like."""
+    import hashlib
+
+    from int8batch.errors import OutputExistsError
+    out = tmp_path / "out"
+    a = api.calibrate(LENET, mnist, out, method="minmax", batch_size=50, max_batches=2, bias_correction=True)
+    model = out / "model.corrected.onnx"
+    assert model.exists()
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    for force in (False, True):
+        with pytest.raises(OutputExistsError, match="is the model being calibrated"):
+            api.calibrate(str(model), mnist, out, batch_size=50, max_batches=2, force=force)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
+    assert json.load(open(out / "calibration.json"))["metadata"]["method"] == "minmax"
+    b = api.calibrate(str(model), mnist, tmp_path / "other", batch_size=50, max_batches=2)   # elsewhere: fine
+    assert os.path.exists(b.paths["cache"]) and a.paths["cache"] != b.paths["cache"]
+
+
 def test_damaged_images_are_refused_naming_where(mnist, tmp_path):
     """NaN/inf written into a batch file (a damaged pack) stops calibrate and eval with the file and image,
     instead of 95 warnings and a cache computed around them (found as a new user)."""

@@ -1,5 +1,6 @@
 """A folder of fewer than 100 images: every readable image in one file, bad ones skipped on request."""
 import json
+import os
 
 import cv2
 import numpy as np
@@ -40,3 +41,18 @@ def test_all_bad_small_folder_is_refused(tmp_path):
     with pytest.raises(SourceError, match="nothing to pack"):
         int8batch.pack(d, tmp_path / "o", preset="imagenet-torch", skip_bad=True)
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_an_output_folder_in_the_images_folder_is_refused(tmp_path):
+    """Found as a new user: `pack photos photos/batches` was accepted, and the next `pack --force` (or
+    `--labels none`) took the batch folder's files (inspect's preview.png) as images of the set."""
+    from int8batch.errors import ConfigError
+    d = _folder(tmp_path)
+    (tmp_path / "link").symlink_to(d)
+    for out in (d / "batches", d, tmp_path / "link" / "b"):
+        with pytest.raises(ConfigError, match="lies in the images folder"):
+            int8batch.pack(d, out, preset="imagenet-torch", skip_bad=True)
+        assert not os.path.exists(out) or out == d
+    assert sorted(os.listdir(d)) == sorted([f"img{k}.jpg" for k in range(7)] + ["broken.jpg"])
+    res = int8batch.pack(d, tmp_path / "beside", preset="imagenet-torch", skip_bad=True)   # beside it: fine
+    assert res.images == 7

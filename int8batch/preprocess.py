@@ -73,19 +73,19 @@ class PreprocessConfig:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
-        set_("size", _pair(self.size, "size"))
+        set_("size", _pair(self.size, "size (--size)"))
         if self.resize == "direct":
             set_("resize_size", _pair(self.resize_size if self.resize_size is not None else self.size,
-                                      "resize_size"))
+                                      "resize_size (--resize-size)"))
         elif self.resize == "short":
             if self.resize_size is None:
-                raise ConfigError("resize 'short' needs resize_size (the short side in pixels)")
+                raise ConfigError("resize 'short' needs resize_size (--resize-size: the short side in pixels)")
             rs = self.resize_size
             if isinstance(rs, (tuple, list)):
                 if len(rs) != 1 and len(set(rs)) != 1:
-                    raise ConfigError(f"resize 'short' takes one size, got {rs}")
+                    raise ConfigError(f"resize 'short' takes one size (--resize-size S), got {rs}")
                 rs = rs[0]
-            set_("resize_size", _positive_int(rs, "resize_size"))
+            set_("resize_size", _positive_int(rs, "resize_size (--resize-size)"))
         else:
             set_("resize_size", None)
         for name, allowed in (("resize", RESIZE_MODES), ("crop", CROP_MODES), ("channels", CHANNEL_MODES),
@@ -93,8 +93,8 @@ class PreprocessConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         c = self.num_channels
-        set_("mean", _per_channel(self.mean, c, "mean"))
-        set_("std", _per_channel(self.std, c, "std"))
+        set_("mean", _per_channel(self.mean, c, "mean (--mean)"))
+        set_("std", _per_channel(self.std, c, "std (--std)"))
         set_("scale", float(self.scale))
         set_("reduced_decode", bool(self.reduced_decode))
         if not math.isfinite(self.scale) or self.scale == 0:
@@ -109,9 +109,13 @@ class PreprocessConfig:
                               "size; use resize 'direct' for crop 'none'")
         if self.crop == "center" and self.resize == "direct" and (
                 self.resize_size[0] < self.size[0] or self.resize_size[1] < self.size[1]):
-            raise ConfigError(f"resize_size {self.resize_size} is smaller than the output size {self.size}")
+            raise ConfigError(f"resize_size (--resize-size) {_hw(self.resize_size)} is smaller than the output size "
+                              f"(--size) {_hw(self.size)}: the crop is cut from the resized image; give a "
+                              f"--resize-size of at least {_hw(self.size)}")
         if self.crop == "center" and self.resize == "short" and self.resize_size < min(self.size):
-            raise ConfigError(f"short side {self.resize_size} is smaller than the output size {self.size}")
+            raise ConfigError(f"short side (--resize-size) {self.resize_size} is smaller than the output size "
+                              f"(--size) {_hw(self.size)}: the crop is cut from the resized image; give a "
+                              f"--resize-size of at least {max(self.size)}")
 
     @property
     def num_channels(self):
@@ -273,8 +277,12 @@ def _pair(v, name):
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be an int or (height, width), got {v!r}") from None
     if h <= 0 or w <= 0:
-        raise ConfigError(f"{name} must be positive, got {v!r}")
+        raise ConfigError(f"{name} must be positive, got {_hw((h, w))}")
     return h, w
+
+
+def _hw(pair):
+    return f"{pair[0]}x{pair[1]}"
 
 
 def _positive_int(v, name):
@@ -297,8 +305,9 @@ def _per_channel(values, c, name):
     if len(values) == 1:
         return values * c
     if len(values) != c:
-        raise ConfigError(f"{name} has {len(values)} values but the output has {c} channel(s); "
-                          f"give 1 or {c} values")
+        raise ConfigError(f"{name} has {len(values)} values but the output has {c} channel"
+                          f"{'s' if c != 1 else ''} (--channels); give "
+                          f"{'one value' if c == 1 else f'1 or {c} values'}")
     return values
 
 
@@ -335,4 +344,11 @@ def preset(name, **overrides):
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     fields = dict(PRESETS[name])
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    return PreprocessConfig(preset=name, **fields)
+    try:
+        return PreprocessConfig(preset=name, **fields)
+    except ConfigError as exc:   # name the preset when its own per-channel values do not fit the channels given
+        mine = [k for k in ("mean", "std") if overrides.get(k) is None and str(exc).startswith(f"{k} (--{k}) has")]
+        if mine:
+            raise ConfigError(f"{exc} (these are preset {name}'s {mine[0]} values: give --mean and --std for "
+                              f"the channels you chose)") from None
+        raise

@@ -60,7 +60,7 @@ def test_recipe_labels_and_expected_labels_of_the_golden_manifest():
 def test_recipe_refuses_what_cannot_be_a_recipe():
     assert recipe(None) is None and recipe({}) is None and recipe({"preprocess": [1]}) is None
     for pre, needle in (({"mean": [0.0]}, "lacks scale, std"), ({"scale": 1.0, "mean": [0.0], "std": [0.0]}, "std"),
-                        ({"scale": 1.0, "mean": [1, 2], "std": [1.0]}, "mean has 2 values"),
+                        ({"scale": 1.0, "mean": [1, 2], "std": [1.0]}, r"mean \(--mean\) has 2 values"),
                         ({"scale": 1.0, "mean": [0.0], "std": [1.0], "channels": "cmyk"}, "channels")):
         with pytest.raises(ManifestError, match=needle) as info:
             recipe({"preprocess": pre}, "/p/manifest.json")
@@ -117,6 +117,6 @@ def test_audit_lists_every_finding():
     assert bad.problems[0] == "manifest layout is 'NHWC', expected 'NCHW'"
     assert "manifest says 2 files but the folder holds 3" in bad.problems
     assert "manifest images_list has 4 entries for 6 images" in bad.problems
-    assert any("not a valid recipe (manifest preprocess: mean has 3 values" in p for p in bad.problems)
+    assert any("not a valid recipe (manifest preprocess: mean (--mean) has 3 values" in p for p in bad.problems)
     assert bad.checksums == "mismatch" and "manifest has 2 checksums for 3 files" in bad.problems
     assert bad.problems[-1].startswith("checksum mismatch in 2 file(s): b0 (crc32 00000000, manifest 0a1b2c3d)")

@@ -96,8 +96,8 @@ def test_shapes_and_crop_plans():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(channels="rgb", mean=(1, 2)), "mean has 2 values"),
-    (dict(channels="gray", std=(1, 2, 3)), "std has 3 values"),
+    (dict(channels="rgb", mean=(1, 2)), r"mean \(--mean\) has 2 values"),
+    (dict(channels="gray", std=(1, 2, 3)), r"std \(--std\) has 3 values"),
     (dict(std=(0,)), "non-zero"),
     (dict(scale=0), "scale"),
     (dict(resize="short", crop="none"), "crop 'center'"),

@@ -20,7 +20,7 @@ def _floats(text):
     return vals
 
 
-def _size(text):
+def size_value(text):
     """``--size``/``--resize-size``: ``224`` or ``224x224`` (H x W)."""
     parts = text.lower().replace(",", "x").split("x")
     try:
@@ -69,9 +69,9 @@ def add_preprocess_options(parser):
     g = parser.add_argument_group("preprocessing (each changes one field of the preset)")
     g.add_argument("--preset", choices=sorted(PRESETS), help="the recipe the other options start from (default: "
                    "imagenet-caffe, sampleINT8's ImageNet recipe; mnist for IDX sources)")
-    g.add_argument("--size", type=_size, metavar="H[xW]", help="output size, e.g. 224 or 224x224")
+    g.add_argument("--size", type=size_value, metavar="H[xW]", help="output size, e.g. 224 or 224x224")
     g.add_argument("--resize", choices=RESIZE_MODES, help="short side to --resize-size, direct warp, or none")
-    g.add_argument("--resize-size", type=_size, metavar="S|HxW", help="short side (short) or HxW (direct)")
+    g.add_argument("--resize-size", type=size_value, metavar="S|HxW", help="short side (short) or HxW (direct)")
     g.add_argument("--crop", choices=CROP_MODES)
     g.add_argument("--interpolation", choices=INTERPOLATIONS)
     g.add_argument("--channels", choices=CHANNEL_MODES, help="output channel order, or gray")

@@ -2,7 +2,7 @@
 import logging
 import sys
 
-from .options import ProgressBar, add_device_option, keep_float_value, log_level
+from .options import ProgressBar, add_device_option, keep_float_value, log_level, size_value
 
 
 def _common(p, default_out):
@@ -59,6 +59,10 @@ def add_parser(sub):
                         "choose)")
     i.add_argument("--preset", choices=sorted(n for n in PRESETS if not n.startswith("mnist")),
                    default="efficientnet-lite", help="the images' recipe (default: efficientnet-lite)")
+    i.add_argument("--size", type=size_value, metavar="H[xW]",
+                   help="replace the preset's output size, e.g. 240 for EfficientNet-Lite1 (as pack --size)")
+    i.add_argument("--resize-size", type=size_value, metavar="S|HxW",
+                   help="replace the preset's resize size, e.g. 272 for EfficientNet-Lite1 (as pack --resize-size)")
     i.add_argument("--calib-images", default="500", metavar="N|DIR",
                    help="calibrate on the first N shuffled images (default 500 = 10 batches of 50) or on a "
                         "separate folder DIR")
@@ -94,15 +98,15 @@ def _run_sample(args, bar):
                           keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
         return run_mnist(s, out=args.out, progress=bar, plot=args.plot, force=args.force)
     from ..onnx.inputs import check_recipe
-    from ..preprocess import preset
     from ..runner.imagenet import ImagenetSettings, run_imagenet
-    fit = check_recipe(args.model, preset(args.preset))  # a model the preset does not fit fails before packing
     s = ImagenetSettings(model=args.model, images=args.images, labels=args.labels, preset=args.preset,
+                         size=args.size, resize_size=args.resize_size,
                          calib_images=args.calib_images, calib_batch_size=args.calib_batch_size,
                          batch_size=args.batch_size, first_score_batch=args.first_score_batch,
                          score_batches=args.score_batches, method=args.method, seed=args.seed,
                          skip_bad=args.skip_bad, threads=args.threads, backend=args.backend, device=args.device,
                          keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
+    fit = check_recipe(args.model, s.recipe())  # a model the recipe does not fit fails before packing
     report = run_imagenet(s, out=args.out, progress=bar, plot=args.plot, force=args.force)
     report.notes.append(fit.describe())
     return report

@@ -32,6 +32,7 @@ from ..manifest import labels as manifest_labels
 from ..onnx.graph import input_info, load_model
 from ..packing.packer import pack
 from ..packing.sources import inside, open_source
+from ..preprocess import preset as preset_config
 from ..reader import BatchSet
 from . import protocol
 from .report import RunReport
@@ -54,12 +55,20 @@ class ImagenetSettings:
     batch after the calibration window (0 with a separate calibration folder),
     ``score_batches`` to every full batch after it.  ``skip_bad`` skips
     unreadable images (listed in the batch manifest) instead of stopping.
+    ``size`` and ``resize_size`` replace the preset's (as ``pack``'s options do):
+    EfficientNet-Lite1 is ``efficientnet-lite`` at 240 from 272.
     """
+
+    def recipe(self):
+        """The :class:`~int8batch.preprocess.PreprocessConfig` both folders are packed with."""
+        return preset_config(self.preset, size=self.size, resize_size=self.resize_size)
 
     model: str
     images: str
     labels: str = None
     preset: str = "efficientnet-lite"
+    size: object = None           # the preset's output size / resize size replaced (pack's --size/--resize-size)
+    resize_size: object = None
     calib_images: object = 500
     calib_batch_size: int = 50
     batch_size: int = 50
@@ -157,13 +166,14 @@ class ImagenetSample(Sample):
         score_dir = os.path.join(tmp, "batches")
         hint = (f"the batch files hold {self.file_size} images each (the greatest common divisor of --batch-size "
                 f"and --calib-batch-size); sizes that divide the image count score every image")
-        self.packed = pack(s.images, score_dir, preset=s.preset, batch_size=self.file_size, labels=s.labels,
+        recipe = dict(preset=s.preset, size=s.size, resize_size=s.resize_size)
+        self.packed = pack(s.images, score_dir, **recipe, batch_size=self.file_size, labels=s.labels,
                            limit=self.limit, shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad,
                            dropped_hint=hint)
         cal_dir = score_dir
         if cal_folder is not None:
             cal_dir = os.path.join(tmp, "calibration-batches")
-            pack(cal_folder, cal_dir, preset=s.preset, batch_size=s.calib_batch_size, labels="none",
+            pack(cal_folder, cal_dir, **recipe, batch_size=s.calib_batch_size, labels="none",
                  shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad,
                  dropped_hint=f"calibration uses whole batches of --calib-batch-size {s.calib_batch_size}")
         score = stack.enter_context(BatchSet(score_dir))

@@ -220,7 +220,7 @@ def test_pad_shuffle_limit_and_thread_independence(folder, tmp_path):
 def test_small_sources_and_bad_options(folder, tmp_path):
     with pytest.raises(ConfigError, match="fewer than the 100 images per file; use --batch-size 7 or --pad"):
         int8batch.pack(folder, tmp_path / "o", preset="imagenet-torch", batch_size=100)
-    with pytest.raises(ConfigError, match="mean has 2 values"):
+    with pytest.raises(ConfigError, match=r"mean \(--mean\) has 2 values"):
         int8batch.pack(folder, tmp_path / "o", preset="imagenet-torch", mean=(1, 2), batch_size=1)
     empty = tmp_path / "empty"
     empty.mkdir()

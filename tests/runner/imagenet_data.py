@@ -20,15 +20,15 @@ FOLDERS = {"a": [(248, 216, 56), (240, 208, 72), (248, 216, 72), (200, 248, 112)
            "c": [(216, 56, 248), (208, 80, 240), (208, 72, 232), (0, 160, 184)]}
 
 
-def tiny_model(path, w=W, b=B):
-    """x (N,3,H,W) -> GlobalAveragePool -> Flatten -> MatMul w -> Add b -> logits (N,7)."""
+def tiny_model(path, w=W, b=B, size=224):
+    """x (N,3,size,size) -> GlobalAveragePool -> Flatten -> MatMul w -> Add b -> logits (N,7)."""
     from onnx import TensorProto, helper, numpy_helper, save
     nodes = [helper.make_node("GlobalAveragePool", ["input"], ["gap"]),
              helper.make_node("Flatten", ["gap"], ["flat"]),
              helper.make_node("MatMul", ["flat", "w"], ["mm"]),
              helper.make_node("Add", ["mm", "b"], ["logits"])]
     g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                        ["N", 3, 224, 224])],
+                                                                        ["N", 3, size, size])],
                           [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])],
                           [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])

@@ -270,3 +270,25 @@ def test_cli_run_imagenet_checks_the_model_against_the_preset_first(data, tmp_pa
     assert "preset inception makes ['N', 3, 299, 299]" in err and "--preset imagenet-caffe" in err
     assert not out.exists()                                         # refused before packing anything
 
+
+
+def test_a_model_of_another_size_runs_with_size_and_resize_size(data, tmp_path, capsys):
+    """Found as a new user: for EfficientNet-Lite1 (240x240) run imagenet advised --size 240x240 and a
+    --resize-size, which only pack had: the model could not be run at all."""
+    model = tiny_model(tmp_path / "m240.onnx", size=240)
+    rc = main(["run", "imagenet", "--model", model, "--images", data["folders"], "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--preset efficientnet-lite --size 240x240" in err and not (tmp_path / "x").exists()
+    small = ["--calib-images", "4", "--calib-batch-size", "2", "--batch-size", "4"]
+    rc = main(["run", "imagenet", "--model", model, "--images", data["folders"], "--size", "240", *small,
+               "--out", str(tmp_path / "y")])        # short side 256 >= 240: the preset's resize still fits
+    assert rc == 0, capsys.readouterr().err
+    rc = main(["run", "imagenet", "--model", model, "--images", data["folders"], "--size", "300", *small,
+               "--out", str(tmp_path / "z")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "give a --resize-size of at least 300" in err
+    out = tmp_path / "out"
+    r = run_imagenet(settings(data, model=model, size=240, resize_size=272), out=str(out))
+    e = expected(r.score_files, data["colours"])      # the colours' figures, at any size
+    assert (r.result.top1_hits_fp32, r.result.top5_hits_fp32) == (e["top1"], e["top5"])
+    assert r.passed and r.result.images == 8

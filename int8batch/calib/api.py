@@ -34,9 +34,11 @@ from .artefacts import (ARTEFACTS, CORRECTED_MODEL, CalibrationResult, check_rep
 from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
 from .ort_exec import providers_for, resolve_device
 from .passes import DevicePass, Pass
+from .report import most_saturated
 from .sensitivity import rank_sensitivity
 from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, DEVICE_BUDGET,  # noqa: F401
-                       METHODS, SENSITIVITY_IMAGES, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD, CalibrationConfig)
+                       METHODS, SATURATION_WARNING, SENSITIVITY_IMAGES, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD,
+                       CalibrationConfig)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         result.pass_seconds = t_pass
         result.device, result.executed_by = device, sweep.executed_by
         result.centred, result.cache_keep_float = centred, cfg.cache_keep_float
+        _warn_saturated(result, cfg.method)
         if cfg.resolved_keep_float and cfg.write_qdq and out is not None:
             result.kept_float = _most_sensitive(facts, result.amax, bs, win, cfg, sweep.dynamic,
                                                 reporter(progress, "sensitivity", "tensors"), device)
@@ -139,6 +142,21 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
             lock.release(discard=not ok)   # a failed run leaves no empty output folder it made
         if owned:
             bs.close()
+
+
+def _warn_saturated(result, method):
+    """Name the tensors whose chosen amax clips a large share of their values (calibration.json has them all)."""
+    if not result.amax:
+        return
+    bad = [(n, f) for n, f in most_saturated(result, top=len(result.amax)) if f >= SATURATION_WARNING]
+    if not bad:
+        return
+    name, frac = bad[0]
+    others = f", and {len(bad) - 1} other tensor(s) {100 * SATURATION_WARNING:.0f} % or more" if len(bad) > 1 else ""
+    log.warning("method %s clips %.1f %% of the values of %r (amax %.4g, observed max %.4g)%s: the INT8 model may "
+                "be far from FP32; check it with int8batch eval%s (calibration.json gives every tensor's "
+                "saturation)", method, 100 * frac, name, result.amax[name], result.stats[name].amax, others,
+                "" if method == DEFAULT_METHOD else f", or try --method {DEFAULT_METHOD}")
 
 
 def _refuse_nonfinite_input(hist, facts, bs, win):

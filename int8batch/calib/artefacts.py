@@ -247,8 +247,8 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
                 wrote()
         if cfg.report:
             from .report import save_report
-            save_report(result, staged.path(REPORT_PNG))
             final["report"] = os.path.join(out, REPORT_PNG)
+            save_report(result, staged.path(REPORT_PNG), shown_as=final["report"])  # logged where it will be
         # last: the settings and the files this run wrote (a later run replaces exactly those)
         meta["settings"] = _settings(cfg)
         meta["files"] = sorted(set(os.listdir(os.path.dirname(path["json"]))) | {ARTEFACTS["json"]})

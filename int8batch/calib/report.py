@@ -128,7 +128,7 @@ def build_figure(result, top=12, dpi=DPI):
     return fig, chosen
 
 
-def save_report(result, path, top=12, dpi=DPI):
+def save_report(result, path, top=12, dpi=DPI, shown_as=None):
     """Write a PNG of the ``|x|`` histograms of the most saturated tensors.
 
     Parameters
@@ -143,6 +143,8 @@ def save_report(result, path, top=12, dpi=DPI):
     dpi : int
         Resolution; the image is ``figure_size(n) * dpi`` pixels for n shown
         tensors (3 panels a row, 5 x 3.2 inches each).
+    shown_as : str, optional
+        The path the log line names (calibrate writes into a staging folder first).
 
     Returns
     -------
@@ -168,5 +170,5 @@ def save_report(result, path, top=12, dpi=DPI):
             os.unlink(tmp)
         raise
     log.info("report: %d tensors (most saturated %s at %.3g %%) -> %s", len(chosen), chosen[0][0],
-             100.0 * chosen[0][1], path)
+             100.0 * chosen[0][1], shown_as or path)
     return path

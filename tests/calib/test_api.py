@@ -473,7 +473,7 @@ def test_damaged_images_are_refused_naming_where(mnist, tmp_path):
     api.calibrate(model, bad, tmp_path / "first", max_batches=1)
 
 
-def test_a_new_calibration_replaces_only_the_files_the_old_one_wrote(mnist, tmp_path):
+def test_a_new_calibration_replaces_only_the_files_the_old_one_wrote(mnist, tmp_path, caplog):
     """Found by a new user: after a --no-qdq calibration, their own model.qdq.onnx and report.png beside it
     were deleted by the next run. calibration.json now lists the files its run wrote, and the settings."""
     from int8batch.errors import OutputExistsError
@@ -488,7 +488,10 @@ def test_a_new_calibration_replaces_only_the_files_the_old_one_wrote(mnist, tmp_
                                                 "calibration there wrote"):
         api.calibrate(LENET, mnist, out, max_batches=2)
     assert (out / "model.qdq.onnx").read_bytes() == b"mine"
-    res = api.calibrate(LENET, mnist, out, max_batches=2, method="minmax", force=True, report=True)
+    with caplog.at_level("INFO", logger="int8batch"):
+        res = api.calibrate(LENET, mnist, out, max_batches=2, method="minmax", force=True, report=True)
+    # the log names the plot where it is, not the staging folder it was drawn in (found as a new user)
+    assert [m for m in caplog.messages if m.startswith("report:")][0].endswith(f"-> {out / 'report.png'}")
     meta = json.loads((out / "calibration.json").read_text())["metadata"]
     assert "model.qdq.onnx" in meta["files"] and "report.png" in meta["files"]
     assert meta["settings"]["method"] == "minmax" and meta["settings"]["weight_rounding"] == "nearest"
@@ -700,3 +703,22 @@ def test_cache_keep_float_when_auto_keeps_nothing_says_so(mnist, tmp_path, caplo
     assert res.kept_float == []
     assert any("no activation was kept float" in m for m in caplog.messages)
     assert set(read_trt_cache(res.paths["cache"]).scales) == set(res.amax)
+
+
+def test_a_scale_that_clips_most_of_a_tensor_is_warned_about(mnist, tmp_path, caplog):
+    """Found as a new user: entropy on a mixed JPEG/PNG folder clipped 93 % of the network input, and only
+    calibration.json said so.  A percentile of p clips about 1 - p/100 of a tensor's |x| (by definition)."""
+    import re
+    with caplog.at_level("WARNING", logger="int8batch"):
+        api.calibrate(LENET, mnist, tmp_path / "a", method="percentile", percentile=50.0)
+    (line,) = [m for m in caplog.messages if "clips" in m]
+    frac = float(re.search(r"clips ([0-9.]+) %", line).group(1))
+    assert 45 <= frac <= 55 and "check it with int8batch eval, or try --method auto" in line
+    name = re.search(r"of the values of '([^']+)'", line).group(1)
+    doc = json.load(open(tmp_path / "a" / "calibration.json"))
+    assert doc["tensors"][name]["saturation"] == pytest.approx(frac / 100, abs=0.0005)
+    for method, kw in (("percentile", {"percentile": 99.0}), ("auto", {})):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="int8batch"):
+            api.calibrate(LENET, mnist, tmp_path / method, method=method, **kw)
+        assert not [m for m in caplog.messages if "clips" in m]

@@ -96,7 +96,8 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         replaced = check_replaceable(out, force, inputs) if out is not None else []
         if replaced:
             log.info("%s: replacing the previous calibration (%s)", out, ", ".join(replaced))
-        facts, run_model = ModelFacts.of(model), model
+        device = resolve_device(cfg.device)   # --device cuda where it cannot run: refused before any work
+        facts = ModelFacts.of(model)
         centred = []
         if cfg.resolved_centre and out is not None:
             shifted, centred = centre_bounded(facts.model, facts.quantizable, padded=cfg.centre_padded)
@@ -107,13 +108,13 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
                          "calibration.json lists them)%s", len(centred), shown,
                          f"; {pads} padded convolution(s) read them through a new Pad node of the shifted zero"
                          if pads else "")
-                facts, run_model = ModelFacts.of(shifted), shifted
+                facts = ModelFacts.of(shifted)
             elif cfg.centre_padded or cfg.centre:
                 log.warning("nothing to centre in this model: no ReLU6-like (Clip) output fed by a Conv/Gemm "
                             "and read only by Conv/Gemm layers")
         win = _window(bs, facts, cfg)
-        device = resolve_device(cfg.device)
-        with (DevicePass if device == "cuda" else Pass)(facts, bs, win, cfg, run_model) as sweep:
+        # the pass runs facts.model (centred or not); errors name the model as the user gave it
+        with (DevicePass if device == "cuda" else Pass)(facts, bs, win, cfg, model) as sweep:
             t_pass = time.perf_counter()
             hist, means, lattice, moments = _collect(sweep, facts, bs, cfg, out, progress)
             _refuse_nonfinite_input(hist, facts, bs, win)

@@ -322,6 +322,11 @@ def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None, device="c
             log.info("keeping %d activation(s) in float (each alone costs > %g of the output energy): %s",
                      len(kept), SENSITIVITY_THRESHOLD, ", ".join(kept))
         return kept
+    if keep > len(ranked):   # a value given is used or said to be capped, never silently cut
+        log.warning("--keep-float %d: the sensitivity pass ranked %d of the %d quantized activations (%s), so %d "
+                    "are kept float", keep, len(ranked), len(candidates),
+                    "every one" if len(ranked) == len(candidates) else "its search reaches only the most sensitive "
+                    "groups of a deep model", len(ranked))
     return [t for t, _ in ranked[:keep]]
 
 

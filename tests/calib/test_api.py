@@ -732,3 +732,19 @@ def test_errors_name_the_model_file_when_it_is_centred(tmp_path):
     with pytest.raises(ModelError) as err:
         api.calibrate(path, tmp_path / "b", tmp_path / "c")
     assert path in str(err.value) and "<model>" not in str(err.value)
+
+
+def test_a_keep_float_count_above_what_the_pass_ranks_is_said(mnist, tmp_path, caplog):
+    """Found as a new user: --keep-float 999 kept 23 activations without a word (README: a value given is
+    used or refused, never silently replaced)."""
+    every = api.calibrate(LENET, mnist, tmp_path / "q", batch_size=50, max_batches=2, keep_float=0)
+    n = len(every.qdq_report.activations)                 # what a pure-INT8 model quantizes
+    with caplog.at_level("WARNING", logger="int8batch"):
+        res = api.calibrate(LENET, mnist, tmp_path / "c", batch_size=50, max_batches=2, keep_float=999)
+    assert len(res.kept_float) == n and res.qdq_report.activations == {}
+    assert f"--keep-float 999: the sensitivity pass ranked {n} of the {n} quantized activations (every one)" \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="int8batch"):
+        api.calibrate(LENET, mnist, tmp_path / "d", batch_size=50, max_batches=2, keep_float=n)
+    assert "--keep-float" not in caplog.text

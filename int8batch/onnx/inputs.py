@@ -83,7 +83,9 @@ def check_batch_shape(info, dims, label="<model>", against="the batches are", hi
     bad = [k for k, (m, b) in enumerate(zip(fixed, dims)) if None not in (m, b) and m != b]
     if not bad:
         return
-    if bad == [0]:
+    if channels_last(shape):
+        hint = channels_last_hint()
+    elif bad == [0]:
         hint = (f"the model has a fixed batch size of {fixed[0]}: pass --batch-size {fixed[0]} "
                 f"to re-batch, repack with {fixed[0]} images per file, or export the model "
                 "with a dynamic batch dimension")
@@ -165,7 +167,20 @@ def check_recipe(model, cfg, label=None):
                      tuple(cfg.chw), dynamic)
 
 
+def channels_last(shape):
+    """True for a rank-4 input that looks NHWC: last dimension 1 or 3, the second one neither."""
+    return (shape is not None and len(shape) == 4 and _fixed(shape[3]) in (1, 3)
+            and _fixed(shape[1]) not in (1, 3))
+
+
+def channels_last_hint():
+    return ("the input looks channels-last (NHWC, as TensorFlow exports it), but batch files hold NCHW images "
+            "(TensorRT's sample format): export the model with an NCHW input (tf2onnx: --inputs-as-nchw NAME)")
+
+
 def _recipe_hint(shape, cfg):
+    if channels_last(shape):
+        return channels_last_hint()
     c, h, w = (_fixed(d) for d in shape[1:])
     if c and c not in (1, 3):
         return f"the model takes {c} channels; int8batch packs images of 1 (gray) or 3 (rgb, bgr) channels"

@@ -93,3 +93,22 @@ def test_check_batch_shape_skips_unknown_dims_and_keeps_calibrates_hints():
     with pytest.raises(ModelError, match=r"\[8, 3, 32, 32\] but the batches are \[8, 1, 32, 32\]; repack"):
         check_batch_shape(info, (8, 1, 32, 32))
     check_batch_shape(image_input(relu_model(None)), (5, 1, 2, 3))  # unknown rank: nothing to compare
+
+
+def test_a_channels_last_input_is_named_as_such(tmp_path):
+    """Found as a new user: an NHWC model ([N, 224, 224, 3], TensorFlow's layout) got 'the model takes 224
+    channels' from pack --model and 'repack at the model's size [224, 224, 3]' from calibrate."""
+    path = relu_model(["N", 224, 224, 3], tmp_path / "nhwc.onnx")
+    info = image_input(onnx.load(path), path)
+    for call in (lambda: check_recipe(path, preset("imagenet-torch")),
+                 lambda: check_batch_shape(info, (8, 3, 224, 224), path)):
+        with pytest.raises(ModelError) as err:
+            call()
+        msg = str(err.value)
+        assert path in msg and "channels-last (NHWC" in msg and "--inputs-as-nchw" in msg
+        assert "224 channels" not in msg and "repack" not in msg
+    # an NCHW model of another size keeps the repack advice; a 3x3 image model is not mistaken for NHWC
+    with pytest.raises(ModelError, match="repack the images"):
+        check_batch_shape(image_input(relu_model(["N", 3, 32, 32]), "m"), (8, 3, 224, 224), "m")
+    with pytest.raises(ModelError, match="repack the images"):
+        check_batch_shape(image_input(relu_model(["N", 3, 3, 3]), "m"), (8, 3, 224, 224), "m")

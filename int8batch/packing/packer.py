@@ -349,7 +349,8 @@ class _Job:
                     placed = True
                 except ImageDecodeError as err:
                     if not self.skip_bad:
-                        raise
+                        raise ImageDecodeError(f"{err}; pass --skip-bad to skip unreadable images (the manifest "
+                                               f"lists each one skipped)", err.path) from None
                     log.warning("skipping %s", err)
                     self.skipped.append((self.name(i), str(err)))
                     if self.spare:      # the next image beyond --limit takes its place

@@ -265,8 +265,9 @@ class _Rows:
             return
         first = ((nan > 0) | (inf > 0)) & (self.nan[r] == 0) & (self.inf[r] == 0)
         for i in np.flatnonzero(first):
-            log.warning("tensor %r: ignoring %d NaN and %d inf values (and any in later batches); "
-                        "calibration.json counts them per tensor (nan_count, inf_count)", names[i], nan[i], inf[i])
+            log.warning("tensor %r: %d NaN and %d inf values, left out of its histogram (as are any in later "
+                        "batches; calibration.json counts them per tensor: nan_count, inf_count)", names[i], nan[i],
+                        inf[i])
 
     def stats(self, name, hist, width):
         r = self.index[name]

@@ -83,7 +83,7 @@ def check_batch_shape(info, dims, label="<model>", against="the batches are", hi
     bad = [k for k, (m, b) in enumerate(zip(fixed, dims)) if None not in (m, b) and m != b]
     if not bad:
         return
-    if channels_last(shape):
+    if channels_last(shape, dims[1]):
         hint = channels_last_hint()
     elif bad == [0]:
         hint = (f"the model has a fixed batch size of {fixed[0]}: pass --batch-size {fixed[0]} "
@@ -167,10 +167,12 @@ def check_recipe(model, cfg, label=None):
                      tuple(cfg.chw), dynamic)
 
 
-def channels_last(shape):
-    """True for a rank-4 input that looks NHWC: last dimension 1 or 3, the second one neither."""
-    return (shape is not None and len(shape) == 4 and _fixed(shape[3]) in (1, 3)
-            and _fixed(shape[1]) not in (1, 3))
+def channels_last(shape, channels):
+    """True for a rank-4 input that looks NHWC for images of ``channels``: its last dimension is that
+    count, its second is not, and the middle two are dynamic or image-sized (more than 4)."""
+    if shape is None or len(shape) != 4 or _fixed(shape[3]) != channels or _fixed(shape[1]) == channels:
+        return False
+    return all(_fixed(d) is None or d > 4 for d in shape[1:3])
 
 
 def channels_last_hint():
@@ -179,7 +181,7 @@ def channels_last_hint():
 
 
 def _recipe_hint(shape, cfg):
-    if channels_last(shape):
+    if channels_last(shape, cfg.num_channels):
         return channels_last_hint()
     c, h, w = (_fixed(d) for d in shape[1:])
     if c and c not in (1, 3):

@@ -173,6 +173,7 @@ def test_force_pack_needs_room_for_both_packs(idx, tmp_path, monkeypatch):
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {package_root!r})   # the int8batch the test imported (tree or installed): same data path
     import int8batch
     from faultfs import FaultLayer
     from _pytest.monkeypatch import MonkeyPatch
@@ -201,7 +202,8 @@ def test_kill_9_at_seeded_points_then_recovery(tmp_path):
     int8batch.pack("mnist", out, batch_size=100, limit=1000)
     old = snapshot(out)
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), out=str(out)))
+    script.write_text(CHILD.format(tests=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), out=str(out),
+                                   package_root=os.path.dirname(os.path.dirname(os.path.abspath(int8batch.__file__)))))
 
     def run(kill_at):
         return subprocess.run([sys.executable, str(script), str(kill_at)], capture_output=True, text=True,

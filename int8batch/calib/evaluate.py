@@ -128,9 +128,10 @@ class EvalResult:
         if self.int8_quantized is not False:
             return None
         return ("warning: the INT8 model holds no QuantizeLinear/DequantizeLinear (or other quantized) node, so "
-                "ONNX Runtime ran it in float and these figures compare two float models. A model.corrected.onnx "
-                "is for TensorRT with its calibration.cache; to score what TensorRT would run, give "
-                "model.qdq.onnx, or build one with: int8batch qdq model.corrected.onnx --cache calibration.cache")
+                "ONNX Runtime ran it in float and these figures compare two float models. If it is a "
+                "model.corrected.onnx, that model is for TensorRT with its calibration.cache; to score what "
+                "TensorRT would run, give model.qdq.onnx, or build one with: int8batch qdq model.corrected.onnx "
+                "--cache calibration.cache")
 
     def other_output_notes(self):
         """One line per further graph output: its relative L2 error (or why it was not compared)."""
@@ -275,6 +276,11 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     acc.result.batch_size = batch_size or getattr(batchset, "per_file", None)
     acc.result.executed_by = {"fp32": fp.executed_by, "int8": q.executed_by}
     acc.result.int8_quantized = q.quantized
+    shared = len(fp.node_outputs & q.node_outputs)
+    if fp.node_outputs and shared < 0.5 * len(fp.node_outputs) and (q.quantized or fp.has_qdq):
+        log.warning("the two models share only %d of the FP32 model's %d tensor names: is the INT8 model a "
+                    "quantized copy of this FP32 model? (int8batch's Q/DQ models keep every name)", shared,
+                    len(fp.node_outputs))
     if not q.quantized and not fp.has_qdq:
         log.warning("%s", acc.result.int8_note().removeprefix("warning: ").replace(
             "the INT8 model", f"the INT8 model ({int8_model})" if isinstance(int8_model, (str, os.PathLike))

@@ -281,6 +281,8 @@ class ModelRunner:
         names = [o.name for o in m.graph.output]
         self.output_names = names
         ops = {n.op_type for n in m.graph.node}
+        #: the tensors the graph's nodes make (a Q/DQ copy keeps its source's names)
+        self.node_outputs = {o for n in m.graph.node for o in n.output if o}
         self.has_qdq = bool(ops & {"QuantizeLinear", "DequantizeLinear"})
         #: any quantized arithmetic at all (Q/DQ pairs, ONNX Runtime's QLinear* / *Integer operators)
         self.quantized = self.has_qdq or any(o.startswith("QLinear") or o.endswith("Integer")

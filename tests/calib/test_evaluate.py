@@ -264,7 +264,24 @@ def test_swapped_models_are_named(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="int8batch"):
         r = evaluate(fp, q, pairs(), device="cpu")
     assert "swapped" not in caplog.text and "no QuantizeLinear" not in caplog.text
+    assert "share only" not in caplog.text
     assert r.int8_quantized is True and r.int8_note() is None
+    # found as a new user: a Q/DQ model of another network scored 0 % agreement without a hint
+    other = onnx.ModelProto()
+    other.CopyFrom(q)
+    ren = {"f": "g_other", "fq": "gq_other", "fd": "gd_other"}
+    for n in other.graph.node:
+        n.input[:] = [ren.get(i, i) for i in n.input]
+        n.output[:] = [ren.get(o, o) for o in n.output]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="int8batch"):
+        evaluate(fp, other, pairs(), device="cpu")
+    # fp makes f and y, other g_other, gq_other, gd_other and y: 1 of 2 shared, half: not warned (under half is)
+    assert "share only" not in caplog.text
+    fp2 = flat_model(SHIFT)                             # makes f, a, y: 1 of 3 in common with other
+    with caplog.at_level("WARNING", logger="int8batch"):
+        evaluate(fp2, other, pairs(), device="cpu")
+    assert "the two models share only 1 of the FP32 model's 3 tensor names" in caplog.text
 
 
 def test_a_float_model_given_as_int8_is_named(tmp_path, caplog):

@@ -121,8 +121,8 @@ def plan_window(num_images, per_file, batch_size, first=0, max_batches=None, ski
     if first < 0:
         raise ConfigError(f"{where}: first batch (batches to skip) must be >= 0, got {first}")
     if max_batches is not None and max_batches < (0 if allow_empty else 1):
-        raise ConfigError(f"{where}: max_batches must be >= 1 (None: every full batch that remains), "
-                          f"got {max_batches}")
+        raise ConfigError(f"{where}: the number of batches must be >= 1 (leave it out for every full batch that "
+                          f"remains), got {max_batches}")
     skipped = first
     if skip == "batchstream" and max_batches is not None:
         if per_file is None:

@@ -482,7 +482,7 @@ def test_window_errors_name_folder_numbers_and_fit(folder):
         for args, needle in (((0,), "batch size must be positive, got 0"),
                              ((-2,), "batch size must be positive, got -2"),
                              ((3, -1), "first batch (batches to skip) must be >= 0, got -1"),
-                             ((3, 0, 0), "max_batches must be >= 1"),
+                             ((3, 0, 0), "the number of batches must be >= 1"),
                              ((3, 0, None, "sometimes"), "skip must be one of batchstream, exact")):
             msg = _window_error(bs, *args)
             assert needle in msg and folder in msg, msg
@@ -800,7 +800,7 @@ def test_closed_sets_and_bad_arguments_say_so(folder):
     for args in ((2.5,), (5, 1.5), (5, 0, 1.5), (True,)):
         with pytest.raises(ConfigError, match="must be a whole number"):
             list(bs.batches(*args))
-    with pytest.raises(ConfigError, match="max_batches must be >= 1"):
+    with pytest.raises(ConfigError, match="the number of batches must be >= 1"):
         bs.window(5, 0, -1)
     with pytest.raises(IndexError, match="no batch file 3"):
         bs.file_arrays(3)

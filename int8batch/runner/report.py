@@ -246,8 +246,10 @@ def check_replaceable(out, force=False):
         try:
             with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
                 doc = json.load(f)
+        except FileNotFoundError:
+            return "no report.json of a run beside them"
         except (OSError, ValueError) as exc:
-            return f"report.json: {exc}"
+            return f"report.json: {getattr(exc, 'strerror', None) or exc}"
         ok = isinstance(doc, dict) and doc.get("run") in ("mnist", "imagenet") and "calibration" in doc
         return None if ok else "report.json is not an int8batch run report"
     return refuse_foreign_files(out, REPORT_NAMES, ours, "an int8batch run", force)

@@ -224,7 +224,8 @@ def test_run_does_not_replace_files_it_did_not_write(tmp_path, capsys):
     (out / "report.md").write_text("my notes\n")
     args = ["run", "mnist", "--calib-batches", "2", "--score-batches", "2", "--threads", "1", "-q", "--out", str(out)]
     assert main(args) == 1
-    assert "report.md already there and not from an int8batch run" in capsys.readouterr().err
+    assert "report.md already there and not from an int8batch run (no report.json of a run beside them)" \
+        in capsys.readouterr().err
     assert os.listdir(out) == ["report.md"] and (out / "report.md").read_text() == "my notes\n"
     (out / "report.md").unlink()
     (out / "calibration.cache").write_text("someone's cache\n")
@@ -236,7 +237,7 @@ def test_run_does_not_replace_files_it_did_not_write(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--calib-batches", "0"], "calibration window (--calib-batch-size, --calib-batches): max_batches must be >= 1"),
+    (["--calib-batches", "0"], "calibration window (--calib-batch-size, --calib-batches): the number of batches must be >= 1"),
     (["--batch-size", "0"], "scoring window over the test set (--batch-size, --first-score-batch, --score-batches)"),
     (["--first-score-batch", "100"], "no full batch of 100 images after skipping 100 batches"),
 ])

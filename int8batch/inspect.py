@@ -307,6 +307,8 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
     if zoom is not None and int(zoom) <= 0:
         raise ConfigError(f"zoom must be a whole number >= 1, got {zoom}")
     folder, path = os.fspath(folder), os.fspath(path)
+    if not path.lower().endswith(".png"):
+        raise ConfigError(f"{path}: the grid is written as PNG; give a file name ending in .png (--grid)")
     manifest = read_pack_manifest(folder)
     prefix, suffix = _naming(manifest, prefix, suffix)
     with BatchSet(folder, prefix=prefix, suffix=suffix, manifest="ignore") as bs:

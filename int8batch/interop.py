@@ -34,6 +34,8 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0, force=Fals
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
+    if not isinstance(batches, BatchSet) and not os.path.isdir(batches):   # the source first, as every command
+        BatchSet(batches).close()                                            # (raises, naming the folder)
     if ext not in (".npy", ".npz"):
         raise ConfigError(f"{path}: the output must end in .npy or .npz")
     if ext == ".npz" and not input_name:

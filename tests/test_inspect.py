@@ -250,6 +250,10 @@ def test_grid_without_manifest_is_min_max_stretched(tmp_path):
     folder = write_pack(str(tmp_path / "p"), data, np.zeros(2, np.float32), 2, manifest=False)
     info = save_grid(folder, str(tmp_path / "g.png"), count=2, zoom=1)
     assert info.mode == "min-max stretch"
+    # found as a new user: --grid g.jpg wrote PNG bytes under a .jpg name
+    with pytest.raises(ConfigError, match="ending in .png"):
+        save_grid(folder, str(tmp_path / "g.jpg"), count=2)
+    assert not (tmp_path / "g.jpg").exists()
     img = cv2.imread(str(tmp_path / "g.png"))
     np.testing.assert_array_equal(tile(img, info, 0, 3, 4)[0, 0], [0, 0, 0])
     np.testing.assert_array_equal(tile(img, info, 1, 3, 4)[2, 3], [255, 255, 255])

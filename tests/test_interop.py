@@ -97,3 +97,16 @@ def test_the_documented_functions_are_on_the_package():
     from int8batch.calib.api import calibrate
     from int8batch.calib.evaluate import evaluate
     assert int8batch.calibrate is calibrate and int8batch.evaluate is evaluate
+
+
+def test_export_names_a_missing_source_first_and_suggests_a_npy_name(tmp_path, capsys):
+    """Found as a new user: `export nosuch x.npz` asked for --input-name before saying the folder is missing,
+    and `export PACK FOLDER` suggested FOLDER/NAME, a name export then refuses."""
+    from int8batch.errors import BatchFormatError
+    with pytest.raises(BatchFormatError, match="no such folder"):
+        export_numpy(str(tmp_path / "nosuch"), str(tmp_path / "x.npz"))
+    (tmp_path / "d").mkdir()
+    assert main(["export", str(tmp_path / "nosuch"), str(tmp_path / "d")]) != 0
+    assert main(["export", str(tmp_path), str(tmp_path / "d")]) != 0
+    err = capsys.readouterr().err
+    assert f"e.g. {tmp_path / 'd' / 'calibration.npy'}" in err

@@ -15,7 +15,7 @@ def add_parser(sub):
 
 def run(args):
     from ..interop import export_numpy
-    refuse_existing(args.output, args.force)
+    refuse_existing(args.output, args.force, example="calibration.npy")
     n = export_numpy(args.batches, args.output, args.input_name, args.limit, args.first, force=args.force)
     print(f"wrote {n} images to {args.output}")
     return 0

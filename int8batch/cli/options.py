@@ -42,14 +42,15 @@ def keep_float_value(text):
         raise argparse.ArgumentTypeError(f"expected a count of tensors or auto, got {text!r}") from None
 
 
-def refuse_existing(path, force, option="OUT", inputs=()):
+def refuse_existing(path, force, option="OUT", inputs=(), example="NAME"):
     """One output file of a command: an existing one is replaced only with ``--force``.
 
     ``inputs``: the command's input files, named in the error when ``path`` is one of them.
     """
     from ..errors import OutputExistsError
     if os.path.isdir(path):   # --force replaces a file, never a folder
-        raise OutputExistsError(f"{path} is a folder; give a file name for {option} (e.g. {path}/NAME)", path)
+        raise OutputExistsError(f"{path} is a folder; give a file name for {option} (e.g. "
+                                f"{os.path.join(path, example)})", path)
     if force or not os.path.lexists(path):
         return
     same = [i for i in inputs if os.path.exists(i) and os.path.exists(path) and os.path.samefile(i, path)]

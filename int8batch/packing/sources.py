@@ -1,4 +1,5 @@
 """What to pack: image folders (with labels from class folders or a label file) and MNIST IDX files."""
+import contextlib
 import gzip
 import logging
 import os
@@ -61,6 +62,17 @@ class IdxSource:
 
     def __len__(self):
         return self.images.shape[0]
+
+
+@contextlib.contextmanager
+def unlogged():
+    """Scan without this module's log lines (a caller counting images that pack will scan, and report, again)."""
+    before = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = before
 
 
 def open_source(src, labels=None):

@@ -31,7 +31,7 @@ from ..errors import ConfigError, ModelError, SourceError
 from ..manifest import labels as manifest_labels
 from ..onnx.graph import input_info, load_model
 from ..packing.packer import pack
-from ..packing.sources import inside, open_source
+from ..packing.sources import inside, open_source, unlogged
 from ..preprocess import preset as preset_config
 from ..reader import BatchSet
 from . import protocol
@@ -287,7 +287,9 @@ def check_labels_in_range(manifest, win, classes, s):
 
 def _check_enough_images(s, cal_folder, cal_batches, limit):
     """Refuse, before packing, an image folder too small for the windows (in run imagenet's own options)."""
-    have = len(open_source(s.images, s.labels))
+    with unlogged():     # pack scans both folders again and logs what it finds once
+        have = len(open_source(s.images, s.labels))
+        cal_have = len(open_source(cal_folder, "none")) if cal_folder is not None else None
     if limit is not None:
         have = min(have, limit)
     if cal_folder is None:
@@ -298,7 +300,6 @@ def _check_enough_images(s, cal_folder, cal_batches, limit):
                 f"{s.batch_size} (--batch-size) from batch {first} (--first-score-batch)")
     else:
         need, what = s.batch_size, f"scoring at least one batch of {s.batch_size} (--batch-size)"
-        cal_have = len(open_source(cal_folder, "none"))
         if cal_have < s.calib_batch_size:
             raise ConfigError(f"--calib-images {cal_folder}: {cal_have} images, fewer than one calibration batch "
                               f"of {s.calib_batch_size}; lower --calib-batch-size or add images", cal_folder)

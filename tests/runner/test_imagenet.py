@@ -292,3 +292,16 @@ def test_a_model_of_another_size_runs_with_size_and_resize_size(data, tmp_path, 
     e = expected(r.score_files, data["colours"])      # the colours' figures, at any size
     assert (r.result.top1_hits_fp32, r.result.top5_hits_fp32) == (e["top1"], e["top5"])
     assert r.passed and r.result.images == 8
+
+
+def test_a_scan_warning_is_logged_once(data, tmp_path, caplog):
+    """Found as a new user: an empty class folder was warned about twice (the image count before packing
+    scanned the folder too)."""
+    import shutil
+    folders = tmp_path / "folders"
+    shutil.copytree(data["folders"], folders)
+    (folders / "zz_empty").mkdir()                      # sorted last: the other classes keep their numbers
+    with caplog.at_level("INFO", logger="int8batch"):
+        r = run_imagenet(settings(data, images=str(folders)), out=str(tmp_path / "out"))
+    assert r.passed
+    assert sum("class folder(s) hold no image (zz_empty)" in m for m in caplog.messages) == 1

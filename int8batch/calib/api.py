@@ -23,7 +23,7 @@ from ..errors import CalibrationError, ConfigError
 from ..onnx import graph as G
 from ..onnx.centre import centre_bounded
 from ..onnx.facts import ModelFacts
-from ..onnx.layers import layers_of
+from ..onnx.layers import layers_of, reader_macs
 from ..reader import BatchSet
 from . import thresholds as th
 from ..cuda.kernels import DeviceKernels, DeviceTensor
@@ -35,10 +35,10 @@ from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
 from .ort_exec import providers_for, resolve_device
 from .passes import DevicePass, Pass
 from .report import most_saturated
-from .sensitivity import rank_sensitivity
+from .sensitivity import choose_kept, rank_sensitivity
 from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, DEVICE_BUDGET,  # noqa: F401
-                       METHODS, SATURATION_WARNING, SENSITIVITY_IMAGES, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD,
-                       CalibrationConfig)
+                       METHODS, SATURATION_WARNING, SENSITIVITY_IMAGES, SENSITIVITY_MAC_BUDGET, SENSITIVITY_MAX_KEPT,
+                       SENSITIVITY_MAX_KEPT_UNCOUNTED, SENSITIVITY_THRESHOLD, CalibrationConfig)
 
 log = logging.getLogger(__name__)
 
@@ -317,10 +317,20 @@ def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None, device="c
         log.warning("the sensitivity pass cannot run on this model, so no activation is kept float (%s)", exc)
         return []
     if keep == "auto":
-        kept = [t for t, err in ranked[:SENSITIVITY_MAX_KEPT] if err > SENSITIVITY_THRESHOLD]
+        counted = reader_macs(facts.model, bs.image_shape)
+        if counted is None or not counted[1]:
+            kept, _ = choose_kept(ranked, SENSITIVITY_THRESHOLD, SENSITIVITY_MAX_KEPT_UNCOUNTED)
+            cost = "their readers' multiply-adds could not be counted, so at most " \
+                   f"{SENSITIVITY_MAX_KEPT_UNCOUNTED}"
+        else:
+            readers, total = counted
+            kept, used = choose_kept(ranked, SENSITIVITY_THRESHOLD, SENSITIVITY_MAX_KEPT,
+                                     {t: v / total for t, v in readers.items()}, SENSITIVITY_MAC_BUDGET)
+            cost = (f"their readers do {100 * used:.1f} % of the network's multiply-adds, budget "
+                    f"{100 * SENSITIVITY_MAC_BUDGET:.0f} %")
         if kept:
-            log.info("keeping %d activation(s) in float (each alone costs > %g of the output energy): %s",
-                     len(kept), SENSITIVITY_THRESHOLD, ", ".join(kept))
+            log.info("keeping %d activation(s) in float (each alone costs > %g of the output energy; %s): %s",
+                     len(kept), SENSITIVITY_THRESHOLD, cost, ", ".join(kept))
         return kept
     if keep > len(ranked):   # a value given is used or said to be capped, never silently cut
         log.warning("--keep-float %d: the sensitivity pass ranked %d of the %d quantized activations (%s), so %d "

@@ -227,3 +227,30 @@ def _cannot_run(exc):
         f"the sensitivity pass (keep_float, which finds the activations to leave in float) cannot run on this "
         f"model: {str(exc).strip()[:500]}; calibrate with keep_float=0 (--keep-float 0) to skip it, and "
         "please report the model", None)
+
+
+def choose_kept(ranked, threshold, max_kept, share=None, budget=None):
+    """The activations ``keep_float="auto"`` leaves in float, from :func:`rank_sensitivity`'s ranking.
+
+    Most sensitive first, every tensor whose error alone exceeds ``threshold``,
+    at most ``max_kept`` of them; with ``share`` (``{tensor: fraction of the
+    network's multiply-adds its readers do}``, a tensor not in it costing
+    nothing) only while the kept tensors' readers do at most ``budget`` of
+    them: a tensor that would exceed the budget is passed over for the next.
+
+    Returns
+    -------
+    (list of str, float)
+        The kept tensors in ranking order, and their readers' share (0.0
+        without ``share``).
+    """
+    kept, used = [], 0.0
+    for t, err in ranked:
+        if err <= threshold or len(kept) >= max_kept:
+            break
+        cost = 0.0 if share is None else float(share.get(t, 0.0))
+        if share is not None and used + cost > budget:
+            continue
+        kept.append(t)
+        used += cost
+    return kept, used

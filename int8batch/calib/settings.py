@@ -35,7 +35,13 @@ WEIGHT_ROUNDINGS = ("nearest", "gptq")
 #: this fraction of its energy (||y_q - y||^2 / ||y||^2, on SENSITIVITY_IMAGES images) stays float
 SENSITIVITY_THRESHOLD = 2.5e-4
 SENSITIVITY_IMAGES = 4
-SENSITIVITY_MAX_KEPT = 3
+#: ... while the readers of those kept float do at most this fraction of the network's multiply-adds
+#: (they run in FP16/FP32 in TensorRT instead of INT8: the budget bounds that cost), and at most
+#: SENSITIVITY_MAX_KEPT tensors (each is a precision boundary); where the multiply-adds cannot be
+#: counted (shape inference fails), at most SENSITIVITY_MAX_KEPT_UNCOUNTED tensors
+SENSITIVITY_MAC_BUDGET = 0.10
+SENSITIVITY_MAX_KEPT = 10
+SENSITIVITY_MAX_KEPT_UNCOUNTED = 3
 #: calibrate warns when a chosen amax clips at least this fraction of a tensor's values (TensorRT's
 #: entropy clips up to about 5 % of EfficientNet-Lite0's stem output; a wrecked input scale clipped 93 %)
 SATURATION_WARNING = 0.2

@@ -172,3 +172,63 @@ def corrected_bias(layer, bias, shift):
     if b.shape != (o,):
         return None, f"bias of shape {b.shape} does not match {o} output channels"
     return (b - shift).astype(dtype), ""
+
+
+#: the nodes whose multiply-adds :func:`reader_macs` counts
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def reader_macs(model, image_shape):
+    """Multiply-adds per image of each tensor's readers, and of the whole network.
+
+    Counts the Conv, ConvTranspose, Gemm and MatMul nodes (every other node is
+    taken as free), from shapes inferred with the input fixed to one image of
+    ``image_shape`` (C, H, W): a Conv or MatMul costs its output size times the
+    length of its dot products, a ConvTranspose its input positions times its
+    weight size.  The cost of leaving a tensor in float in TensorRT is about
+    its readers' share: they run in FP16 or FP32 instead of INT8.
+
+    Returns
+    -------
+    (dict of str -> int, int) or None
+        ``{tensor: multiply-adds of the counted nodes reading it}`` and the
+        network's total; None when a counted node's shapes cannot be inferred.
+    """
+    onnx = __import__("onnx")
+    m = onnx.ModelProto()
+    m.CopyFrom(G.load_model(model))
+    info = G.input_info(m)[0]
+    dims = m.graph.input[[i.name for i in m.graph.input].index(info.name)].type.tensor_type.shape.dim
+    if len(dims) != 1 + len(image_shape):
+        return None
+    for d, v in zip(dims, (1,) + tuple(image_shape)):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+    try:
+        _, shapes = G.tensor_types_and_shapes(m)
+    except Exception:  # noqa: BLE001 - a model shape inference cannot follow has no count, not a failure
+        return None
+
+    def known(t):
+        s = shapes.get(t)
+        return s if s is not None and all(isinstance(d, int) and d > 0 for d in s) else None
+
+    cost, readers = {}, {}
+    for n in m.graph.node:
+        if n.op_type not in MAC_OPS:
+            continue
+        y, a, b = known(n.output[0]), known(n.input[0]), known(n.input[1]) if len(n.input) > 1 else None
+        if y is None or a is None or b is None:
+            return None
+        if n.op_type == "Conv":          # output positions x channels x (in channels / group x kernel)
+            macs = math.prod(y) * math.prod(b[1:])
+        elif n.op_type == "ConvTranspose":
+            macs = math.prod(a[2:]) * math.prod(b)
+        elif n.op_type == "Gemm":        # (M, N) outputs, each a dot product of K
+            macs = math.prod(y) * (a[0] if G.node_attr(n, "transA", 0) else a[-1])
+        else:                            # MatMul: each output a dot product along A's last axis
+            macs = math.prod(y) * a[-1]
+        cost[n.output[0]] = macs
+        for t in dict.fromkeys(i for i in n.input[:2] if i):
+            readers[t] = readers.get(t, 0) + macs
+    return readers, sum(cost.values())

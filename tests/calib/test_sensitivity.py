@@ -8,7 +8,7 @@ import pytest
 
 import int8batch
 from int8batch.calib import api
-from int8batch.calib.sensitivity import rank_sensitivity, switch_model
+from int8batch.calib.sensitivity import choose_kept, rank_sensitivity, switch_model
 from int8batch.packing.sources import DATA_DIR
 
 LENET = os.path.join(DATA_DIR, "lenet.onnx")
@@ -43,8 +43,27 @@ def test_ranking_and_auto_rule(tmp_path, monkeypatch):
     out = tmp_path / "b"
     int8batch.pack("mnist-test", out, batch_size=50, limit=100)
     monkeypatch.setattr(api, "SENSITIVITY_THRESHOLD", 0.0)
+    spied = {}
+
+    def spy(*a, **k):
+        spied["ranked"] = rank_sensitivity(*a, **k)
+        return spied["ranked"]
+    monkeypatch.setattr(api, "rank_sensitivity", spy)
     res = api.calibrate(LENET, out, tmp_path / "all", batch_size=50, max_batches=2)
-    assert len(res.kept_float) == api.SENSITIVITY_MAX_KEPT
+    # LeNet's multiply-adds per image by hand: conv1 20x24x24 outputs x 25 = 288000, conv2 50x8x8 x 500 =
+    # 1600000, ip1 500 x 800 = 400000, ip2 10 x 500 = 5000 (2293000): of the activations only the ones
+    # whose readers stay within the 10 % budget can be kept (data: 12.6 %, pool1: 69.8 %, flatten: 17.4 %
+    # never; relu1: 0.2 %; tensors read by no counted node cost nothing), in ranking order
+    share = {"data": 288000 / 2293000, "/pool1/MaxPool_output_0": 1600000 / 2293000,
+             "/Flatten_output_0": 400000 / 2293000, "/relu1/Relu_output_0": 5000 / 2293000}
+    want, used = [], 0.0
+    for t, _ in spied["ranked"]:
+        if used + share.get(t, 0.0) <= 0.10 and len(want) < 10:
+            want.append(t)
+            used += share.get(t, 0.0)
+    assert res.kept_float == want and len(want) >= 2
+    assert not {"data", "/pool1/MaxPool_output_0", "/Flatten_output_0"} & set(want)
+    monkeypatch.setattr(api, "rank_sensitivity", rank_sensitivity)
     monkeypatch.setattr(api, "SENSITIVITY_THRESHOLD", 1.0)
     res = api.calibrate(LENET, out, tmp_path / "none", batch_size=50, max_batches=2)
     assert res.kept_float == []
@@ -153,3 +172,19 @@ def test_group_search_agrees_with_exhaustive_on_a_real_model(mnist):
     grouped = S.rank_sensitivity(m, res.amax, np.ascontiguousarray(data), cands, exhaustive_max=0, beam=3)
     assert [t for t, _ in grouped[:3]] == [t for t, _ in full[:3]]
     assert dict(grouped)[full[0][0]] == pytest.approx(full[0][1], rel=1e-12)
+
+
+def test_choose_kept_by_hand():
+    ranked = [("a", 0.5), ("b", 0.4), ("c", 0.3), ("d", 0.2), ("e", 1e-5)]
+    # threshold and count
+    assert choose_kept(ranked, 1e-4, 10) == (["a", "b", "c", "d"], 0.0)
+    assert choose_kept(ranked, 0.35, 10) == (["a", "b"], 0.0)
+    assert choose_kept(ranked, 1e-4, 2) == (["a", "b"], 0.0)
+    # the budget passes over a tensor that would exceed it and takes the next; unknown tensors cost nothing
+    share = {"a": 0.04, "b": 0.07, "c": 0.05, "d": 0.5}
+    kept, used = choose_kept(ranked, 1e-4, 10, share, 0.10)
+    assert kept == ["a", "c"] and used == pytest.approx(0.09)
+    kept, used = choose_kept(ranked, 0.0, 10, share, 0.10)
+    assert kept == ["a", "c", "e"] and used == pytest.approx(0.09)
+    assert choose_kept(ranked, 1e-4, 10, {}, 0.0) == (["a", "b", "c", "d"], 0.0)
+    assert choose_kept([], 0.0, 10, share, 0.1) == ([], 0.0)

@@ -1,25 +1,11 @@
 """bench/bench_calibrate.py's zoo mode helpers, without running any benchmark."""
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _bench():
-    if os.path.join(ROOT, "bench") not in sys.path:   # as when run as a script: bench/ holds its _paths helper
-        sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location("bench_calibrate", os.path.join(ROOT, "bench", "bench_calibrate.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_calibrate", mod)
-    spec.loader.exec_module(mod)
-    return mod
+from script_loader import load
 
 
-B = _bench()
+B = load("bench_calibrate", "bench", register=True)
 
 
 def _row(name, seconds, n=256, rss=500.0, **kw):

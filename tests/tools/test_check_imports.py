@@ -1,15 +1,9 @@
 """tools/check_imports.py: the package's imports point down the layers of CONTRIBUTING.md."""
-import importlib.util
-import os
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from script_loader import load
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("check_imports", os.path.join(ROOT, "tools", "check_imports.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("check_imports")
 
 
 def test_package_imports_point_down():

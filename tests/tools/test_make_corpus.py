@@ -1,12 +1,10 @@
 """tools/make_corpus.py: the recipes (default unchanged, strong, plain), determinism and prefixes."""
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from script_loader import load
 
 pytest.importorskip("cv2")
 pytest.importorskip("skimage")     # the source photos
@@ -14,10 +12,7 @@ pytest.importorskip("sklearn")     # china and flower
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("make_corpus", os.path.join(ROOT, "tools", "make_corpus.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("make_corpus")
 
 
 def _make(tool, out, *args):

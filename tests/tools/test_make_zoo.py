@@ -1,20 +1,12 @@
 """tools/make_zoo.py without exporting anything: the zoo's packing recipes and the YOLO-style detector."""
-import importlib.util
-import os
 import shlex
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from script_loader import load
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("make_zoo", os.path.join(ROOT, "tools", "make_zoo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_zoo", mod)   # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load("make_zoo", register=True)    # its dataclasses look their module up there
 
 
 def test_pack_args_on_the_command_line_give_the_recorded_recipe():

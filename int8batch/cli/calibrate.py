@@ -47,7 +47,8 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--keep-float", type=keep_float_value, default=None, metavar="K|auto",
                    help="activations left without Q/DQ (TensorRT runs their consumers in higher precision), "
                         "chosen by a one-at-a-time sensitivity pass: K most sensitive, or auto: those whose "
-                        "quantization alone costs > 0.025%% of the output energy (default for --method auto; "
+                        "quantization alone costs > 0.025%% of the output energy, while their readers do at "
+                        "most 10%% of the multiply-adds (at most 10 tensors; default for --method auto; "
                         "0 = pure INT8, the default for the other methods)")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the model's biases in the Q/DQ model (default: each Conv/Gemm bias absorbs the "

@@ -9,6 +9,7 @@ log = logging.getLogger("int8batch")
 
 def add_parser(sub):
     from ..calib.api import DEFAULT_METHOD, METHODS
+    from ..calib.settings import SENSITIVITY_MAC_BUDGET, SENSITIVITY_MAX_KEPT, SENSITIVITY_THRESHOLD
     p = sub.add_parser("calibrate", help=__doc__.splitlines()[0], description=__doc__ + """
 
 backend onnxruntime (default without TensorRT 8.6-10.x): ONNX Runtime runs the model,
@@ -47,8 +48,9 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--keep-float", type=keep_float_value, default=None, metavar="K|auto",
                    help="activations left without Q/DQ (TensorRT runs their consumers in higher precision), "
                         "chosen by a one-at-a-time sensitivity pass: K most sensitive, or auto: those whose "
-                        "quantization alone costs > 0.025%% of the output energy, while their readers do at "
-                        "most 10%% of the multiply-adds (at most 10 tensors; default for --method auto; "
+                        f"quantization alone costs > {100 * SENSITIVITY_THRESHOLD:g}%% of the output energy, "
+                        f"while their readers do at most {100 * SENSITIVITY_MAC_BUDGET:g}%% of the multiply-adds "
+                        f"(at most {SENSITIVITY_MAX_KEPT} tensors; default for --method auto; "
                         "0 = pure INT8, the default for the other methods)")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the model's biases in the Q/DQ model (default: each Conv/Gemm bias absorbs the "

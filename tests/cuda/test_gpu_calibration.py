@@ -238,7 +238,7 @@ def photo_batches(tmp_path_factory):
                 c = c[:, ::-1] if flip else c
                 cv2.imwrite(str(root / f"img{k:03d}.png"), np.ascontiguousarray(c[..., ::-1]))
                 k += 1
-    out = root / "b"
+    out = tmp_path_factory.mktemp("photo_batches") / "b"      # beside the photos: pack refuses a folder in them
     int8batch.pack(root, out, batch_size=16, preset="efficientnet-lite")
     return out
 

@@ -160,6 +160,24 @@ def _label(model):
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model>"
 
 
+def _run(label, shape, run, *args):
+    """``run(*args)``; an ONNX Runtime failure becomes a ModelError naming the model and the image shape.
+
+    A model loads but cannot run on some inputs: PP-OCR's detector broadcasts its FPN levels, so a size
+    that is not a multiple of 32 fails inside the graph ("Attempting to broadcast an axis by a dimension
+    other than 1").  That is the user's images against the model, not a crash."""
+    try:
+        return run(*args)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 300 else text[:300] + " ..."
+        raise ModelError(f"{label}: ONNX Runtime cannot run the model on images of shape {list(shape)}: {text}. "
+                         f"A model that accepts only some sizes (detectors often need multiples of 32) needs "
+                         f"the images packed at one of them (int8batch pack --size)", label) from exc
+
+
 class ActivationRunner:
     """Run batches and return chosen intermediate tensors.
 
@@ -237,7 +255,7 @@ class ActivationRunner:
         self.check(batch.shape)
         if batch.dtype != self._dtype:
             batch = batch.astype(self._dtype)
-        outs = self._session.run(self._fetch, {self.input_name: batch})
+        outs = _run(self._label, batch.shape, self._session.run, self._fetch, {self.input_name: batch})
         result = dict(zip(self._fetch, outs))
         if len(self._fetch) != len(self.tensor_names):
             result[self.input_name] = batch
@@ -312,11 +330,14 @@ class ModelRunner:
 
     def run(self, batch):
         """Run one batch ``(N, C, H, W)``; return the chosen output."""
-        return self._session.run([self.output_name], {self.input_name: self._input(batch)})[0]
+        data = self._input(batch)
+        return _run(self._label, data.shape, self._session.run, [self.output_name], {self.input_name: data})[0]
 
     def run_all(self, batch, names=None):
         """Run one batch; return the graph outputs ``names`` (default all, in :attr:`output_names` order)."""
-        return self._session.run(list(names or self.output_names), {self.input_name: self._input(batch)})
+        data = self._input(batch)
+        return _run(self._label, data.shape, self._session.run, list(names or self.output_names),
+                    {self.input_name: data})
 
     def _input(self, batch):
         data = np.asarray(getattr(batch, "data", batch))
@@ -368,7 +389,7 @@ class DeviceActivationRunner(ActivationRunner):
         io.bind_input(self.input_name, "cuda", self.device_id, np.float32, list(x.shape), x.ptr)
         for t in self._fetch:
             io.bind_output(t, "cuda", self.device_id)
-        self._session.run_with_iobinding(io)
+        _run(self._label, x.shape, self._session.run_with_iobinding, io)
         io.synchronize_outputs()
         outs = io.get_outputs()
         result = {self.input_name: x}

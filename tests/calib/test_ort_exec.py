@@ -123,3 +123,32 @@ def test_model_from_path_and_large_model_path(tmp_path, monkeypatch):
     out = ActivationRunner(str(p), ["a"]).run(x)
     np.testing.assert_allclose(out["a"], reference(x)["a"], rtol=1e-6)
     assert made and not any(os.path.exists(d) for d in made)
+
+
+def test_a_model_that_cannot_run_at_the_images_size_is_named_not_a_traceback(tmp_path):
+    """Found as a new user: PP-OCR's detector on images packed at 600 (not a multiple of 32) ended calibrate and
+    eval in ONNX Runtime's traceback.  Here: x + upsample(pool(x)) needs an even size."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from int8batch.calib.ort_exec import ActivationRunner, ModelRunner
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Resize", ["p", "", "scales"], ["u"], mode="nearest"),
+             helper.make_node("Add", ["x", "u"], ["y"])]
+    g = helper.make_graph(nodes, "fpn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                          [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / "fpn.onnx")
+    onnx.save(m, path)
+    even = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    run = ModelRunner(path)
+    np.testing.assert_array_equal(run.run(even), even + even.reshape(1, 1, 2, 2, 2, 2).max(axis=(3, 5))
+                                  .repeat(2, axis=2).repeat(2, axis=3).reshape(1, 1, 4, 4))
+    for runner in (run, ActivationRunner(path, ["p", "y"])):
+        with pytest.raises(ModelError) as err:
+            runner.run(np.zeros((1, 1, 5, 5), np.float32))
+        msg = str(err.value)
+        assert msg.startswith(f"{path}: ONNX Runtime cannot run the model on images of shape [1, 1, 5, 5]")
+        assert "int8batch pack --size" in msg and "Traceback" not in msg

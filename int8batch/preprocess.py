@@ -107,6 +107,10 @@ class PreprocessConfig:
         if self.crop == "none" and self.resize == "short":
             raise ConfigError("resize 'short' keeps the aspect ratio, so it needs crop 'center' to reach a fixed "
                               "size; use resize 'direct' for crop 'none'")
+        if self.crop == "none" and self.resize == "direct" and self.resize_size != self.size:
+            raise ConfigError(f"crop none keeps the whole resized image, so resize_size (--resize-size) "
+                              f"{_hw(self.resize_size)} must be the output size (--size) {_hw(self.size)}: give "
+                              f"--resize-size {_hw(self.size)}")
         if self.crop == "center" and self.resize == "direct" and (
                 self.resize_size[0] < self.size[0] or self.resize_size[1] < self.size[1]):
             raise ConfigError(f"resize_size (--resize-size) {_hw(self.resize_size)} is smaller than the output size "

@@ -102,6 +102,9 @@ def test_shapes_and_crop_plans():
     (dict(scale=0), "scale"),
     (dict(resize="short", crop="none"), "crop 'center'"),
     (dict(resize="direct", resize_size=(100, 100), size=(224, 224)), "smaller"),
+    # found as a new user: crop none with the preset's resize size failed per image as "unreadable"
+    (dict(resize="direct", crop="none", resize_size=(256, 256), size=(640, 640)), "give --resize-size 640x640"),
+    (dict(resize="direct", crop="none", resize_size=(700, 700), size=(640, 640)), "must be the output size"),
     (dict(channels="cmyk"), "channels must be one of"),
     (dict(size=(0, 3)), "positive"),
 ])

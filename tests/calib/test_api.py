@@ -717,6 +717,24 @@ def test_a_scale_that_clips_most_of_a_tensor_is_warned_about(mnist, tmp_path, ca
     name = re.search(r"of the values of '([^']+)'", line).group(1)
     doc = json.load(open(tmp_path / "a" / "calibration.json"))
     assert doc["tensors"][name]["saturation"] == pytest.approx(frac / 100, abs=0.0005)
+    # a clip of one step is not named, however many values it touches (found as a new user: white pages
+    # packed with (pixel - 127) / 128 have 80 % of their input at 1.0, which auto's input scale stores as 127/128)
+    from types import SimpleNamespace
+
+    from int8batch.calib.api import _warn_saturated
+    from int8batch.calib.collector import TensorStats
+    from int8batch.calib.thresholds import saturation
+    hist = np.zeros(1000, np.int64)
+    hist[:200] = 1                                         # 20 % spread over [0, 0.2), 80 % at 1.0
+    hist[-1] = 800
+    page = {n: TensorStats.from_histogram(hist, 0.001, amax=1.0, name=n) for n in ("page", "clipped")}
+    res = SimpleNamespace(amax={"page": 1 - 1 / 128, "clipped": 0.5}, stats=page)
+    assert saturation(page["page"], res.amax["page"]) == pytest.approx(0.8) == saturation(page["clipped"], 0.5)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="int8batch"):
+        _warn_saturated(res, "auto")
+    assert len(caplog.messages) == 1 and "80.0 % of the values of 'clipped'" in caplog.messages[0]
+    assert "'page'" not in caplog.messages[0] and "other tensor" not in caplog.messages[0]
     for method, kw in (("percentile", {"percentile": 99.0}), ("auto", {})):
         caplog.clear()
         with caplog.at_level("WARNING", logger="int8batch"):

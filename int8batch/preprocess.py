@@ -117,9 +117,11 @@ class PreprocessConfig:
                               f"(--size) {_hw(self.size)}: the crop is cut from the resized image; give a "
                               f"--resize-size of at least {_hw(self.size)}")
         if self.crop == "center" and self.resize == "short" and self.resize_size < min(self.size):
+            own = (f" (preset {self.preset}'s own rule gives --resize-size {resize_for(self.preset, self.size)})"
+                   if self.preset in PRESETS else "")
             raise ConfigError(f"short side (--resize-size) {self.resize_size} is smaller than the output size "
                               f"(--size) {_hw(self.size)}: the crop is cut from the resized image; give a "
-                              f"--resize-size of at least {max(self.size)}")
+                              f"--resize-size of at least {max(self.size)}{own}")
 
     @property
     def num_channels(self):
@@ -336,6 +338,31 @@ PRESETS = {
     "efficientnet-lite": dict(size=(224, 224), channels="rgb", resize="short", resize_size=256, crop="center",
                               scale=1.0, mean=(127.0,), std=(128.0,)),
 }
+
+
+#: presets whose resize keeps a margin in pixels rather than a ratio when the output size changes
+#: (TensorFlow's EfficientNet evaluation resizes the short side to size + 32: Lite1 240 from 272)
+PRESET_MARGIN = {"efficientnet-lite": 32}
+
+
+def resize_for(name, size):
+    """The resize size preset ``name``'s own rule gives an output ``size`` (H, W) other than its own.
+
+    A short-side preset keeps its margin (:data:`PRESET_MARGIN`) or its crop fraction (imagenet-torch: 224
+    from 256, so 299 from 342); a direct warp with a centre crop scales each side by the same fraction; a
+    preset without a crop resizes to the size itself.  Returns an int (short side) or an (H, W) pair.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    base = preset(name)
+    h, w = _pair(size, "size (--size)")
+    if base.crop == "none":
+        return (h, w)
+    if base.resize == "short":
+        if name in PRESET_MARGIN:
+            return min(h, w) + PRESET_MARGIN[name]
+        return int(round(min(h, w) * base.resize_size / min(base.size)))
+    return (int(round(h * base.resize_size[0] / base.size[0])), int(round(w * base.resize_size[1] / base.size[1])))
 
 
 def preset(name, **overrides):

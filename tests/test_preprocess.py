@@ -173,3 +173,18 @@ def test_crc32_kernel_equals_zlib():
     with pytest.raises(ValueError):  # non-contiguous: refused, as zlib.crc32 refuses it
         fmt.checksum(data[::2])
     mm.close()
+
+
+def test_resize_for_keeps_each_presets_own_rule():
+    """The resize a preset's own convention gives another output size (hand values): EfficientNet-Lite's
+    TensorFlow evaluation crops 32 pixels inside the short side (Lite1 240 from 272, Lite2 260 from 292),
+    torchvision keeps 224/256, Caffe's warp scales each side, a preset without a crop resizes to the size."""
+    from int8batch.preprocess import resize_for
+    assert resize_for("efficientnet-lite", 240) == 272 and resize_for("efficientnet-lite", (260, 300)) == 292
+    assert resize_for("imagenet-torch", 299) == 342 and resize_for("imagenet-torch", 224) == 256
+    assert resize_for("imagenet-caffe", (227, 454)) == (259, 519)
+    assert resize_for("mnist", 32) == (32, 32)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resize_for("yolo", 640)
+    with pytest.raises(ConfigError, match=r"own rule gives --resize-size 292\)"):
+        preset("efficientnet-lite", size=260)

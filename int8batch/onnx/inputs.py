@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ModelError
-from ..preprocess import PRESETS, preset
+from ..preprocess import PRESETS, preset, resize_for
 from . import graph as G
 
 
@@ -194,7 +194,11 @@ def _recipe_hint(shape, cfg):
     opts, note = [], ""
     if h and w and (h, w) != tuple(cfg.size):
         opts.append(f"--size {h}x{w}")
-        note = " and a --resize-size of at least that"
+        if cfg.preset in PRESETS:    # the preset's own rule for the resize (EfficientNet-Lite1: 240 from 272)
+            rs = resize_for(cfg.preset, (h, w))
+            opts.append(f"--resize-size {rs if isinstance(rs, int) else f'{rs[0]}x{rs[1]}'}")
+        else:
+            note = " and a --resize-size of at least that"
     if c and c != cfg.num_channels:
         opts.append("--channels gray" if c == 1 else "--channels rgb (or bgr)")
         if c == 1 and (len(set(cfg.mean)) > 1 or len(set(cfg.std)) > 1):   # one value for one channel

@@ -43,18 +43,22 @@ def test_fixed_recipe_mismatch_names_model_both_shapes_and_fixes(tmp_path):
     # following the advice keeps the preset: it is named with the options (found as a new user: without it
     # the options alone once started from a blank recipe)
     assert "keep the recipe with --preset imagenet-caffe --size 299x299" in msg
+    # and the preset's own resize rule for that size (found as a new user: "a --resize-size of at least that"
+    # led to 240 from 240 for EfficientNet-Lite1, whose recipe is 240 from 272): 299 x 256 / 224 = 341.7
+    assert "--size 299x299 --resize-size 342x342" in msg
     # a gray 28x28 model against a colour recipe: the MNIST presets, and both options
     gray = relu_model(["batch", 1, 28, 28], tmp_path / "lenet.onnx")
     msg = str(pytest.raises(ModelError, check_recipe, gray, preset("imagenet-torch")).value)
-    assert "--preset mnist-caffe or --preset mnist" in msg and "--preset imagenet-torch --size 28x28 --channels gray" in msg
+    assert "--preset mnist-caffe or --preset mnist" in msg
+    assert "--preset imagenet-torch --size 28x28 --resize-size 32 --channels gray" in msg     # 28 x 256 / 224
     # the advice runs as given: one mean and std for the one channel (found as a new user: 3 means for gray)
-    hint = msg[msg.index("--preset imagenet-torch --size 28x28"):].split(" and a --resize-size")[0].split()
+    hint = msg[msg.index("--preset imagenet-torch --size 28x28"):].split(" (whichever")[0].split()
     assert hint[hint.index("--mean") + 1] == "0.449" and hint[hint.index("--std") + 1] == "0.226"
     import argparse
     from int8batch.cli.options import add_preprocess_options, preprocess_overrides
     ap = argparse.ArgumentParser()
     add_preprocess_options(ap)
-    opts = preprocess_overrides(ap.parse_args(hint + ["--resize-size", "32"]))
+    opts = preprocess_overrides(ap.parse_args(hint[2:]))
     assert preset("imagenet-torch", **opts).chw == (1, 28, 28)
     # channels only: 3-channel recipes fit, with the --channels fix
     msg = str(pytest.raises(ModelError, check_recipe, relu_model(["N", 3, "H", "W"]), preset("mnist")).value)

@@ -19,7 +19,7 @@ import numpy as np
 from .._lock import FolderLock
 from .._progress import reporter
 from ..manifest import recipe as manifest_recipe
-from ..errors import CalibrationError, ConfigError
+from ..errors import CalibrationError, ConfigError, ModelError
 from ..onnx import graph as G
 from ..onnx.centre import centre_bounded
 from ..onnx.facts import ModelFacts
@@ -98,6 +98,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
             log.info("%s: replacing the previous calibration (%s)", out, ", ".join(replaced))
         device = resolve_device(cfg.device)   # --device cuda where it cannot run: refused before any work
         facts = ModelFacts.of(model)
+        _refuse_quantized(facts.model, model)
         centred = []
         if cfg.resolved_centre and out is not None:
             shifted, centred = centre_bounded(facts.model, facts.quantizable, padded=cfg.centre_padded)
@@ -143,6 +144,17 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
             lock.release(discard=not ok)   # a failed run leaves no empty output folder it made
         if owned:
             bs.close()
+
+
+def _refuse_quantized(m, model):
+    """A model that already holds Q/DQ pairs would be quantized twice (found as a new user: model.qdq.onnx
+    calibrated again, silently)."""
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
+    if qdq:
+        label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+        raise ModelError(f"{label} already holds {qdq} QuantizeLinear/DequantizeLinear nodes (a Q/DQ model such as "
+                         f"model.qdq.onnx, or one quantized elsewhere): calibrate the FP32 model it came from; "
+                         f"a Q/DQ model needs no calibration (TensorRT reads its scales)", label)
 
 
 def _warn_saturated(result, method):

@@ -766,3 +766,12 @@ def test_a_keep_float_count_above_what_the_pass_ranks_is_said(mnist, tmp_path, c
     with caplog.at_level("WARNING", logger="int8batch"):
         api.calibrate(LENET, mnist, tmp_path / "d", batch_size=50, max_batches=2, keep_float=n)
     assert "--keep-float" not in caplog.text
+
+
+def test_a_qdq_model_is_not_calibrated_again(mnist, tmp_path):
+    """Found as a new user: calibrate model.qdq.onnx ran and wrote a second set of Q/DQ pairs, without a word."""
+    first = api.calibrate(LENET, mnist, tmp_path / "a", batch_size=50, max_batches=2, method="minmax")
+    n = sum(nd.op_type in ("QuantizeLinear", "DequantizeLinear") for nd in onnx.load(first.paths["qdq"]).graph.node)
+    with pytest.raises(ModelError, match=f"already holds {n} QuantizeLinear/DequantizeLinear nodes") as err:
+        api.calibrate(first.paths["qdq"], mnist, tmp_path / "b", batch_size=50, max_batches=2)
+    assert first.paths["qdq"] in str(err.value) and not (tmp_path / "b").exists()

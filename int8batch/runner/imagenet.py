@@ -147,6 +147,7 @@ class ImagenetSample(Sample):
         s = self.settings
         model = load_model(s.model)  # a missing or broken model fails now, not after packing
         input_info(model)
+        _refuse_non_classifier(model, s.model)
         self.outputs = _static_classes(model)
         self.cal_folder = calibration_folder(s.calib_images)
         self.cal_batches, self.file_size, self.limit = plan(s)
@@ -240,6 +241,21 @@ def run_imagenet(settings, out="int8batch-run-imagenet", workdir=None, progress=
     in ``workdir`` (a temporary folder, removed, when None).
     """
     return run(ImagenetSample(settings, progress), out, workdir, plot, force)
+
+
+def _refuse_non_classifier(model, label):
+    """run imagenet scores top-1/top-5 classes: a first output with more than one per-image axis that is not
+    statically 1 (a detector's map, a segmentation) is refused (found as a new user: a text detector got a
+    FAILED verdict from the argmax of its map's pixels)."""
+    out = model.graph.output[0]
+    dims = out.type.tensor_type.shape.dim if out.type.tensor_type.HasField("shape") else None
+    if dims is None:
+        return
+    shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims[1:]]
+    if sum(v != 1 for v in shown) > 1:
+        raise ModelError(f"{label}: run imagenet scores classifiers (one row of class scores per image), but the "
+                         f"first output {out.name!r} is {shown} per image; calibrate it with int8batch calibrate "
+                         f"and compare with int8batch eval, which reports the relative error of any output", label)
 
 
 def _static_classes(model):

@@ -306,3 +306,23 @@ def test_a_scan_warning_is_logged_once(data, tmp_path, caplog):
         r = run_imagenet(settings(data, images=str(folders)), out=str(tmp_path / "out"))
     assert r.passed
     assert sum("class folder(s) hold no image (zz_empty)" in m for m in caplog.messages) == 1
+
+
+def test_a_model_that_is_not_a_classifier_is_refused(data, tmp_path):
+    """Found as a new user: a text detector ([N, 1, H, W] map) got a FAILED verdict from the argmax of pixels."""
+    import onnx
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Sigmoid", ["input"], ["maps"])], "det",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                          [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["N", 3, "H", "W"])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / "det.onnx")
+    onnx.save(m, path)
+    with pytest.raises(ModelError, match=r"scores classifiers .* first output 'maps' is \[3, 'H', 'W'\] per image"):
+        run_imagenet(settings(data, model=path), out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    # a (N, 7) output and a Caffe-style (N, 7, 1, 1) one are one row of scores per image
+    for shape in (["N", 7], ["N", 7, 1, 1]):
+        m.graph.output[0].CopyFrom(helper.make_tensor_value_info("maps", TensorProto.FLOAT, shape))
+        assert imagenet._refuse_non_classifier(m, "m") is None

@@ -97,7 +97,6 @@ def _run_sample(args, bar):
                           method=args.method, preset=args.preset, threads=args.threads, backend=args.backend, device=args.device,
                           keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
         return run_mnist(s, out=args.out, progress=bar, plot=args.plot, force=args.force)
-    from ..onnx.inputs import check_recipe
     from ..runner.imagenet import ImagenetSettings, run_imagenet
     s = ImagenetSettings(model=args.model, images=args.images, labels=args.labels, preset=args.preset,
                          size=args.size, resize_size=args.resize_size,
@@ -106,7 +105,4 @@ def _run_sample(args, bar):
                          score_batches=args.score_batches, method=args.method, seed=args.seed,
                          skip_bad=args.skip_bad, threads=args.threads, backend=args.backend, device=args.device,
                          keep_float=args.keep_float, bias_correction=not args.no_bias_correction)
-    fit = check_recipe(args.model, s.recipe())  # a model the recipe does not fit fails before packing
-    report = run_imagenet(s, out=args.out, progress=bar, plot=args.plot, force=args.force)
-    report.notes.append(fit.describe())
-    return report
+    return run_imagenet(s, out=args.out, progress=bar, plot=args.plot, force=args.force)

@@ -30,6 +30,7 @@ from ..calib.ort_exec import ModelRunner
 from ..errors import ConfigError, ModelError, SourceError
 from ..manifest import labels as manifest_labels
 from ..onnx.graph import input_info, load_model
+from ..onnx.inputs import check_recipe
 from ..packing.packer import pack
 from ..packing.sources import inside, open_source, unlogged
 from ..preprocess import preset as preset_config
@@ -147,6 +148,7 @@ class ImagenetSample(Sample):
         s = self.settings
         model = load_model(s.model)  # a missing or broken model fails now, not after packing
         input_info(model)
+        self.fit = check_recipe(model, s.recipe(), label=s.model)   # a recipe the model does not fit: refused now
         _refuse_non_classifier(model, s.model)
         self.outputs = _static_classes(model)
         self.cal_folder = calibration_folder(s.calib_images)
@@ -208,7 +210,7 @@ class ImagenetSample(Sample):
         report.calib_files = self.cal_names
         report.score_files = names[win.start_image:win.start_image + win.images]
         report.notes = _notes(s, self.packed, self.labels.source, self.cal_folder, cal, win, self.overlap,
-                              self.same_folder)
+                              self.same_folder) + [self.fit.describe()]
         return report
 
     def annotate(self, report, w, out):

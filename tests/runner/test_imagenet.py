@@ -82,6 +82,8 @@ def test_class_folders_end_to_end(data, tmp_path):
     # and the saved reports keep it (found by a new user: they left the printed warnings out)
     d = json.loads((out / "report.json").read_text())
     assert any("3 class folders but the model has 7 outputs" in n for n in d["notes"])
+    # and the recipe line (found as a new user: it was printed only, added after the reports were written)
+    assert any(n.startswith(f"model {data['model']}: input 'input'") for n in d["notes"]), d["notes"]
     assert d["images"]["skipped"] == [] and d["images"]["dropped"] == 0
     assert "- note: WARNING: labels come from 3 class folders" in (out / "report.md").read_text()
 

@@ -4,6 +4,7 @@ NVIDIA ModelOpt's ONNX quantizer takes ``--calibration_data`` as an ``.npy``
 array or an ``.npz`` keyed by input name; Polygraphy takes any iterable of
 ``{name: array}`` (see :meth:`int8batch.reader.BatchSet.as_feed`).
 """
+import logging
 import os
 
 import numpy as np
@@ -11,6 +12,14 @@ import numpy as np
 from ._atomic import atomic_file
 from .errors import ConfigError, OutputExistsError, whole_number
 from .reader import BatchSet
+
+log = logging.getLogger(__name__)
+
+
+def check_source(batches):
+    """Refuse a source that is not a folder first, as every command does (BatchSet's error names it)."""
+    if not isinstance(batches, BatchSet) and not os.path.isdir(batches):
+        BatchSet(batches).close()
 
 
 def export_numpy(batches, path, input_name=None, limit=None, first=0, force=False):
@@ -34,8 +43,7 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0, force=Fals
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if not isinstance(batches, BatchSet) and not os.path.isdir(batches):   # the source first, as every command
-        BatchSet(batches).close()                                            # (raises, naming the folder)
+    check_source(batches)
     if ext not in (".npy", ".npz"):
         raise ConfigError(f"{path}: the output must end in .npy or .npz")
     if ext == ".npz" and not input_name:
@@ -51,6 +59,9 @@ def export_numpy(batches, path, input_name=None, limit=None, first=0, force=Fals
         count = bs.num_images - first if limit is None else min(int(limit), bs.num_images - first)
         if count <= 0:
             raise ConfigError(f"{bs.folder}: no images to export after image {first}")
+        if limit is not None and count < int(limit):
+            log.warning("%s: only %d image(s) from image %d on (of %d), fewer than --limit %d", bs.folder, count,
+                        first, bs.num_images, int(limit))
         data = np.empty((count,) + tuple(bs.image_shape), dtype=np.float32)
         bs.images(first, count, out=data)
     finally:

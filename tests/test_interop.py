@@ -29,6 +29,15 @@ def test_npz_and_npy_match_the_files(folder, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), want[3:8])
 
 
+def test_fewer_images_than_the_limit_are_said(folder, tmp_path, caplog, capsys):
+    """Found as a new user: --first 11 --limit 4 on 12 images printed 'wrote 1 images' and nothing else."""
+    with caplog.at_level("WARNING", logger="int8batch"):
+        assert main(["export", str(folder), str(tmp_path / "x.npy"), "--first", "11", "--limit", "4"]) == 0
+    assert "only 1 image(s) from image 11 on (of 12), fewer than --limit 4" in caplog.text
+    assert "wrote 1 image to" in capsys.readouterr().out
+    assert np.load(tmp_path / "x.npy").shape == (1, 3, 2, 2)
+
+
 def test_polygraphy_style_feed_is_reusable(folder):
     with BatchSet(folder) as bs:
         feed = bs.as_feed("input", batch_size=6)
@@ -107,6 +116,7 @@ def test_export_names_a_missing_source_first_and_suggests_a_npy_name(tmp_path, c
         export_numpy(str(tmp_path / "nosuch"), str(tmp_path / "x.npz"))
     (tmp_path / "d").mkdir()
     assert main(["export", str(tmp_path / "nosuch"), str(tmp_path / "d")]) != 0
+    assert "nosuch: no such folder" in capsys.readouterr().err      # the source first, whatever OUT is
     assert main(["export", str(tmp_path), str(tmp_path / "d")]) != 0
     err = capsys.readouterr().err
     assert f"e.g. {tmp_path / 'd' / 'calibration.npy'}" in err

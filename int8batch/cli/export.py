@@ -14,8 +14,9 @@ def add_parser(sub):
 
 
 def run(args):
-    from ..interop import export_numpy
+    from ..interop import check_source, export_numpy
+    check_source(args.batches)
     refuse_existing(args.output, args.force, example="calibration.npy")
     n = export_numpy(args.batches, args.output, args.input_name, args.limit, args.first, force=args.force)
-    print(f"wrote {n} images to {args.output}")
+    print(f"wrote {n} image{'s' if n != 1 else ''} to {args.output}")
     return 0

@@ -23,6 +23,7 @@ from ..errors import CalibrationError, ConfigError, ModelError
 from ..onnx import graph as G
 from ..onnx.centre import centre_bounded
 from ..onnx.facts import ModelFacts
+from ..onnx.inputs import check_batch_shape
 from ..onnx.layers import layers_of, reader_macs
 from ..reader import BatchSet
 from . import thresholds as th
@@ -99,6 +100,9 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         device = resolve_device(cfg.device)   # --device cuda where it cannot run: refused before any work
         facts = ModelFacts.of(model)
         _refuse_quantized(facts.model, model)
+        # images the model cannot take (another size, NHWC): refused before centring says anything
+        check_batch_shape(facts.input, (None,) + tuple(bs.image_shape),
+                          os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model>")
         centred = []
         if cfg.resolved_centre and out is not None:
             shifted, centred = centre_bounded(facts.model, facts.quantizable, padded=cfg.centre_padded)

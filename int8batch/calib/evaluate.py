@@ -264,6 +264,9 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
     providers = providers_for(resolve_device(device), providers)
     fp = ModelRunner(fp32_model, providers, intra_op_threads)
     q = ModelRunner(int8_model, providers, intra_op_threads)
+    if getattr(batchset, "image_shape", None) is not None:   # images neither model takes: refused before any warning
+        for runner in (fp, q):
+            runner.check((None,) + tuple(batchset.image_shape))
     if fp.has_qdq and not q.has_qdq:
         log.warning("the FP32 model (%s) holds Q/DQ nodes and the INT8 one none: are the two models swapped? "
                     "(give the FP32 model first)", fp32_model if isinstance(fp32_model, (str, os.PathLike)) else

@@ -84,7 +84,7 @@ def check_batch_shape(info, dims, label="<model>", against="the batches are", hi
     if not bad:
         return
     if channels_last(shape, dims[1]):
-        hint = channels_last_hint()
+        hint = channels_last_hint(info.name)
     elif bad == [0]:
         hint = (f"the model has a fixed batch size of {fixed[0]}: pass --batch-size {fixed[0]} "
                 f"to re-batch, repack with {fixed[0]} images per file, or export the model "
@@ -160,7 +160,7 @@ def check_recipe(model, cfg, label=None):
     info = image_input(G.load_model(model), label)
     recipe = f"preset {cfg.preset}" if cfg.preset else "the recipe"
     check_batch_shape(info, (None,) + tuple(cfg.chw), label, against=f"{recipe} makes",
-                      hint=_recipe_hint(info.shape, cfg) if info.shape and len(info.shape) == 4 else None)
+                      hint=_recipe_hint(info.shape, cfg, info.name) if info.shape and len(info.shape) == 4 else None)
     dynamic = tuple(n for n, d in zip(("channels", "height", "width"), info.shape[1:]) if not _fixed(d)) \
         if info.shape else ("channels", "height", "width")
     return RecipeFit(label, info.name, shown_shape(info.shape) if info.shape else "[unknown rank]", recipe,
@@ -175,14 +175,14 @@ def channels_last(shape, channels):
     return all(_fixed(d) is None or d > 4 for d in shape[1:3])
 
 
-def channels_last_hint():
+def channels_last_hint(name="NAME"):
     return ("the input looks channels-last (NHWC, as TensorFlow exports it), but batch files hold NCHW images "
-            "(TensorRT's sample format): export the model with an NCHW input (tf2onnx: --inputs-as-nchw NAME)")
+            f"(TensorRT's sample format): export the model with an NCHW input (tf2onnx: --inputs-as-nchw {name})")
 
 
-def _recipe_hint(shape, cfg):
+def _recipe_hint(shape, cfg, name="NAME"):
     if channels_last(shape, cfg.num_channels):
-        return channels_last_hint()
+        return channels_last_hint(name)
     c, h, w = (_fixed(d) for d in shape[1:])
     if c and c not in (1, 3):
         return f"the model takes {c} channels; int8batch packs images of 1 (gray) or 3 (rgb, bgr) channels"

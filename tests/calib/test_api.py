@@ -742,14 +742,15 @@ def test_a_scale_that_clips_most_of_a_tensor_is_warned_about(mnist, tmp_path, ca
         assert not [m for m in caplog.messages if "clips" in m]
 
 
-def test_errors_name_the_model_file_when_it_is_centred(tmp_path):
+def test_errors_name_the_model_file_when_it_is_centred(tmp_path, caplog):
     """Found as a new user: with a model whose activations are centred, a batch shape the model cannot take
     was reported for '<model>' (the centred copy) instead of the file given."""
     _random_photos_packed(tmp_path)                     # 3x32x32 images
     path = _relu6_block_model(str(tmp_path / "m48.onnx"), 48)     # fixed 48x48: the batches are 32x32
-    with pytest.raises(ModelError) as err:
+    with caplog.at_level("INFO", logger="int8batch"), pytest.raises(ModelError) as err:
         api.calibrate(path, tmp_path / "b", tmp_path / "c")
     assert path in str(err.value) and "<model>" not in str(err.value)
+    assert not [m for m in caplog.messages if "centring" in m]      # refused before centring says anything
 
 
 def test_a_keep_float_count_above_what_the_pass_ranks_is_said(mnist, tmp_path, caplog):

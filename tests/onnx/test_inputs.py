@@ -109,7 +109,7 @@ def test_a_channels_last_input_is_named_as_such(tmp_path):
         with pytest.raises(ModelError) as err:
             call()
         msg = str(err.value)
-        assert path in msg and "channels-last (NHWC" in msg and "--inputs-as-nchw" in msg
+        assert path in msg and "channels-last (NHWC" in msg and "--inputs-as-nchw images" in msg
         assert "224 channels" not in msg and "repack" not in msg
     # an NCHW model of another size keeps the repack advice; a 3x3 image model is not mistaken for NHWC
     with pytest.raises(ModelError, match="repack the images"):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import format as fmt
 from ..errors import SourceError
+from ..manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def scan_folder(root, labels=None):
     must not silently turn every label into the unlabelled value).
     """
     files, folders = walk_images(root)
+    _refuse_nested_packs(root, folders)
     if not files:
         raise SourceError(f"{root}: no image files found (looked recursively for "
                           f"{', '.join(sorted(IMAGE_EXTENSIONS))})", root)
@@ -218,6 +220,17 @@ def scan_folder(root, labels=None):
         _check_labels_exact(len(folders) - 1, root)
         return ImageSource(root, files, np.array([index[t] for t in tops], dtype=np.int64), "folders", folders)
     return _apply_label_file(root, files, labels)
+
+
+def _refuse_nested_packs(root, folders):
+    """A pack folder in (or as) the images folder would give its preview.png and class-folder look to the next
+    pack (found as a new user: 'out' was reported as a class folder); pack now refuses to write one there, and
+    one written before is named here."""
+    for sub in [""] + list(folders):
+        if os.path.isfile(os.path.join(root, sub, MANIFEST_NAME)):
+            where = os.path.join(root, sub) if sub else root
+            raise SourceError(f"{where} holds an int8batch pack ({MANIFEST_NAME}): a pack in the images folder would "
+                              f"be taken for images (its preview.png) or a class folder; move it out of {root}", where)
 
 
 def nothing_packed_error(source, skipped, dropped, batch_size):

@@ -56,3 +56,18 @@ def test_an_output_folder_in_the_images_folder_is_refused(tmp_path):
     assert sorted(os.listdir(d)) == sorted([f"img{k}.jpg" for k in range(7)] + ["broken.jpg"])
     res = int8batch.pack(d, tmp_path / "beside", preset="imagenet-torch", skip_bad=True)   # beside it: fine
     assert res.images == 7
+
+
+def test_a_pack_lying_in_the_images_folder_is_named(tmp_path):
+    """Found as a new user: a pack written into the images folder before pack refused that ('out', from
+    another source) was reported as a class folder, and with --labels none its preview.png became an image."""
+    import shutil
+    d = _folder(tmp_path)
+    int8batch.pack("mnist", tmp_path / "out", batch_size=10, limit=10)
+    (tmp_path / "out" / "preview.png").write_bytes((d / "img0.jpg").read_bytes())
+    shutil.move(str(tmp_path / "out"), str(d / "out"))
+    for labels in (None, "none"):
+        with pytest.raises(SourceError, match=r"imgs/out holds an int8batch pack \(manifest.json\)"):
+            int8batch.pack(d, tmp_path / "o", preset="imagenet-torch", skip_bad=True, labels=labels)
+    with pytest.raises(SourceError, match="holds an int8batch pack"):      # a pack folder given as the images
+        int8batch.pack(d / "out", tmp_path / "o2", preset="imagenet-torch")

@@ -89,10 +89,12 @@ def score(p0, p1):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--work", default=os.path.join(ROOT, ".work", "bench_detector"))
-    ap.add_argument("--threads", type=int)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="which calibrations to score (default all; see the description above)")
+    ap.add_argument("--work", default=os.path.join(ROOT, ".work", "bench_detector"),
+                    help="where the 640x640 packs and the calibrations go (default .work/bench_detector)")
+    ap.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's)")
     ap.add_argument("--quick", action="store_true", help="one calibration set, one scoring set (smoke run)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)

@@ -30,6 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "rapidocr-onnxruntime==1.4.4"
 MEMBER = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
 NAME = "ppocr_v4_det"
+#: the model file of rapidocr-onnxruntime 1.4.4 (the figures in the README come from it)
+SHA256 = "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"
 
 
 def fetch_wheel(tmp):
@@ -49,8 +51,13 @@ def main(argv=None):
     path = os.path.join(args.out, NAME + ".onnx")
     with tempfile.TemporaryDirectory() as tmp:
         wheel = args.wheel or fetch_wheel(tmp)
-        with zipfile.ZipFile(wheel) as z, z.open(MEMBER) as src, open(path + ".part", "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        try:
+            with zipfile.ZipFile(wheel) as z, z.open(MEMBER) as src, open(path + ".part", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (KeyError, zipfile.BadZipFile, OSError) as exc:
+            if os.path.exists(path + ".part"):
+                os.unlink(path + ".part")
+            raise SystemExit(f"{wheel}: no {MEMBER} in it ({exc}); give the {PACKAGE} wheel") from None
     os.replace(path + ".part", path)
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
@@ -62,6 +69,8 @@ def main(argv=None):
     with open(os.path.join(args.out, NAME + ".json"), "w") as f:
         json.dump(meta, f, indent=1)
     print(f"{path}: sha256 {digest}, input {info.name} {meta['input']['shape']}")
+    if digest != SHA256:
+        print(f"warning: not the model the README's figures come from (sha256 {SHA256})", file=sys.stderr)
     return 0
 
 

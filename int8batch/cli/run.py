@@ -7,9 +7,13 @@ from .options import ProgressBar, add_device_option, keep_float_value, log_level
 
 def _common(p, default_out):
     from ..calib.api import DEFAULT_METHOD, METHODS
-    p.add_argument("--first-score-batch", type=int)
-    p.add_argument("--score-batches", type=int)
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    p.add_argument("--first-score-batch", type=int,
+                   help="first scoring batch (default: mnist 0 on the test set, 100 on the training set as "
+                        "sampleINT8; imagenet the first after the calibration images, 0 with a separate "
+                        "calibration folder)")
+    p.add_argument("--score-batches", type=int, help="scoring batches (default: every full one that remains)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"calibration method, as int8batch calibrate --method (default {DEFAULT_METHOD})")
     p.add_argument("--keep-float", type=keep_float_value, default=None, metavar="K|auto",
                    help="activations the Q/DQ model leaves float (as int8batch calibrate --keep-float)")
     p.add_argument("--no-bias-correction", action="store_true",

@@ -5,6 +5,7 @@ import shlex
 import zipfile
 
 import onnx
+import pytest
 from onnx import TensorProto, helper
 from script_loader import load
 
@@ -13,7 +14,7 @@ def _tool():
     return load("fetch_ppocr_det")
 
 
-def test_the_model_is_copied_out_of_the_wheel_with_its_digest_and_recipe(tmp_path):
+def test_the_model_is_copied_out_of_the_wheel_with_its_digest_and_recipe(tmp_path, capsys):
     from int8batch.cli.main import build_parser
     from int8batch.cli.options import preprocess_overrides
     from int8batch.packing.packer import resolve_config
@@ -35,3 +36,10 @@ def test_the_model_is_copied_out_of_the_wheel_with_its_digest_and_recipe(tmp_pat
     args = build_parser().parse_args(["pack", "SRC", "OUT", *shlex.split(meta["pack_args"])])
     assert resolve_config(args.preset, None, **preprocess_overrides(args)).chw == (3, 640, 640)
     assert not list((tmp_path / "zoo").glob("*.part"))
+    assert "not the model the README's figures come from" in capsys.readouterr().err     # a stand-in model
+    # a wheel without the model: one line naming it, nothing left behind
+    with zipfile.ZipFile(tmp_path / "empty.whl", "w") as z:
+        z.writestr("x.txt", "")
+    with pytest.raises(SystemExit, match="no rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx in it"):
+        tool.main(["--out", str(tmp_path / "zoo2"), "--wheel", str(tmp_path / "empty.whl")])
+    assert not list((tmp_path / "zoo2").glob("*"))

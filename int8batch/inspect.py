@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import format as fmt
+from ._atomic import atomic_file
 from ._optional import require
 from .errors import ConfigError
 from .manifest import (MANIFEST_NAME, audit_manifest, labels as manifest_labels, pack_naming, read_pack_manifest,
@@ -358,14 +359,10 @@ def save_grid(folder, path, count=16, columns=None, zoom=None, prefix=None, suff
             cv2.putText(canvas, text, (x + 1, y + th + band - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                         (255, 255, 255), 1, cv2.LINE_AA)
     ok, png = cv2.imencode(".png", canvas)
-    try:
-        if not ok:
-            raise OSError("PNG encoding failed")
-        with open(path, "wb") as f:
-            f.write(png.tobytes())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write the grid PNG ({exc}); check that its folder exists "
-                          "and is writable", path) from exc
+    if not ok:
+        raise ConfigError(f"{path}: PNG encoding of the grid failed", path)
+    with atomic_file(path, "writing the grid PNG") as f:    # whole or not at all; its folder is created
+        f.write(png.tobytes())
     return GridInfo(path=path, count=k, columns=cols, rows=rows, zoom=zoom, origins=origins,
                     mode="manifest" if rec is not None else "min-max stretch", channels=channels,
                     labels=draw_labels, indices=indices)

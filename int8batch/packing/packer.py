@@ -146,7 +146,8 @@ def pack(source, out, preset=None, config=None, batch_size=None, limit=None, shu
     _note_shadowed(source)
     src = open_source(source, labels)
     if src.kind == "folder" and inside(out, src.root):
-        raise ConfigError(f"the output folder {out} lies in the images folder {source}: the next pack of that "
+        where = "is" if os.path.realpath(out) == os.path.realpath(src.root) else "lies in"
+        raise ConfigError(f"the output folder {out} {where} the images folder {source}: the next pack of that "
                           f"folder would take its batch files and manifest (and inspect's preview.png) as images; "
                           f"choose an output folder outside it")
     # the options as the command line names them (reduced_decode=False is --exact-decode)

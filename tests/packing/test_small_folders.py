@@ -50,7 +50,7 @@ def test_an_output_folder_in_the_images_folder_is_refused(tmp_path):
     d = _folder(tmp_path)
     (tmp_path / "link").symlink_to(d)
     for out in (d / "batches", d, tmp_path / "link" / "b"):
-        with pytest.raises(ConfigError, match="lies in the images folder"):
+        with pytest.raises(ConfigError, match="(lies in|is) the images folder"):
             int8batch.pack(d, out, preset="imagenet-torch", skip_bad=True)
         assert not os.path.exists(out) or out == d
     assert sorted(os.listdir(d)) == sorted([f"img{k}.jpg" for k in range(7)] + ["broken.jpg"])

@@ -33,12 +33,13 @@ from .rounding import DeviceMomentCollector, MomentCollector, round_weights
 from .artefacts import (ARTEFACTS, CORRECTED_MODEL, CalibrationResult, check_replaceable,  # noqa: F401
                         write_artefacts)
 from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
-from .ort_exec import providers_for, resolve_device
+from .ort_exec import ModelRunner, providers_for, resolve_device
 from .passes import DevicePass, Pass
 from .report import most_saturated
-from .sensitivity import choose_kept, rank_sensitivity
+from .sensitivity import choose_kept, informative_images, rank_sensitivity
 from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, DEVICE_BUDGET,  # noqa: F401
                        METHODS, SATURATION_WARNING, SENSITIVITY_IMAGES, SENSITIVITY_MAC_BUDGET, SENSITIVITY_MAX_KEPT,
+                       SENSITIVITY_MIN_ENERGY,
                        SENSITIVITY_MAX_KEPT_UNCOUNTED, SENSITIVITY_THRESHOLD, CalibrationConfig)
 
 log = logging.getLogger(__name__)
@@ -325,7 +326,12 @@ def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None, device="c
     keep = cfg.resolved_keep_float
     candidates = list(facts.plan().requests)
     count = min(SENSITIVITY_IMAGES, win.batch_size) if dynamic else win.batch_size
-    data = bs.images(win.start_image, count)[0]
+    if count < win.batch_size:     # the images of the first batch whose output shows something (informative_images)
+        pool = np.ascontiguousarray(bs.images(win.start_image, win.batch_size)[0])
+        runner = ModelRunner(facts.model, providers_for(device, cfg.providers), cfg.intra_op_threads)
+        data = pool[informative_images(_output_energy(runner, pool, 2 * count), count, SENSITIVITY_MIN_ENERGY)]
+    else:
+        data = bs.images(win.start_image, count)[0]
     try:
         ranked = rank_sensitivity(facts.model, amax, np.ascontiguousarray(data), candidates,
                                   providers_for(device, cfg.providers), cfg.intra_op_threads, progress=progress,
@@ -357,6 +363,15 @@ def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None, device="c
                     "every one" if len(ranked) == len(candidates) else "its search reaches only the most sensitive "
                     "groups of a deep model", len(ranked))
     return [t for t, _ in ranked[:keep]]
+
+
+def _output_energy(runner, images, chunk):
+    """Sum of squares of the first output, per image (FP32, ``chunk`` images per run)."""
+    out = []
+    for i in range(0, len(images), chunk):
+        y = np.asarray(runner.run(images[i:i + chunk]), np.float64)
+        out.append(np.square(y.reshape(y.shape[0], -1)).sum(axis=1))
+    return np.concatenate(out)
 
 
 class _Tee:

@@ -254,3 +254,21 @@ def choose_kept(ranked, threshold, max_kept, share=None, budget=None):
         kept.append(t)
         used += cost
     return kept, used
+
+
+def informative_images(energies, count, min_fraction):
+    """Which images the sensitivity pass measures on: indices, in order.
+
+    The first ``count`` whose output energy is at least ``min_fraction`` of
+    the mean energy; when fewer qualify, the most energetic of the others fill
+    up.  A classifier's logits carry similar energy on every image (the first
+    ``count`` are taken); a detector's map is empty on most photos, where the
+    output cannot show what quantizing a tensor does.
+    """
+    e = np.asarray(energies, dtype=np.float64).reshape(-1)
+    count = min(int(count), e.size)
+    if not e.size or not np.isfinite(e).all() or e.mean() <= 0:
+        return list(range(count))
+    chosen = [int(i) for i in np.flatnonzero(e >= min_fraction * e.mean())[:count]]
+    rest = [int(i) for i in np.argsort(-e, kind="stable") if int(i) not in chosen]
+    return sorted(chosen + rest[:count - len(chosen)])

@@ -35,6 +35,9 @@ WEIGHT_ROUNDINGS = ("nearest", "gptq")
 #: this fraction of its energy (||y_q - y||^2 / ||y||^2, on SENSITIVITY_IMAGES images) stays float
 SENSITIVITY_THRESHOLD = 2.5e-4
 SENSITIVITY_IMAGES = 4
+#: ... of the first calibration batch, the first whose FP32 output carries at least this fraction of the batch's
+#: mean output energy (a text detector's map is empty on most photos: four empty ones ranked noise)
+SENSITIVITY_MIN_ENERGY = 0.1
 #: ... while the readers of those kept float do at most this fraction of the network's multiply-adds
 #: (they run in FP16/FP32 in TensorRT instead of INT8: the budget bounds that cost), and at most
 #: SENSITIVITY_MAX_KEPT tensors (each is a precision boundary); where the multiply-adds cannot be

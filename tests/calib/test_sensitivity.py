@@ -188,3 +188,50 @@ def test_choose_kept_by_hand():
     assert kept == ["a", "c", "e"] and used == pytest.approx(0.09)
     assert choose_kept(ranked, 1e-4, 10, {}, 0.0) == (["a", "b", "c", "d"], 0.0)
     assert choose_kept([], 0.0, 10, share, 0.1) == ([], 0.0)
+
+
+def test_informative_images_by_hand():
+    from int8batch.calib.sensitivity import informative_images
+    # a classifier: every image carries about the mean energy -> the first four, as before
+    assert informative_images([1.0, 1.3, 0.5, 0.9, 1.2, 0.8], 4, 0.1) == [0, 1, 2, 3]
+    # a detector on photos without text: mean 9.9, so images of 0.99 or more qualify; the first four of those
+    e = [0.0, 0.0, 20.0, 0.0, 0.5, 30.0, 1.0, 0.0, 7.0, 40.5]
+    assert informative_images(e, 4, 0.1) == [2, 5, 6, 8]
+    # fewer qualify than asked: the most energetic others fill up (0.5 before the zeros)
+    assert informative_images([0.0, 50.0, 0.0, 0.5], 3, 0.1) == [0, 1, 3]     # then the first zero
+    assert informative_images([0.0, 50.0, 0.0, 0.5], 2, 0.1) == [1, 3]
+    # nothing to go by: the first ones
+    assert informative_images([0.0, 0.0, 0.0], 2, 0.1) == [0, 1]
+    assert informative_images([1.0, 2.0], 4, 0.1) == [0, 1]
+
+
+def test_the_sensitivity_pass_measures_on_images_whose_output_shows_something(tmp_path, monkeypatch):
+    """Found on PP-OCR's text detector: its map is empty on most photos, and the first four images of the batch
+    (all empty) ranked noise.  Here: y = Relu(x - 0.6) averaged, zero for the dark images of the pack."""
+    from onnx import TensorProto, helper, numpy_helper
+    import cv2
+    root = tmp_path / "imgs"
+    root.mkdir()
+    levels = [10, 20, 30, 200, 15, 220, 25, 240]          # bright images 3, 5, 7 only
+    for i, v in enumerate(levels):
+        cv2.imwrite(str(root / f"{i}.png"), np.full((8, 8, 3), v, np.uint8))
+    int8batch.pack(root, tmp_path / "b", preset="imagenet-torch", size=8, resize="direct", resize_size=8,
+                   crop="none", mean=0.0, std=1.0, scale=1 / 255, batch_size=8)
+    nodes = [helper.make_node("Sub", ["x", "t"], ["d"]), helper.make_node("Relu", ["d"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 1, 1])],
+                          [numpy_helper.from_array(np.float32(0.6), "t")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    seen = {}
+
+    def spy(model, amax, batch, *a, **k):
+        seen["batch"] = np.array(batch)
+        return rank_sensitivity(model, amax, batch, *a, **k)
+    monkeypatch.setattr(api, "rank_sensitivity", spy)
+    monkeypatch.setattr(api, "SENSITIVITY_IMAGES", 2)
+    api.calibrate(str(tmp_path / "m.onnx"), tmp_path / "b", tmp_path / "c", batch_size=8)
+    # the two first bright images (3 and 5) are measured, not images 0 and 1 (dark: an all-zero output)
+    np.testing.assert_allclose(seen["batch"][:, 0, 0, 0], [200 / 255, 220 / 255], rtol=1e-6)

@@ -22,8 +22,9 @@ scikit-learn samples, so the text masks are what the detector finds in them
 (signs, letters, textures), 1 % of the pixels or so.
 
 Variants: ``auto`` (the default), ``kf3`` (``auto`` keeping 3 activations
-float: sessions 1-8's cap; on this model every ranked tensor is above the
-threshold, so it is that rule), ``kf0`` (``auto``'s thresholds, pure INT8),
+float: sessions 1-8's cap, with today's choice of the sensitivity pass's
+images; every ranked tensor of this model is above the threshold), ``kf0``
+(``auto``'s thresholds, pure INT8),
 ``mse``, ``entropy`` (TensorRT's Entropy2), ``minmax`` (the last three pure
 INT8 as ``bench_quality.py`` runs them).
 

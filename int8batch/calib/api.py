@@ -33,10 +33,10 @@ from .rounding import DeviceMomentCollector, MomentCollector, round_weights
 from .artefacts import (ARTEFACTS, CORRECTED_MODEL, CalibrationResult, check_replaceable,  # noqa: F401
                         write_artefacts)
 from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
-from .ort_exec import ModelRunner, providers_for, resolve_device
+from .ort_exec import providers_for, resolve_device
 from .passes import DevicePass, Pass
 from .report import most_saturated
-from .sensitivity import choose_kept, informative_images, rank_sensitivity
+from .sensitivity import choose_kept, rank_sensitivity
 from .settings import (ACTIVATION_BUDGET, BIAS_CORRECTION_IMAGES, DEFAULT_METHOD, DEVICE_BUDGET,  # noqa: F401
                        METHODS, SATURATION_WARNING, SENSITIVITY_IMAGES, SENSITIVITY_MAC_BUDGET, SENSITIVITY_MAX_KEPT,
                        SENSITIVITY_MIN_ENERGY,
@@ -102,8 +102,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         facts = ModelFacts.of(model)
         _refuse_quantized(facts.model, model)
         # images the model cannot take (another size, NHWC): refused before centring says anything
-        check_batch_shape(facts.input, (None,) + tuple(bs.image_shape),
-                          os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model>")
+        check_batch_shape(facts.input, (None,) + tuple(bs.image_shape), G.model_label(model))
         centred = []
         if cfg.resolved_centre and out is not None:
             shifted, centred = centre_bounded(facts.model, facts.quantizable, padded=cfg.centre_padded)
@@ -154,9 +153,9 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
 def _refuse_quantized(m, model):
     """A model that already holds Q/DQ pairs would be quantized twice (found as a new user: model.qdq.onnx
     calibrated again, silently)."""
-    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
+    qdq = G.qdq_node_count(m)
     if qdq:
-        label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+        label = G.model_label(model, "the model")
         raise ModelError(f"{label} already holds {qdq} QuantizeLinear/DequantizeLinear nodes (a Q/DQ model such as "
                          f"model.qdq.onnx, or one quantized elsewhere): calibrate the FP32 model it came from; "
                          f"a Q/DQ model needs no calibration (TensorRT reads its scales)", label)
@@ -325,17 +324,14 @@ class _LatticeCheck:
 def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None, device="cpu"):
     keep = cfg.resolved_keep_float
     candidates = list(facts.plan().requests)
-    count = min(SENSITIVITY_IMAGES, win.batch_size) if dynamic else win.batch_size
-    if count < win.batch_size:     # the images of the first batch whose output shows something (informative_images)
-        pool = np.ascontiguousarray(bs.images(win.start_image, win.batch_size)[0])
-        runner = ModelRunner(facts.model, providers_for(device, cfg.providers), cfg.intra_op_threads)
-        data = pool[informative_images(_output_energy(runner, pool, 2 * count), count, SENSITIVITY_MIN_ENERGY)]
-    else:
-        data = bs.images(win.start_image, count)[0]
+    # a dynamic-batch model is measured on SENSITIVITY_IMAGES of the first batch (those whose output shows
+    # something: informative_images), a fixed-batch one on its whole first batch
+    count = min(SENSITIVITY_IMAGES, win.batch_size) if dynamic else None
+    data = bs.images(win.start_image, win.batch_size)[0]
     try:
         ranked = rank_sensitivity(facts.model, amax, np.ascontiguousarray(data), candidates,
                                   providers_for(device, cfg.providers), cfg.intra_op_threads, progress=progress,
-                                  types=facts.types)
+                                  types=facts.types, count=count, min_energy=SENSITIVITY_MIN_ENERGY)
     except CalibrationError as exc:
         if keep != "auto":
             raise
@@ -363,15 +359,6 @@ def _most_sensitive(facts, amax, bs, win, cfg, dynamic, progress=None, device="c
                     "every one" if len(ranked) == len(candidates) else "its search reaches only the most sensitive "
                     "groups of a deep model", len(ranked))
     return [t for t, _ in ranked[:keep]]
-
-
-def _output_energy(runner, images, chunk):
-    """Sum of squares of the first output, per image (FP32, ``chunk`` images per run)."""
-    out = []
-    for i in range(0, len(images), chunk):
-        y = np.asarray(runner.run(images[i:i + chunk]), np.float64)
-        out.append(np.square(y.reshape(y.shape[0], -1)).sum(axis=1))
-    return np.concatenate(out)
 
 
 class _Tee:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BatchFormatError, ConfigError, ModelError, whole_number
+from ..onnx import graph as G
 from ..reader import BatchSet
 from .ort_exec import ModelRunner, providers_for, resolve_device
 
@@ -125,13 +126,7 @@ class EvalResult:
 
     def int8_note(self):
         """A warning line when the model given as INT8 holds no quantized node (None otherwise)."""
-        if self.int8_quantized is not False:
-            return None
-        return ("warning: the INT8 model holds no QuantizeLinear/DequantizeLinear (or other quantized) node, so "
-                "ONNX Runtime ran it in float and these figures compare two float models. If it is a "
-                "model.corrected.onnx, that model is for TensorRT with its calibration.cache; to score what "
-                "TensorRT would run, give model.qdq.onnx, or build one with: int8batch qdq model.corrected.onnx "
-                "--cache calibration.cache")
+        return None if self.int8_quantized is not False else "warning: " + _float_int8("the INT8 model")
 
     def other_output_notes(self):
         """One line per further graph output: its relative L2 error (or why it was not compared)."""
@@ -174,6 +169,13 @@ class EvalResult:
                  self.output_note(), *self.other_output_notes(), *filter(None, [self.int8_note()]),
                  f"time: FP32 {self.ms_per_image_fp32:.4f} ms/image, INT8 {self.ms_per_image_int8:.4f} ms/image"]
         return "\n".join(lines)
+
+
+def _float_int8(name):
+    return (f"{name} holds no QuantizeLinear/DequantizeLinear (or other quantized) node, so ONNX Runtime ran it "
+            "in float and these figures compare two float models. If it is a model.corrected.onnx, that model is "
+            "for TensorRT with its calibration.cache; to score what TensorRT would run, give model.qdq.onnx, or "
+            "build one with: int8batch qdq model.corrected.onnx --cache calibration.cache")
 
 
 def _is_prob(y):
@@ -269,8 +271,7 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
             runner.check((None,) + tuple(batchset.image_shape))
     if fp.has_qdq and not q.has_qdq:
         log.warning("the FP32 model (%s) holds Q/DQ nodes and the INT8 one none: are the two models swapped? "
-                    "(give the FP32 model first)", fp32_model if isinstance(fp32_model, (str, os.PathLike)) else
-                    "the first model")
+                    "(give the FP32 model first)", G.model_label(fp32_model, "the first model"))
     if batch_size is None and hasattr(batchset, "batches"):
         batch_size = fp.fixed_batch or q.fixed_batch     # a model fixed to N images per run gets N (as calibrate)
     if hasattr(batchset, "window"):   # a window that serves nothing is refused with the set's numbers
@@ -285,9 +286,7 @@ def evaluate(fp32_model, int8_model, batchset, batch_size=None, max_batches=None
                     "quantized copy of this FP32 model? (int8batch's Q/DQ models keep every name)", shared,
                     len(fp.node_outputs))
     if not q.quantized and not fp.has_qdq:
-        log.warning("%s", acc.result.int8_note().removeprefix("warning: ").replace(
-            "the INT8 model", f"the INT8 model ({int8_model})" if isinstance(int8_model, (str, os.PathLike))
-            else "the INT8 model", 1))
+        log.warning("%s", _float_int8(f"the INT8 model ({G.model_label(int8_model, 'given in memory')})"))
     acc.result.output = fp.output_name
     if fp.output_name in q.output_names:   # outputs are paired by name (by position when the names differ)
         q.output_name = fp.output_name

@@ -156,10 +156,6 @@ def _session_once(ort, model, providers, intra_op_threads, label, strict=False):
                          label) from exc
 
 
-def _label(model):
-    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model>"
-
-
 def _run(label, shape, run, *args):
     """``run(*args)``; an ONNX Runtime failure becomes a ModelError naming the model and the image shape.
 
@@ -209,7 +205,7 @@ class ActivationRunner:
     def __init__(self, model, tensor_names, providers=None, intra_op_threads=None,
                  batch_dims=None, label=None, types=None):
         onnx = require("onnx")
-        self._label = label or _label(model)
+        self._label = label or G.model_label(model)
         src = G.load_model(model)
         m = onnx.ModelProto()
         m.CopyFrom(src)
@@ -292,7 +288,7 @@ class ModelRunner:
     """
 
     def __init__(self, model, providers=None, intra_op_threads=None, output=None):
-        self._label = _label(model)
+        self._label = G.model_label(model)
         m = G.load_model(model)
         self._info = image_input(m, self._label)
         self.input_name = self._info.name
@@ -301,7 +297,7 @@ class ModelRunner:
         ops = {n.op_type for n in m.graph.node}
         #: the tensors the graph's nodes make (a Q/DQ copy keeps its source's names)
         self.node_outputs = {o for n in m.graph.node for o in n.output if o}
-        self.has_qdq = bool(ops & {"QuantizeLinear", "DequantizeLinear"})
+        self.has_qdq = G.qdq_node_count(m) > 0
         #: any quantized arithmetic at all (Q/DQ pairs, ONNX Runtime's QLinear* / *Integer operators)
         self.quantized = self.has_qdq or any(o.startswith("QLinear") or o.endswith("Integer")
                                              or o == "DynamicQuantizeLinear" for o in ops)

@@ -7,10 +7,10 @@ kernels).  Both size the sub-batches of a dynamic-batch model from the
 inferred shapes and give every run of a pass the same shape.
 """
 import logging
-import os
 import time
 
 from .._progress import reporter
+from ..onnx.graph import model_label
 from ..cuda.feeder import DeviceFeeder
 from ..cuda.kernels import DeviceKernels, DeviceTensor
 from .collector import HOST_KERNELS
@@ -42,7 +42,7 @@ class Pass:
         self.dynamic = not isinstance(shape[0] if shape else None, int)
         self.chunk = win.batch_size
         self.seconds = 0.0
-        self.runner = self._runner(facts, cfg, os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
+        self.runner = self._runner(facts, cfg, model_label(model, None))
         self.per_image = facts.bytes_per_image(self.runner.tensor_names) if self.dynamic else None
         self.measured = not self.dynamic
 

@@ -107,7 +107,7 @@ BRANCH, BEAM = 4, 6
 
 
 def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threads=None, progress=None,
-                     exhaustive_max=EXHAUSTIVE_MAX, beam=BEAM, types=None):
+                     exhaustive_max=EXHAUSTIVE_MAX, beam=BEAM, types=None, count=None, min_energy=0.0):
     """Relative output error when only one tensor is quantized, for the most sensitive of ``tensors``.
 
     Up to ``exhaustive_max`` candidates, each is measured alone (one
@@ -130,7 +130,9 @@ def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threa
     amax : mapping of str to float
         Calibrated amax per tensor.
     batch : ndarray
-        A few calibration images, (N, C, H, W) float32.
+        Calibration images, (N, C, H, W) float32: all are measured on, or with ``count`` the
+        :func:`informative_images` among them (their FP32 output energy, from the same session, against
+        ``min_energy``).
     tensors : sequence of str
         Candidates (the activations the Q/DQ placement quantizes).
     progress : callable(done, total), optional
@@ -171,6 +173,13 @@ def rank_sensitivity(model, amax, batch, tensors, providers=None, intra_op_threa
     try:
         s = ort.InferenceSession(m.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
         out = s.get_outputs()[0].name
+        if count is not None and len(batch) > count:   # every switch off: the FP32 output, 2 x count images a run
+            energy = []
+            for i in range(0, len(batch), 2 * count):
+                part = batch[i:i + 2 * count]
+                y = s.run([out], dict(feed, **{info.name: part}))[0].astype(np.float64)
+                energy.append(np.square(y.reshape(len(part), -1)).sum(axis=1))
+            feed[info.name] = batch = batch[informative_images(np.concatenate(energy), count, min_energy)]
         ref = s.run([out], feed)[0].astype(np.float64)
         denom = max(float(np.sum(ref * ref)), 1e-30)
 

@@ -47,6 +47,20 @@ class InputInfo:
     dtype: object
 
 
+#: the operators of explicit quantization
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def qdq_node_count(model):
+    """How many QuantizeLinear/DequantizeLinear nodes the main graph holds (0: a float model)."""
+    return sum(n.op_type in QDQ_OPS for n in model.graph.node)
+
+
+def model_label(model, default="<model>"):
+    """How messages name a model: its path, or ``default`` for a ModelProto or bytes given in memory."""
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else default
+
+
 def load_model(path_or_model):
     """Load an ONNX model from a path, bytes, or return a ``ModelProto`` as is.
 

@@ -9,7 +9,6 @@ against the input (:func:`check_batch_shape`, through
 
 ``onnx`` is imported inside the functions (through :mod:`int8batch.onnx.graph`).
 """
-import os
 from dataclasses import dataclass
 
 from ..errors import ModelError
@@ -156,7 +155,7 @@ def check_recipe(model, cfg, label=None):
         model file, both shapes, the presets that would fit and the options
         that change the recipe.
     """
-    label = label or (os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model>")
+    label = label or G.model_label(model)
     info = image_input(G.load_model(model), label)
     recipe = f"preset {cfg.preset}" if cfg.preset else "the recipe"
     check_batch_shape(info, (None,) + tuple(cfg.chw), label, against=f"{recipe} makes",

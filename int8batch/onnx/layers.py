@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._optional import require
 from ..errors import CalibrationError
 from . import graph as G
 from .placement import plan_qdq
@@ -194,11 +195,11 @@ def reader_macs(model, image_shape):
         ``{tensor: multiply-adds of the counted nodes reading it}`` and the
         network's total; None when a counted node's shapes cannot be inferred.
     """
-    onnx = __import__("onnx")
+    onnx = require("onnx")
     m = onnx.ModelProto()
     m.CopyFrom(G.load_model(model))
-    info = G.input_info(m)[0]
-    dims = m.graph.input[[i.name for i in m.graph.input].index(info.name)].type.tensor_type.shape.dim
+    name = G.input_info(m)[0].name
+    dims = next(i for i in m.graph.input if i.name == name).type.tensor_type.shape.dim
     if len(dims) != 1 + len(image_shape):
         return None
     for d, v in zip(dims, (1,) + tuple(image_shape)):
@@ -213,7 +214,7 @@ def reader_macs(model, image_shape):
         s = shapes.get(t)
         return s if s is not None and all(isinstance(d, int) and d > 0 for d in s) else None
 
-    cost, readers = {}, {}
+    total, readers = 0, {}
     for n in m.graph.node:
         if n.op_type not in MAC_OPS:
             continue
@@ -228,7 +229,7 @@ def reader_macs(model, image_shape):
             macs = math.prod(y) * (a[0] if G.node_attr(n, "transA", 0) else a[-1])
         else:                            # MatMul: each output a dot product along A's last axis
             macs = math.prod(y) * a[-1]
-        cost[n.output[0]] = macs
+        total += macs
         for t in dict.fromkeys(i for i in n.input[:2] if i):
             readers[t] = readers.get(t, 0) + macs
-    return readers, sum(cost.values())
+    return readers, total

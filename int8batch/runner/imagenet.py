@@ -148,7 +148,8 @@ class ImagenetSample(Sample):
         s = self.settings
         model = load_model(s.model)  # a missing or broken model fails now, not after packing
         input_info(model)
-        self.fit = check_recipe(model, s.recipe(), label=s.model)   # a recipe the model does not fit: refused now
+        self.recipe = s.recipe()
+        self.fit = check_recipe(model, self.recipe, label=s.model)   # a recipe the model does not fit: refused now
         _refuse_non_classifier(model, s.model)
         self.outputs = _static_classes(model)
         self.cal_folder = calibration_folder(s.calib_images)
@@ -169,14 +170,13 @@ class ImagenetSample(Sample):
         score_dir = os.path.join(tmp, "batches")
         hint = (f"the batch files hold {self.file_size} images each (the greatest common divisor of --batch-size "
                 f"and --calib-batch-size); sizes that divide the image count score every image")
-        recipe = dict(preset=s.preset, size=s.size, resize_size=s.resize_size)
-        self.packed = pack(s.images, score_dir, **recipe, batch_size=self.file_size, labels=s.labels,
+        self.packed = pack(s.images, score_dir, config=self.recipe, batch_size=self.file_size, labels=s.labels,
                            limit=self.limit, shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad,
                            dropped_hint=hint)
         cal_dir = score_dir
         if cal_folder is not None:
             cal_dir = os.path.join(tmp, "calibration-batches")
-            pack(cal_folder, cal_dir, **recipe, batch_size=s.calib_batch_size, labels="none",
+            pack(cal_folder, cal_dir, config=self.recipe, batch_size=s.calib_batch_size, labels="none",
                  shuffle=True, seed=s.seed, force=True, skip_bad=s.skip_bad,
                  dropped_hint=f"calibration uses whole batches of --calib-batch-size {s.calib_batch_size}")
         score = stack.enter_context(BatchSet(score_dir))

@@ -207,7 +207,8 @@ def test_informative_images_by_hand():
 
 def test_the_sensitivity_pass_measures_on_images_whose_output_shows_something(tmp_path, monkeypatch):
     """Found on PP-OCR's text detector: its map is empty on most photos, and the first four images of the batch
-    (all empty) ranked noise.  Here: y = Relu(x - 0.6) averaged, zero for the dark images of the pack."""
+    (all empty) ranked noise.  Here: y = Relu(x - 0.6) through an identity 1x1 conv, averaged: zero for the dark
+    images of the pack."""
     from onnx import TensorProto, helper, numpy_helper
     import cv2
     root = tmp_path / "imgs"
@@ -218,20 +219,25 @@ def test_the_sensitivity_pass_measures_on_images_whose_output_shows_something(tm
     int8batch.pack(root, tmp_path / "b", preset="imagenet-torch", size=8, resize="direct", resize_size=8,
                    crop="none", mean=0.0, std=1.0, scale=1 / 255, batch_size=8)
     nodes = [helper.make_node("Sub", ["x", "t"], ["d"]), helper.make_node("Relu", ["d"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+             helper.make_node("Conv", ["r", "w"], ["c"]),          # identity 1x1: something to quantize
+             helper.make_node("GlobalAveragePool", ["c"], ["y"])]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 1, 1])],
-                          [numpy_helper.from_array(np.float32(0.6), "t")])
+                          [numpy_helper.from_array(np.float32(0.6), "t"),
+                           numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "w")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(tmp_path / "m.onnx"))
-    seen = {}
+    import int8batch.calib.sensitivity as sens
+    real, seen = sens.informative_images, {}
 
-    def spy(model, amax, batch, *a, **k):
-        seen["batch"] = np.array(batch)
-        return rank_sensitivity(model, amax, batch, *a, **k)
-    monkeypatch.setattr(api, "rank_sensitivity", spy)
+    def spy(energies, count, min_fraction):
+        seen["energy"], seen["chosen"] = np.array(energies), real(energies, count, min_fraction)
+        return seen["chosen"]
+    monkeypatch.setattr(sens, "informative_images", spy)
     monkeypatch.setattr(api, "SENSITIVITY_IMAGES", 2)
     api.calibrate(str(tmp_path / "m.onnx"), tmp_path / "b", tmp_path / "c", batch_size=8)
-    # the two first bright images (3 and 5) are measured, not images 0 and 1 (dark: an all-zero output)
-    np.testing.assert_allclose(seen["batch"][:, 0, 0, 0], [200 / 255, 220 / 255], rtol=1e-6)
+    # the FP32 output energy of each image, by hand: 3 channels of mean(relu(v / 255 - 0.6)), squared
+    want = np.array([3 * max(v / 255 - 0.6, 0.0) ** 2 for v in levels])
+    np.testing.assert_allclose(seen["energy"], want, rtol=1e-5, atol=1e-12)
+    assert seen["chosen"] == [3, 5]      # the first two bright images, not images 0 and 1 (an all-zero output)

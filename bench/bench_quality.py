@@ -50,7 +50,11 @@ recipe (``pack_args`` of ``.work/zoo/<model>.json``: EfficientNet-Lite0 224 from
 
 Methods: ``auto`` (the default, with its own keep-float rule), ``mse``,
 ``minmax``, ``percentile``, ``entropy`` (each with ``keep_float=0``: pure INT8;
-bias correction on, as the defaults have it), and baselines on the same images:
+bias correction on, as the defaults have it), variants of the default
+(``auto-nearest``: nearest weight rounding; ``auto-uncentred``: no centring;
+``auto-padded``: ``--centre-padded``; ``auto-fp32-bias``: the classic bias
+correction from FP32 input means, the default of sessions 4-9), and baselines
+on the same images:
 
 - ``ort``: ONNX Runtime ``quantize_static``, QDQ, MinMax, symmetric QInt8
   activations (``ActivationSymmetric``), per-channel QInt8 weights: its
@@ -118,7 +122,8 @@ SETS = {
     "plain": ("report", ["--split", "all", "--seed", "5", "--recipe", "plain"]),
 }
 CHOOSE_PAIR = ("choose-calib", "choose-eval")
-INT8BATCH_METHODS = ("auto", "auto-nearest", "auto-uncentred", "auto-padded", "mse", "minmax", "percentile", "entropy")
+INT8BATCH_METHODS = ("auto", "auto-nearest", "auto-uncentred", "auto-padded", "auto-fp32-bias", "mse", "minmax",
+                     "percentile", "entropy")
 BASELINES = ("ort", "modelopt", "modelopt-max")
 REFERENCES = ("fp16-weights", "int8-weights")
 METHODS = INT8BATCH_METHODS + BASELINES + REFERENCES
@@ -258,11 +263,13 @@ def quantize_int8batch(model, calib_folder, out, method, calib_batches, threads)
     # auto-padded: the default with --centre-padded (depthwise inputs centred too, explicit Pad nodes)
     centre = False if method == "auto-uncentred" else None
     padded = True if method == "auto-padded" else None
-    method = "auto" if method in ("auto-nearest", "auto-uncentred", "auto-padded") else method
+    # auto-fp32-bias: the default with the classic bias correction (FP32 input means; the default of sessions 1-9)
+    bias_inputs = "fp32" if method == "auto-fp32-bias" else None
+    method = "auto" if method in ("auto-nearest", "auto-uncentred", "auto-padded", "auto-fp32-bias") else method
     keep = None if method == "auto" else 0
     res = calibrate(model, calib_folder, out=out, method=method, batch_size=BATCH, max_batches=calib_batches,
                     keep_float=keep, intra_op_threads=threads, weight_rounding=rounding, device="cpu",
-                    centre=centre, centre_padded=padded)
+                    centre=centre, centre_padded=padded, bias_inputs=bias_inputs)
     return res.paths["qdq"], {"kept_float": list(getattr(res, "kept_float", None) or []),
                               "images": getattr(res, "images", None)}
 

@@ -30,6 +30,7 @@ from . import thresholds as th
 from ..cuda.kernels import DeviceKernels, DeviceTensor
 from .biascorr import DeviceMeanCollector, MeanCollector
 from .rounding import DeviceMomentCollector, MomentCollector, round_weights
+from . import sequential
 from .artefacts import (ARTEFACTS, CORRECTED_MODEL, CalibrationResult, check_replaceable,  # noqa: F401
                         write_artefacts)
 from .collector import HOST_KERNELS, HistogramCollector, MaxCollector
@@ -123,7 +124,7 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
             t_pass = time.perf_counter()
             hist, means, lattice, moments = _collect(sweep, facts, bs, cfg, out, progress)
             _refuse_nonfinite_input(hist, facts, bs, win)
-            means = means.means() if means is not None else None
+            means, first_means = (m.means() if m is not None else None for m in means)
             t_pass = time.perf_counter() - t_pass
         result = _result(hist, lattice, facts, cfg, win, sweep.seconds)
         result.pass_seconds = t_pass
@@ -139,7 +140,8 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
         if out is not None:
             ints = _rounded_weights(facts, moments) if moments is not None else None
             write_artefacts(result, model, facts, out, cfg, bs, win, means,
-                            reporter(progress, "writing artefacts", "files"), weight_ints=ints)
+                            reporter(progress, "writing artefacts", "files"), weight_ints=ints,
+                            first_means=first_means)
         result.seconds = time.perf_counter() - t0
         ok = True
         return result
@@ -212,7 +214,8 @@ def _window(bs, facts, cfg):
 
 
 def _collect(sweep, facts, bs, cfg, out, progress):
-    """The statistics pass (and the max pass it needs): ``(histograms, input means, lattice check)``."""
+    """The statistics pass (and the max pass it needs): ``(histograms, (input means, those of the first
+    SEQUENTIAL_IMAGES images), lattice check, weight moments)``."""
     k = sweep.kernels
     if cfg.two_pass:
         maxes = MaxCollector(kernels=k)
@@ -231,9 +234,14 @@ def _collect(sweep, facts, bs, cfg, out, progress):
         hist = HistogramCollector(cfg.num_bins, kernels=k)
     collectors = [hist]
     means = _mean_collector(facts, k) if cfg.bias_correction and cfg.write_qdq and out is not None else None
+    first = None
     if means is not None:
         collectors.append(means)
         sweep.owned.append(means)
+        if cfg.resolved_bias_inputs == "int8":   # the FP32 half of int8batch.calib.sequential's pairs
+            first = _mean_collector(facts, k, sequential.pass_images(facts, sweep.win.images))
+            collectors.append(first)
+            sweep.owned.append(first)
     moments = None
     if cfg.resolved_weight_rounding == "gptq" and cfg.write_qdq and cfg.per_channel_weights and out is not None:
         moments = _moment_collector(facts, k)
@@ -247,7 +255,7 @@ def _collect(sweep, facts, bs, cfg, out, progress):
                 "histograms and bias sums" if means is not None else "histograms", progress)
     if moments is not None:
         moments.wait()
-    return hist, means, lattice, moments
+    return hist, (means, first), lattice, moments
 
 
 def _result(hist, lattice, facts, cfg, win, seconds):
@@ -393,10 +401,10 @@ def _rounded_weights(facts, moments):
     return round_weights(moments, G.constant_values(facts.model), axes)
 
 
-def _mean_collector(facts, kernels=HOST_KERNELS):
+def _mean_collector(facts, kernels=HOST_KERNELS, images=BIAS_CORRECTION_IMAGES):
     layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
     values = G.constant_values(facts.model)
     shapes = {ly.weight: values[ly.weight].shape for ly in layers}
     if isinstance(kernels, DeviceKernels):
-        return DeviceMeanCollector(layers, shapes, kernels, max_images=BIAS_CORRECTION_IMAGES)
-    return MeanCollector(layers, shapes, max_images=BIAS_CORRECTION_IMAGES)
+        return DeviceMeanCollector(layers, shapes, kernels, max_images=images)
+    return MeanCollector(layers, shapes, max_images=images)

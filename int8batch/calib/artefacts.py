@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from .._staged import atomic_output_set, refuse_foreign_files
 from ..errors import CacheError, OutputExistsError
 from ..onnx import qdq
+from ..onnx.graph import model_label
+from ..onnx.layers import MeanPair
 from ..onnx.snap import snap_weights
 from ..trt import vocab
 from . import cache as cache_io
+from . import sequential
+from .ort_exec import providers_for
 
 ARTEFACTS = {"cache": "calibration.cache", "dynamic_range": "dynamic_range.txt",
              "json": "calibration.json", "qdq": "model.qdq.onnx"}
@@ -177,16 +181,20 @@ def _settings(cfg):
     """The settings a calibration ran with, as calibration.json records them (defaults resolved)."""
     return {"method": cfg.method, "two_pass": cfg.two_pass, "num_bins": cfg.num_bins, "percentile": cfg.percentile,
             "keep_float": cfg.keep_float, "bias_correction": cfg.bias_correction,
-            "weight_rounding": cfg.resolved_weight_rounding, "centre": cfg.resolved_centre,
+            "weight_rounding": cfg.resolved_weight_rounding, "bias_inputs": cfg.resolved_bias_inputs,
+            "centre": cfg.resolved_centre,
             "centre_padded": cfg.centre_padded, "cache_keep_float": cfg.cache_keep_float,
             "write_qdq": cfg.write_qdq,
             "per_channel_weights": cfg.per_channel_weights, "device": cfg.device}
 
 
-def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, progress=None, weight_ints=None):
+def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, progress=None, weight_ints=None,
+                    first_means=None):
     """Write every artefact of ``result`` into ``out`` as one set; fills ``result.paths``.
 
-    The caller holds ``out``'s folder lock.
+    ``first_means``: FP32 input means of the first ``SEQUENTIAL_IMAGES`` images, for bias correction
+    on the Q/DQ model's own inputs (:mod:`int8batch.calib.sequential`).  The caller holds ``out``'s
+    folder lock.
     """
     final = {k: os.path.join(out, v) for k, v in ARTEFACTS.items()}
     todo = 3 + (2 if cfg.write_qdq and (input_means or result.centred or weight_ints) else
@@ -231,6 +239,15 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
                                                         on_missing="skip" if kept else "raise",
                                                         input_means=input_means, facts=facts,
                                                         weight_ints=weight_ints)
+            meta["bias_inputs"] = "fp32" if input_means else None
+            if first_means and input_means:
+                images = bs.images(win.start_image, sequential.pass_images(facts, win.images))[0]
+                input_means = sequential.apply(qmodel, report, facts, input_means, first_means, images,
+                                               # on the host even after a GPU pass: one run of 64 images
+                                               providers=providers_for("cpu", cfg.providers),
+                                               intra_op_threads=cfg.intra_op_threads, label=model_label(model))
+                meta["bias_inputs"] = "int8" if any(isinstance(v, MeanPair) for v in input_means.values()) \
+                    else "fp32"
             meta["qdq_bias_corrected"] = sorted(report.biases)
         if not cfg.write_qdq:
             del final["qdq"]

@@ -101,7 +101,8 @@ class MeanCollector:
     per channel; any other keeps the sum over images, one float64 array of
     one image's size (the ``sum_rows`` kernel), whose strided windows give the
     tap sums in :meth:`means`.  With ``max_images`` it stops adding once a
-    tensor has seen that many images (means settle long before histograms do).
+    tensor has seen that many images (exactly: the first ``max_images``; means settle long before
+    histograms do).
     """
 
     def __init__(self, layers, weight_shapes, num_threads=None, max_images=None):
@@ -127,6 +128,8 @@ class MeanCollector:
                 raise CalibrationError(f"tensor {t!r} changed shape between batches "
                                        f"({('N',) + tuple(self._shape[t])} then {tuple(x.shape)}); bias "
                                        "correction needs fixed input sizes")
+            if self.max_images is not None and self._images[t] + x.shape[0] > self.max_images:
+                x = x[:self.max_images - self._images[t]]     # exactly the first max_images images
             self._add(t, x)
             self._images[t] += x.shape[0]
 

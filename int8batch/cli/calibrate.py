@@ -55,6 +55,12 @@ backend tensorrt: TensorRT 10's own calibrator builds an INT8 engine and its cac
     p.add_argument("--no-bias-correction", action="store_true",
                    help="keep the model's biases in the Q/DQ model (default: each Conv/Gemm bias absorbs the "
                         "mean output shift of its int8 weights, measured in the same pass)")
+    p.add_argument("--bias-inputs", choices=("fp32", "int8"), default=None,
+                   help="which input mean bias correction takes: int8 (default for --method auto) sets each "
+                        "Conv bias, layer after layer, from the Q/DQ model's own input mean on the first 64 "
+                        "calibration images, so that its mean output matches FP32 (the early layers only: input "
+                        "at most 8x smaller than the image); fp32 (default for the other methods) from the FP32 "
+                        "model's, cancelling the int8 weights' own shift only")
     p.add_argument("--weight-rounding", choices=("nearest", "gptq"), default=None,
                    help="int8 weights of the Q/DQ model: gptq (default for --method auto) compensates each "
                         "rounding error through the layer's input correlations, measured on the first 64 "
@@ -124,6 +130,7 @@ def run(args):
                             write_qdq=not args.no_qdq,
                             keep_float=args.keep_float, bias_correction=not args.no_bias_correction,
                             device=args.device, progress=bar, weight_rounding=args.weight_rounding,
+                            bias_inputs=args.bias_inputs,
                             force=args.force, report=args.report,
                             centre=False if args.no_centre else None, centre_padded=args.centre_padded,
                             cache_keep_float=args.cache_keep_float,

@@ -43,6 +43,16 @@ class Layer:
     beta: float = 1.0
 
 
+@dataclass(frozen=True)
+class MeanPair:
+    """A layer's per-tap input means in the FP32 model and in the Q/DQ model, on the same images
+    (:mod:`int8batch.calib.sequential`); where a plain mean array would be, bias correction then makes
+    the Q/DQ layer's mean output the FP32 one's (:func:`int8batch.onnx.qdq.layer_bias`)."""
+
+    fp32: np.ndarray
+    int8: np.ndarray
+
+
 def layers_of(model, weights=None, act=None):
     """The Conv / Gemm nodes of ``model`` that bias correction handles.
 

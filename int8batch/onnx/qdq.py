@@ -28,7 +28,7 @@ from ..errors import ModelError
 from ..trt import vocab
 from . import graph as G
 from .centre import SUFFIX as CENTRED
-from .layers import bias_shift, corrected_bias, layers_of
+from .layers import MeanPair, bias_shift, corrected_bias, layers_of
 from .placement import plan_qdq
 
 log = logging.getLogger(__name__)
@@ -410,17 +410,32 @@ def dequantize_weight(q, s, axis):
     return q.astype(np.float32) * np.asarray(s, np.float32).reshape(shape)
 
 
+def layer_bias(layer, w, q, s, axis, mean, bias):
+    """``(new bias or None, why not, shift)`` of a layer whose weights ``w`` become ``q * s``.
+
+    ``mean``: the layer's per-tap input mean (:meth:`~int8batch.calib.biascorr.MeanCollector.means`),
+    for the classic correction ``shift = (Wq - W) . m``; or a :class:`~int8batch.onnx.layers.MeanPair`
+    of the FP32 and the Q/DQ model's input means on the same images (:mod:`int8batch.calib.sequential`):
+    ``shift = Wq . m_q - W . m_f``.  ``bias``: the layer's float bias (None: none)."""
+    wq = dequantize_weight(q, s, axis).astype(np.float64)
+    w = np.asarray(w, np.float64)
+    if isinstance(mean, MeanPair):
+        shift = bias_shift(layer, wq, mean.int8) - bias_shift(layer, w, mean.fp32)
+    else:
+        shift = bias_shift(layer, wq - w, mean)
+    new, why = corrected_bias(layer, bias, shift)
+    return new, why, shift
+
+
 def _correct_bias(node, layer, w, q, s, axis, mean, values, names, new_inits, report):
     """Give ``node`` a bias that cancels the mean shift of its int8 weights (onnx.layers)."""
     numpy_helper = require("onnx.numpy_helper")
-    dw = dequantize_weight(q, s, axis).astype(np.float64) - w.astype(np.float64)
-    shift = bias_shift(layer, dw, mean)
     old = layer.bias
     if old and old not in values:
         report.skipped.append((old, f"bias of {node.op_type} {node.name or layer.key} is not a constant; "
                                     "not corrected for the weight rounding"))
         return
-    new, why = corrected_bias(layer, values[old] if old else None, shift)
+    new, why, shift = layer_bias(layer, w, q, s, axis, mean, values[old] if old else None)
     if new is None:
         report.skipped.append((old, f"bias of {node.op_type} {node.name or layer.key}: {why}; not corrected"))
         return

@@ -569,8 +569,11 @@ def test_centre_padded_pads_with_the_shifted_zero_on_the_int8_grid(tmp_path, cap
 def test_auto_centres_a_relu6_and_the_cache_serves_both_models(tmp_path):
     _random_photos_packed(tmp_path)
     model = _relu6_block_model(str(tmp_path / "m.onnx"), 32)
-    on = api.calibrate(model, tmp_path / "b", tmp_path / "on", weight_rounding="nearest")
-    off = api.calibrate(model, tmp_path / "b", tmp_path / "off", weight_rounding="nearest", centre=False)
+    # classic bias correction (FP32 input means): the two corrected models below must compute one function,
+    # which biases fitted to each Q/DQ model's own inputs would not
+    on = api.calibrate(model, tmp_path / "b", tmp_path / "on", weight_rounding="nearest", bias_inputs="fp32")
+    off = api.calibrate(model, tmp_path / "b", tmp_path / "off", weight_rounding="nearest", centre=False,
+                        bias_inputs="fp32")
     assert [(t.original, t.name, t.pre, t.shift) for t in on.centred] == [("r", "r_centred", "c", 3.0)]
     assert off.centred == [] and "r" in off.amax and "r_centred" not in off.amax
     assert on.amax["r_centred"] == 3.0 and off.amax["r"] == 6.0        # the bound, half of it when centred

@@ -190,11 +190,12 @@ def test_mean_collector_streams_like_one_pass_and_checks_shapes():
     with pytest.raises(CalibrationError, match="changed shape"):
         mc.collect_many({"x": x[:, :, :4]})
     assert MeanCollector([layer], {"w": w_shape}).means() == {}
-    # max_images: whole sub-batches until the cap is reached, then nothing more
+    # max_images: exactly the first max_images images (a sub-batch crossing the cap is cut), then nothing
+    # more (the sequential bias correction pairs these means with the Q/DQ model's on the same images)
     capped = MeanCollector([layer], {"w": w_shape}, max_images=4)
     for part in (x[:3], x[3:6], x[6:]):
         capped.collect_many({"x": part})
-    sums, n = patch_sums(x[:6], layer, w_shape)
+    sums, n = patch_sums(x[:4], layer, w_shape)
     np.testing.assert_allclose(capped.means()["y"], sums / n, rtol=1e-6, atol=1e-7)
 
 

@@ -1,0 +1,227 @@
+"""Bias correction measured on the int8 model's own inputs (``bias_inputs="int8"``, method auto's default).
+
+Bias correction (:mod:`int8batch.calib.biascorr`) gives each Conv/Gemm the
+bias that cancels the mean output shift of its int8 weights, assuming the
+layer reads the FP32 model's input.  In the Q/DQ model it does not: its
+input comes through every layer before it, with their int8 weights,
+quantized activations and clipped ranges, and its mean drifts from the FP32
+one.  This pass takes the layers in graph order and, on the first
+``SEQUENTIAL_IMAGES`` calibration images, gives each the bias that makes its
+mean output in the Q/DQ model (int8 weights ``Wq``, the Q/DQ model's input
+mean ``m_q``, every bias before it already set this way) equal to the FP32
+model's (``W``, ``m_f`` on the same images)::
+
+    b' = b - (Wq . m_q - W . m_f)
+
+(per output channel; ``m`` are the per-tap input means of
+:func:`~int8batch.calib.biascorr.patch_sums`).  With ``m_q = m_f`` it is
+the classic correction.  Only the early layers are set this way
+(:func:`early_layers`: input at most ``SEQUENTIAL_MAX_STRIDE`` times smaller
+than the image); in the late ones, matching the mean on the calibration
+images raised the KL on other photos (README), so they keep the classic
+correction.  The Q/DQ model runs once in all, cut before each
+corrected layer (:mod:`int8batch.onnx.segments`); the FP32 means come from
+the calibration pass (:class:`~int8batch.calib.biascorr.MeanCollector` on
+the same images).  Only float biases change, so TensorRT 10 gets the same
+through ``model.corrected.onnx`` (the weights and scales do not move).
+"""
+import logging
+
+import numpy as np
+
+from .._optional import require
+from ..errors import Int8BatchError, ModelError
+from ..onnx import graph as G
+from ..onnx.layers import MeanPair, layers_of
+from ..onnx.qdq import layer_bias
+from ..onnx.segments import segment_model, split
+from .biascorr import patch_sums
+from .ort_exec import _run, _session
+from .settings import SEQUENTIAL_IMAGES, SEQUENTIAL_MAX_STRIDE
+
+log = logging.getLogger(__name__)
+
+#: images of a dynamic-batch model per ONNX Runtime call of a segment (bounds its working memory)
+CHUNK = 16
+_FLOAT_TYPES = (1, 10, 11, 16)   # float, float16, double, bfloat16
+
+
+def correct_in_sequence(qmodel, float_model, layers, fp32_means, images, *, providers=None, intra_op_threads=None,
+                        label="<model>", progress=None):
+    """Reset the corrected biases of ``qmodel`` (a Q/DQ ModelProto, changed in place) layer by layer.
+
+    Parameters
+    ----------
+    qmodel : onnx.ModelProto
+        The Q/DQ model as :func:`~int8batch.onnx.qdq.insert_qdq_with_report` wrote it from
+        ``float_model``, its biases corrected the classic way.
+    float_model : onnx.ModelProto
+        The FP32 model (centred as calibrated) the Q/DQ model was made from.
+    layers : list of Layer
+        The corrected layers of ``float_model`` (``report.biases``' keys), in graph order.
+    fp32_means : dict
+        Layer key -> FP32 per-tap input mean on ``images`` (``MeanCollector.means``).
+    images : ndarray
+        The calibration images the FP32 means were taken on, ``(N, ...)``.
+
+    Returns
+    -------
+    dict of layer key -> :class:`~int8batch.onnx.layers.MeanPair` (FP32 and Q/DQ input means), for
+    :func:`~int8batch.onnx.snap.snap_weights` to give ``model.corrected.onnx`` the same biases; and
+    layer key -> the largest shift of its bias from the FP32 model's (output units, as ``report.biases``).
+    """
+    numpy_helper = require("onnx.numpy_helper")
+    g = qmodel.graph
+    nodes = {n.output[0]: n for n in g.node if n.output}
+    producer = {o: n for n in g.node for o in n.output if o}
+    inits = {t.name: t for t in g.initializer}
+    values = G.constant_values(float_model)
+    todo = {ly.key: ly for ly in layers if ly.key in fp32_means and ly.key in nodes
+            and len(nodes[ly.key].input) > 2 and nodes[ly.key].input[2] in inits}
+    segments, last_use = split(qmodel, set(todo))
+    info = G.input_info(qmodel)[0]
+    fixed = info.shape[0] if info.shape and isinstance(info.shape[0], int) and info.shape[0] > 0 else None
+    chunk = fixed or min(CHUNK, len(images))
+    n = len(images)
+    if n == 0 or n % chunk and fixed:
+        raise ModelError(f"{label}: the pass needs a whole number of the model's batches of {fixed}, got {n} images",
+                         label)
+    images = np.ascontiguousarray(images[:n], dtype=info.dtype)
+    per_image = _per_image(qmodel, info)
+    store = {info.name: images}
+    pairs, shifts = {}, {}
+    for s, seg in enumerate(segments):
+        ly = todo.get(seg.cut)
+        if ly is not None:
+            node = nodes[ly.key]
+            x = store[node.input[0]]
+            w = values[ly.weight]
+            sums, count = patch_sums(x, ly, w.shape)
+            pair = MeanPair(fp32=fp32_means[ly.key], int8=sums / count)
+            q, scale, axis = _weight_ints(producer[node.input[1]], inits, numpy_helper)
+            old_bias = values[ly.bias] if ly.bias else None
+            new, _, shift = layer_bias(ly, w, q, scale, axis, pair, old_bias)
+            if new is not None:
+                b_name = node.input[2]
+                before = numpy_helper.to_array(inits[b_name])
+                inits[b_name].CopyFrom(numpy_helper.from_array(new.reshape(before.shape).astype(before.dtype),
+                                                               b_name))
+                pairs[ly.key] = pair
+                shifts[ly.key] = float(np.max(np.abs(shift), initial=0.0))
+        if not any(t.cut in todo for t in segments[s + 1:]):
+            break       # every bias is set: the rest of the model need not run
+        if seg.outputs:
+            _run_segment(qmodel, seg, inits, store, n, per_image, chunk, providers, intra_op_threads, label)
+        for t in [t for t in store if last_use.get(t, -1) <= s and t != info.name]:
+            del store[t]
+        if progress:
+            progress(s + 1, len(segments))
+    return pairs, shifts
+
+
+def _weight_ints(dq, inits, numpy_helper):
+    """``(int8 values, scales, axis)`` of the weight a DequantizeLinear node reads."""
+    q = numpy_helper.to_array(inits[dq.input[0]])
+    s = numpy_helper.to_array(inits[dq.input[1]])
+    axis = G.node_attr(dq, "axis", 1) if s.ndim else None
+    return q, s, axis
+
+
+def _per_image(model, info):
+    """Tensor -> True when its first axis runs over the images (sliced and joined by chunk).
+
+    From the inferred shapes: a first dimension that is the input's; where the shape is unknown, a
+    float tensor (an activation) is taken as per image and any other (shapes, indices) as shared."""
+    types, shapes = G.tensor_types_and_shapes(model)
+    batch = info.shape[0] if info.shape else None
+    out = {}
+    for t, ty in types.items():
+        shape = shapes.get(t)
+        if shape and batch is not None and shape[0] == batch:
+            out[t] = True
+        elif shape and isinstance(shape[0], int) and shape[0] != batch:
+            out[t] = False
+        else:
+            out[t] = ty in _FLOAT_TYPES
+    return out
+
+
+def _run_segment(model, seg, inits, store, n, per_image, chunk, providers, threads, label):
+    onnx = require("onnx")
+    types = {x: onnx.helper.np_dtype_to_tensor_dtype(store[x].dtype) for x in seg.inputs}
+    session = _session(segment_model(model, seg, types, inits), providers, threads, label)
+    for a in range(0, n, chunk):
+        feed = {x: store[x][a:a + chunk] if per_image.get(x, True) else store[x] for x in seg.inputs}
+        shape = next((v.shape for v in feed.values()), ())
+        outs = _run(label, shape, session.run, list(seg.outputs), feed)
+        for o, y in zip(seg.outputs, outs):
+            if not per_image.get(o, True):
+                store[o] = y
+            elif a == 0:         # the whole pass's array, filled chunk by chunk (no copies to join)
+                store[o] = np.empty((n,) + y.shape[1:], y.dtype) if n > len(y) else y
+                store[o][:len(y)] = y
+            else:
+                store[o][a:a + len(y)] = y
+
+
+
+def pass_images(facts, window_images):
+    """How many first calibration images the pass runs on: ``SEQUENTIAL_IMAGES`` (at most the window's),
+    for a fixed-batch model a whole number of its batches (the FP32 means are collected on the same)."""
+    n = min(SEQUENTIAL_IMAGES, int(window_images))
+    shape = facts.input.shape
+    b = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+    return max(b, (n // b) * b) if b and b <= window_images else n
+
+
+def early_layers(layers, model, max_stride=SEQUENTIAL_MAX_STRIDE):
+    """The Conv layers of ``layers`` whose input is at most ``max_stride`` times smaller than the network's
+    input on every spatial axis (inferred shapes; a layer of unknown input size is left out)."""
+    _, shapes = G.tensor_types_and_shapes(model)
+    info = G.input_info(model)[0]
+    top = info.shape[2:] if info.shape and len(info.shape) > 2 else ()
+    if not top or not all(isinstance(d, int) and d > 0 for d in top):
+        return []
+    out = []
+    for ly in layers:
+        shape = shapes.get(ly.input)
+        if ly.op != "Conv" or not shape or len(shape) != len(info.shape):
+            continue
+        dims = shape[2:]
+        if all(isinstance(d, int) and d > 0 and d * max_stride >= t for d, t in zip(dims, top)):
+            out.append(ly)
+    return out
+
+
+def apply(qmodel, report, facts, input_means, first_means, images, *, providers=None, intra_op_threads=None,
+          label="<model>", progress=None):
+    """Run :func:`correct_in_sequence` on a freshly written Q/DQ model; the means for ``snap_weights``.
+
+    ``report``: the model's QdqReport (its ``biases`` get the new shifts); ``facts``: the FP32
+    model's; ``input_means``: the classic (FP32) means, returned for every layer the pass does not
+    reach; ``first_means``: FP32 means on ``images`` (the first calibration images).  When the model
+    cannot be cut and run in segments the classic biases stay, with a warning."""
+    layers = early_layers([ly for ly in layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
+                           if ly.key in report.biases], facts.model)
+    if not layers:
+        return input_means
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    saved = {}
+    for n in qmodel.graph.node:
+        if n.output and n.output[0] in report.biases and len(n.input) > 2 and n.input[2] in inits:
+            copy = type(inits[n.input[2]])()
+            copy.CopyFrom(inits[n.input[2]])
+            saved[n.input[2]] = copy
+    try:
+        pairs, shifts = correct_in_sequence(qmodel, facts.model, layers, first_means, images, providers=providers,
+                                            intra_op_threads=intra_op_threads, label=label, progress=progress)
+    except (Int8BatchError, MemoryError) as exc:
+        for name, t in saved.items():
+            inits[name].CopyFrom(t)
+        log.warning("%s: bias correction on the Q/DQ model's own inputs could not run (%s); the biases are "
+                    "corrected from the FP32 model's inputs instead", label, exc)
+        return input_means
+    report.biases.update(shifts)
+    log.info("bias correction: %d layer(s) set from the Q/DQ model's own input means on %d image(s)", len(pairs),
+             len(images))
+    return {k: pairs.get(k, v) for k, v in input_means.items()}

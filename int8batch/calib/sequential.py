@@ -35,7 +35,7 @@ from ..onnx import graph as G
 from ..onnx.layers import MeanPair, layers_of
 from ..onnx.qdq import layer_bias
 from ..onnx.segments import segment_model, split
-from .biascorr import MeanCollector
+from .biascorr import patch_sums
 from .ort_exec import _run, _session
 from .settings import SEQUENTIAL_IMAGES, SEQUENTIAL_MAX_STRIDE
 
@@ -96,9 +96,8 @@ def correct_in_sequence(qmodel, float_model, layers, fp32_means, images, *, prov
             node = nodes[ly.key]
             x = store[node.input[0]]
             w = values[ly.weight]
-            mc = MeanCollector([ly], {ly.weight: w.shape})    # the FP32 means' arithmetic (sum_rows kernel)
-            mc.collect_many({ly.input: x})
-            pair = MeanPair(fp32=fp32_means[ly.key], int8=mc.means()[ly.key])
+            sums, count = patch_sums(x, ly, w.shape)
+            pair = MeanPair(fp32=fp32_means[ly.key], int8=sums / count)
             q, scale, axis = _weight_ints(producer[node.input[1]], inits, numpy_helper)
             old_bias = values[ly.bias] if ly.bias else None
             new, _, shift = layer_bias(ly, w, q, scale, axis, pair, old_bias)

@@ -53,7 +53,7 @@ Methods: ``auto`` (the default, with its own keep-float rule), ``mse``,
 bias correction on, as the defaults have it), variants of the default
 (``auto-nearest``: nearest weight rounding; ``auto-uncentred``: no centring;
 ``auto-padded``: ``--centre-padded``; ``auto-fp32-bias``: the classic bias
-correction from FP32 input means, the default of sessions 4-9), and baselines
+correction from FP32 input means, the default before session 10), and baselines
 on the same images:
 
 - ``ort``: ONNX Runtime ``quantize_static``, QDQ, MinMax, symmetric QInt8
@@ -263,7 +263,7 @@ def quantize_int8batch(model, calib_folder, out, method, calib_batches, threads)
     # auto-padded: the default with --centre-padded (depthwise inputs centred too, explicit Pad nodes)
     centre = False if method == "auto-uncentred" else None
     padded = True if method == "auto-padded" else None
-    # auto-fp32-bias: the default with the classic bias correction (FP32 input means; the default of sessions 1-9)
+    # auto-fp32-bias: the default with the classic bias correction (FP32 input means; the default before session 10)
     bias_inputs = "fp32" if method == "auto-fp32-bias" else None
     method = "auto" if method in ("auto-nearest", "auto-uncentred", "auto-padded", "auto-fp32-bias") else method
     keep = None if method == "auto" else 0

@@ -103,7 +103,7 @@ def _preload_cuda_libraries(ort):
     _preload_cuda_libraries.done = True
 
 
-def _session(model, providers, intra_op_threads, label, report=None):
+def make_session(model, providers, intra_op_threads, label, report=None):
     """An InferenceSession over ``model`` (a ModelProto), via a temp dir when > 2 GB.
 
     With the CUDA provider asked for, the session is first made with ONNX
@@ -156,7 +156,7 @@ def _session_once(ort, model, providers, intra_op_threads, label, strict=False):
                          label) from exc
 
 
-def _run(label, shape, run, *args):
+def guarded_run(label, shape, run, *args):
     """``run(*args)``; an ONNX Runtime failure becomes a ModelError naming the model and the image shape.
 
     A model loads but cannot run on some inputs: PP-OCR's detector broadcasts its FPN levels, so a size
@@ -226,7 +226,7 @@ class ActivationRunner:
             if t not in outputs:
                 m.graph.output.append(onnx.helper.make_tensor_value_info(t, types[t], None))
         self.report = {}
-        self._session = _session(m, providers, intra_op_threads, self._label, self.report)
+        self._session = make_session(m, providers, intra_op_threads, self._label, self.report)
         self.providers = list(self._session.get_providers())
         del m
         if batch_dims is not None:
@@ -251,7 +251,7 @@ class ActivationRunner:
         self.check(batch.shape)
         if batch.dtype != self._dtype:
             batch = batch.astype(self._dtype)
-        outs = _run(self._label, batch.shape, self._session.run, self._fetch, {self.input_name: batch})
+        outs = guarded_run(self._label, batch.shape, self._session.run, self._fetch, {self.input_name: batch})
         result = dict(zip(self._fetch, outs))
         if len(self._fetch) != len(self.tensor_names):
             result[self.input_name] = batch
@@ -306,7 +306,7 @@ class ModelRunner:
             raise ModelError(f"{self._label}: no graph output named {output!r} "
                              f"(outputs: {', '.join(names)})", self._label)
         self.report = {}
-        self._session = _session(m, providers, intra_op_threads, self._label, self.report)
+        self._session = make_session(m, providers, intra_op_threads, self._label, self.report)
         self.providers = list(self._session.get_providers())
 
     @property
@@ -327,12 +327,12 @@ class ModelRunner:
     def run(self, batch):
         """Run one batch ``(N, C, H, W)``; return the chosen output."""
         data = self._input(batch)
-        return _run(self._label, data.shape, self._session.run, [self.output_name], {self.input_name: data})[0]
+        return guarded_run(self._label, data.shape, self._session.run, [self.output_name], {self.input_name: data})[0]
 
     def run_all(self, batch, names=None):
         """Run one batch; return the graph outputs ``names`` (default all, in :attr:`output_names` order)."""
         data = self._input(batch)
-        return _run(self._label, data.shape, self._session.run, list(names or self.output_names),
+        return guarded_run(self._label, data.shape, self._session.run, list(names or self.output_names),
                     {self.input_name: data})
 
     def _input(self, batch):
@@ -385,7 +385,7 @@ class DeviceActivationRunner(ActivationRunner):
         io.bind_input(self.input_name, "cuda", self.device_id, np.float32, list(x.shape), x.ptr)
         for t in self._fetch:
             io.bind_output(t, "cuda", self.device_id)
-        _run(self._label, x.shape, self._session.run_with_iobinding, io)
+        guarded_run(self._label, x.shape, self._session.run_with_iobinding, io)
         io.synchronize_outputs()
         outs = io.get_outputs()
         result = {self.input_name: x}

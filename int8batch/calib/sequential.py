@@ -36,7 +36,7 @@ from ..onnx.layers import MeanPair, layers_of
 from ..onnx.qdq import layer_bias
 from ..onnx.segments import segment_model, split
 from .biascorr import patch_sums
-from .ort_exec import _run, _session
+from .ort_exec import guarded_run, make_session
 from .settings import SEQUENTIAL_IMAGES, SEQUENTIAL_MAX_STRIDE
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,19 @@ CHUNK = 16
 _FLOAT_TYPES = (1, 10, 11, 16)   # float, float16, double, bfloat16
 
 
-def correct_in_sequence(qmodel, float_model, layers, fp32_means, images, *, providers=None, intra_op_threads=None,
-                        label="<model>", progress=None):
+def correct_in_sequence(qmodel, facts, layers, fp32_means, images, *, providers=None, intra_op_threads=None,
+                        label="<model>"):
     """Reset the corrected biases of ``qmodel`` (a Q/DQ ModelProto, changed in place) layer by layer.
 
     Parameters
     ----------
     qmodel : onnx.ModelProto
         The Q/DQ model as :func:`~int8batch.onnx.qdq.insert_qdq_with_report` wrote it from
-        ``float_model``, its biases corrected the classic way.
-    float_model : onnx.ModelProto
-        The FP32 model (centred as calibrated) the Q/DQ model was made from.
+        the FP32 model of ``facts``, its biases corrected the classic way.
+    facts : ModelFacts
+        Of the FP32 model (centred as calibrated) the Q/DQ model was made from.
     layers : list of Layer
-        The corrected layers of ``float_model`` (``report.biases``' keys), in graph order.
+        The layers of that model to set (corrected ones: ``report.biases``' keys).
     fp32_means : dict
         Layer key -> FP32 per-tap input mean on ``images`` (``MeanCollector.means``).
     images : ndarray
@@ -75,20 +75,20 @@ def correct_in_sequence(qmodel, float_model, layers, fp32_means, images, *, prov
     nodes = {n.output[0]: n for n in g.node if n.output}
     producer = {o: n for n in g.node for o in n.output if o}
     inits = {t.name: t for t in g.initializer}
-    values = G.constant_values(float_model)
+    values = G.constant_values(facts.model)
     todo = {ly.key: ly for ly in layers if ly.key in fp32_means and ly.key in nodes
             and len(nodes[ly.key].input) > 2 and nodes[ly.key].input[2] in inits}
     segments, last_use = split(qmodel, set(todo))
-    info = G.input_info(qmodel)[0]
+    last_cut = max((k for k, seg in enumerate(segments) if seg.cut in todo), default=0)
+    info = facts.input
     fixed = info.shape[0] if info.shape and isinstance(info.shape[0], int) and info.shape[0] > 0 else None
-    chunk = fixed or min(CHUNK, len(images))
     n = len(images)
-    if n == 0 or n % chunk and fixed:
-        raise ModelError(f"{label}: the pass needs a whole number of the model's batches of {fixed}, got {n} images",
-                         label)
-    images = np.ascontiguousarray(images[:n], dtype=info.dtype)
-    per_image = _per_image(qmodel, info)
-    store = {info.name: images}
+    chunk = fixed or min(CHUNK, n)
+    if not n or fixed and n % fixed:    # a dynamic batch takes a smaller last chunk
+        raise ModelError(f"{label}: the pass needs a whole number of the model's batches of {fixed or 1}, got {n} "
+                         f"images", label)
+    per_image = _per_image(qmodel, facts)
+    store = {info.name: np.ascontiguousarray(images, dtype=info.dtype)}
     pairs, shifts = {}, {}
     for s, seg in enumerate(segments):
         ly = todo.get(seg.cut)
@@ -108,14 +108,12 @@ def correct_in_sequence(qmodel, float_model, layers, fp32_means, images, *, prov
                                                                b_name))
                 pairs[ly.key] = pair
                 shifts[ly.key] = float(np.max(np.abs(shift), initial=0.0))
-        if not any(t.cut in todo for t in segments[s + 1:]):
+        if s >= last_cut:
             break       # every bias is set: the rest of the model need not run
         if seg.outputs:
             _run_segment(qmodel, seg, inits, store, n, per_image, chunk, providers, intra_op_threads, label)
         for t in [t for t in store if last_use.get(t, -1) <= s and t != info.name]:
             del store[t]
-        if progress:
-            progress(s + 1, len(segments))
     return pairs, shifts
 
 
@@ -127,40 +125,42 @@ def _weight_ints(dq, inits, numpy_helper):
     return q, s, axis
 
 
-def _per_image(model, info):
-    """Tensor -> True when its first axis runs over the images (sliced and joined by chunk).
+def _per_image(qmodel, facts):
+    """Tensor of ``qmodel`` -> True when its first axis runs over the images (sliced and joined by chunk).
 
-    From the inferred shapes: a first dimension that is the input's; where the shape is unknown, a
-    float tensor (an activation) is taken as per image and any other (shapes, indices) as shared."""
-    types, shapes = G.tensor_types_and_shapes(model)
-    batch = info.shape[0] if info.shape else None
+    From the FP32 model's inferred shapes (``facts``): a first dimension that is the input's; where the
+    shape is unknown, a float tensor (an activation) is taken as per image and any other (shapes,
+    indices) as shared.  A Q/DQ pair's outputs are as the tensor it quantizes."""
+    batch = facts.input.shape[0] if facts.input.shape else None
     out = {}
-    for t, ty in types.items():
-        shape = shapes.get(t)
+    for t, ty in facts.types.items():
+        shape = facts.shapes.get(t)
         if shape and batch is not None and shape[0] == batch:
             out[t] = True
         elif shape and isinstance(shape[0], int) and shape[0] != batch:
             out[t] = False
         else:
             out[t] = ty in _FLOAT_TYPES
+    for node in qmodel.graph.node:      # in order: a DequantizeLinear follows its QuantizeLinear
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
     return out
 
 
 def _run_segment(model, seg, inits, store, n, per_image, chunk, providers, threads, label):
     onnx = require("onnx")
     types = {x: onnx.helper.np_dtype_to_tensor_dtype(store[x].dtype) for x in seg.inputs}
-    session = _session(segment_model(model, seg, types, inits), providers, threads, label)
+    session = make_session(segment_model(model, seg, types, inits), providers, threads, label)
     for a in range(0, n, chunk):
         feed = {x: store[x][a:a + chunk] if per_image.get(x, True) else store[x] for x in seg.inputs}
         shape = next((v.shape for v in feed.values()), ())
-        outs = _run(label, shape, session.run, list(seg.outputs), feed)
+        outs = guarded_run(label, shape, session.run, list(seg.outputs), feed)
         for o, y in zip(seg.outputs, outs):
-            if not per_image.get(o, True):
+            if not per_image.get(o, True) or len(y) == n:
                 store[o] = y
-            elif a == 0:         # the whole pass's array, filled chunk by chunk (no copies to join)
-                store[o] = np.empty((n,) + y.shape[1:], y.dtype) if n > len(y) else y
-                store[o][:len(y)] = y
-            else:
+            else:                # the whole pass's array, filled chunk by chunk (no copies to join)
+                if a == 0:
+                    store[o] = np.empty((n,) + y.shape[1:], y.dtype)
                 store[o][a:a + len(y)] = y
 
 
@@ -174,11 +174,10 @@ def pass_images(facts, window_images):
     return max(b, (n // b) * b) if b and b <= window_images else n
 
 
-def early_layers(layers, model, max_stride=SEQUENTIAL_MAX_STRIDE):
+def early_layers(layers, facts, max_stride=SEQUENTIAL_MAX_STRIDE):
     """The Conv layers of ``layers`` whose input is at most ``max_stride`` times smaller than the network's
-    input on every spatial axis (inferred shapes; a layer of unknown input size is left out)."""
-    _, shapes = G.tensor_types_and_shapes(model)
-    info = G.input_info(model)[0]
+    input on every spatial axis (the inferred shapes of ``facts``; a layer of unknown input size is left out)."""
+    shapes, info = facts.shapes, facts.input
     top = info.shape[2:] if info.shape and len(info.shape) > 2 else ()
     if not top or not all(isinstance(d, int) and d > 0 for d in top):
         return []
@@ -194,7 +193,7 @@ def early_layers(layers, model, max_stride=SEQUENTIAL_MAX_STRIDE):
 
 
 def apply(qmodel, report, facts, input_means, first_means, images, *, providers=None, intra_op_threads=None,
-          label="<model>", progress=None):
+          label="<model>"):
     """Run :func:`correct_in_sequence` on a freshly written Q/DQ model; the means for ``snap_weights``.
 
     ``report``: the model's QdqReport (its ``biases`` get the new shifts); ``facts``: the FP32
@@ -202,7 +201,7 @@ def apply(qmodel, report, facts, input_means, first_means, images, *, providers=
     reach; ``first_means``: FP32 means on ``images`` (the first calibration images).  When the model
     cannot be cut and run in segments the classic biases stay, with a warning."""
     layers = early_layers([ly for ly in layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
-                           if ly.key in report.biases], facts.model)
+                           if ly.key in report.biases], facts)
     if not layers:
         return input_means
     inits = {t.name: t for t in qmodel.graph.initializer}
@@ -213,8 +212,8 @@ def apply(qmodel, report, facts, input_means, first_means, images, *, providers=
             copy.CopyFrom(inits[n.input[2]])
             saved[n.input[2]] = copy
     try:
-        pairs, shifts = correct_in_sequence(qmodel, facts.model, layers, first_means, images, providers=providers,
-                                            intra_op_threads=intra_op_threads, label=label, progress=progress)
+        pairs, shifts = correct_in_sequence(qmodel, facts, layers, first_means, images, providers=providers,
+                                            intra_op_threads=intra_op_threads, label=label)
     except (Int8BatchError, MemoryError) as exc:
         for name, t in saved.items():
             inits[name].CopyFrom(t)

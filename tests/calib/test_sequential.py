@@ -15,6 +15,7 @@ from int8batch.calib.settings import CalibrationConfig
 from int8batch.cli.main import main
 from int8batch.errors import ConfigError, ModelError
 from int8batch.onnx import insert_qdq_with_report
+from int8batch.onnx.facts import ModelFacts
 from int8batch.onnx.layers import MeanPair, bias_shift, layers_of
 from int8batch.onnx.qdq import dequantize_weight, layer_bias, quantize_weight
 from int8batch.onnx.snap import snap_weights
@@ -86,7 +87,7 @@ def test_each_layer_mean_output_in_the_qdq_model_becomes_the_fp32_one():
     m, x, layers, means, q, report = _setup()
     fp32 = _channel_means(_outputs(m, x, list(CONVS)))
     before = _channel_means(_outputs(q, x, list(CONVS)))
-    pairs, shifts = sequential.correct_in_sequence(q, m, layers, means, x)
+    pairs, shifts = sequential.correct_in_sequence(q, ModelFacts.of(m), layers, means, x)
     after = _channel_means(_outputs(q, x, list(CONVS)))
     assert sorted(pairs) == sorted(CONVS) and sorted(shifts) == sorted(CONVS)
     for k in CONVS:
@@ -104,7 +105,7 @@ def test_each_layer_mean_output_in_the_qdq_model_becomes_the_fp32_one():
 
 def test_the_corrected_fp32_model_gets_the_same_biases():
     m, x, layers, means, q, report = _setup()
-    pairs, _ = sequential.correct_in_sequence(q, m, layers, means, x)
+    pairs, _ = sequential.correct_in_sequence(q, ModelFacts.of(m), layers, means, x)
     corrected, _ = snap_weights(m, {k: pairs.get(k, v) for k, v in means.items()})
     qb = {n.output[0]: n.input[2] for n in q.graph.node if n.op_type == "Conv"}
     cb = {n.output[0]: n.input[2] for n in corrected.graph.node if n.op_type == "Conv"}
@@ -157,11 +158,12 @@ def test_early_layers_keeps_convs_at_most_8x_smaller_than_the_input():
     layers = layers_of(m)
     assert [ly.key for ly in layers] == ["c0", "c1", "c2", "c3", "c4", "y"]
     # inputs 64, 32, 16, 8 are kept (8 * 8 >= 64); c4 reads 4x4 and the Gemm a flat vector
-    assert [ly.key for ly in sequential.early_layers(layers, m)] == ["c0", "c1", "c2", "c3"]
-    assert [ly.key for ly in sequential.early_layers(layers, m, max_stride=16)] == ["c0", "c1", "c2", "c3", "c4"]
+    assert [ly.key for ly in sequential.early_layers(layers, ModelFacts.of(m))] == ["c0", "c1", "c2", "c3"]
+    wider = sequential.early_layers(layers, ModelFacts.of(m), max_stride=16)
+    assert [ly.key for ly in wider] == ["c0", "c1", "c2", "c3", "c4"]
     # spatial sizes unknown: nothing is taken (the classic correction stays)
     m.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, "H", "W"]))
-    assert sequential.early_layers(layers_of(m), m) == []
+    assert sequential.early_layers(layers_of(m), ModelFacts.of(m)) == []
 
 
 def test_calibrate_auto_sets_the_biases_from_the_qdq_models_inputs(tmp_path, caplog):

@@ -125,6 +125,8 @@ def calibrate(model, batches, out=None, config=None, *, progress=None, force=Fal
             hist, means, lattice, moments = _collect(sweep, facts, bs, cfg, out, progress)
             _refuse_nonfinite_input(hist, facts, bs, win)
             means, first_means = (m.means() if m is not None else None for m in means)
+            if first_means:     # the early layers' means come from the first images only (_collect)
+                means = {**means, **first_means}
             t_pass = time.perf_counter() - t_pass
         result = _result(hist, lattice, facts, cfg, win, sweep.seconds)
         result.pass_seconds = t_pass
@@ -233,15 +235,22 @@ def _collect(sweep, facts, bs, cfg, out, progress):
     else:
         hist = HistogramCollector(cfg.num_bins, kernels=k)
     collectors = [hist]
-    means = _mean_collector(facts, k) if cfg.bias_correction and cfg.write_qdq and out is not None else None
-    first = None
-    if means is not None:
-        collectors.append(means)
-        sweep.owned.append(means)
-        if cfg.resolved_bias_inputs == "int8":   # the FP32 half of int8batch.calib.sequential's pairs
-            first = _mean_collector(facts, k, sequential.pass_images(facts, sweep.win.images))
-            collectors.append(first)
-            sweep.owned.append(first)
+    means = first = None
+    if cfg.bias_correction and cfg.write_qdq and out is not None:
+        layers = _bias_layers(facts)
+        early = set()
+        if cfg.resolved_bias_inputs == "int8":
+            # the layers int8batch.calib.sequential sets take their FP32 means from its first images only
+            # (the FP32 half of its pairs; the classic correction's too if the pass cannot run)
+            early = {ly.key for ly in sequential.early_layers(layers, facts)}
+            if early:
+                first = _mean_collector(facts, [ly for ly in layers if ly.key in early], k,
+                                        sequential.pass_images(facts, sweep.win.images))
+        means = _mean_collector(facts, [ly for ly in layers if ly.key not in early], k)
+        for m in (means, first):
+            if m is not None:
+                collectors.append(m)
+                sweep.owned.append(m)
     moments = None
     if cfg.resolved_weight_rounding == "gptq" and cfg.write_qdq and cfg.per_channel_weights and out is not None:
         moments = _moment_collector(facts, k)
@@ -401,8 +410,12 @@ def _rounded_weights(facts, moments):
     return round_weights(moments, G.constant_values(facts.model), axes)
 
 
-def _mean_collector(facts, kernels=HOST_KERNELS, images=BIAS_CORRECTION_IMAGES):
-    layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
+def _bias_layers(facts):
+    """The layers bias correction reads input means for (every Conv/Gemm with a quantized weight)."""
+    return layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
+
+
+def _mean_collector(facts, layers, kernels=HOST_KERNELS, images=BIAS_CORRECTION_IMAGES):
     values = G.constant_values(facts.model)
     shapes = {ly.weight: values[ly.weight].shape for ly in layers}
     if isinstance(kernels, DeviceKernels):

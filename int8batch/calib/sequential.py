@@ -151,18 +151,29 @@ def _run_segment(model, seg, inits, store, n, per_image, chunk, providers, threa
     onnx = require("onnx")
     types = {x: onnx.helper.np_dtype_to_tensor_dtype(store[x].dtype) for x in seg.inputs}
     session = make_session(segment_model(model, seg, types, inits), providers, threads, label)
+    joined = [o for o in seg.outputs if per_image.get(o, True)]
     for a in range(0, n, chunk):
         feed = {x: store[x][a:a + chunk] if per_image.get(x, True) else store[x] for x in seg.inputs}
         shape = next((v.shape for v in feed.values()), ())
-        outs = guarded_run(label, shape, session.run, list(seg.outputs), feed)
-        for o, y in zip(seg.outputs, outs):
-            if not per_image.get(o, True) or len(y) == n:
-                store[o] = y
-            else:                # the whole pass's array, filled chunk by chunk (no copies to join)
-                if a == 0:
+        if a == 0 or not joined:
+            outs = guarded_run(label, shape, session.run, list(seg.outputs), feed)
+            for o, y in zip(seg.outputs, outs):
+                if not per_image.get(o, True) or len(y) == n:
+                    store[o] = y
+                else:            # the whole pass's array; later chunks are written into it in place
                     store[o] = np.empty((n,) + y.shape[1:], y.dtype)
-                store[o][a:a + len(y)] = y
-
+                    store[o][:len(y)] = y
+            continue
+        binding = session.io_binding()
+        for x, v in feed.items():
+            binding.bind_cpu_input(x, v)
+        for o in seg.outputs:
+            if o in joined:
+                part = store[o][a:a + chunk]
+                binding.bind_output(o, "cpu", 0, part.dtype, list(part.shape), part.ctypes.data)
+            else:
+                binding.bind_output(o, "cpu")
+        guarded_run(label, shape, session.run_with_iobinding, binding)
 
 
 def pass_images(facts, window_images):

@@ -219,6 +219,47 @@ def test_a_pass_that_cannot_run_keeps_the_classic_biases(tmp_path, monkeypatch, 
             np.testing.assert_array_equal(ia[name], ib[name], err_msg=name)
 
 
+def test_the_early_layers_fp32_means_come_from_the_first_images_only(tmp_path, monkeypatch):
+    """The layers the pass sets are summed on the pass's first 64 images only (not on all 256: that would be
+    discarded), the others on every image; a fallback corrects the early ones from the same 64."""
+    import cv2
+    from int8batch.calib.biascorr import patch_sums
+    root = tmp_path / "imgs"
+    root.mkdir()
+    r = np.random.default_rng(5)
+    for i in range(72):
+        cv2.imwrite(str(root / f"{i:02d}.png"), r.integers(0, 256, size=(20, 20, 3), dtype=np.uint8))
+    int8batch.pack(root, tmp_path / "b", preset="efficientnet-lite", size=16, resize="direct",
+                   resize_size=(16, 16), crop="none", batch_size=8)
+    model = _relu6_block_model(str(tmp_path / "m.onnx"), 16)
+    real_early = sequential.early_layers
+    monkeypatch.setattr(sequential, "early_layers", lambda layers, facts: real_early(layers, facts)[:1])
+    seen = {}
+    real_apply = sequential.apply
+
+    def spy(qmodel, report, facts, input_means, first_means, images, **kw):
+        seen.update(input_means=dict(input_means), first=dict(first_means), images=len(images))
+        return real_apply(qmodel, report, facts, input_means, first_means, images, **kw)
+    monkeypatch.setattr(sequential, "apply", spy)
+    api.calibrate(model, tmp_path / "b", tmp_path / "o", weight_rounding="nearest", centre=False)
+    assert seen["images"] == sequential.SEQUENTIAL_IMAGES == 64
+    assert sorted(seen["first"]) == ["c"] and sorted(seen["input_means"]) == ["c", "p"]
+    with int8batch.BatchSet(tmp_path / "b") as bs:
+        x = np.ascontiguousarray(bs.images(0, 72)[0])
+    m = onnx.load(model)
+    layers = {ly.key: ly for ly in layers_of(m)}
+    w = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    sums, count = patch_sums(x[:64], layers["c"], w["w1"].shape)       # first 64 images only
+    np.testing.assert_allclose(seen["first"]["c"], sums / count, rtol=1e-6, atol=1e-7)
+    assert seen["input_means"]["c"] is seen["first"]["c"]
+    m.graph.output.append(onnx.ValueInfoProto(name="r"))
+    rr = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["r"], {"input": x})[0]
+    sums, count = patch_sums(rr, layers["p"], w["w2"].shape)           # every image for the late layer
+    np.testing.assert_allclose(seen["input_means"]["p"], sums / count, rtol=1e-5, atol=1e-6)
+    s64, c64 = patch_sums(rr[:64], layers["p"], w["w2"].shape)
+    assert np.abs(seen["input_means"]["p"] - s64 / c64).max() > 1e-4    # which the first 64 alone would not give
+
+
 def test_config_and_cli_options(tmp_path, capsys):
     assert CalibrationConfig().resolved_bias_inputs == "int8"
     assert CalibrationConfig(method="mse").resolved_bias_inputs == "fp32"

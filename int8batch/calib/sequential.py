@@ -34,10 +34,10 @@ from ..errors import Int8BatchError, ModelError
 from ..onnx import graph as G
 from ..onnx.layers import MeanPair, layers_of
 from ..onnx.qdq import layer_bias
-from ..onnx.segments import segment_model, split
-from .biascorr import patch_sums
+from ..onnx.segments import Segment, segment_model, split
+from .biascorr import patch_sums, tap_sums
 from .ort_exec import guarded_run, make_session
-from .settings import SEQUENTIAL_IMAGES, SEQUENTIAL_MAX_STRIDE
+from .settings import SEQUENTIAL_BUDGET, SEQUENTIAL_IMAGES, SEQUENTIAL_MAX_STRIDE, SEQUENTIAL_MIN_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,23 @@ def correct_in_sequence(qmodel, facts, layers, fp32_means, images, *, providers=
         raise ModelError(f"{label}: the pass needs a whole number of the model's batches of {fixed or 1}, got {n} "
                          f"images", label)
     per_image = _per_image(qmodel, facts)
+    segments, deq = _keep_int8(segments, last_use, producer, inits, per_image, numpy_helper)
     store = {info.name: np.ascontiguousarray(images, dtype=info.dtype)}
     pairs, shifts = {}, {}
     for s, seg in enumerate(segments):
         ly = todo.get(seg.cut)
         if ly is not None:
             node = nodes[ly.key]
-            x = store[node.input[0]]
             w = values[ly.weight]
-            sums, count = patch_sums(x, ly, w.shape)
+            x = node.input[0]
+            if x in deq:     # each image dequantized and added in order: the float array's own sum
+                source, scale = deq[x]
+                plane = np.zeros(store[source].shape[1:], np.float64)
+                for row in store[source]:
+                    plane += np.multiply(row, scale, dtype=np.float32)
+                sums, count = tap_sums(plane, n, ly, w.shape)
+            else:
+                sums, count = patch_sums(store[x], ly, w.shape)
             pair = MeanPair(fp32=fp32_means[ly.key], int8=sums / count)
             q, scale, axis = _weight_ints(producer[node.input[1]], inits, numpy_helper)
             old_bias = values[ly.bias] if ly.bias else None
@@ -111,10 +119,52 @@ def correct_in_sequence(qmodel, facts, layers, fp32_means, images, *, providers=
         if s >= last_cut:
             break       # every bias is set: the rest of the model need not run
         if seg.outputs:
-            _run_segment(qmodel, seg, inits, store, n, per_image, chunk, providers, intra_op_threads, label)
+            _run_segment(qmodel, seg, inits, store, deq, n, per_image, chunk, providers, intra_op_threads, label)
         for t in [t for t in store if last_use.get(t, -1) <= s and t != info.name]:
             del store[t]
     return pairs, shifts
+
+
+def _keep_int8(segments, last_use, producer, inits, per_image, numpy_helper):
+    """Keep the int8 tensor, not its dequantized copy, where a segment hands a quantized activation on.
+
+    A tensor that crosses a cut as ``DequantizeLinear(q)`` (``q`` made by a QuantizeLinear, a constant
+    per-tensor float32 scale, zero point 0) is kept as ``q``, a quarter of the bytes, and dequantized
+    chunk by chunk where a later segment reads it: ``float(q) * scale`` in float32, the values ONNX Runtime's
+    node gives.  The segments still start at the same nodes, so every value computed is as before.
+    Returns the segments (outputs renamed) and ``{dequantized tensor: (int8 tensor, scale)}``; ``last_use``
+    is extended to the int8 tensors."""
+    deq = {}
+    for seg in segments:
+        for o in seg.outputs:
+            dq = producer.get(o)
+            if not per_image.get(o, True) or dq is None or dq.op_type != "DequantizeLinear" \
+                    or dq.domain not in ("", "ai.onnx"):
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") \
+                    or dq.input[1] not in inits:
+                continue
+            zero = dq.input[2] if len(dq.input) > 2 else ""
+            if zero and zero not in inits:
+                continue
+            scale = numpy_helper.to_array(inits[dq.input[1]])
+            z = numpy_helper.to_array(inits[zero]) if zero else np.zeros((), np.int8)
+            if scale.size != 1 or scale.dtype != np.float32 or z.dtype != np.int8 or np.any(z != 0):
+                continue
+            deq[o] = (dq.input[0], np.float32(scale.reshape(())))
+    out = []
+    for seg in segments:
+        made = {t for n in seg.nodes for t in n.output}
+        outputs = []
+        for o in seg.outputs:
+            t = deq[o][0] if o in deq else o
+            if o in deq:
+                last_use[t] = max(last_use.get(t, -1), last_use.get(o, -1))
+            if (t == o or t in made) and t not in outputs:
+                outputs.append(t)
+        out.append(Segment(nodes=seg.nodes, cut=seg.cut, inputs=seg.inputs, outputs=outputs))
+    return out, deq
 
 
 def _weight_ints(dq, inits, numpy_helper):
@@ -147,13 +197,20 @@ def _per_image(qmodel, facts):
     return out
 
 
-def _run_segment(model, seg, inits, store, n, per_image, chunk, providers, threads, label):
+def _run_segment(model, seg, inits, store, deq, n, per_image, chunk, providers, threads, label):
     onnx = require("onnx")
-    types = {x: onnx.helper.np_dtype_to_tensor_dtype(store[x].dtype) for x in seg.inputs}
+
+    def value(x, a):
+        if x in deq:
+            source, scale = deq[x]
+            return np.multiply(store[source][a:a + chunk], scale, dtype=np.float32)
+        return store[x][a:a + chunk] if per_image.get(x, True) else store[x]
+    types = {x: onnx.helper.np_dtype_to_tensor_dtype(np.dtype(np.float32) if x in deq else store[x].dtype)
+             for x in seg.inputs}
     session = make_session(segment_model(model, seg, types, inits), providers, threads, label)
     joined = [o for o in seg.outputs if per_image.get(o, True)]
     for a in range(0, n, chunk):
-        feed = {x: store[x][a:a + chunk] if per_image.get(x, True) else store[x] for x in seg.inputs}
+        feed = {x: value(x, a) for x in seg.inputs}
         shape = next((v.shape for v in feed.values()), ())
         if a == 0 or not joined:
             outs = guarded_run(label, shape, session.run, list(seg.outputs), feed)
@@ -177,12 +234,45 @@ def _run_segment(model, seg, inits, store, n, per_image, chunk, providers, threa
 
 
 def pass_images(facts, window_images):
-    """How many first calibration images the pass runs on: ``SEQUENTIAL_IMAGES`` (at most the window's),
-    for a fixed-batch model a whole number of its batches (the FP32 means are collected on the same)."""
+    """How many first calibration images the pass runs on: ``SEQUENTIAL_IMAGES`` (at most the window's), fewer
+    where the tensors it keeps would exceed ``SEQUENTIAL_BUDGET`` (:func:`kept_bytes_per_image`; at least
+    ``SEQUENTIAL_MIN_IMAGES``), for a fixed-batch model a whole number of its batches (the FP32 means are
+    collected on the same images)."""
     n = min(SEQUENTIAL_IMAGES, int(window_images))
+    per = kept_bytes_per_image(facts)
+    if per and n * per > SEQUENTIAL_BUDGET:
+        n = min(n, max(SEQUENTIAL_MIN_IMAGES, SEQUENTIAL_BUDGET // per))
     shape = facts.input.shape
     b = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
     return max(b, (n // b) * b) if b and b <= window_images else n
+
+
+def kept_bytes_per_image(facts):
+    """Most bytes per image the pass holds at once (as float32: tensors crossing the cuts before the early
+    layers of the FP32 model of ``facts``, and its input); 0 when a size is unknown or no layer is early."""
+    layers = early_layers(layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable)), facts)
+    if not layers:
+        return 0
+    segments, last_use = split(facts.model, {ly.key for ly in layers})
+    cuts = {ly.key for ly in layers}
+    last_cut = max((k for k, seg in enumerate(segments) if seg.cut in cuts), default=0)
+
+    def size(t):
+        shape = facts.shapes.get(t)
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            return None
+        return int(np.prod(shape[1:], dtype=np.int64)) * 4
+    first = facts.input.name
+    live = {first: size(first)}
+    peak = 0
+    for s, seg in enumerate(segments[:last_cut]):
+        live.update((o, size(o)) for o in seg.outputs)
+        if any(v is None for v in live.values()):
+            return 0
+        peak = max(peak, sum(live.values()))
+        for t in [t for t in live if last_use.get(t, -1) <= s and t != first]:
+            del live[t]
+    return peak
 
 
 def early_layers(layers, facts, max_stride=SEQUENTIAL_MAX_STRIDE):

@@ -60,6 +60,12 @@ SEQUENTIAL_IMAGES = 64
 #: (per spatial axis): in the late layers a mean drift matched on the calibration images raised the KL on
 #: other photos (EfficientNet-Lite1; README, "Bias correction on the INT8 model's own inputs")
 SEQUENTIAL_MAX_STRIDE = 8
+#: ... the pass keeps, for its images, every tensor that crosses a cut: where that would exceed this many bytes
+#: (estimated as float32 from the FP32 model's shapes; quantized tensors are kept as int8, a quarter) it takes
+#: fewer images, down to SEQUENTIAL_MIN_IMAGES (EfficientNet-Lite2 at 260: 545 MB, YOLO-style at 640: 900 MB;
+#: a 1280 detector would need 3.6 GB)
+SEQUENTIAL_BUDGET = 1 << 30
+SEQUENTIAL_MIN_IMAGES = 8
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,52 @@ def test_each_layer_mean_output_in_the_qdq_model_becomes_the_fp32_one():
     assert pairs["c2"].fp32 is means["c2"]
 
 
+def test_quantized_tensors_kept_as_int8_give_the_float_paths_values_bit_for_bit(monkeypatch):
+    """The pass keeps a quantized activation crossing a cut as its int8 tensor and dequantizes it where it is
+    read; run again with every tensor kept in float (the second reader), biases and means are identical."""
+    m, x, layers, means, q, _ = _setup()
+    q_float = onnx.ModelProto()
+    q_float.CopyFrom(q)
+    kept = {}
+    real = sequential._keep_int8
+
+    def spy(*a):
+        segments, deq = real(*a)
+        kept.update(deq)
+        return segments, deq
+    monkeypatch.setattr(sequential, "_keep_int8", spy)
+    pairs, shifts = sequential.correct_in_sequence(q, ModelFacts.of(m), layers, means, x)
+    # the inputs of c2 and c3 (ReLU6 outputs) and of c4 cross their cuts quantized
+    readers = {n.output[0]: n.input[0] for n in q.graph.node if n.op_type == "Conv"}
+    assert {readers["c2"], readers["c3"], readers["c4"]} <= set(kept)
+    monkeypatch.setattr(sequential, "_keep_int8", lambda segments, *a: (segments, {}))
+    pairs_f, shifts_f = sequential.correct_in_sequence(q_float, ModelFacts.of(m), layers, means, x)
+    assert shifts == shifts_f
+    for k in CONVS:
+        np.testing.assert_array_equal(pairs[k].int8, pairs_f[k].int8, err_msg=k)
+    ia = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    ib = {t.name: numpy_helper.to_array(t) for t in q_float.graph.initializer}
+    for name in ia:
+        np.testing.assert_array_equal(ia[name], ib[name], err_msg=name)
+
+
+def test_the_pass_takes_fewer_images_where_its_kept_tensors_would_exceed_the_budget(monkeypatch):
+    facts = ModelFacts.of(_chain())
+    # at most: the input (3x16x16) with r1 and r2 (8x16x16 each) while the second segment runs, float32
+    per = (3 * 16 * 16 + 2 * 8 * 16 * 16) * 4
+    assert sequential.kept_bytes_per_image(facts) == per
+    assert sequential.pass_images(facts, 256) == 64
+    monkeypatch.setattr(sequential, "SEQUENTIAL_BUDGET", 20 * per)
+    assert sequential.pass_images(facts, 256) == 20
+    monkeypatch.setattr(sequential, "SEQUENTIAL_BUDGET", per)
+    assert sequential.pass_images(facts, 256) == sequential.SEQUENTIAL_MIN_IMAGES == 8
+    assert sequential.pass_images(facts, 5) == 5
+    # a spatial size unknown: no estimate, the images stay
+    m = _chain()
+    m.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"]))
+    assert sequential.kept_bytes_per_image(ModelFacts.of(m)) == 0
+
+
 def test_the_corrected_fp32_model_gets_the_same_biases():
     m, x, layers, means, q, report = _setup()
     pairs, _ = sequential.correct_in_sequence(q, ModelFacts.of(m), layers, means, x)
@@ -258,6 +304,15 @@ def test_the_early_layers_fp32_means_come_from_the_first_images_only(tmp_path, m
     np.testing.assert_allclose(seen["input_means"]["p"], sums / count, rtol=1e-5, atol=1e-6)
     s64, c64 = patch_sums(rr[:64], layers["p"], w["w2"].shape)
     assert np.abs(seen["input_means"]["p"] - s64 / c64).max() > 1e-4    # which the first 64 alone would not give
+    # both layers early, and a budget that 20 images fill: the pass and the FP32 means both take the first 20
+    monkeypatch.setattr(sequential, "early_layers", real_early)
+    per = sequential.kept_bytes_per_image(ModelFacts.of(model))
+    assert per == (3 + 6) * 16 * 16 * 4           # the input and the ReLU6 output "r", float32
+    monkeypatch.setattr(sequential, "SEQUENTIAL_BUDGET", 20 * per)
+    api.calibrate(model, tmp_path / "b", tmp_path / "o20", weight_rounding="nearest", centre=False)
+    assert seen["images"] == 20
+    sums, count = patch_sums(x[:20], layers["c"], w["w1"].shape)
+    np.testing.assert_allclose(seen["first"]["c"], sums / count, rtol=1e-6, atol=1e-7)
 
 
 def test_config_and_cli_options(tmp_path, capsys):

@@ -149,6 +149,24 @@ def test_the_pass_takes_fewer_images_where_its_kept_tensors_would_exceed_the_bud
     assert sequential.kept_bytes_per_image(ModelFacts.of(m)) == 0
 
 
+def test_a_fixed_batch_model_runs_the_pass_one_batch_at_a_time():
+    """A model whose batch is fixed at 8 runs its segments on 8 images at a time (the later ones written in
+    place); it gets the biases of the same model with a dynamic batch, and a count of images that is not a
+    whole number of batches is refused (the caller then keeps the classic correction)."""
+    m, x, layers, means, q, _ = _setup()
+    pairs, _ = sequential.correct_in_sequence(q, ModelFacts.of(m), layers, means, x)
+    fixed, q8 = onnx.ModelProto(), onnx.ModelProto()
+    fixed.CopyFrom(m)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
+    fixed.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 8
+    _, _, _, _, q8, _ = _setup()
+    pairs8, _ = sequential.correct_in_sequence(q8, ModelFacts.of(fixed), layers, means, x)
+    for k in CONVS:
+        np.testing.assert_allclose(pairs8[k].int8, pairs[k].int8, rtol=1e-6, atol=1e-7, err_msg=k)
+    with pytest.raises(ModelError, match="whole number of the model's batches of 8, got 36"):
+        sequential.correct_in_sequence(q8, ModelFacts.of(fixed), layers, means, x[:36])
+
+
 def test_the_corrected_fp32_model_gets_the_same_biases():
     m, x, layers, means, q, report = _setup()
     pairs, _ = sequential.correct_in_sequence(q, ModelFacts.of(m), layers, means, x)

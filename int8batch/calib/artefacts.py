@@ -238,7 +238,8 @@ def write_artefacts(result, model, facts, out, cfg, bs, win, input_means=None, p
             qmodel, report = qdq.insert_qdq_with_report(m, act, per_channel_weights=cfg.per_channel_weights,
                                                         on_missing="skip" if kept else "raise",
                                                         input_means=input_means, facts=facts,
-                                                        weight_ints=weight_ints)
+                                                        weight_ints=weight_ints,
+                                                        kept_amax={k: result.amax[k] for k in kept if k in result.amax})
             meta["bias_inputs"] = "fp32" if input_means else None
             if first_means and input_means:
                 images = bs.images(win.start_image, sequential.pass_images(facts, win.images))[0]

@@ -220,10 +220,36 @@ def _convert_opset(model, opset):
                          f"export it again at opset >= {MIN_QDQ_OPSET}") from exc
 
 
+def _concat_groups(m, groups, scale, kept_scales):
+    """The Concat scale groups as quantized: ``[[(tensor, its scale), ...], ...]``.
+
+    A Concat ties its inputs to its output only when that output is quantized (in ``scale``): the int8
+    Concat then needs one scale, which must cover every input, a float one (``kept_scales``: activations
+    left float) included.  A Concat whose output stays float (kept, or no scale given) ties nothing, so its
+    quantized inputs keep their own scales.  Chained Concats merge, as in the plan's ``groups`` (whose
+    members are the only tensors looked at)."""
+    members = {t for grp in groups for t in grp}
+    parent = {}
+
+    def find(t):
+        while parent.get(t, t) != t:
+            t = parent[t]
+        return t
+    for n in m.graph.node:
+        if n.op_type == "Concat" and n.output and n.output[0] in scale and n.output[0] in members:
+            for x in n.input:
+                if x in members and (x in scale or x in kept_scales):
+                    parent[find(x)] = find(n.output[0])
+    out = {}
+    for t in parent:
+        out.setdefault(find(t), set()).add(t)
+    return [[(t, scale[t] if t in scale else kept_scales[t]) for t in sorted(g | {r})] for r, g in out.items()]
+
+
 def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel_weights=True,
                            opset=None, weight_format="int8", pools="auto", on_missing="raise",
                            check=True, input_means=None, keep_float=None, log_summary=True, facts=None,
-                           weight_ints=None):
+                           weight_ints=None, kept_amax=None):
     """Like :func:`insert_qdq`, returning ``(model, QdqReport)``.
 
     ``facts`` (:class:`int8batch.onnx.facts.ModelFacts` of ``model``) saves
@@ -242,6 +268,10 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
     ``weight_ints`` (mapping of weight name -> int8 array of the weight's shape,
     :func:`int8batch.calib.rounding.round_weights`) replaces the nearest
     rounding of those per-channel weights; the scales stay ``max|W| / 127``.
+
+    ``kept_amax`` (tensor -> amax of activations left float, not in ``act_amax``): a Concat scale group
+    such a tensor belongs to still covers it (the Concat's quantized output holds its values), so the
+    group's shared scale is the largest of every member's, these included.
     """
     onnx = require("onnx")
     helper, numpy_helper = onnx.helper, require("onnx.numpy_helper")
@@ -294,13 +324,12 @@ def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel
               "keeps float: keep its calibration.json beside it (then they are expected), or use --allow-missing, "
               "which leaves them float as intended")
     scale = {t: scales_in[t] for t in wanted if t in scales_in}
-    for grp in groups:
-        present = [t for t in grp if t in scale]
-        if present:
-            s = max(scale[t] for t in present)
-            for t in present:
+    for grp in _concat_groups(m, groups, scale, {k: _scale_of(v, k) for k, v in (kept_amax or {}).items()}):
+        s = max(v for _, v in grp)
+        for t, _ in grp:
+            if t in scale:
                 scale[t] = s
-            report.groups.append(grp)
+        report.groups.append(sorted(t for t, _ in grp))
     names = _Names(m)
     nodes = list(g.node)
     topo = G.topological_order(g)

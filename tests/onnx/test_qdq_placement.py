@@ -121,6 +121,27 @@ def test_concat_inputs_share_the_largest_scale():
     assert rep.groups == [["k", "ra", "rb"]]
 
 
+def test_a_concat_input_left_float_is_still_covered_and_a_float_concat_ties_nothing():
+    amax = {"x": 1.27, "ca": 9.0, "ra": 2.54, "cb": 50.0, "rb": 6.0, "k": 5.08, "y": 1.0}
+    # rb kept float (the sensitivity pass): the int8 Concat output still holds its values, so the shared
+    # scale is still its 6.0; ra and k share it, rb is read float
+    rest = {t: v for t, v in amax.items() if t != "rb"}
+    s, rep, _ = quantize(Q.concat(), rest, on_missing="skip", kept_amax={"rb": 6.0})
+    assert acts(s) == {"x", "ra", "k"}
+    shared = np.float32(6.0 / 127)
+    assert s["ra"]["scale"] == shared and s["k"]["scale"] == shared
+    assert rep.groups == [["k", "ra", "rb"]]
+    # without kept_amax (a cache that left rb out) the group covers what it was given
+    s, _, _ = quantize(Q.concat(), rest, on_missing="skip")
+    assert s["ra"]["scale"] == s["k"]["scale"] == np.float32(5.08 / 127)
+    # the Concat output kept float: it runs in float, its inputs keep their own scales
+    rest = {t: v for t, v in amax.items() if t != "k"}
+    s, rep, _ = quantize(Q.concat(), rest, on_missing="skip", kept_amax={"k": 5.08})
+    assert acts(s) == {"x", "ra", "rb"}
+    assert s["ra"]["scale"] == np.float32(2.54 / 127) and s["rb"]["scale"] == np.float32(6.0 / 127)
+    assert rep.groups == []
+
+
 def test_softmax_output_not_quantized():
     s, rep, _ = quantize(Q.softmax_attention())
     assert acts(s) == {"x", "v"}

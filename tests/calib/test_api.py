@@ -521,15 +521,16 @@ def _relu6_block_model(path, size, k2=1):
     return path
 
 
-def _random_photos_packed(tmp_path):
+def _random_photos_packed(tmp_path, count=8, side=40, size=32, batch_size=4, seed=3):
+    """``count`` random-pixel PNGs of ``side`` pixels packed into ``tmp_path/b`` at ``size`` (efficientnet-lite)."""
     import cv2
     root = tmp_path / "imgs"
     root.mkdir()
-    r = np.random.default_rng(3)
-    for i in range(8):
-        cv2.imwrite(str(root / f"{i}.png"), r.integers(0, 256, size=(40, 40, 3), dtype=np.uint8))
-    int8batch.pack(root, tmp_path / "b", preset="efficientnet-lite", size=32, resize="direct",
-                   resize_size=(32, 32), crop="none", batch_size=4)
+    r = np.random.default_rng(seed)
+    for i in range(count):
+        cv2.imwrite(str(root / f"{i:03d}.png"), r.integers(0, 256, size=(side, side, 3), dtype=np.uint8))
+    int8batch.pack(root, tmp_path / "b", preset="efficientnet-lite", size=size, resize="direct",
+                   resize_size=(size, size), crop="none", batch_size=batch_size)
 
 
 def test_centre_padded_pads_with_the_shifted_zero_on_the_int8_grid(tmp_path, capsys):

@@ -285,16 +285,9 @@ def test_a_pass_that_cannot_run_keeps_the_classic_biases(tmp_path, monkeypatch, 
 
 def test_the_early_layers_fp32_means_come_from_the_first_images_only(tmp_path, monkeypatch):
     """The layers the pass sets are summed on the pass's first 64 images only (not on all 256: that would be
-    discarded), the others on every image; a fallback corrects the early ones from the same 64."""
-    import cv2
+    discarded), the others on every image; those 64 are also what a fallback's classic correction uses."""
     from int8batch.calib.biascorr import patch_sums
-    root = tmp_path / "imgs"
-    root.mkdir()
-    r = np.random.default_rng(5)
-    for i in range(72):
-        cv2.imwrite(str(root / f"{i:02d}.png"), r.integers(0, 256, size=(20, 20, 3), dtype=np.uint8))
-    int8batch.pack(root, tmp_path / "b", preset="efficientnet-lite", size=16, resize="direct",
-                   resize_size=(16, 16), crop="none", batch_size=8)
+    _random_photos_packed(tmp_path, count=72, side=20, size=16, batch_size=8, seed=5)
     model = _relu6_block_model(str(tmp_path / "m.onnx"), 16)
     real_early = sequential.early_layers
     monkeypatch.setattr(sequential, "early_layers", lambda layers, facts: real_early(layers, facts)[:1])

@@ -24,7 +24,7 @@ from ..onnx import graph as G
 from ..onnx.centre import centre_bounded
 from ..onnx.facts import ModelFacts
 from ..onnx.inputs import check_batch_shape
-from ..onnx.layers import layers_of, reader_macs
+from ..onnx.layers import quantized_layers, reader_macs
 from ..reader import BatchSet
 from . import thresholds as th
 from ..cuda.kernels import DeviceKernels, DeviceTensor
@@ -237,7 +237,7 @@ def _collect(sweep, facts, bs, cfg, out, progress):
     collectors = [hist]
     means = first = None
     if cfg.bias_correction and cfg.write_qdq and out is not None:
-        layers = _bias_layers(facts)
+        layers = quantized_layers(facts)
         early = set()
         if cfg.resolved_bias_inputs == "int8":
             # the layers int8batch.calib.sequential sets take their FP32 means from its first images only
@@ -395,7 +395,7 @@ class _Tee:
 
 
 def _moment_collector(facts, kernels=HOST_KERNELS):
-    layers = layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
+    layers = quantized_layers(facts)
     values = G.constant_values(facts.model)
     shapes = {ly.weight: values[ly.weight].shape for ly in layers}
     if kernels is not HOST_KERNELS:
@@ -408,11 +408,6 @@ def _rounded_weights(facts, moments):
     nodes = facts.model.graph.node
     axes = {nodes[i].input[k]: axis for i, k, axis in facts.plan().weights}
     return round_weights(moments, G.constant_values(facts.model), axes)
-
-
-def _bias_layers(facts):
-    """The layers bias correction reads input means for (every Conv/Gemm with a quantized weight)."""
-    return layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
 
 
 def _mean_collector(facts, layers, kernels=HOST_KERNELS, images=BIAS_CORRECTION_IMAGES):

@@ -32,7 +32,7 @@ import numpy as np
 from .._optional import require
 from ..errors import Int8BatchError, ModelError
 from ..onnx import graph as G
-from ..onnx.layers import MeanPair, layers_of
+from ..onnx.layers import MeanPair, quantized_layers
 from ..onnx.qdq import layer_bias
 from ..onnx.segments import Segment, segment_model, split
 from .biascorr import patch_sums, tap_sums
@@ -81,7 +81,7 @@ def correct_in_sequence(qmodel, facts, layers, fp32_means, images, *, providers=
     segments, last_use = split(qmodel, set(todo))
     last_cut = max((k for k, seg in enumerate(segments) if seg.cut in todo), default=0)
     info = facts.input
-    fixed = info.shape[0] if info.shape and isinstance(info.shape[0], int) and info.shape[0] > 0 else None
+    fixed = _fixed_batch(info)
     n = len(images)
     chunk = fixed or min(CHUNK, n)
     if not n or fixed and n % fixed:    # a dynamic batch takes a smaller last chunk
@@ -242,19 +242,24 @@ def pass_images(facts, window_images):
     per = kept_bytes_per_image(facts)
     if per and n * per > SEQUENTIAL_BUDGET:
         n = min(n, max(SEQUENTIAL_MIN_IMAGES, SEQUENTIAL_BUDGET // per))
-    shape = facts.input.shape
-    b = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+    b = _fixed_batch(facts.input)
     return max(b, (n // b) * b) if b and b <= window_images else n
+
+
+def _fixed_batch(info):
+    """The batch a model input (InputInfo) is fixed at, or None for a dynamic one."""
+    shape = info.shape
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
 
 
 def kept_bytes_per_image(facts):
     """Most bytes per image the pass holds at once (as float32: tensors crossing the cuts before the early
     layers of the FP32 model of ``facts``, and its input); 0 when a size is unknown or no layer is early."""
-    layers = early_layers(layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable)), facts)
+    layers = early_layers(quantized_layers(facts), facts)
     if not layers:
         return 0
-    segments, last_use = split(facts.model, {ly.key for ly in layers})
     cuts = {ly.key for ly in layers}
+    segments, last_use = split(facts.model, cuts)
     last_cut = max((k for k, seg in enumerate(segments) if seg.cut in cuts), default=0)
 
     def size(t):
@@ -301,8 +306,7 @@ def apply(qmodel, report, facts, input_means, first_means, images, *, providers=
     model's; ``input_means``: the classic (FP32) means, returned for every layer the pass does not
     reach; ``first_means``: FP32 means on ``images`` (the first calibration images).  When the model
     cannot be cut and run in segments the classic biases stay, with a warning."""
-    layers = early_layers([ly for ly in layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
-                           if ly.key in report.biases], facts)
+    layers = early_layers([ly for ly in quantized_layers(facts) if ly.key in report.biases], facts)
     if not layers:
         return input_means
     inits = {t.name: t for t in qmodel.graph.initializer}

@@ -61,6 +61,27 @@ def model_label(model, default="<model>"):
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else default
 
 
+def connected_groups(links):
+    """The connected components of the pairs ``links`` (a, b), each a sorted list, in the order their first
+    member was linked."""
+    parent = {}
+
+    def find(t):
+        while parent.get(t, t) != t:
+            t = parent[t]
+        return t
+    for a, b in links:
+        ra, rb = find(a), find(b)
+        parent.setdefault(ra, ra)
+        parent.setdefault(rb, rb)
+        if ra != rb:
+            parent[ra] = rb
+    members = {}
+    for t in parent:
+        members.setdefault(find(t), []).append(t)
+    return [sorted(m) for m in members.values()]
+
+
 def load_model(path_or_model):
     """Load an ONNX model from a path, bytes, or return a ``ModelProto`` as is.
 

@@ -189,6 +189,12 @@ def corrected_bias(layer, bias, shift):
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def quantized_layers(facts):
+    """:func:`layers_of` the model of ``facts`` (a :class:`~int8batch.onnx.facts.ModelFacts`): every Conv/Gemm
+    whose weight its Q/DQ plan quantizes (bias correction, weight rounding, the sequential pass)."""
+    return layers_of(facts.model, facts.plan().weights, act=set(facts.quantizable))
+
+
 def reader_macs(model, image_shape):
     """Multiply-adds per image of each tensor's readers, and of the whole network.
 

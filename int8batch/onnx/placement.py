@@ -143,13 +143,7 @@ def plan_qdq(model, *, pools="auto", act=None):
             request(ins[0], i, 0, f"input of {where} (pools='always')")
 
     # backward propagation through Concat and (pools="auto") pooling, to a fixpoint
-    parent = {}
-
-    def find(t):
-        while parent.get(t, t) != t:
-            t = parent[t]
-        return t
-
+    links = []      # (Concat input, its output): one scale group per connected set
     work = list(requests)
     while work:
         t = work.pop()
@@ -160,7 +154,7 @@ def plan_qdq(model, *, pools="auto", act=None):
         if n.op_type == "Concat":
             for k, x in enumerate(n.input):
                 if x in act:
-                    parent[find(x)] = find(t)
+                    links.append((x, t))
                     if not any(s[0] == p for s in requests.get(x, ())):
                         request(x, p, k, f"input of Concat {n.name or p} (output quantized)")
                         work.append(x)
@@ -169,10 +163,7 @@ def plan_qdq(model, *, pools="auto", act=None):
             if not any(s[0] == p for s in requests.get(x, ())):
                 request(x, p, 0, f"input of {n.op_type} {n.name or p} (output quantized)")
                 work.append(x)
-    members = {}
-    for t in parent:
-        members.setdefault(find(t), set()).add(t)
-    groups = [sorted(m | {r}) for r, m in members.items()]
+    groups = G.connected_groups(links)
 
     for t in list(requests):
         p = producer.get(t)

@@ -229,21 +229,10 @@ def _concat_groups(m, groups, scale, kept_scales):
     quantized inputs keep their own scales.  Chained Concats merge, as in the plan's ``groups`` (whose
     members are the only tensors looked at)."""
     members = {t for grp in groups for t in grp}
-    parent = {}
-
-    def find(t):
-        while parent.get(t, t) != t:
-            t = parent[t]
-        return t
-    for n in m.graph.node:
-        if n.op_type == "Concat" and n.output and n.output[0] in scale and n.output[0] in members:
-            for x in n.input:
-                if x in members and (x in scale or x in kept_scales):
-                    parent[find(x)] = find(n.output[0])
-    out = {}
-    for t in parent:
-        out.setdefault(find(t), set()).add(t)
-    return [[(t, scale[t] if t in scale else kept_scales[t]) for t in sorted(g | {r})] for r, g in out.items()]
+    links = [(x, n.output[0]) for n in m.graph.node
+             if n.op_type == "Concat" and n.output and n.output[0] in scale and n.output[0] in members
+             for x in n.input if x in members and (x in scale or x in kept_scales)]
+    return [[(t, scale[t] if t in scale else kept_scales[t]) for t in grp] for grp in G.connected_groups(links)]
 
 
 def insert_qdq_with_report(model, act_amax=None, *, act_scales=None, per_channel_weights=True,

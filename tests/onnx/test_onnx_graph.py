@@ -122,3 +122,11 @@ def test_model_facts_analyse_once_and_agree_with_the_functions(monkeypatch):
     assert bounded == {k: v for k, v in bounded_tensors(model).items()
                        if all(abs(float(b)) != math.inf for b in v)}
     assert facts.quantizable == quantizable_tensors(model)
+
+
+def test_connected_groups_joins_chains_and_keeps_apart_what_is_not_linked():
+    from int8batch.onnx.graph import connected_groups
+    # two Concats chained through "k", a third apart; a repeated link and a self-link change nothing
+    links = [("a", "k"), ("b", "k"), ("k", "m"), ("c", "m"), ("x", "y"), ("b", "k"), ("y", "y")]
+    assert connected_groups(links) == [["a", "b", "c", "k", "m"], ["x", "y"]]
+    assert connected_groups([]) == []
